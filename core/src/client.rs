@@ -1,0 +1,230 @@
+//! The lock client: where every lock request starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::error::{LockError, Result};
+use crate::fence::{FencedValue, FencedWrite};
+use crate::memory::MemoryBackend;
+use crate::queue::LocalQueues;
+use crate::redis_node::{RedisBackend, RedisSettings};
+use crate::request::LockRequest;
+use crate::watchdog::Watchdog;
+
+/// A handle to a lock backend; cheap to clone, and every clone shares one
+/// connection pool, one watchdog and one release-notice subscription.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use soloist::LockClient;
+/// # async fn demo() -> Result<(), soloist::LockError> {
+/// let locks = LockClient::connect("redis://127.0.0.1:6379").await?;
+/// let guard = locks
+///     .lock("orders:42")
+///     .ttl(Duration::from_secs(30))
+///     .wait(Duration::from_secs(5))
+///     .acquire()
+///     .await?;
+/// println!("holding {} with fence {}", guard.key(), guard.fence());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LockClient {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ClientInner {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) watchdog: Watchdog,
+    pub(crate) queues: LocalQueues,
+}
+
+impl LockClient {
+    /// Connects to one Redis server with default settings (see
+    /// [`ClientBuilder`]). Fails with [`LockError::InvalidArgument`] when the
+    /// URL does not parse and with a connection error when the server cannot
+    /// be reached. Logs a warning, and sets the
+    /// [`UNSAFE_EVICTION_POLICY`](crate::metrics::UNSAFE_EVICTION_POLICY)
+    /// gauge, when the server's `maxmemory-policy` could evict lock keys.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder().connect(url).await
+    }
+
+    /// An in-process backend with the same semantics as Redis (ttl, tokens,
+    /// fencing, watchdog, lost signal, waiting) for single-process
+    /// deployments and for unit tests. Each call makes an independent lock
+    /// space; clone the client to share one.
+    ///
+    /// ```
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let guard = locks.lock("nightly-report").acquire().await?;
+    /// assert!(guard.is_held());
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn memory() -> Self {
+        Self::from_backend(Arc::new(MemoryBackend::default()))
+    }
+
+    /// Settings for a Redis client: key prefix, operation timeout, pool size.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    fn from_backend(backend: Arc<dyn Backend>) -> Self {
+        LockClient {
+            inner: Arc::new(ClientInner {
+                watchdog: Watchdog::new(backend.clone()),
+                backend,
+                queues: LocalQueues::default(),
+            }),
+        }
+    }
+
+    /// Starts a request for the lock on `key`; configure it, then
+    /// [`acquire`](LockRequest::acquire) it.
+    pub fn lock(&self, key: impl Into<String>) -> LockRequest {
+        LockRequest::new(self.clone(), key.into())
+    }
+
+    /// Stores `value` for `resource` only if `fence` is at least the highest
+    /// fence already accepted there: a holder whose lease ended without its
+    /// knowing (a long pause, a partition) cannot overwrite the work of the
+    /// holder that came after it. Pass [`LockGuard::fence`](crate::LockGuard::fence).
+    ///
+    /// ```
+    /// use soloist::{FencedWrite, LockClient};
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let old = locks.lock("report").acquire().await?;
+    /// let old_fence = old.fence();
+    /// old.release().await?;
+    /// let new = locks.lock("report").acquire().await?;
+    /// assert!(locks.fenced_set("report", new.fence(), b"fresh").await?.is_accepted());
+    /// // The earlier holder writes late: refused.
+    /// let late = locks.fenced_set("report", old_fence, b"stale").await?;
+    /// assert_eq!(late, FencedWrite::Rejected { highest: new.fence() });
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn fenced_set(
+        &self,
+        resource: &str,
+        fence: u64,
+        value: impl AsRef<[u8]>,
+    ) -> Result<FencedWrite> {
+        if resource.is_empty() {
+            return Err(LockError::invalid("resource", "must not be empty"));
+        }
+        self.inner
+            .backend
+            .fenced_set(resource, fence, value.as_ref())
+            .await
+    }
+
+    /// Reads the value and fence last accepted by [`LockClient::fenced_set`].
+    pub async fn fenced_get(&self, resource: &str) -> Result<Option<FencedValue>> {
+        if resource.is_empty() {
+            return Err(LockError::invalid("resource", "must not be empty"));
+        }
+        let stored = self.inner.backend.fenced_get(resource).await?;
+        Ok(stored.map(|(fence, value)| FencedValue { fence, value }))
+    }
+
+    /// Gives back a lock whose acquisition failed with a transport error: the
+    /// request may have reached the server and taken the key even though the
+    /// reply was lost. Best effort; the key expires within its ttl regardless.
+    pub(crate) fn abandon(&self, key: &str, token: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.inner.backend.clone();
+        let (key, token) = (key.to_owned(), token.to_owned());
+        runtime.spawn(async move {
+            let _ = backend.release(&key, &token).await;
+        });
+    }
+}
+
+/// Settings for connecting a [`LockClient`] to Redis.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use soloist::LockClient;
+/// # async fn demo() -> Result<(), soloist::LockError> {
+/// let locks = LockClient::builder()
+///     .prefix("billing:")
+///     .op_timeout(Duration::from_millis(500))
+///     .pool_size(8)
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientBuilder {
+    prefix: String,
+    op_timeout: Duration,
+    pool_size: u32,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            prefix: "soloist:".to_owned(),
+            op_timeout: Duration::from_secs(2),
+            pool_size: 4,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The prefix of every Redis key and channel the client uses; default
+    /// `soloist:`. Clients that must exclude each other need the same prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one Redis operation may take before it fails with
+    /// [`LockError::Unresponsive`]; default 2 s.
+    pub fn op_timeout(mut self, op_timeout: Duration) -> Self {
+        self.op_timeout = op_timeout;
+        self
+    }
+
+    /// How many connections the pool keeps; default 4. Each connection
+    /// pipelines concurrent requests, so a few serve many tasks.
+    pub fn pool_size(mut self, pool_size: u32) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// Connects to the Redis server at `url` (`redis://[user:pass@]host:port[/db]`).
+    pub async fn connect(self, url: &str) -> Result<LockClient> {
+        if self.op_timeout.is_zero() || self.op_timeout > Duration::from_secs(3600) {
+            return Err(LockError::invalid(
+                "op_timeout",
+                format!("must be between 1 ms and 1 h, got {:?}", self.op_timeout),
+            ));
+        }
+        if !(1..=1024).contains(&self.pool_size) {
+            return Err(LockError::invalid(
+                "pool_size",
+                format!("must be between 1 and 1024, got {}", self.pool_size),
+            ));
+        }
+        let settings = RedisSettings {
+            prefix: self.prefix,
+            op_timeout: self.op_timeout,
+            pool_size: self.pool_size,
+        };
+        let backend = RedisBackend::connect(url, &settings).await?;
+        Ok(LockClient::from_backend(backend))
+    }
+}

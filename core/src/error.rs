@@ -1,0 +1,104 @@
+use std::time::Duration;
+
+/// Everything that can go wrong while taking, keeping or giving back a lock.
+///
+/// The variants separate the outcomes a caller reacts to differently:
+/// [`Busy`](LockError::Busy) and [`Timeout`](LockError::Timeout) mean "someone
+/// else has it", [`Lost`](LockError::Lost) means "you no longer have it",
+/// [`InvalidArgument`](LockError::InvalidArgument) is a bug in the caller, and
+/// the remaining variants are the backend failing.
+///
+/// ```
+/// use soloist::{LockClient, LockError};
+/// # async fn demo() -> Result<(), LockError> {
+/// let locks = LockClient::memory();
+/// let _held = locks.lock("report").acquire().await?;
+/// match locks.lock("report").acquire().await {
+///     Err(LockError::Busy { key }) => assert_eq!(key, "report"),
+///     other => panic!("expected Busy, got {other:?}"),
+/// }
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The lock is held by another owner and the request did not ask to wait.
+    #[error("lock `{key}` is held by another owner")]
+    Busy {
+        /// The key as the caller gave it.
+        key: String,
+    },
+    /// The lock stayed held by another owner for the whole wait.
+    #[error("lock `{key}` still held by another owner after waiting {waited:?}")]
+    Timeout {
+        /// The key as the caller gave it.
+        key: String,
+        /// How long the request waited.
+        waited: Duration,
+    },
+    /// The lease is gone: it expired, or another owner holds the key now.
+    #[error("lease on `{key}` was lost")]
+    Lost {
+        /// The key as the caller gave it.
+        key: String,
+    },
+    /// An argument was out of range or malformed; `name` says which.
+    #[error("invalid argument `{name}`: {reason}")]
+    InvalidArgument {
+        /// The name of the offending argument, e.g. `ttl`.
+        name: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The backend could not be reached, or the connection broke.
+    #[error("connection to the lock backend failed")]
+    Connection(#[source] redis::RedisError),
+    /// The backend answered with an error or an unexpected reply.
+    #[error("the lock backend answered with an error")]
+    Protocol(#[source] redis::RedisError),
+    /// The backend did not answer within the operation timeout.
+    #[error("the lock backend did not answer `{op}` within {after:?}")]
+    Unresponsive {
+        /// The operation that timed out.
+        op: &'static str,
+        /// The timeout that ran out.
+        after: Duration,
+    },
+}
+
+/// `Result` with [`LockError`] as the default error.
+pub type Result<T, E = LockError> = std::result::Result<T, E>;
+
+impl LockError {
+    pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
+        LockError::InvalidArgument {
+            name,
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the error came from the backend's transport (connection, timeout),
+    /// as opposed to the lock's state or the caller's arguments.
+    pub fn is_backend(&self) -> bool {
+        matches!(
+            self,
+            LockError::Connection(_) | LockError::Protocol(_) | LockError::Unresponsive { .. }
+        )
+    }
+}
+
+impl From<redis::RedisError> for LockError {
+    fn from(err: redis::RedisError) -> Self {
+        if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_timeout()
+            || err.is_unrecoverable_error()
+        {
+            LockError::Connection(err)
+        } else {
+            LockError::Protocol(err)
+        }
+    }
+}

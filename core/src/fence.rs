@@ -1,0 +1,61 @@
+//! Fenced writes: the end-to-end use of a fencing token.
+//!
+//! A lease can end without its holder noticing in time: a stop-the-world
+//! pause, a swapped-out process, a network partition. When the holder resumes
+//! it may still believe it holds the lock. The fencing token closes that gap
+//! only if the *resource* checks it: every write carries the writer's fence,
+//! and the resource refuses a fence lower than the highest it has accepted.
+
+/// The outcome of [`LockClient::fenced_set`](crate::LockClient::fenced_set).
+///
+/// ```
+/// use soloist::{FencedWrite, LockClient};
+/// # async fn demo() -> Result<(), soloist::LockError> {
+/// let locks = LockClient::memory();
+/// assert_eq!(locks.fenced_set("report", 7, b"new").await?, FencedWrite::Accepted);
+/// assert_eq!(
+///     locks.fenced_set("report", 6, b"stale").await?,
+///     FencedWrite::Rejected { highest: 7 }
+/// );
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FencedWrite {
+    /// The fence was at least the highest seen; the value is stored.
+    Accepted,
+    /// A higher fence was seen before: the writer's lease is stale, nothing was stored.
+    Rejected {
+        /// The highest fence the resource has accepted.
+        highest: u64,
+    },
+}
+
+impl FencedWrite {
+    /// Whether the value was stored.
+    pub fn is_accepted(self) -> bool {
+        matches!(self, FencedWrite::Accepted)
+    }
+}
+
+/// What a fenced resource holds: the last accepted value and its fence.
+///
+/// ```
+/// use soloist::LockClient;
+/// # async fn demo() -> Result<(), soloist::LockError> {
+/// let locks = LockClient::memory();
+/// locks.fenced_set("report", 3, b"v3").await?;
+/// let stored = locks.fenced_get("report").await?.expect("written above");
+/// assert_eq!((stored.fence, stored.value.as_slice()), (3, &b"v3"[..]));
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FencedValue {
+    /// The fence of the write that stored `value`.
+    pub fence: u64,
+    /// The stored bytes.
+    pub value: Vec<u8>,
+}

@@ -1,0 +1,165 @@
+//! The guard of a held lock.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backend::Renewal;
+use crate::client::LockClient;
+use crate::error::{LockError, Result};
+use crate::lease::Lease;
+use crate::metrics;
+use crate::request::{MAX_TTL, MIN_TTL};
+
+/// Proof of holding a lock. While it lives the watchdog renews the lease
+/// (unless the request turned it off); [`release`](LockGuard::release) gives
+/// the lock back, and dropping the guard releases it in the background.
+/// Renewal stops the moment the guard is released or dropped.
+///
+/// ```
+/// use std::time::Duration;
+/// use soloist::LockClient;
+/// # async fn demo() -> Result<(), soloist::LockError> {
+/// let locks = LockClient::memory();
+/// let guard = locks.lock("orders:42").ttl(Duration::from_secs(30)).acquire().await?;
+/// assert_eq!(guard.key(), "orders:42");
+/// assert!(guard.is_held());
+/// assert!(guard.remaining() <= Duration::from_secs(30));
+/// guard.extend(Duration::from_secs(60)).await?;
+/// guard.release().await?;
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug)]
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct LockGuard {
+    client: LockClient,
+    lease: Lease,
+    /// Set once `release` took over; `Drop` then has nothing to do.
+    released: bool,
+}
+
+impl LockGuard {
+    pub(crate) fn new(client: LockClient, lease: Lease) -> Self {
+        LockGuard {
+            client,
+            lease,
+            released: false,
+        }
+    }
+
+    /// The key as the caller gave it.
+    pub fn key(&self) -> &str {
+        self.lease.key()
+    }
+
+    /// The fencing token: issued atomically with this acquisition, strictly
+    /// greater than every fence issued for the key before, by any holder,
+    /// and kept across releases and expiries. Pass it to the resource you
+    /// write (see [`LockClient::fenced_set`]) so it can refuse late writes.
+    pub fn fence(&self) -> u64 {
+        self.lease.fence()
+    }
+
+    /// Whether the lease is still guaranteed; see [`Lease::is_held`].
+    pub fn is_held(&self) -> bool {
+        self.lease.is_held()
+    }
+
+    /// How much of the lease is still guaranteed locally; see [`Lease::remaining`].
+    pub fn remaining(&self) -> Duration {
+        self.lease.remaining()
+    }
+
+    /// Resolves once the lease can no longer be guaranteed; see [`Lease::lost`].
+    pub async fn lost(&self) {
+        self.lease.lost().await;
+    }
+
+    /// A cloneable view of this lease, to hand the lost signal to other tasks.
+    pub fn lease(&self) -> Lease {
+        self.lease.clone()
+    }
+
+    /// Sets the lease to `ttl` from now, if it is still ours; the watchdog
+    /// renews to `ttl` from then on. Fails with [`LockError::Lost`] if the
+    /// lease already ended or another owner holds the key, and marks the
+    /// lease lost.
+    pub async fn extend(&self, ttl: Duration) -> Result<()> {
+        if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+            return Err(LockError::invalid(
+                "ttl",
+                format!("must be between {MIN_TTL:?} and {MAX_TTL:?}, got {ttl:?}"),
+            ));
+        }
+        let cell = &self.lease.cell;
+        if !cell.is_held() {
+            cell.mark_lost();
+            return Err(self.lost_error());
+        }
+        let sent_at = Instant::now();
+        let renewal = [Renewal {
+            key: &cell.key,
+            token: &cell.token,
+            ttl,
+        }];
+        let renewed = self.client.inner.backend.extend(&renewal).await?;
+        if renewed.first() == Some(&true) {
+            cell.confirm(sent_at, ttl);
+            Ok(())
+        } else {
+            cell.mark_lost();
+            Err(self.lost_error())
+        }
+    }
+
+    /// Gives the lock back now. Fails with [`LockError::Lost`] if the key
+    /// was no longer ours (it expired, and perhaps another owner took it;
+    /// theirs is left untouched), or with a backend error, in which case
+    /// the key expires within its ttl.
+    pub async fn release(mut self) -> Result<()> {
+        self.released = true;
+        let cell = &self.lease.cell;
+        cell.mark_released();
+        let outcome = self.client.inner.backend.release(&cell.key, &cell.token).await;
+        record_release(&outcome);
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.lost_error()),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn lost_error(&self) -> LockError {
+        LockError::Lost {
+            key: self.key().to_owned(),
+        }
+    }
+}
+
+fn record_release(outcome: &Result<bool>) {
+    metrics::release(match outcome {
+        Ok(true) => "released",
+        Ok(false) => "lost",
+        Err(_) => "error",
+    });
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let cell = self.lease.cell.clone();
+        cell.mark_released();
+        // Without a runtime there is nothing to send the release with; the
+        // lease is no longer renewed and expires within its ttl.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.client.inner.backend.clone();
+        runtime.spawn(async move {
+            record_release(&backend.release(&cell.key, &cell.token).await);
+        });
+    }
+}

@@ -1,0 +1,90 @@
+//! Lock primitives for [soloist](https://docs.rs/soloist): leases on a key
+//! that at most one owner holds at a time, renewed by a watchdog while their
+//! guard lives, each carrying a fencing token.
+//!
+//! Most users depend on the `soloist` facade crate, which re-exports
+//! everything here.
+//!
+//! # Backends
+//! - [`LockClient::connect`]: one Redis server. `SET NX PX` takes the key;
+//!   release and renewal are Lua scripts that act only while the caller's
+//!   128-bit owner token still matches, so no client can delete or extend a
+//!   lock it does not hold.
+//! - [`LockClient::memory`]: the same semantics inside one process, for
+//!   single-process deployments and for testing code that takes locks.
+//!
+//! # Guarantees, and their limits
+//! - **Mutual exclusion** holds as long as the Redis server keeps its data:
+//!   a lock key is never handed to a second owner while the first owner's
+//!   lease is valid. One Redis node cannot promise more than it keeps: with
+//!   asynchronous replication, a failover to a replica that had not yet
+//!   received the lock key can hand it to a second owner, and an eviction
+//!   policy other than `noeviction` can delete a held key under memory
+//!   pressure (the client warns about the latter on connect).
+//! - **The lost signal** ([`LockGuard::lost`]) fires before the server can
+//!   give the key away: its deadline counts from the *send* time of the last
+//!   confirmed renewal and keeps a drift margin (1 % of the ttl + 2 ms). It
+//!   cannot stop a process that is paused (GC, swap, SIGSTOP) from acting
+//!   after the deadline without looking.
+//! - **Fencing tokens** ([`LockGuard::fence`]) are issued in the same atomic
+//!   step as the acquisition and strictly increase per key across all
+//!   holders, releases and expiries. They close the gap the lost signal
+//!   cannot: a resource that remembers the highest fence it accepted refuses
+//!   a paused holder's late write ([`LockClient::fenced_set`] does this for a
+//!   Redis value; the same check works as `WHERE fence <= $1` in SQL). A
+//!   fence counter the server loses (restart without persistence, failover)
+//!   restarts from the server's clock in microseconds, so fences keep
+//!   increasing as long as that clock does not step back.
+//! - **Liveness**: a holder that crashes, panics or is aborted stops renewing
+//!   and its key expires within one ttl; a dropped guard releases at once.
+//!   A *leaked* guard (`std::mem::forget`) looks exactly like a guard held on
+//!   purpose and keeps renewing; bound that with [`LockRequest::max_hold`].
+//! - **Waiting** is woken by release notices (Redis pub/sub), with jittered
+//!   polling only as the fallback for a missed notice or an expired key;
+//!   tasks of one process queue locally, so a process puts one contender on
+//!   the wire per key.
+//!
+//! What this is not: exactly-once execution. A lock gives "at most one
+//! holder at a time"; whether protected work runs once depends on what the
+//! work does when its lease is lost, which is what fencing is for.
+//!
+//! # Example
+//! ```
+//! use std::time::Duration;
+//! use soloist::{LockClient, LockError};
+//! # async fn demo() -> Result<(), LockError> {
+//! let locks = LockClient::memory(); // or LockClient::connect("redis://127.0.0.1:6379").await?
+//! let guard = locks.lock("orders:42").ttl(Duration::from_secs(30)).acquire().await?;
+//! tokio::select! {
+//!     () = guard.lost() => eprintln!("lease lost; stop before doing harm"),
+//!     () = tokio::time::sleep(Duration::from_millis(10)) => {} // the protected work
+//! }
+//! guard.release().await?;
+//! # Ok(()) }
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+//! ```
+
+mod backend;
+mod background;
+mod client;
+mod error;
+mod fence;
+mod guard;
+mod lease;
+mod memory;
+pub mod metrics;
+mod notice;
+mod pool;
+mod pubsub;
+mod queue;
+mod redis_node;
+mod request;
+mod token;
+mod watchdog;
+
+pub use client::{ClientBuilder, LockClient};
+pub use error::{LockError, Result};
+pub use fence::{FencedValue, FencedWrite};
+pub use guard::LockGuard;
+pub use lease::Lease;
+pub use request::{DEFAULT_TTL, LockRequest, MAX_TTL, MIN_TTL};

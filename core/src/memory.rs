@@ -1,0 +1,165 @@
+//! The in-process backend: the same semantics as Redis inside one process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use crate::backend::{Attempt, Backend, Renewal};
+use crate::error::Result;
+use crate::fence::FencedWrite;
+use crate::notice::{Listener, NoticeBoard};
+
+#[derive(Debug, Default)]
+pub(crate) struct MemoryBackend {
+    state: Mutex<State>,
+    board: Arc<NoticeBoard>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    locks: HashMap<String, Held>,
+    fences: HashMap<String, u64>,
+    fenced: HashMap<String, (u64, Vec<u8>)>,
+    /// Lock count after the last sweep of expired entries.
+    swept_at: usize,
+}
+
+#[derive(Debug)]
+struct Held {
+    token: String,
+    expires: Instant,
+}
+
+impl State {
+    /// The live holder of `key`, dropping an expired one.
+    fn holder(&mut self, key: &str, now: Instant) -> Option<&mut Held> {
+        if self.locks.get(key).is_some_and(|held| held.expires <= now) {
+            self.locks.remove(key);
+        }
+        self.locks.get_mut(key)
+    }
+
+    /// Keys that expire without being touched again would stay forever;
+    /// sweep them whenever the map has doubled since the last sweep.
+    fn sweep(&mut self, now: Instant) {
+        if self.locks.len() >= 2 * self.swept_at.max(512) {
+            self.locks.retain(|_, held| held.expires > now);
+            self.swept_at = self.locks.len();
+        }
+    }
+
+    /// The next fence for `key`; a new counter starts at the wall clock in
+    /// microseconds, as the Redis backend does, so fences also increase across
+    /// restarts of a process that stores them elsewhere.
+    fn next_fence(&mut self, key: &str) -> u64 {
+        let fence = self.fences.entry(key.to_owned()).or_insert_with(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_micros() as u64)
+                .saturating_sub(1)
+        });
+        *fence += 1;
+        *fence
+    }
+
+    fn lock(mutex: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn try_acquire<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        let now = Instant::now();
+        let mut state = State::lock(&self.state);
+        let attempt = match state.holder(key, now) {
+            Some(held) => Attempt::Held {
+                expires_in: Some(held.expires - now),
+            },
+            None => {
+                state.sweep(now);
+                state.locks.insert(
+                    key.to_owned(),
+                    Held {
+                        token: token.to_owned(),
+                        expires: now + ttl,
+                    },
+                );
+                Attempt::Acquired {
+                    fence: state.next_fence(key),
+                }
+            }
+        };
+        futures::future::ready(Ok(attempt)).boxed()
+    }
+
+    fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<bool>>> {
+        let now = Instant::now();
+        let mut state = State::lock(&self.state);
+        let renewed = leases
+            .iter()
+            .map(|lease| match state.holder(lease.key, now) {
+                Some(held) if held.token == lease.token => {
+                    held.expires = now + lease.ttl;
+                    true
+                }
+                _ => false,
+            })
+            .collect();
+        futures::future::ready(Ok(renewed)).boxed()
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
+        let now = Instant::now();
+        let released = {
+            let mut state = State::lock(&self.state);
+            let ours = state.holder(key, now).is_some_and(|held| held.token == token);
+            if ours {
+                state.locks.remove(key);
+            }
+            ours
+        };
+        if released {
+            self.board.notify(key);
+        }
+        futures::future::ready(Ok(released)).boxed()
+    }
+
+    fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener> {
+        let notices = self.board.join(key);
+        let listener = Listener::new(key, notices, true, self.board.clone());
+        futures::future::ready(listener).boxed()
+    }
+
+    fn fenced_set<'a>(
+        &'a self,
+        resource: &'a str,
+        fence: u64,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<FencedWrite>> {
+        let mut state = State::lock(&self.state);
+        let outcome = match state.fenced.get(resource) {
+            Some(&(highest, _)) if highest > fence => FencedWrite::Rejected { highest },
+            _ => {
+                state
+                    .fenced
+                    .insert(resource.to_owned(), (fence, value.to_vec()));
+                FencedWrite::Accepted
+            }
+        };
+        futures::future::ready(Ok(outcome)).boxed()
+    }
+
+    fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<(u64, Vec<u8>)>>> {
+        let state = State::lock(&self.state);
+        futures::future::ready(Ok(state.fenced.get(resource).cloned())).boxed()
+    }
+}

@@ -1,0 +1,47 @@
+//! Metric names and the one place each is recorded.
+//!
+//! Every metric goes through the [`metrics`](https://docs.rs/metrics) facade;
+//! install any recorder (Prometheus, StatsD, …) to collect them.
+
+use std::time::Duration;
+
+/// Counter: acquisition requests by `outcome` (`acquired`, `busy`, `timeout`, `error`).
+pub const ACQUISITIONS: &str = "soloist_lock_acquisitions_total";
+/// Histogram: seconds from the start of an acquisition to its outcome, by `outcome`.
+pub const WAIT_SECONDS: &str = "soloist_lock_wait_seconds";
+/// Counter: lease renewals by `outcome` (`renewed`, `lost`, `error`).
+pub const RENEWALS: &str = "soloist_lock_renewals_total";
+/// Counter: renewal calls sent to the backend (each renews a batch of leases).
+pub const RENEWAL_CALLS: &str = "soloist_lock_renewal_calls_total";
+/// Counter: leases that ended by being lost rather than released.
+pub const LOST: &str = "soloist_lock_lost_total";
+/// Counter: releases by `outcome` (`released`, `lost`, `error`).
+pub const RELEASES: &str = "soloist_lock_releases_total";
+/// Gauge: 1 when the Redis server's `maxmemory-policy` (label `policy`) can evict lock keys.
+pub const UNSAFE_EVICTION_POLICY: &str = "soloist_redis_unsafe_eviction_policy";
+
+pub(crate) fn acquisition(outcome: &'static str, waited: Duration) {
+    metrics::counter!(ACQUISITIONS, "outcome" => outcome).increment(1);
+    metrics::histogram!(WAIT_SECONDS, "outcome" => outcome).record(waited.as_secs_f64());
+}
+
+pub(crate) fn renewal_call() {
+    metrics::counter!(RENEWAL_CALLS).increment(1);
+}
+
+pub(crate) fn renewal(outcome: &'static str) {
+    metrics::counter!(RENEWALS, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn lost() {
+    metrics::counter!(LOST).increment(1);
+}
+
+pub(crate) fn release(outcome: &'static str) {
+    metrics::counter!(RELEASES, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn eviction_policy(policy: &str, unsafe_policy: bool) {
+    metrics::gauge!(UNSAFE_EVICTION_POLICY, "policy" => policy.to_owned())
+        .set(if unsafe_policy { 1.0 } else { 0.0 });
+}

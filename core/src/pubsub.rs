@@ -1,0 +1,220 @@
+//! Release notices over Redis pub/sub: one subscriber connection per client,
+//! one channel per key that has a waiter in this process.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, timeout};
+
+use crate::background::Background;
+use crate::notice::{Listener, NoticeBoard, Unlisten};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub(crate) struct PubSubHub {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    core: Arc<Core>,
+    task: Background<Command>,
+}
+
+/// What the subscriber task needs. It holds this, not [`Shared`], so that
+/// dropping the last client closes the command channel and ends the task.
+#[derive(Debug)]
+struct Core {
+    client: redis::Client,
+    board: NoticeBoard,
+    channel_prefix: String,
+    op_timeout: Duration,
+}
+
+#[derive(Debug)]
+enum Command {
+    Subscribe {
+        key: String,
+        done: oneshot::Sender<bool>,
+    },
+    Unsubscribe {
+        key: String,
+    },
+}
+
+impl PubSubHub {
+    pub(crate) fn new(client: redis::Client, channel_prefix: String, op_timeout: Duration) -> Self {
+        PubSubHub {
+            shared: Arc::new(Shared {
+                core: Arc::new(Core {
+                    client,
+                    board: NoticeBoard::default(),
+                    channel_prefix,
+                    op_timeout,
+                }),
+                task: Background::new(),
+            }),
+        }
+    }
+
+    /// Wakes this process's waiters on `key` at once, ahead of the notice
+    /// that travels through Redis.
+    pub(crate) fn notify_local(&self, key: &str) {
+        self.shared.core.board.notify(key);
+    }
+
+    /// Subscribes to `key`'s release notices. The listener is not live when
+    /// the subscription could not be confirmed in time; its waiter then polls.
+    pub(crate) async fn listen(&self, key: &str) -> Listener {
+        let notices = self.shared.core.board.join(key);
+        let (done, confirmed) = oneshot::channel();
+        self.shared.send(Command::Subscribe {
+            key: key.to_owned(),
+            done,
+        });
+        let live = matches!(
+            timeout(self.shared.core.op_timeout, confirmed).await,
+            Ok(Ok(true))
+        );
+        Listener::new(key, notices, live, self.shared.clone())
+    }
+}
+
+impl Unlisten for Shared {
+    fn unlisten(&self, key: &str) {
+        if self.core.board.leave(key) {
+            self.send(Command::Unsubscribe {
+                key: key.to_owned(),
+            });
+        }
+    }
+}
+
+impl Shared {
+    fn send(&self, command: Command) {
+        let core = self.core.clone();
+        self.task.send(command, move |commands| run(core, commands));
+    }
+}
+
+impl Core {
+    fn channel(&self, key: &str) -> String {
+        format!("{}{key}", self.channel_prefix)
+    }
+
+    /// Opens a subscriber connection and subscribes every key that has listeners.
+    async fn connect(&self, subscribed: &mut HashSet<String>) -> Option<(PubSubSink, PubSubStream)> {
+        let pubsub = timeout(self.op_timeout, self.client.get_async_pubsub())
+            .await
+            .ok()?
+            .ok()?;
+        let (mut sink, stream) = pubsub.split();
+        for key in self.board.keys() {
+            timeout(self.op_timeout, sink.subscribe(self.channel(&key)))
+                .await
+                .ok()?
+                .ok()?;
+            subscribed.insert(key);
+        }
+        Some((sink, stream))
+    }
+}
+
+struct Connection {
+    sink: PubSubSink,
+    stream: PubSubStream,
+    subscribed: HashSet<String>,
+}
+
+async fn run(shared: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut conn: Option<Connection> = None;
+    let mut retry_at = Instant::now();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if conn.is_none() && Instant::now() >= retry_at {
+            let mut subscribed = HashSet::new();
+            match shared.connect(&mut subscribed).await {
+                Some((sink, stream)) => {
+                    conn = Some(Connection {
+                        sink,
+                        stream,
+                        subscribed,
+                    });
+                    backoff = MIN_BACKOFF;
+                    // Releases while we were not subscribed went unheard.
+                    shared.board.notify_all();
+                }
+                None => {
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tracing::debug!("release-notice connection unavailable, retrying in {backoff:?}");
+                }
+            }
+        }
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::Subscribe { key, done }) => {
+                    let live = match conn.as_mut() {
+                        Some(c) if c.subscribed.contains(&key) => true,
+                        Some(c) => {
+                            let channel = shared.channel(&key);
+                            let ok = matches!(
+                                timeout(shared.op_timeout, c.sink.subscribe(channel)).await,
+                                Ok(Ok(()))
+                            );
+                            if ok {
+                                c.subscribed.insert(key);
+                            } else {
+                                conn = None;
+                            }
+                            ok
+                        }
+                        None => false,
+                    };
+                    let _ = done.send(live);
+                }
+                Some(Command::Unsubscribe { key }) => {
+                    if let Some(c) = conn.as_mut() {
+                        if !shared.board.has_listeners(&key) && c.subscribed.remove(&key) {
+                            let channel = shared.channel(&key);
+                            let ok = matches!(
+                                timeout(shared.op_timeout, c.sink.unsubscribe(channel)).await,
+                                Ok(Ok(()))
+                            );
+                            if !ok {
+                                conn = None;
+                            }
+                        }
+                    }
+                }
+            },
+            message = next_message(conn.as_mut()) => match message {
+                Some(message) => {
+                    if let Some(key) = message.get_channel_name().strip_prefix(&shared.channel_prefix) {
+                        shared.board.notify(key);
+                    }
+                }
+                None => {
+                    conn = None;
+                    retry_at = Instant::now();
+                    shared.board.notify_all();
+                }
+            },
+            () = tokio::time::sleep_until(retry_at), if conn.is_none() => {}
+        }
+    }
+}
+
+async fn next_message(conn: Option<&mut Connection>) -> Option<redis::Msg> {
+    match conn {
+        Some(c) => c.stream.next().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,274 @@
+//! Building and carrying out one lock request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::backend::Attempt;
+use crate::client::LockClient;
+use crate::error::{LockError, Result};
+use crate::guard::LockGuard;
+use crate::lease::{Lease, LeaseCell};
+use crate::metrics;
+use crate::token::new_token;
+
+/// The lease length when none is given.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// The shortest lease accepted: below it, clock drift and round trips eat it whole.
+pub const MIN_TTL: Duration = Duration::from_millis(10);
+/// The longest lease accepted; hold longer with the watchdog, not a long ttl.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How often a waiter with a confirmed release-notice subscription checks
+/// anyway, for a notice lost in transit.
+const LIVE_POLL: Duration = Duration::from_secs(1);
+/// How often a waiter polls when notices are unavailable.
+const DEAD_POLL: Duration = Duration::from_millis(150);
+
+/// A request for one lock, configured with by-value setters and carried out
+/// by [`acquire`](LockRequest::acquire).
+///
+/// ```
+/// use std::time::Duration;
+/// use soloist::{LockClient, LockError};
+/// # async fn demo() -> Result<(), LockError> {
+/// let locks = LockClient::memory();
+/// let guard = locks
+///     .lock("invoice:42")
+///     .ttl(Duration::from_secs(10))       // lease length, renewed by the watchdog
+///     .wait(Duration::from_millis(500))   // wait this long if someone else holds it
+///     .max_hold(Duration::from_secs(60))  // stop renewing after a minute, whatever happens
+///     .acquire()
+///     .await?;
+/// guard.release().await?;
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a lock request does nothing until it is acquired"]
+pub struct LockRequest {
+    client: LockClient,
+    key: String,
+    ttl: Duration,
+    wait: Duration,
+    watchdog: bool,
+    max_hold: Option<Duration>,
+}
+
+impl LockRequest {
+    pub(crate) fn new(client: LockClient, key: String) -> Self {
+        LockRequest {
+            client,
+            key,
+            ttl: DEFAULT_TTL,
+            wait: Duration::ZERO,
+            watchdog: true,
+            max_hold: None,
+        }
+    }
+
+    /// The lease length, from [`MIN_TTL`] to [`MAX_TTL`]; default
+    /// [`DEFAULT_TTL`]. If the holder dies, others wait at most this long.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long to wait while another owner holds the key; default zero:
+    /// fail at once with [`LockError::Busy`]. A waiter is woken by the
+    /// holder's release notice, not by polling.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Whether the watchdog renews the lease every third of its ttl while the
+    /// guard lives; default on. Off, the lease simply expires after its ttl
+    /// unless [`LockGuard::extend`] is called.
+    pub fn watchdog(mut self, on: bool) -> Self {
+        self.watchdog = on;
+        self
+    }
+
+    /// An upper bound on how long the watchdog renews this lease, counted
+    /// from acquisition; default none. Past it the lease runs out within one
+    /// ttl and [`LockGuard::lost`] fires. This is also the only defence
+    /// against a guard that is leaked (`std::mem::forget`) rather than
+    /// dropped: a leaked guard is indistinguishable from one held on purpose.
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.key.is_empty() {
+            return Err(LockError::invalid("key", "must not be empty"));
+        }
+        if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
+            return Err(LockError::invalid(
+                "ttl",
+                format!("must be between {MIN_TTL:?} and {MAX_TTL:?}, got {:?}", self.ttl),
+            ));
+        }
+        if self.max_hold.is_some_and(|max_hold| max_hold.is_zero()) {
+            return Err(LockError::invalid("max_hold", "must not be zero"));
+        }
+        Ok(())
+    }
+
+    /// Takes the lock, waiting up to the configured [`wait`](Self::wait).
+    ///
+    /// Fails with [`LockError::Busy`] if the key is held and the request does
+    /// not wait, [`LockError::Timeout`] if it stayed held for the whole wait,
+    /// [`LockError::InvalidArgument`] for an empty key or an out-of-range
+    /// ttl, and with a backend error if the backend fails meanwhile.
+    pub async fn acquire(self) -> Result<LockGuard> {
+        self.validate()?;
+        let span = tracing::debug_span!("soloist.acquire", key = %self.key, fence = tracing::field::Empty);
+        let started = Instant::now();
+        let result = self.acquire_inner(started).instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(guard) => {
+                span.record("fence", guard.fence());
+                "acquired"
+            }
+            Err(LockError::Busy { .. }) => "busy",
+            Err(LockError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        metrics::acquisition(outcome, started.elapsed());
+        result
+    }
+
+    async fn acquire_inner(&self, started: Instant) -> Result<LockGuard> {
+        let token = new_token();
+        if let Attempt::Acquired { fence } = self.attempt(&token).await? {
+            return Ok(self.guard(token, fence, started));
+        }
+        if self.wait.is_zero() {
+            return Err(LockError::Busy {
+                key: self.key.clone(),
+            });
+        }
+        let deadline = started.checked_add(self.wait);
+        let timed_out = || LockError::Timeout {
+            key: self.key.clone(),
+            waited: started.elapsed(),
+        };
+        let inner = &self.client.inner;
+        // Only the head of this process's line talks to the backend.
+        let _head = within(deadline, inner.queues.head_of_line(&self.key))
+            .await
+            .ok_or_else(timed_out)?;
+        let mut listener = within(deadline, inner.backend.listen(&self.key))
+            .await
+            .ok_or_else(timed_out)?;
+        loop {
+            // Subscribed before each attempt: a release between the attempt
+            // and the wait below still wakes us.
+            listener.mark_seen();
+            let sent_at = Instant::now();
+            let expires_in = match self.attempt(&token).await? {
+                Attempt::Acquired { fence } => return Ok(self.guard(token, fence, sent_at)),
+                Attempt::Held { expires_in } => expires_in,
+            };
+            // Fallback for a missed notice and for a holder that dies: no
+            // notice comes when a key expires, so wake when it does.
+            let cap = jitter(if listener.is_live() { LIVE_POLL } else { DEAD_POLL });
+            let nap = expires_in.map_or(cap, |left| (left + Duration::from_millis(1)).min(cap));
+            let wake = Instant::now() + nap;
+            let wake = deadline.map_or(wake, |deadline| wake.min(deadline));
+            tokio::select! {
+                () = listener.notified() => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(timed_out());
+            }
+        }
+    }
+
+    async fn attempt(&self, token: &str) -> Result<Attempt> {
+        let attempt = self
+            .client
+            .inner
+            .backend
+            .try_acquire(&self.key, token, self.ttl)
+            .await;
+        if attempt.is_err() {
+            self.client.abandon(&self.key, token);
+        }
+        attempt
+    }
+
+    fn guard(&self, token: String, fence: u64, sent_at: Instant) -> LockGuard {
+        let renew_until = self.max_hold.and_then(|max_hold| sent_at.checked_add(max_hold));
+        let cell = Arc::new(LeaseCell::new(
+            self.key.clone(),
+            token,
+            fence,
+            self.ttl,
+            sent_at,
+            renew_until,
+        ));
+        if self.watchdog {
+            self.client.inner.watchdog.watch(cell.clone());
+        }
+        LockGuard::new(self.client.clone(), Lease { cell })
+    }
+}
+
+/// Runs `work` until `deadline` (none: no limit); `None` if the deadline came first.
+async fn within<T>(deadline: Option<Instant>, work: impl Future<Output = T>) -> Option<T> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+        None => Some(work.await),
+    }
+}
+
+/// `base` scaled by a random factor in [0.75, 1.25), so that waiters that
+/// missed the same notice do not all retry in the same instant.
+fn jitter(base: Duration) -> Duration {
+    base.mul_f64(0.75 + rand::random::<f64>() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rejects_bad_arguments() {
+        let locks = LockClient::memory();
+        for (request, name) in [
+            (locks.lock(""), "key"),
+            (locks.lock("k").ttl(Duration::ZERO), "ttl"),
+            (locks.lock("k").ttl(Duration::from_millis(9)), "ttl"),
+            (locks.lock("k").ttl(MAX_TTL + Duration::from_millis(1)), "ttl"),
+            (locks.lock("k").ttl(Duration::MAX), "ttl"),
+            (locks.lock("k").max_hold(Duration::ZERO), "max_hold"),
+        ] {
+            match request.acquire().await {
+                Err(LockError::InvalidArgument { name: got, .. }) => assert_eq!(got, name),
+                other => panic!("expected InvalidArgument({name}), got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_absurd_wait_means_wait_forever_not_overflow() {
+        let locks = LockClient::memory();
+        let held = locks.lock("k").ttl(Duration::from_millis(50)).watchdog(false).acquire().await.unwrap();
+        let waiter = locks.lock("k").wait(Duration::MAX).acquire().await.unwrap();
+        assert!(waiter.fence() > held.fence());
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for _ in 0..1000 {
+            let nap = jitter(Duration::from_millis(1000));
+            assert!(nap >= Duration::from_millis(750) && nap < Duration::from_millis(1250));
+        }
+    }
+}

@@ -1,0 +1,13 @@
+-- Store a value only if its fence is at least the highest fence seen for the resource.
+-- KEYS[1] resource hash; ARGV[1] fence (decimal, no leading zeros), ARGV[2] value.
+-- Returns {1, fence} when written, {0, highest} when refused.
+-- Fences are compared as decimal strings so the comparison stays exact for any u64.
+local highest = redis.call('HGET', KEYS[1], 'fence')
+if highest then
+  local fence = ARGV[1]
+  if #highest > #fence or (#highest == #fence and highest > fence) then
+    return {0, highest}
+  end
+end
+redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'value', ARGV[2])
+return {1, ARGV[1]}
