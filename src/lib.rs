@@ -34,6 +34,6 @@
 //! resource itself refuse a stale holder's writes.
 
 pub use soloist_core::{
-    ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError,
-    LockGuard, LockRequest, MAX_TTL, MIN_TTL, Result, metrics,
+    ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError, LockGuard,
+    LockRequest, MAX_TTL, MIN_TTL, Result, metrics,
 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::error::Result;
-use crate::fence::FencedWrite;
+use crate::fence::{FencedValue, FencedWrite};
 use crate::notice::Listener;
 
 /// What one acquisition attempt found.
@@ -54,5 +54,5 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<FencedWrite>>;
 
     /// Reads what [`Backend::fenced_set`] stored: the fence and the value.
-    fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<(u64, Vec<u8>)>>>;
+    fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>>;
 }

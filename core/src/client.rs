@@ -132,8 +132,7 @@ impl LockClient {
         if resource.is_empty() {
             return Err(LockError::invalid("resource", "must not be empty"));
         }
-        let stored = self.inner.backend.fenced_get(resource).await?;
-        Ok(stored.map(|(fence, value)| FencedValue { fence, value }))
+        self.inner.backend.fenced_get(resource).await
     }
 
     /// Gives back a lock whose acquisition failed with a transport error: the

@@ -121,7 +121,12 @@ impl LockGuard {
         self.released = true;
         let cell = &self.lease.cell;
         cell.mark_released();
-        let outcome = self.client.inner.backend.release(&cell.key, &cell.token).await;
+        let outcome = self
+            .client
+            .inner
+            .backend
+            .release(&cell.key, &cell.token)
+            .await;
         record_release(&outcome);
         match outcome {
             Ok(true) => Ok(()),

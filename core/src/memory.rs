@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Attempt, Backend, Renewal};
 use crate::error::Result;
-use crate::fence::FencedWrite;
+use crate::fence::{FencedValue, FencedWrite};
 use crate::notice::{Listener, NoticeBoard};
 
 #[derive(Debug, Default)]
@@ -121,7 +121,9 @@ impl Backend for MemoryBackend {
         let now = Instant::now();
         let released = {
             let mut state = State::lock(&self.state);
-            let ours = state.holder(key, now).is_some_and(|held| held.token == token);
+            let ours = state
+                .holder(key, now)
+                .is_some_and(|held| held.token == token);
             if ours {
                 state.locks.remove(key);
             }
@@ -158,8 +160,15 @@ impl Backend for MemoryBackend {
         futures::future::ready(Ok(outcome)).boxed()
     }
 
-    fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<(u64, Vec<u8>)>>> {
+    fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>> {
         let state = State::lock(&self.state);
-        futures::future::ready(Ok(state.fenced.get(resource).cloned())).boxed()
+        let stored = state
+            .fenced
+            .get(resource)
+            .map(|(fence, value)| FencedValue {
+                fence: *fence,
+                value: value.clone(),
+            });
+        futures::future::ready(Ok(stored)).boxed()
     }
 }

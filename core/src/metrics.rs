@@ -42,6 +42,9 @@ pub(crate) fn release(outcome: &'static str) {
 }
 
 pub(crate) fn eviction_policy(policy: &str, unsafe_policy: bool) {
-    metrics::gauge!(UNSAFE_EVICTION_POLICY, "policy" => policy.to_owned())
-        .set(if unsafe_policy { 1.0 } else { 0.0 });
+    metrics::gauge!(UNSAFE_EVICTION_POLICY, "policy" => policy.to_owned()).set(if unsafe_policy {
+        1.0
+    } else {
+        0.0
+    });
 }

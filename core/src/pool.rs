@@ -3,35 +3,48 @@
 //! bb8 with a connection manager of our own rather than `bb8-redis`'s: that
 //! one never reports a connection as broken, so a connection that died with
 //! its server would stay in the pool unless every check-out paid a PING round
-//! trip. Ours marks a connection broken when a command fails at the transport
-//! level, and bb8 replaces it when it is returned; check-outs cost nothing.
+//! trip. Ours marks a connection broken when a command on it fails at the
+//! transport level, and the pool discards it; check-outs cost nothing.
+//!
+//! A redis-rs multiplexed connection pipelines any number of concurrent
+//! requests, so a check-out clones it and hands the slot straight back:
+//! holding a pooled connection for the length of a request would cap
+//! concurrency at the pool size for nothing.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 
+use crate::error::LockError;
+
 #[derive(Debug)]
-pub(crate) struct ConnectionManager {
-    client: redis::Client,
-    config: AsyncConnectionConfig,
+pub(crate) struct Pool {
+    pool: bb8::Pool<ConnectionManager>,
+    op_timeout: Duration,
 }
 
-/// A pooled connection and whether it failed at the transport level.
-#[derive(Debug)]
+/// A connection to run commands on, and the flag that retires it.
+#[derive(Debug, Clone)]
 pub(crate) struct Connection {
     pub(crate) conn: MultiplexedConnection,
-    broken: bool,
+    broken: Arc<AtomicBool>,
 }
 
 impl Connection {
     /// Records the outcome of a command; a transport failure retires the connection.
-    pub(crate) fn observe<T>(&mut self, result: &Result<T, RedisError>) {
-        if let Err(err) = result {
-            if is_transport_error(err) {
-                self.broken = true;
-            }
+    pub(crate) fn observe<T>(&self, result: &Result<T, RedisError>) {
+        if let Err(err) = result
+            && is_transport_error(err)
+        {
+            self.broken.store(true, Ordering::Relaxed);
         }
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
     }
 }
 
@@ -43,8 +56,55 @@ pub(crate) fn is_transport_error(err: &RedisError) -> bool {
         || err.is_unrecoverable_error()
 }
 
+impl Pool {
+    pub(crate) fn new(client: redis::Client, size: u32, op_timeout: Duration) -> Self {
+        let pool = bb8::Pool::builder()
+            .max_size(size)
+            .test_on_check_out(false)
+            .retry_connection(false)
+            .connection_timeout(op_timeout)
+            .build_unchecked(ConnectionManager::new(client, op_timeout));
+        Pool { pool, op_timeout }
+    }
+
+    /// A live connection, opening one if the pool has none. Opening it here
+    /// rather than leaving it to bb8 makes a refused connection an error now:
+    /// bb8 reports connect failures only by letting `get` time out.
+    pub(crate) async fn get(&self) -> Result<Connection, LockError> {
+        loop {
+            if self.pool.state().idle_connections == 0 {
+                let fresh = self.pool.dedicated_connection().await?;
+                // At capacity the pool refuses it; use it for this request only.
+                match self.pool.add(fresh) {
+                    Ok(()) => {}
+                    Err(bb8::AddError::NoCapacity(fresh) | bb8::AddError::Broken(fresh)) => {
+                        return Ok(fresh);
+                    }
+                }
+            }
+            let pooled = self.pool.get().await.map_err(|err| match err {
+                bb8::RunError::User(err) => LockError::from(err),
+                bb8::RunError::TimedOut => LockError::Unresponsive {
+                    op: "connect",
+                    after: self.op_timeout,
+                },
+            })?;
+            // A broken connection is discarded when `pooled` goes back.
+            if !pooled.is_broken() {
+                return Ok(pooled.clone());
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ConnectionManager {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+}
+
 impl ConnectionManager {
-    pub(crate) fn new(client: redis::Client, op_timeout: Duration) -> Self {
+    fn new(client: redis::Client, op_timeout: Duration) -> Self {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(op_timeout))
             .set_response_timeout(Some(op_timeout));
@@ -63,7 +123,7 @@ impl bb8::ManageConnection for ConnectionManager {
             .await?;
         Ok(Connection {
             conn,
-            broken: false,
+            broken: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -72,6 +132,6 @@ impl bb8::ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
-        conn.broken
+        conn.is_broken()
     }
 }

@@ -109,7 +109,10 @@ impl Core {
     }
 
     /// Opens a subscriber connection and subscribes every key that has listeners.
-    async fn connect(&self, subscribed: &mut HashSet<String>) -> Option<(PubSubSink, PubSubStream)> {
+    async fn connect(
+        &self,
+        subscribed: &mut HashSet<String>,
+    ) -> Option<(PubSubSink, PubSubStream)> {
         let pubsub = timeout(self.op_timeout, self.client.get_async_pubsub())
             .await
             .ok()?
@@ -153,7 +156,9 @@ async fn run(shared: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) 
                 None => {
                     retry_at = Instant::now() + backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    tracing::debug!("release-notice connection unavailable, retrying in {backoff:?}");
+                    tracing::debug!(
+                        "release-notice connection unavailable, retrying in {backoff:?}"
+                    );
                 }
             }
         }
@@ -181,16 +186,17 @@ async fn run(shared: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) 
                     let _ = done.send(live);
                 }
                 Some(Command::Unsubscribe { key }) => {
-                    if let Some(c) = conn.as_mut() {
-                        if !shared.board.has_listeners(&key) && c.subscribed.remove(&key) {
-                            let channel = shared.channel(&key);
-                            let ok = matches!(
-                                timeout(shared.op_timeout, c.sink.unsubscribe(channel)).await,
-                                Ok(Ok(()))
-                            );
-                            if !ok {
-                                conn = None;
-                            }
+                    if let Some(c) = conn.as_mut()
+                        && !shared.board.has_listeners(&key)
+                        && c.subscribed.remove(&key)
+                    {
+                        let channel = shared.channel(&key);
+                        let ok = matches!(
+                            timeout(shared.op_timeout, c.sink.unsubscribe(channel)).await,
+                            Ok(Ok(()))
+                        );
+                        if !ok {
+                            conn = None;
                         }
                     }
                 }

@@ -9,15 +9,17 @@ use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
 use crate::backend::{Attempt, Backend, Renewal};
 use crate::error::{LockError, Result};
-use crate::fence::FencedWrite;
+use crate::fence::{FencedValue, FencedWrite};
 use crate::metrics;
 use crate::notice::Listener;
-use crate::pool::{Connection, ConnectionManager};
+use crate::pool::{Connection, Pool};
 use crate::pubsub::PubSubHub;
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 static FENCED_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
 
@@ -62,7 +64,7 @@ impl KeySpace {
 
 #[derive(Debug)]
 pub(crate) struct RedisBackend {
-    pool: bb8::Pool<ConnectionManager>,
+    pool: Pool,
     keys: KeySpace,
     channel_prefix: String,
     op_timeout: Duration,
@@ -74,12 +76,7 @@ impl RedisBackend {
     pub(crate) async fn connect(url: &str, settings: &RedisSettings) -> Result<Arc<Self>> {
         let client = redis::Client::open(url)
             .map_err(|err| LockError::invalid("url", format!("`{url}`: {err}")))?;
-        let pool = bb8::Pool::builder()
-            .max_size(settings.pool_size)
-            .test_on_check_out(false)
-            .retry_connection(false)
-            .connection_timeout(settings.op_timeout)
-            .build_unchecked(ConnectionManager::new(client.clone(), settings.op_timeout));
+        let pool = Pool::new(client.clone(), settings.pool_size, settings.op_timeout);
         let channel_prefix = format!("{}released:", settings.prefix);
         let backend = RedisBackend {
             pool,
@@ -128,13 +125,7 @@ impl RedisBackend {
         work: impl AsyncFnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T> {
         let attempt = async {
-            let mut conn = self.pool.get().await.map_err(|err| match err {
-                bb8::RunError::User(err) => LockError::from(err),
-                bb8::RunError::TimedOut => LockError::Unresponsive {
-                    op: "connect",
-                    after: self.op_timeout,
-                },
-            })?;
+            let mut conn = self.pool.get().await?;
             let result = work(&mut conn).await;
             conn.observe(&result);
             result.map_err(LockError::from)
@@ -152,8 +143,10 @@ impl RedisBackend {
         op: &'static str,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T> {
-        self.with_connection(op, async |conn| invocation.invoke_async(&mut conn.conn).await)
-            .await
+        self.with_connection(op, async |conn| {
+            invocation.invoke_async(&mut conn.conn).await
+        })
+        .await
     }
 }
 
@@ -257,14 +250,20 @@ impl Backend for RedisBackend {
         .boxed()
     }
 
-    fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<(u64, Vec<u8>)>>> {
+    fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>> {
         async move {
             let mut cmd = redis::cmd("HMGET");
-            cmd.arg(self.keys.fenced(resource)).arg("fence").arg("value");
+            cmd.arg(self.keys.fenced(resource))
+                .arg("fence")
+                .arg("value");
             let (fence, value): (Option<u64>, Option<Vec<u8>>) = self
-                .with_connection("fenced_get", async |conn| cmd.query_async(&mut conn.conn).await)
+                .with_connection("fenced_get", async |conn| {
+                    cmd.query_async(&mut conn.conn).await
+                })
                 .await?;
-            Ok(fence.zip(value))
+            Ok(fence
+                .zip(value)
+                .map(|(fence, value)| FencedValue { fence, value }))
         }
         .boxed()
     }

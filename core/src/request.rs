@@ -12,6 +12,7 @@ use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
 use crate::lease::{Lease, LeaseCell};
 use crate::metrics;
+use crate::notice::Listener;
 use crate::token::new_token;
 
 /// The lease length when none is given.
@@ -109,7 +110,10 @@ impl LockRequest {
         if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
             return Err(LockError::invalid(
                 "ttl",
-                format!("must be between {MIN_TTL:?} and {MAX_TTL:?}, got {:?}", self.ttl),
+                format!(
+                    "must be between {MIN_TTL:?} and {MAX_TTL:?}, got {:?}",
+                    self.ttl
+                ),
             ));
         }
         if self.max_hold.is_some_and(|max_hold| max_hold.is_zero()) {
@@ -126,7 +130,8 @@ impl LockRequest {
     /// ttl, and with a backend error if the backend fails meanwhile.
     pub async fn acquire(self) -> Result<LockGuard> {
         self.validate()?;
-        let span = tracing::debug_span!("soloist.acquire", key = %self.key, fence = tracing::field::Empty);
+        let span =
+            tracing::debug_span!("soloist.acquire", key = %self.key, fence = tracing::field::Empty);
         let started = Instant::now();
         let result = self.acquire_inner(started).instrument(span.clone()).await;
         let outcome = match &result {
@@ -144,13 +149,13 @@ impl LockRequest {
 
     async fn acquire_inner(&self, started: Instant) -> Result<LockGuard> {
         let token = new_token();
-        if let Attempt::Acquired { fence } = self.attempt(&token).await? {
-            return Ok(self.guard(token, fence, started));
-        }
         if self.wait.is_zero() {
-            return Err(LockError::Busy {
-                key: self.key.clone(),
-            });
+            return match self.attempt(&token).await? {
+                Attempt::Acquired { fence } => Ok(self.guard(token, fence, started)),
+                Attempt::Held { .. } => Err(LockError::Busy {
+                    key: self.key.clone(),
+                }),
+            };
         }
         let deadline = started.checked_add(self.wait);
         let timed_out = || LockError::Timeout {
@@ -158,25 +163,37 @@ impl LockRequest {
             waited: started.elapsed(),
         };
         let inner = &self.client.inner;
-        // Only the head of this process's line talks to the backend.
+        // Only the head of this process's line talks to the backend: however
+        // many tasks wait for a key, the process puts one contender on the wire.
         let _head = within(deadline, inner.queues.head_of_line(&self.key))
             .await
             .ok_or_else(timed_out)?;
-        let mut listener = within(deadline, inner.backend.listen(&self.key))
-            .await
-            .ok_or_else(timed_out)?;
+        let mut listener: Option<Listener> = None;
         loop {
-            // Subscribed before each attempt: a release between the attempt
-            // and the wait below still wakes us.
-            listener.mark_seen();
+            // Marked before each attempt, so a release that lands between the
+            // attempt and the wait below still wakes us.
+            if let Some(listener) = listener.as_mut() {
+                listener.mark_seen();
+            }
             let sent_at = Instant::now();
             let expires_in = match self.attempt(&token).await? {
                 Attempt::Acquired { fence } => return Ok(self.guard(token, fence, sent_at)),
                 Attempt::Held { expires_in } => expires_in,
             };
+            let Some(listener) = listener.as_mut() else {
+                // Held: subscribe to its release notices, then try again at
+                // once in case it was released before the subscription.
+                let subscribed = within(deadline, inner.backend.listen(&self.key)).await;
+                listener = Some(subscribed.ok_or_else(timed_out)?);
+                continue;
+            };
             // Fallback for a missed notice and for a holder that dies: no
             // notice comes when a key expires, so wake when it does.
-            let cap = jitter(if listener.is_live() { LIVE_POLL } else { DEAD_POLL });
+            let cap = jitter(if listener.is_live() {
+                LIVE_POLL
+            } else {
+                DEAD_POLL
+            });
             let nap = expires_in.map_or(cap, |left| (left + Duration::from_millis(1)).min(cap));
             let wake = Instant::now() + nap;
             let wake = deadline.map_or(wake, |deadline| wake.min(deadline));
@@ -204,7 +221,9 @@ impl LockRequest {
     }
 
     fn guard(&self, token: String, fence: u64, sent_at: Instant) -> LockGuard {
-        let renew_until = self.max_hold.and_then(|max_hold| sent_at.checked_add(max_hold));
+        let renew_until = self
+            .max_hold
+            .and_then(|max_hold| sent_at.checked_add(max_hold));
         let cell = Arc::new(LeaseCell::new(
             self.key.clone(),
             token,
@@ -245,7 +264,10 @@ mod tests {
             (locks.lock(""), "key"),
             (locks.lock("k").ttl(Duration::ZERO), "ttl"),
             (locks.lock("k").ttl(Duration::from_millis(9)), "ttl"),
-            (locks.lock("k").ttl(MAX_TTL + Duration::from_millis(1)), "ttl"),
+            (
+                locks.lock("k").ttl(MAX_TTL + Duration::from_millis(1)),
+                "ttl",
+            ),
             (locks.lock("k").ttl(Duration::MAX), "ttl"),
             (locks.lock("k").max_hold(Duration::ZERO), "max_hold"),
         ] {
@@ -259,7 +281,13 @@ mod tests {
     #[tokio::test]
     async fn an_absurd_wait_means_wait_forever_not_overflow() {
         let locks = LockClient::memory();
-        let held = locks.lock("k").ttl(Duration::from_millis(50)).watchdog(false).acquire().await.unwrap();
+        let held = locks
+            .lock("k")
+            .ttl(Duration::from_millis(50))
+            .watchdog(false)
+            .acquire()
+            .await
+            .unwrap();
         let waiter = locks.lock("k").wait(Duration::MAX).acquire().await.unwrap();
         assert!(waiter.fence() > held.fence());
     }

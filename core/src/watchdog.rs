@@ -62,10 +62,12 @@ fn retry_delay(ttl: Duration) -> Duration {
 
 type Schedule = BTreeMap<(Instant, u64), Arc<LeaseCell>>;
 
+/// Leases a renewal call handled, each with its next due time.
+type Renewed = Vec<(Arc<LeaseCell>, Instant)>;
+
 async fn run(backend: Arc<dyn Backend>, mut incoming: mpsc::UnboundedReceiver<Arc<LeaseCell>>) {
     let mut schedule = Schedule::new();
-    let mut in_flight: FuturesUnordered<BoxFuture<'static, Vec<(Arc<LeaseCell>, Instant)>>> =
-        FuturesUnordered::new();
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Renewed>> = FuturesUnordered::new();
     loop {
         let next_due = schedule.keys().next().map(|&(due, _)| due);
         tokio::select! {
@@ -117,7 +119,7 @@ fn take_due(schedule: &mut Schedule) -> Vec<Arc<LeaseCell>> {
 }
 
 /// Renews one batch; returns the leases to schedule again with their next due time.
-async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Vec<(Arc<LeaseCell>, Instant)> {
+async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Renewed {
     let sent_at = Instant::now();
     let ttls: Vec<Duration> = leases.iter().map(|lease| lease.ttl()).collect();
     let renewals: Vec<Renewal<'_>> = leases

@@ -1,0 +1,71 @@
+//! What the behaviour tests share: a backend to run against and ways to
+//! look inside it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use soloist::LockClient;
+use soloist_testkit::RedisServer;
+
+/// One lock space to test against: a real redis-server, or the memory backend.
+pub enum Backend {
+    Redis(RedisServer),
+    Memory(LockClient),
+}
+
+impl Backend {
+    pub fn redis() -> Self {
+        Backend::Redis(RedisServer::start())
+    }
+
+    pub fn memory() -> Self {
+        Backend::Memory(LockClient::memory())
+    }
+
+    /// An independent client of this lock space: its own pool, watchdog and
+    /// subscriber for Redis; a clone for memory, whose space is the process.
+    pub async fn client(&self) -> LockClient {
+        match self {
+            Backend::Redis(server) => LockClient::connect(&server.url())
+                .await
+                .expect("connect to the test server"),
+            Backend::Memory(client) => client.clone(),
+        }
+    }
+
+    pub fn server(&self) -> &RedisServer {
+        match self {
+            Backend::Redis(server) => server,
+            Backend::Memory(_) => panic!("this test needs Redis"),
+        }
+    }
+}
+
+/// Runs each listed async test fn against both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name($crate::common::Backend::redis()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name($crate::common::Backend::memory()).await;
+            }
+        }
+    )*};
+}
+
+/// Total calls of `command` so far, from `INFO commandstats` (scripts'
+/// inner calls included).
+pub fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{}:calls=", command.to_lowercase());
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("calls is a number"))
+}

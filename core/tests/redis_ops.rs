@@ -1,0 +1,287 @@
+//! What the Redis backend does on the wire: where keys live, what each
+//! operation costs, how renewals batch, how waiters share one subscription.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::command_calls;
+use futures::future::join_all;
+use soloist::{LockClient, LockError};
+use soloist_testkit::RedisServer;
+use tokio::time::{Instant, sleep};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+async fn connect(server: &RedisServer) -> LockClient {
+    LockClient::connect(&server.url()).await.expect("connect")
+}
+
+/// The lock key's owner token, read straight from Redis.
+fn token_of(server: &RedisServer, key: &str) -> String {
+    server.cli(&["GET", &format!("soloist:lock:{key}")])
+}
+
+#[tokio::test]
+async fn keys_live_under_the_prefix_and_user_strings_stay_data() {
+    let server = RedisServer::start();
+    let locks = LockClient::builder()
+        .prefix("app:")
+        .connect(&server.url())
+        .await
+        .unwrap();
+    // Quotes, Lua syntax, braces, a newline: only ever KEYS/ARGV data.
+    let key = "x\"]]) redis.call('FLUSHALL') --{tag}\n'";
+    let guard = locks.lock(key).acquire().await.unwrap();
+    assert!(
+        locks
+            .fenced_set(key, guard.fence(), b"v")
+            .await
+            .unwrap()
+            .is_accepted()
+    );
+    assert_eq!(server.cli(&["DBSIZE"]), "3");
+    let expected = ["lock", "fence", "fenced"].map(|space| format!("app:{space}:{key}"));
+    let mut exists = vec!["EXISTS"];
+    exists.extend(expected.iter().map(String::as_str));
+    assert_eq!(
+        server.cli(&exists),
+        "3",
+        "keys are not all under the prefix"
+    );
+    // Same prefix: one lock space. Another prefix: another lock space.
+    let same = LockClient::builder()
+        .prefix("app:")
+        .connect(&server.url())
+        .await
+        .unwrap();
+    assert!(matches!(
+        same.lock(key).acquire().await,
+        Err(LockError::Busy { .. })
+    ));
+    let other = connect(&server).await;
+    let _other = other
+        .lock(key)
+        .acquire()
+        .await
+        .expect("another prefix, another lock");
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_urls_and_settings_are_errors_not_panics() {
+    for url in ["", "not a url", "http://127.0.0.1:1", "redis://:badport"] {
+        match LockClient::connect(url).await {
+            Err(LockError::InvalidArgument { name: "url", .. }) => {}
+            other => panic!("{url:?}: expected InvalidArgument(url), got {other:?}"),
+        }
+    }
+    let refused = LockClient::builder()
+        .op_timeout(SECOND)
+        .connect("redis://127.0.0.1:1")
+        .await;
+    assert!(
+        matches!(refused, Err(LockError::Connection(_))),
+        "{refused:?}"
+    );
+    for (builder, name) in [
+        (LockClient::builder().pool_size(0), "pool_size"),
+        (
+            LockClient::builder().op_timeout(Duration::ZERO),
+            "op_timeout",
+        ),
+    ] {
+        match builder.connect("redis://127.0.0.1:1").await {
+            Err(LockError::InvalidArgument { name: got, .. }) => assert_eq!(got, name),
+            other => panic!("expected InvalidArgument({name}), got {other:?}"),
+        }
+    }
+}
+
+/// An acquire+release cycle is two script calls and nothing else: no PING
+/// on pool check-out, no extra reads.
+#[tokio::test]
+async fn a_cycle_costs_two_round_trips() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    locks
+        .lock("warm")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let (evalsha, ping) = (
+        command_calls(&server, "evalsha"),
+        command_calls(&server, "ping"),
+    );
+    for _ in 0..50 {
+        let guard = locks.lock("cycle").watchdog(false).acquire().await.unwrap();
+        guard.release().await.unwrap();
+    }
+    assert_eq!(command_calls(&server, "evalsha") - evalsha, 100);
+    assert_eq!(command_calls(&server, "ping") - ping, 0);
+}
+
+/// 2,500 leases held by one client cost a few script calls per renewal
+/// period, not 2,500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_are_batched() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    let ttl = 3 * SECOND;
+    let guards: Vec<_> =
+        join_all((0..2500).map(|i| locks.lock(format!("batch:{i}")).ttl(ttl).acquire()))
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let before = command_calls(&server, "evalsha");
+    sleep(ttl).await; // three renewal periods
+    let calls = command_calls(&server, "evalsha") - before;
+    // ceil(2500 / 1000) = 3 calls a period once aligned; allow the first
+    // period to be split by how long the acquisitions took.
+    assert!(
+        (3..=18).contains(&calls),
+        "{calls} renewal calls in 3 periods"
+    );
+    assert!(guards.iter().all(|guard| guard.is_held()));
+    let pttl: i64 = server
+        .cli(&["PTTL", "soloist:lock:batch:0"])
+        .parse()
+        .unwrap();
+    assert!(pttl > 1500, "lease not renewed: pttl {pttl}");
+}
+
+/// Ten waiters in one process put one contender on the wire, and all of
+/// them get the lock in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_waiters_queue_behind_one_contender() {
+    let server = RedisServer::start();
+    let (holder, waiters) = (connect(&server).await, connect(&server).await);
+    let held = holder.lock("line").acquire().await.unwrap();
+    let before = command_calls(&server, "evalsha");
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let (locks, got) = (waiters.clone(), got.clone());
+            tokio::spawn(async move {
+                let guard = locks
+                    .lock("line")
+                    .wait(30 * SECOND)
+                    .acquire()
+                    .await
+                    .unwrap();
+                got.lock().unwrap().push((i, guard.fence()));
+                guard.release().await.unwrap();
+            })
+        })
+        .collect();
+    sleep(1500 * Duration::from_millis(1)).await;
+    let while_held = command_calls(&server, "evalsha") - before;
+    assert!(
+        while_held <= 6,
+        "{while_held} attempts by 10 waiters in 1.5 s"
+    );
+    held.release().await.unwrap();
+    for task in tasks {
+        tokio::time::timeout(10 * SECOND, task)
+            .await
+            .expect("waiter stuck")
+            .unwrap();
+    }
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 10);
+    assert!(
+        got.windows(2).all(|w| w[0].1 < w[1].1),
+        "fences in hand-off order"
+    );
+}
+
+/// A renewal that finds the key gone fires `lost` at once, long before the
+/// lease's own deadline.
+#[tokio::test]
+async fn lost_fires_when_a_renewal_finds_the_key_gone() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    let ttl = 3 * SECOND;
+    let held = locks.lock("taken").ttl(ttl).acquire().await.unwrap();
+    server.cli(&["DEL", "soloist:lock:taken"]);
+    let deleted_at = Instant::now();
+    held.lost().await;
+    let after = deleted_at.elapsed();
+    assert!(
+        after < ttl / 3 + Duration::from_millis(300),
+        "lost fired {after:?} after the delete"
+    );
+    assert!(!held.is_held());
+    assert!(matches!(held.release().await, Err(LockError::Lost { .. })));
+}
+
+/// Same when another owner holds the key under a different token.
+#[tokio::test]
+async fn lost_fires_when_a_renewal_finds_another_owner() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    let held = locks.lock("stolen").ttl(SECOND).acquire().await.unwrap();
+    server.cli(&["SET", "soloist:lock:stolen", "someone-else", "PX", "60000"]);
+    tokio::time::timeout(SECOND, held.lost())
+        .await
+        .expect("lost fired within a period");
+    assert_eq!(server.cli(&["GET", "soloist:lock:stolen"]), "someone-else");
+}
+
+/// Renewal ends with the guard: put the released key back with the old
+/// token and it must expire untouched, whether the guard was released or
+/// dropped.
+#[tokio::test]
+async fn no_renewal_after_release_or_drop() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    let ttl = Duration::from_millis(300);
+    for explicit in [true, false] {
+        let guard = locks.lock("ended").ttl(ttl).acquire().await.unwrap();
+        let token = token_of(&server, "ended");
+        assert_eq!(token.len(), 32);
+        if explicit {
+            guard.release().await.unwrap();
+        } else {
+            drop(guard);
+            sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(server.cli(&["EXISTS", "soloist:lock:ended"]), "0");
+        server.cli(&["SET", "soloist:lock:ended", &token, "PX", "300"]);
+        sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            server.cli(&["EXISTS", "soloist:lock:ended"]),
+            "0",
+            "a renewal revived the lease after {}",
+            if explicit { "release" } else { "drop" }
+        );
+    }
+}
+
+/// Tokens in Redis are 128-bit random values, unrelated to each other.
+#[tokio::test]
+async fn owner_tokens_are_random_128_bit() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    let mut tokens = Vec::new();
+    for _ in 0..200 {
+        let guard = locks.lock("tok").watchdog(false).acquire().await.unwrap();
+        tokens.push(u128::from_str_radix(&token_of(&server, "tok"), 16).expect("hex token"));
+        guard.release().await.unwrap();
+    }
+    let mut unique = tokens.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), tokens.len());
+    let differing: u32 = tokens.windows(2).map(|w| (w[0] ^ w[1]).count_ones()).sum();
+    let mean = f64::from(differing) / (tokens.len() - 1) as f64;
+    assert!(
+        (56.0..72.0).contains(&mean),
+        "neighbouring tokens differ in {mean} bits"
+    );
+}

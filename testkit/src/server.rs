@@ -1,0 +1,458 @@
+//! A real `redis-server` child process on a free loopback port.
+
+use std::env;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::signal;
+
+/// How long a freshly spawned server may take to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many free ports [`RedisServerBuilder::start`] tries before giving up.
+const START_ATTEMPTS: usize = 5;
+/// Pause between readiness probes and between relaunches on the same port.
+const RETRY_INTERVAL: Duration = Duration::from_millis(10);
+/// How many lines of `redis.log` a startup failure quotes.
+const LOG_TAIL_LINES: usize = 25;
+
+const NOT_FOUND: &str = "redis-server not found on PATH: install it (e.g. `sudo apt-get install -y \
+                         redis-server`) or run `bash .ci/test`, which installs it";
+
+/// A `redis-server` child process on a free loopback port, in its own temp dir, killed on
+/// `Drop`.
+///
+/// The server runs without persistence (`--save "" --appendonly no`), bound to `127.0.0.1`,
+/// with its log in `redis.log` inside its temp dir (quoted when it fails to start).
+///
+/// All methods panic with a descriptive message when the environment is broken (no
+/// `redis-server`, no free port, a server that never becomes ready): this is test setup, and a
+/// test that cannot set up must fail, never pass.
+///
+/// ```no_run
+/// use soloist_testkit::RedisServer;
+///
+/// let mut server = RedisServer::start();
+/// assert_eq!(server.cli(&["SET", "k", "v"]), "OK");
+/// server.restart(); // same port, data gone
+/// assert_eq!(server.cli(&["GET", "k"]), "");
+/// ```
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    bin: PathBuf,
+    args: Vec<String>,
+    /// `None` once killed. A `Mutex` so `&self` methods can reap a server that died on its own.
+    child: Mutex<Option<Child>>,
+    dir: TempDir,
+}
+
+/// Configures a [`RedisServer`] before starting it; get one from [`RedisServer::builder`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct RedisServerBuilder {
+    args: Vec<String>,
+}
+
+impl RedisServerBuilder {
+    /// Appends one extra `redis-server` command-line argument, after the ones the testkit
+    /// sets (so it can override them).
+    ///
+    /// Pass option and value as separate calls:
+    /// `.arg("--maxmemory-policy").arg("allkeys-lru")`.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Starts the server and waits until it answers.
+    ///
+    /// If another process grabs the chosen port before the server binds it, a new free port is
+    /// tried, up to five times.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` cannot be found or never becomes ready; the message quotes the tail
+    /// of its log.
+    pub fn start(self) -> RedisServer {
+        let bin = redis_server_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("soloist-redis-")
+            .tempdir()
+            .expect("create a temp dir for redis-server");
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let deadline = Instant::now() + READY_TIMEOUT;
+            match launch(&bin, port, dir.path(), &self.args, deadline) {
+                Ok(child) => {
+                    return RedisServer {
+                        port,
+                        bin,
+                        args: self.args,
+                        child: Mutex::new(Some(child)),
+                        dir,
+                    };
+                }
+                Err(failure) => failures.push(format!("port {port}: {failure}")),
+            }
+        }
+        panic!(
+            "redis-server did not start after {START_ATTEMPTS} attempts ({}); extra args {:?}; \
+             {}",
+            failures.join("; "),
+            self.args,
+            log_tail(dir.path()),
+        );
+    }
+}
+
+impl RedisServer {
+    /// Starts a server with the default configuration; same as `RedisServer::builder().start()`.
+    ///
+    /// # Panics
+    ///
+    /// See [`RedisServerBuilder::start`].
+    pub fn start() -> RedisServer {
+        Self::builder().start()
+    }
+
+    /// A builder to pass extra `redis-server` arguments.
+    pub fn builder() -> RedisServerBuilder {
+        RedisServerBuilder::default()
+    }
+
+    /// The connection URL, `redis://127.0.0.1:PORT`. It stays valid across
+    /// [`restart`](Self::restart).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TCP port the server listens on; the same for the server's whole life.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process id, or `None` when the server is not running (killed, or exited on its own).
+    /// A paused server is running.
+    pub fn pid(&self) -> Option<u32> {
+        running(&mut self.lock_child()).map(|child| child.id())
+    }
+
+    /// Whether the server process is alive (a paused server is).
+    pub fn is_running(&self) -> bool {
+        self.pid().is_some()
+    }
+
+    /// Kills the server with `SIGKILL` (no clean shutdown, like a crash) and reaps it.
+    /// Does nothing if it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.lock_child().take() {
+            // The only error is "already exited", which is what we want anyway.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server with `SIGSTOP`: it keeps its port and accepts connections (the kernel
+    /// completes the handshake) but answers nothing until [`resume`](Self::resume).
+    ///
+    /// # Panics
+    ///
+    /// If the server is not running.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP, "pause");
+    }
+
+    /// Continues a server frozen by [`pause`](Self::pause) with `SIGCONT`; it then answers
+    /// every request that arrived meanwhile.
+    ///
+    /// # Panics
+    ///
+    /// If the server is not running.
+    pub fn resume(&self) {
+        self.signal(Signal::SIGCONT, "resume");
+    }
+
+    /// Kills the server if it is running, then starts it again on the same port with the same
+    /// arguments and waits until it answers. The data set is empty afterwards.
+    ///
+    /// # Panics
+    ///
+    /// See [`start_again`](Self::start_again).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Starts the server again on the same port after [`kill`](Self::kill), with the same
+    /// arguments, and waits until it answers. Retries for a few seconds in case the port is
+    /// briefly unavailable.
+    ///
+    /// # Panics
+    ///
+    /// If the server is still running (use [`restart`](Self::restart)), or it does not come
+    /// back within ten seconds.
+    pub fn start_again(&mut self) {
+        assert!(
+            !self.is_running(),
+            "start_again: redis-server on port {} is still running; kill() it first or use \
+             restart()",
+            self.port,
+        );
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let child = loop {
+            match launch(&self.bin, self.port, self.dir.path(), &self.args, deadline) {
+                Ok(child) => break child,
+                // Usually the port is still held by something that lets go of it shortly.
+                Err(_) if Instant::now() < deadline => thread::sleep(RETRY_INTERVAL * 5),
+                Err(failure) => panic!(
+                    "redis-server did not start again on port {}: {failure}; {}",
+                    self.port,
+                    log_tail(self.dir.path()),
+                ),
+            }
+        };
+        *self.lock_child() = Some(child);
+    }
+
+    /// Runs `redis-cli -h 127.0.0.1 -p PORT args...` and returns its trimmed stdout.
+    ///
+    /// Redis error replies come back as text (`ERR ...`), since `redis-cli` exits successfully
+    /// for them. Blocks while the server is paused. `redis-cli` is looked up through
+    /// `REDIS_CLI_BIN`, next to `redis-server`, then on `PATH`.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-cli` cannot be run or exits unsuccessfully (the message includes its stderr).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let cli = redis_cli_bin(&self.bin);
+        let output = Command::new(&cli)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", cli.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "redis-cli -p {} {args:?} failed ({}): stderr: {} stdout: {}",
+            self.port,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            stdout.trim(),
+        );
+        stdout.trim().to_owned()
+    }
+
+    fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {
+        // The guarded Option is valid whatever a panicking holder was doing.
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn signal(&self, sig: Signal, action: &str) {
+        // Hold the lock while signalling so the process cannot be reaped (and its pid reused)
+        // in between.
+        let mut child = self.lock_child();
+        let Some(pid) = running(&mut child).map(|child| child.id()) else {
+            panic!(
+                "{action}: redis-server on port {} is not running (killed or exited)",
+                self.port
+            );
+        };
+        signal::send(pid, sig, &format!("redis-server on port {}", self.port));
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // SIGKILL works on a paused (SIGSTOPped) process too.
+        self.kill();
+    }
+}
+
+/// The child if it is still alive; reaps and forgets it if it has exited.
+fn running(child: &mut Option<Child>) -> Option<&mut Child> {
+    if let Some(process) = child
+        && !matches!(process.try_wait(), Ok(None))
+    {
+        *child = None;
+    }
+    child.as_mut()
+}
+
+/// Spawns `redis-server` on `port` and waits until it answers, or kills it and says why not.
+fn launch(
+    bin: &Path,
+    port: u16,
+    dir: &Path,
+    extra: &[String],
+    deadline: Instant,
+) -> Result<Child, String> {
+    let mut child = Command::new(bin)
+        .arg("--port")
+        .arg(port.to_string())
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "no", "--protected-mode", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Err(format!("redis-server exited with {status}")),
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot wait for redis-server: {e}")),
+        }
+        match probe(port) {
+            Some(Probe::Pid(pid)) if pid == child.id() => return Ok(child),
+            // Cannot check the pid without the password, but something asks for it: ours.
+            Some(Probe::NoAuth) => return Ok(child),
+            // Not up yet, still loading, or another process on this port (then ours exits).
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "redis-server did not answer within {READY_TIMEOUT:?}"
+            ));
+        }
+        thread::sleep(RETRY_INTERVAL);
+    }
+}
+
+/// What a readiness probe learned about whoever listens on a port.
+enum Probe {
+    /// A Redis server with this process id.
+    Pid(u32),
+    /// A Redis server that requires a password.
+    NoAuth,
+    /// Any other answer (an error such as `-LOADING`, or not Redis).
+    Other,
+}
+
+/// Sends `INFO server` over raw RESP. Asking for the process id rather than a `PING` tells our
+/// server apart from one that won a race for the same port.
+fn probe(port: u16) -> Option<Probe> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if text.starts_with('-') && text.contains("\r\n") {
+            return Some(if text.starts_with("-NOAUTH") {
+                Probe::NoAuth
+            } else {
+                Probe::Other
+            });
+        }
+        if let Some(pid) = process_id(&text) {
+            return Some(Probe::Pid(pid));
+        }
+    }
+}
+
+/// The `process_id:` field of an `INFO server` reply, once its line is complete.
+fn process_id(info: &str) -> Option<u32> {
+    const FIELD: &str = "process_id:";
+    let start = info.find(FIELD)? + FIELD.len();
+    let rest = &info[start..];
+    rest[..rest.find("\r\n")?].parse().ok()
+}
+
+/// A port that was free a moment ago (the listener is dropped before returning).
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a free port on 127.0.0.1")
+        .port()
+}
+
+fn redis_server_bin() -> PathBuf {
+    if let Some(path) = env::var_os("REDIS_SERVER_BIN").filter(|path| !path.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "REDIS_SERVER_BIN={} is not a file; unset it to use redis-server from PATH",
+            path.display(),
+        );
+        return path;
+    }
+    search_path(OsStr::new("redis-server")).unwrap_or_else(|| panic!("{NOT_FOUND}"))
+}
+
+fn redis_cli_bin(server_bin: &Path) -> PathBuf {
+    if let Some(path) = env::var_os("REDIS_CLI_BIN").filter(|path| !path.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let sibling = server_bin.with_file_name("redis-cli");
+    if sibling.is_file() {
+        return sibling;
+    }
+    search_path(OsStr::new("redis-cli")).unwrap_or_else(|| {
+        panic!(
+            "redis-cli not found next to {} or on PATH: install it (e.g. `sudo apt-get install \
+             -y redis-tools`) or set REDIS_CLI_BIN",
+            server_bin.display(),
+        )
+    })
+}
+
+fn search_path(name: &OsStr) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The last lines of the server's log, for panic messages.
+fn log_tail(dir: &Path) -> String {
+    let path = dir.join("redis.log");
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let log = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            format!("last lines of {}:\n{}", path.display(), tail.join("\n"))
+        }
+        Err(e) => format!("no log at {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_id;
+
+    #[test]
+    fn process_id_needs_a_complete_line() {
+        let info = "$900\r\n# Server\r\nredis_version:7.0.15\r\nprocess_id:4242\r\nrun_id:x";
+        assert_eq!(process_id(info), Some(4242));
+        assert_eq!(process_id("$900\r\n# Server\r\nprocess_id:42"), None);
+        assert_eq!(process_id("-LOADING Redis is loading\r\n"), None);
+    }
+}
