@@ -128,14 +128,24 @@ impl RedisBackend {
             let mut conn = self.pool.get().await?;
             let result = work(&mut conn).await;
             conn.observe(&result);
-            result.map_err(LockError::from)
+            result.map_err(|err| {
+                if err.is_timeout() {
+                    self.unresponsive(op)
+                } else {
+                    LockError::from(err)
+                }
+            })
         };
         tokio::time::timeout(self.op_timeout, attempt)
             .await
-            .map_err(|_| LockError::Unresponsive {
-                op,
-                after: self.op_timeout,
-            })?
+            .map_err(|_| self.unresponsive(op))?
+    }
+
+    fn unresponsive(&self, op: &'static str) -> LockError {
+        LockError::Unresponsive {
+            op,
+            after: self.op_timeout,
+        }
     }
 
     async fn script<T: FromRedisValue>(

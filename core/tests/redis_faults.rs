@@ -1,0 +1,360 @@
+//! Faults a Redis-backed lock must survive: a paused or restarted server, a
+//! stalled or cut network, and lock holders that are killed or frozen.
+
+mod common;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use soloist::{FencedWrite, LockClient, LockError};
+use soloist_testkit::{
+    ChildProcess, Proxy, RedisServer, child_role, read_from_parent, send_to_parent,
+};
+use tokio::time::{Instant, sleep, timeout};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+async fn connect(url: &str, op_timeout: Duration) -> LockClient {
+    LockClient::builder()
+        .op_timeout(op_timeout)
+        .connect(url)
+        .await
+        .expect("connect")
+}
+
+/// With the server frozen, renewals hang; `lost` must still fire before the
+/// server could expire the key and give it to someone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_fires_before_the_deadline_when_redis_is_paused() {
+    let server = RedisServer::start();
+    let locks = connect(&server.url(), Duration::from_millis(500)).await;
+    let ttl = Duration::from_millis(1500);
+    let guard = locks.lock("frozen").ttl(ttl).acquire().await.unwrap();
+    sleep(Duration::from_millis(700)).await; // one renewal lands
+    assert!(guard.is_held());
+    server.pause();
+    let paused_at = Instant::now();
+    timeout(5 * SECOND, guard.lost()).await.expect("lost fired");
+    let fired = paused_at.elapsed();
+    server.resume();
+    // Every confirmed renewal was sent before the pause, so the key lives on
+    // the server until at least `paused_at + ttl`.
+    assert!(
+        fired < ttl,
+        "lost fired {fired:?} into the pause, ttl {ttl:?}"
+    );
+    assert!(fired > ttl / 3, "lost fired too early: {fired:?}");
+    assert!(!guard.is_held());
+    assert_eq!(guard.remaining(), Duration::ZERO);
+}
+
+/// A server killed and restarted (empty) mid-run: errors while it is down,
+/// then recovery; no panic, no stuck waiter, and fences do not go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_run_gives_errors_then_recovery() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let op_timeout = Duration::from_millis(500);
+    let locks = connect(&url, op_timeout).await;
+    let held = locks.lock("held").ttl(SECOND).acquire().await.unwrap();
+    let fence_before = held.fence();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let restarted = Arc::new(AtomicBool::new(false));
+    let mut contenders = Vec::new();
+    for client in 0..2 {
+        let locks = connect(&url, op_timeout).await;
+        for _ in 0..2 {
+            let (locks, stop, errors, restarted) = (
+                locks.clone(),
+                stop.clone(),
+                errors.clone(),
+                restarted.clone(),
+            );
+            contenders.push(tokio::spawn(async move {
+                let mut after_restart = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    match locks
+                        .lock("contended")
+                        .ttl(SECOND)
+                        .wait(SECOND)
+                        .acquire()
+                        .await
+                    {
+                        Ok(guard) => {
+                            sleep(Duration::from_millis(2)).await;
+                            let _ = guard.release().await;
+                            if restarted.load(Ordering::SeqCst) {
+                                after_restart += 1;
+                            }
+                        }
+                        Err(err) => {
+                            assert!(err.is_backend(), "client {client}: {err}");
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                after_restart
+            }));
+        }
+    }
+    sleep(Duration::from_millis(500)).await;
+    server.kill();
+    sleep(Duration::from_millis(700)).await;
+    server.start_again();
+    restarted.store(true, Ordering::SeqCst);
+
+    timeout(5 * SECOND, held.lost())
+        .await
+        .expect("the holder learns its key is gone");
+    let after = timeout(5 * SECOND, async {
+        loop {
+            match locks.lock("held").wait(SECOND).acquire().await {
+                Ok(guard) => break guard,
+                Err(_) => sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("acquire again after the restart");
+    assert!(
+        after.fence() > fence_before,
+        "fence went back after the restart: {} <= {fence_before}",
+        after.fence()
+    );
+
+    sleep(2 * SECOND).await;
+    stop.store(true, Ordering::SeqCst);
+    for contender in contenders {
+        let after_restart = timeout(5 * SECOND, contender)
+            .await
+            .expect("a contender is stuck")
+            .expect("contender task");
+        assert!(after_restart > 0, "a contender never recovered");
+    }
+    assert!(
+        errors.load(Ordering::SeqCst) > 0,
+        "the outage went unnoticed"
+    );
+}
+
+/// The connection a restart broke is replaced: at most one operation sees
+/// the broken connection, the next ones run on a fresh one.
+#[tokio::test]
+async fn pool_replaces_connections_broken_by_a_restart() {
+    let mut server = RedisServer::start();
+    let locks = connect(&server.url(), SECOND).await;
+    locks
+        .lock("k")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    server.restart();
+    let mut failures = 0;
+    for _ in 0..5 {
+        match locks.lock("k").acquire().await {
+            Ok(guard) => {
+                guard.release().await.unwrap();
+                break;
+            }
+            Err(err) => {
+                assert!(matches!(err, LockError::Connection(_)), "{err:?}");
+                failures += 1;
+            }
+        }
+    }
+    assert!(
+        failures <= 1,
+        "{failures} operations failed after the restart"
+    );
+    for _ in 0..5 {
+        locks
+            .lock("k")
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+}
+
+/// A stalled network: operations fail within the operation timeout and the
+/// holder's `lost` fires within its ttl. A cut network: connection errors.
+/// Both recover when the network does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_or_cut_network_fails_fast_and_recovers() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    let op_timeout = Duration::from_millis(300);
+    let locks = connect(&proxy.url(), op_timeout).await;
+    let ttl = SECOND;
+    let held = locks.lock("held").ttl(ttl).acquire().await.unwrap();
+
+    proxy.stall();
+    let stalled_at = Instant::now();
+    match locks.lock("other").acquire().await {
+        Err(LockError::Unresponsive { .. }) => {}
+        other => panic!("expected Unresponsive, got {other:?}"),
+    }
+    assert!(stalled_at.elapsed() < op_timeout * 3);
+    timeout(2 * ttl, held.lost()).await.expect("lost fired");
+    assert!(stalled_at.elapsed() < ttl, "lost fired after the ttl");
+    proxy.restore();
+    eventually_acquires(&locks).await;
+
+    proxy.cut();
+    let err = locks
+        .lock("other")
+        .acquire()
+        .await
+        .expect_err("network is cut");
+    assert!(err.is_backend(), "{err:?}");
+    proxy.restore();
+    eventually_acquires(&locks).await;
+}
+
+/// Retries a full acquire and release cycle until both succeed.
+async fn eventually_acquires(locks: &LockClient) {
+    timeout(5 * SECOND, async {
+        loop {
+            if let Ok(guard) = locks.lock("after").acquire().await
+                && guard.release().await.is_ok()
+            {
+                return;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("recovered");
+}
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// A holder process killed with SIGKILL stops renewing: its key expires
+/// within one ttl, while a live holder's key outlives the ttl.
+#[test]
+fn killed_holder_process_key_expires_within_ttl() {
+    let ttl = 2 * SECOND;
+    if child_role().as_deref() == Some("holder") {
+        block_on(async {
+            let url = std::env::var("REDIS_URL").expect("REDIS_URL");
+            let locks = connect(&url, SECOND).await;
+            let guard = locks.lock("job").ttl(ttl).acquire().await.unwrap();
+            send_to_parent(&format!("locked {}", guard.fence()));
+            tokio::task::spawn_blocking(read_from_parent).await.unwrap();
+        });
+        return;
+    }
+    let server = RedisServer::start();
+    let mut holder = ChildProcess::spawn(
+        "killed_holder_process_key_expires_within_ttl",
+        "holder",
+        &[("REDIS_URL", &server.url())],
+    );
+    assert!(holder.read_line().starts_with("locked "));
+    std::thread::sleep(ttl + ttl / 2);
+    assert_eq!(
+        server.cli(&["EXISTS", "soloist:lock:job"]),
+        "1",
+        "a live holder renews"
+    );
+    holder.kill();
+    let killed_at = std::time::Instant::now();
+    while server.cli(&["EXISTS", "soloist:lock:job"]) == "1" {
+        assert!(
+            killed_at.elapsed() < ttl + SECOND / 10,
+            "key outlived its ttl"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        killed_at.elapsed() > ttl / 3,
+        "the key vanished without expiring"
+    );
+}
+
+/// The end-to-end fencing story: a holder frozen past its ttl resumes and
+/// writes; the write is refused because the next holder wrote with a
+/// higher fence.
+#[test]
+fn paused_holders_late_write_is_rejected() {
+    const TEST: &str = "paused_holders_late_write_is_rejected";
+    let ttl = SECOND;
+    if child_role().as_deref() == Some("holder") {
+        block_on(async {
+            let url = std::env::var("REDIS_URL").expect("REDIS_URL");
+            let locks = connect(&url, SECOND).await;
+            let guard = locks.lock("report").ttl(ttl).acquire().await.unwrap();
+            let early = locks
+                .fenced_set("report", guard.fence(), "holder-early")
+                .await
+                .unwrap();
+            assert!(early.is_accepted());
+            send_to_parent(&format!("locked {}", guard.fence()));
+            tokio::task::spawn_blocking(read_from_parent).await.unwrap();
+            // Resumed: write at once, as a holder that does not look would.
+            let late = locks
+                .fenced_set("report", guard.fence(), "holder-late")
+                .await
+                .unwrap();
+            send_to_parent(&match late {
+                FencedWrite::Accepted => "accepted".to_owned(),
+                FencedWrite::Rejected { highest } => format!("rejected {highest}"),
+                other => format!("{other:?}"),
+            });
+            tokio::task::spawn_blocking(read_from_parent).await.unwrap();
+        });
+        return;
+    }
+    let server = RedisServer::start();
+    let mut holder = ChildProcess::spawn(TEST, "holder", &[("REDIS_URL", &server.url())]);
+    let old_fence: u64 = holder
+        .read_line()
+        .strip_prefix("locked ")
+        .and_then(|fence| fence.parse().ok())
+        .expect("the holder reports its fence");
+    holder.pause();
+    block_on(async {
+        let locks = connect(&server.url(), SECOND).await;
+        let started = Instant::now();
+        let guard = locks
+            .lock("report")
+            .wait(5 * SECOND)
+            .acquire()
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() > ttl / 2,
+            "taken while the frozen holder's lease was valid"
+        );
+        assert!(guard.fence() > old_fence);
+        let write = locks
+            .fenced_set("report", guard.fence(), "successor")
+            .await
+            .unwrap();
+        assert!(write.is_accepted());
+
+        holder.resume();
+        holder.write_line("write now");
+        assert_eq!(holder.read_line(), format!("rejected {}", guard.fence()));
+        let stored = locks.fenced_get("report").await.unwrap().expect("stored");
+        assert_eq!(stored.value, b"successor");
+        assert_eq!(stored.fence, guard.fence());
+    });
+}
