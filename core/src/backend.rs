@@ -10,14 +10,29 @@ use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::notice::Listener;
 
-/// What one acquisition attempt found.
+/// What one acquisition attempt found; `A` is what an acquisition yields:
+/// the fence from a backend, the guard from a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Attempt {
-    /// The lock is ours, with this fencing token.
-    Acquired { fence: u64 },
+pub(crate) enum Attempt<A = u64> {
+    /// The lock is ours.
+    Acquired(A),
     /// Another owner holds it; its lease runs out in `expires_in` if known.
     Held { expires_in: Option<Duration> },
+    /// Redlock only: neither a majority granted it nor a majority refused it.
+    NoQuorum(Tally),
 }
+
+/// How the nodes of a Redlock answered one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    pub(crate) granted: usize,
+    pub(crate) refused: usize,
+    pub(crate) unreachable: usize,
+}
+
+/// What a renewal found for one lease: `Ok(true)` renewed, `Ok(false)` not
+/// ours any more, `Err` undecided (too few Redlock nodes answered either way).
+pub(crate) type Renewed = std::result::Result<bool, Tally>;
 
 /// One lease to renew in a batch.
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +51,8 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Attempt>>;
 
-    /// Renews every lease still owned by its token; one flag per lease, in order.
-    fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<bool>>>;
+    /// Renews every lease still owned by its token; one outcome per lease, in order.
+    fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>>;
 
     /// Deletes `key` if `token` still owns it and wakes its waiters; `false` if not ours.
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>>;

@@ -7,9 +7,11 @@ use crate::backend::Backend;
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::memory::MemoryBackend;
+use crate::node::RedisSettings;
 use crate::queue::LocalQueues;
-use crate::redis_node::{RedisBackend, RedisSettings};
+use crate::redlock::RedlockBackend;
 use crate::request::LockRequest;
+use crate::single::RedisBackend;
 use crate::watchdog::Watchdog;
 
 /// A handle to a lock backend; cheap to clone, and every clone shares one
@@ -51,6 +53,36 @@ impl LockClient {
     /// gauge, when the server's `maxmemory-policy` could evict lock keys.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::builder().connect(url).await
+    }
+
+    /// One lock over several independent Redis masters, with the Redlock
+    /// algorithm and default settings (see [`ClientBuilder::redlock`]). The
+    /// client behaves exactly like a single-node one: same requests, guards,
+    /// watchdog, lost signal, fencing and waiting.
+    ///
+    /// Fails with [`LockError::InvalidArgument`] for an empty list, a URL
+    /// that does not parse, or two URLs naming the same server; succeeds
+    /// while a minority of the nodes is down, and those join when they
+    /// come back.
+    ///
+    /// ```no_run
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::redlock([
+    ///     "redis://redis-a:6379",
+    ///     "redis://redis-b:6379",
+    ///     "redis://redis-c:6379",
+    /// ])
+    /// .await?;
+    /// let guard = locks.lock("payouts").acquire().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn redlock<I>(urls: I) -> Result<Self>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        Self::builder().redlock(urls).await
     }
 
     /// An in-process backend with the same semantics as Redis (ttl, tokens,
@@ -168,7 +200,7 @@ impl LockClient {
 #[must_use]
 pub struct ClientBuilder {
     prefix: String,
-    op_timeout: Duration,
+    op_timeout: Option<Duration>,
     pool_size: u32,
 }
 
@@ -176,11 +208,17 @@ impl Default for ClientBuilder {
     fn default() -> Self {
         ClientBuilder {
             prefix: "soloist:".to_owned(),
-            op_timeout: Duration::from_secs(2),
+            op_timeout: None,
             pool_size: 4,
         }
     }
 }
+
+/// How long one request to one server may take, unless set.
+const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for each node of a Redlock: short, so that a dead node costs
+/// little; a decided acquisition never waits for it at all.
+const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(200);
 
 impl ClientBuilder {
     /// The prefix of every Redis key and channel the client uses; default
@@ -190,10 +228,11 @@ impl ClientBuilder {
         self
     }
 
-    /// How long one Redis operation may take before it fails with
-    /// [`LockError::Unresponsive`]; default 2 s.
+    /// How long one request to one Redis server may take before it fails
+    /// with [`LockError::Unresponsive`]; default 2 s for a single node and
+    /// 200 ms per node for a Redlock.
     pub fn op_timeout(mut self, op_timeout: Duration) -> Self {
-        self.op_timeout = op_timeout;
+        self.op_timeout = Some(op_timeout);
         self
     }
 
@@ -206,10 +245,38 @@ impl ClientBuilder {
 
     /// Connects to the Redis server at `url` (`redis://[user:pass@]host:port[/db]`).
     pub async fn connect(self, url: &str) -> Result<LockClient> {
-        if self.op_timeout.is_zero() || self.op_timeout > Duration::from_secs(3600) {
+        let settings = self.settings(DEFAULT_OP_TIMEOUT)?;
+        let backend = RedisBackend::connect(url, &settings).await?;
+        Ok(LockClient::from_backend(backend))
+    }
+
+    /// Sets up a Redlock over the independent Redis masters at `urls` (3 or
+    /// 5 is usual); see [`LockClient::redlock`].
+    ///
+    /// A node that restarts without persistence must stay out for one
+    /// maximum ttl before it rejoins, or a lock it forgot could be granted
+    /// twice: run Redis with `appendonly yes` and `appendfsync always`, or
+    /// delay its start.
+    pub async fn redlock<I>(self, urls: I) -> Result<LockClient>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let settings = self.settings(DEFAULT_NODE_TIMEOUT)?;
+        let urls: Vec<String> = urls
+            .into_iter()
+            .map(|url| url.as_ref().to_owned())
+            .collect();
+        let backend = RedlockBackend::connect(&urls, &settings).await?;
+        Ok(LockClient::from_backend(backend))
+    }
+
+    fn settings(self, default_op_timeout: Duration) -> Result<RedisSettings> {
+        let op_timeout = self.op_timeout.unwrap_or(default_op_timeout);
+        if op_timeout.is_zero() || op_timeout > Duration::from_secs(3600) {
             return Err(LockError::invalid(
                 "op_timeout",
-                format!("must be between 1 ms and 1 h, got {:?}", self.op_timeout),
+                format!("must be between 1 ms and 1 h, got {op_timeout:?}"),
             ));
         }
         if !(1..=1024).contains(&self.pool_size) {
@@ -218,12 +285,10 @@ impl ClientBuilder {
                 format!("must be between 1 and 1024, got {}", self.pool_size),
             ));
         }
-        let settings = RedisSettings {
+        Ok(RedisSettings {
             prefix: self.prefix,
-            op_timeout: self.op_timeout,
+            op_timeout,
             pool_size: self.pool_size,
-        };
-        let backend = RedisBackend::connect(url, &settings).await?;
-        Ok(LockClient::from_backend(backend))
+        })
     }
 }

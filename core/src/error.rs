@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use crate::backend::Tally;
+
 /// Everything that can go wrong while taking, keeping or giving back a lock.
 ///
 /// The variants separate the outcomes a caller reacts to differently:
@@ -43,6 +45,23 @@ pub enum LockError {
         /// The key as the caller gave it.
         key: String,
     },
+    /// Redlock: too few nodes answered to decide. Neither a majority granted
+    /// the lock nor a majority refused it (which would be
+    /// [`Busy`](LockError::Busy)), or a renewal or release could not reach a
+    /// majority.
+    #[error(
+        "lock `{key}`: no majority of nodes agreed ({granted} granted, {refused} refused, {unreachable} unreachable)"
+    )]
+    NoQuorum {
+        /// The key as the caller gave it.
+        key: String,
+        /// Nodes that granted the request.
+        granted: usize,
+        /// Nodes that refused it: held by another owner, or not ours.
+        refused: usize,
+        /// Nodes that failed or did not answer in time.
+        unreachable: usize,
+    },
     /// An argument was out of range or malformed; `name` says which.
     #[error("invalid argument `{name}`: {reason}")]
     InvalidArgument {
@@ -71,6 +90,15 @@ pub enum LockError {
 pub type Result<T, E = LockError> = std::result::Result<T, E>;
 
 impl LockError {
+    pub(crate) fn no_quorum(key: &str, tally: Tally) -> Self {
+        LockError::NoQuorum {
+            key: key.to_owned(),
+            granted: tally.granted,
+            refused: tally.refused,
+            unreachable: tally.unreachable,
+        }
+    }
+
     pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
         LockError::InvalidArgument {
             name,
@@ -83,7 +111,10 @@ impl LockError {
     pub fn is_backend(&self) -> bool {
         matches!(
             self,
-            LockError::Connection(_) | LockError::Protocol(_) | LockError::Unresponsive { .. }
+            LockError::Connection(_)
+                | LockError::Protocol(_)
+                | LockError::Unresponsive { .. }
+                | LockError::NoQuorum { .. }
         )
     }
 }

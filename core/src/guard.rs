@@ -104,12 +104,16 @@ impl LockGuard {
             ttl,
         }];
         let renewed = self.client.inner.backend.extend(&renewal).await?;
-        if renewed.first() == Some(&true) {
-            cell.confirm(sent_at, ttl);
-            Ok(())
-        } else {
-            cell.mark_lost();
-            Err(self.lost_error())
+        match renewed.first() {
+            Some(Ok(true)) => {
+                cell.confirm(sent_at, ttl);
+                Ok(())
+            }
+            Some(Err(tally)) => Err(LockError::no_quorum(self.key(), *tally)),
+            Some(Ok(false)) | None => {
+                cell.mark_lost();
+                Err(self.lost_error())
+            }
         }
     }
 

@@ -73,12 +73,14 @@ mod guard;
 mod lease;
 mod memory;
 pub mod metrics;
+mod node;
 mod notice;
 mod pool;
 mod pubsub;
 mod queue;
-mod redis_node;
+mod redlock;
 mod request;
+mod single;
 mod token;
 mod watchdog;
 

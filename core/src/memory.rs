@@ -8,7 +8,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::backend::{Attempt, Backend, Renewal};
+use crate::backend::{Attempt, Backend, Renewal, Renewed};
 use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::notice::{Listener, NoticeBoard};
@@ -93,15 +93,13 @@ impl Backend for MemoryBackend {
                         expires: now + ttl,
                     },
                 );
-                Attempt::Acquired {
-                    fence: state.next_fence(key),
-                }
+                Attempt::Acquired(state.next_fence(key))
             }
         };
         futures::future::ready(Ok(attempt)).boxed()
     }
 
-    fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<bool>>> {
+    fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>> {
         let now = Instant::now();
         let mut state = State::lock(&self.state);
         let renewed = leases
@@ -109,9 +107,9 @@ impl Backend for MemoryBackend {
             .map(|lease| match state.holder(lease.key, now) {
                 Some(held) if held.token == lease.token => {
                     held.expires = now + lease.ttl;
-                    true
+                    Ok(true)
                 }
-                _ => false,
+                _ => Ok(false),
             })
             .collect();
         futures::future::ready(Ok(renewed)).boxed()

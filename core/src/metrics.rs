@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-/// Counter: acquisition requests by `outcome` (`acquired`, `busy`, `timeout`, `error`).
+/// Counter: acquisition requests by `outcome` (`acquired`, `busy`, `timeout`,
+/// `no_quorum`, `error`).
 pub const ACQUISITIONS: &str = "soloist_lock_acquisitions_total";
 /// Histogram: seconds from the start of an acquisition to its outcome, by `outcome`.
 pub const WAIT_SECONDS: &str = "soloist_lock_wait_seconds";

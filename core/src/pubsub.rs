@@ -16,23 +16,71 @@ use crate::notice::{Listener, NoticeBoard, Unlisten};
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Release notices from one or more Redis nodes, posted to one board.
 #[derive(Debug)]
-pub(crate) struct PubSubHub {
-    shared: Arc<Shared>,
+pub(crate) struct ReleaseNotices {
+    board: Arc<NoticeBoard>,
+    hubs: Vec<PubSubHub>,
 }
 
+impl ReleaseNotices {
+    /// One subscriber per node; `clients` and their order match the nodes.
+    pub(crate) fn new(
+        clients: Vec<redis::Client>,
+        channel_prefix: &str,
+        op_timeout: Duration,
+    ) -> Arc<Self> {
+        let board = Arc::new(NoticeBoard::default());
+        let hubs = clients
+            .into_iter()
+            .map(|client| {
+                PubSubHub::new(client, channel_prefix.to_owned(), op_timeout, board.clone())
+            })
+            .collect();
+        Arc::new(ReleaseNotices { board, hubs })
+    }
+
+    /// Wakes this process's waiters on `key` at once, ahead of the notice
+    /// that travels through Redis.
+    pub(crate) fn notify_local(&self, key: &str) {
+        self.board.notify(key);
+    }
+
+    /// Subscribes to `key`'s release notices on every node. The listener is
+    /// live when at least one subscription was confirmed in time; if none
+    /// was, its waiter polls.
+    pub(crate) async fn listen(self: &Arc<Self>, key: &str) -> Listener {
+        let notices = self.board.join(key);
+        let confirmed =
+            futures::future::join_all(self.hubs.iter().map(|hub| hub.subscribe(key))).await;
+        let live = confirmed.into_iter().any(|live| live);
+        Listener::new(key, notices, live, self.clone())
+    }
+}
+
+impl Unlisten for ReleaseNotices {
+    fn unlisten(&self, key: &str) {
+        if self.board.leave(key) {
+            for hub in &self.hubs {
+                hub.unsubscribe(key);
+            }
+        }
+    }
+}
+
+/// The subscriber connection to one node, run by a background task.
 #[derive(Debug)]
-struct Shared {
+struct PubSubHub {
     core: Arc<Core>,
     task: Background<Command>,
 }
 
-/// What the subscriber task needs. It holds this, not [`Shared`], so that
+/// What the subscriber task needs. It holds this, not the hub, so that
 /// dropping the last client closes the command channel and ends the task.
 #[derive(Debug)]
 struct Core {
     client: redis::Client,
-    board: NoticeBoard,
+    board: Arc<NoticeBoard>,
     channel_prefix: String,
     op_timeout: Duration,
 }
@@ -49,54 +97,40 @@ enum Command {
 }
 
 impl PubSubHub {
-    pub(crate) fn new(client: redis::Client, channel_prefix: String, op_timeout: Duration) -> Self {
+    fn new(
+        client: redis::Client,
+        channel_prefix: String,
+        op_timeout: Duration,
+        board: Arc<NoticeBoard>,
+    ) -> Self {
         PubSubHub {
-            shared: Arc::new(Shared {
-                core: Arc::new(Core {
-                    client,
-                    board: NoticeBoard::default(),
-                    channel_prefix,
-                    op_timeout,
-                }),
-                task: Background::new(),
+            core: Arc::new(Core {
+                client,
+                board,
+                channel_prefix,
+                op_timeout,
             }),
+            task: Background::new(),
         }
     }
 
-    /// Wakes this process's waiters on `key` at once, ahead of the notice
-    /// that travels through Redis.
-    pub(crate) fn notify_local(&self, key: &str) {
-        self.shared.core.board.notify(key);
-    }
-
-    /// Subscribes to `key`'s release notices. The listener is not live when
-    /// the subscription could not be confirmed in time; its waiter then polls.
-    pub(crate) async fn listen(&self, key: &str) -> Listener {
-        let notices = self.shared.core.board.join(key);
+    /// Subscribes to `key`'s channel; `true` once the server confirmed it.
+    async fn subscribe(&self, key: &str) -> bool {
         let (done, confirmed) = oneshot::channel();
-        self.shared.send(Command::Subscribe {
+        self.send(Command::Subscribe {
             key: key.to_owned(),
             done,
         });
-        let live = matches!(
-            timeout(self.shared.core.op_timeout, confirmed).await,
-            Ok(Ok(true))
-        );
-        Listener::new(key, notices, live, self.shared.clone())
+        matches!(timeout(self.core.op_timeout, confirmed).await, Ok(Ok(true)))
     }
-}
 
-impl Unlisten for Shared {
-    fn unlisten(&self, key: &str) {
-        if self.core.board.leave(key) {
-            self.send(Command::Unsubscribe {
-                key: key.to_owned(),
-            });
-        }
+    /// Drops the subscription to `key` unless a listener joined since.
+    fn unsubscribe(&self, key: &str) {
+        self.send(Command::Unsubscribe {
+            key: key.to_owned(),
+        });
     }
-}
 
-impl Shared {
     fn send(&self, command: Command) {
         let core = self.core.clone();
         self.task.send(command, move |commands| run(core, commands));
@@ -135,14 +169,14 @@ struct Connection {
     subscribed: HashSet<String>,
 }
 
-async fn run(shared: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) {
+async fn run(core: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut conn: Option<Connection> = None;
     let mut retry_at = Instant::now();
     let mut backoff = MIN_BACKOFF;
     loop {
         if conn.is_none() && Instant::now() >= retry_at {
             let mut subscribed = HashSet::new();
-            match shared.connect(&mut subscribed).await {
+            match core.connect(&mut subscribed).await {
                 Some((sink, stream)) => {
                     conn = Some(Connection {
                         sink,
@@ -151,7 +185,7 @@ async fn run(shared: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) 
                     });
                     backoff = MIN_BACKOFF;
                     // Releases while we were not subscribed went unheard.
-                    shared.board.notify_all();
+                    core.board.notify_all();
                 }
                 None => {
                     retry_at = Instant::now() + backoff;
@@ -169,9 +203,9 @@ async fn run(shared: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) 
                     let live = match conn.as_mut() {
                         Some(c) if c.subscribed.contains(&key) => true,
                         Some(c) => {
-                            let channel = shared.channel(&key);
+                            let channel = core.channel(&key);
                             let ok = matches!(
-                                timeout(shared.op_timeout, c.sink.subscribe(channel)).await,
+                                timeout(core.op_timeout, c.sink.subscribe(channel)).await,
                                 Ok(Ok(()))
                             );
                             if ok {
@@ -187,12 +221,12 @@ async fn run(shared: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) 
                 }
                 Some(Command::Unsubscribe { key }) => {
                     if let Some(c) = conn.as_mut()
-                        && !shared.board.has_listeners(&key)
+                        && !core.board.has_listeners(&key)
                         && c.subscribed.remove(&key)
                     {
-                        let channel = shared.channel(&key);
+                        let channel = core.channel(&key);
                         let ok = matches!(
-                            timeout(shared.op_timeout, c.sink.unsubscribe(channel)).await,
+                            timeout(core.op_timeout, c.sink.unsubscribe(channel)).await,
                             Ok(Ok(()))
                         );
                         if !ok {
@@ -203,14 +237,14 @@ async fn run(shared: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) 
             },
             message = next_message(conn.as_mut()) => match message {
                 Some(message) => {
-                    if let Some(key) = message.get_channel_name().strip_prefix(&shared.channel_prefix) {
-                        shared.board.notify(key);
+                    if let Some(key) = message.get_channel_name().strip_prefix(&core.channel_prefix) {
+                        core.board.notify(key);
                     }
                 }
                 None => {
                     conn = None;
                     retry_at = Instant::now();
-                    shared.board.notify_all();
+                    core.board.notify_all();
                 }
             },
             () = tokio::time::sleep_until(retry_at), if conn.is_none() => {}

@@ -141,6 +141,7 @@ impl LockRequest {
             }
             Err(LockError::Busy { .. }) => "busy",
             Err(LockError::Timeout { .. }) => "timeout",
+            Err(LockError::NoQuorum { .. }) => "no_quorum",
             Err(_) => "error",
         };
         metrics::acquisition(outcome, started.elapsed());
@@ -148,13 +149,13 @@ impl LockRequest {
     }
 
     async fn acquire_inner(&self, started: Instant) -> Result<LockGuard> {
-        let token = new_token();
         if self.wait.is_zero() {
-            return match self.attempt(&token).await? {
-                Attempt::Acquired { fence } => Ok(self.guard(token, fence, started)),
+            return match self.attempt().await? {
+                Attempt::Acquired(guard) => Ok(guard),
                 Attempt::Held { .. } => Err(LockError::Busy {
                     key: self.key.clone(),
                 }),
+                Attempt::NoQuorum(tally) => Err(LockError::no_quorum(&self.key, tally)),
             };
         }
         let deadline = started.checked_add(self.wait);
@@ -175,10 +176,12 @@ impl LockRequest {
             if let Some(listener) = listener.as_mut() {
                 listener.mark_seen();
             }
-            let sent_at = Instant::now();
-            let expires_in = match self.attempt(&token).await? {
-                Attempt::Acquired { fence } => return Ok(self.guard(token, fence, sent_at)),
-                Attempt::Held { expires_in } => expires_in,
+            // `no_quorum`: neither granted nor held. A wait that ends on it
+            // reports the quorum failure, not a timeout.
+            let (expires_in, no_quorum) = match self.attempt().await? {
+                Attempt::Acquired(guard) => return Ok(guard),
+                Attempt::Held { expires_in } => (expires_in, None),
+                Attempt::NoQuorum(tally) => (None, Some(tally)),
             };
             let Some(listener) = listener.as_mut() else {
                 // Held: subscribe to its release notices, then try again at
@@ -188,12 +191,10 @@ impl LockRequest {
                 continue;
             };
             // Fallback for a missed notice and for a holder that dies: no
-            // notice comes when a key expires, so wake when it does.
-            let cap = jitter(if listener.is_live() {
-                LIVE_POLL
-            } else {
-                DEAD_POLL
-            });
+            // notice comes when a key expires, so wake when it does. A
+            // quorum failure is retried after a short random delay.
+            let live = listener.is_live() && no_quorum.is_none();
+            let cap = jitter(if live { LIVE_POLL } else { DEAD_POLL });
             let nap = expires_in.map_or(cap, |left| (left + Duration::from_millis(1)).min(cap));
             let wake = Instant::now() + nap;
             let wake = deadline.map_or(wake, |deadline| wake.min(deadline));
@@ -202,22 +203,33 @@ impl LockRequest {
                 () = tokio::time::sleep_until(wake) => {}
             }
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return Err(timed_out());
+                return Err(match no_quorum {
+                    Some(tally) => LockError::no_quorum(&self.key, tally),
+                    None => timed_out(),
+                });
             }
         }
     }
 
-    async fn attempt(&self, token: &str) -> Result<Attempt> {
-        let attempt = self
-            .client
-            .inner
-            .backend
-            .try_acquire(&self.key, token, self.ttl)
-            .await;
-        if attempt.is_err() {
-            self.client.abandon(&self.key, token);
+    /// One try at the backend, with a fresh owner token: a token is never
+    /// reused, so nothing left over from a failed attempt (a late grant, a
+    /// late release) can touch a later one.
+    async fn attempt(&self) -> Result<Attempt<LockGuard>> {
+        let token = new_token();
+        let sent_at = Instant::now();
+        let backend = &self.client.inner.backend;
+        match backend.try_acquire(&self.key, &token, self.ttl).await {
+            Ok(Attempt::Acquired(fence)) => {
+                Ok(Attempt::Acquired(self.guard(token, fence, sent_at)))
+            }
+            Ok(Attempt::Held { expires_in }) => Ok(Attempt::Held { expires_in }),
+            Ok(Attempt::NoQuorum(tally)) => Ok(Attempt::NoQuorum(tally)),
+            Err(err) => {
+                // The request may have taken the key though the reply was lost.
+                self.client.abandon(&self.key, &token);
+                Err(err)
+            }
         }
-        attempt
     }
 
     fn guard(&self, token: String, fence: u64, sent_at: Instant) -> LockGuard {

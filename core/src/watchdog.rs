@@ -22,7 +22,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Renewal};
+use crate::backend::{Backend, Renewal, Tally};
 use crate::background::Background;
 use crate::lease::LeaseCell;
 use crate::metrics;
@@ -63,11 +63,11 @@ fn retry_delay(ttl: Duration) -> Duration {
 type Schedule = BTreeMap<(Instant, u64), Arc<LeaseCell>>;
 
 /// Leases a renewal call handled, each with its next due time.
-type Renewed = Vec<(Arc<LeaseCell>, Instant)>;
+type Rescheduled = Vec<(Arc<LeaseCell>, Instant)>;
 
 async fn run(backend: Arc<dyn Backend>, mut incoming: mpsc::UnboundedReceiver<Arc<LeaseCell>>) {
     let mut schedule = Schedule::new();
-    let mut in_flight: FuturesUnordered<BoxFuture<'static, Renewed>> = FuturesUnordered::new();
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Rescheduled>> = FuturesUnordered::new();
     loop {
         let next_due = schedule.keys().next().map(|&(due, _)| due);
         tokio::select! {
@@ -119,7 +119,7 @@ fn take_due(schedule: &mut Schedule) -> Vec<Arc<LeaseCell>> {
 }
 
 /// Renews one batch; returns the leases to schedule again with their next due time.
-async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Renewed {
+async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Rescheduled {
     let sent_at = Instant::now();
     let ttls: Vec<Duration> = leases.iter().map(|lease| lease.ttl()).collect();
     let renewals: Vec<Renewal<'_>> = leases
@@ -135,23 +135,27 @@ async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Renewe
     let outcome = backend.extend(&renewals).await;
     drop(renewals);
     let now = Instant::now();
-    let mut again = Vec::with_capacity(leases.len());
-    match outcome {
-        Ok(flags) => {
-            for ((lease, ttl), renewed) in leases.into_iter().zip(ttls).zip(flags) {
-                if renewed {
-                    metrics::renewal("renewed");
-                    lease.confirm(sent_at, ttl);
-                    again.push((lease, sent_at + period(ttl)));
-                } else {
-                    metrics::renewal("lost");
-                    lease.mark_lost();
-                }
-            }
-        }
+    let outcomes = match outcome {
+        Ok(outcomes) => outcomes,
         Err(err) => {
             tracing::debug!(error = %err, leases = leases.len(), "lease renewal failed; retrying");
-            for (lease, ttl) in leases.into_iter().zip(ttls) {
+            vec![Err(Tally::default()); leases.len()]
+        }
+    };
+    let mut again = Vec::with_capacity(leases.len());
+    for ((lease, ttl), outcome) in leases.into_iter().zip(ttls).zip(outcomes) {
+        match outcome {
+            Ok(true) => {
+                metrics::renewal("renewed");
+                lease.confirm(sent_at, ttl);
+                again.push((lease, sent_at + period(ttl)));
+            }
+            Ok(false) => {
+                metrics::renewal("lost");
+                lease.mark_lost();
+            }
+            // Undecided: try again soon, while the lease's deadline allows.
+            Err(_) => {
                 metrics::renewal("error");
                 let retry_at = now + retry_delay(ttl);
                 if retry_at < lease.deadline() {

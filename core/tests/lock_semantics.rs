@@ -13,7 +13,7 @@ use tokio::time::{Instant, sleep};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-on_both_backends!(
+on_every_backend!(
     mutual_exclusion_under_contention,
     stale_guard_cannot_release_or_extend,
     fences_increase_across_release_and_expiry,

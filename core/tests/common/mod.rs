@@ -6,15 +6,21 @@
 use soloist::LockClient;
 use soloist_testkit::RedisServer;
 
-/// One lock space to test against: a real redis-server, or the memory backend.
+/// One lock space to test against: a real redis-server, a Redlock over
+/// three of them, or the memory backend.
 pub enum Backend {
     Redis(RedisServer),
+    Redlock(Vec<RedisServer>),
     Memory(LockClient),
 }
 
 impl Backend {
     pub fn redis() -> Self {
         Backend::Redis(RedisServer::start())
+    }
+
+    pub fn redlock() -> Self {
+        Backend::Redlock((0..3).map(|_| RedisServer::start()).collect())
     }
 
     pub fn memory() -> Self {
@@ -28,26 +34,27 @@ impl Backend {
             Backend::Redis(server) => LockClient::connect(&server.url())
                 .await
                 .expect("connect to the test server"),
+            Backend::Redlock(servers) => LockClient::redlock(servers.iter().map(RedisServer::url))
+                .await
+                .expect("connect to the test servers"),
             Backend::Memory(client) => client.clone(),
-        }
-    }
-
-    pub fn server(&self) -> &RedisServer {
-        match self {
-            Backend::Redis(server) => server,
-            Backend::Memory(_) => panic!("this test needs Redis"),
         }
     }
 }
 
-/// Runs each listed async test fn against both backends.
+/// Runs each listed async test fn against every backend.
 #[macro_export]
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 super::$name($crate::common::Backend::redis()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redlock() {
+                super::$name($crate::common::Backend::redlock()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,315 @@
+//! One Redis server: the scripts and the pooled connection every Redis
+//! backend runs them on. `SET NX PX` takes a key; release and renewal act
+//! only while the caller's owner token still matches.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
+
+use crate::backend::{Attempt, Renewal};
+use crate::error::{LockError, Result};
+use crate::fence::{FencedValue, FencedWrite};
+use crate::metrics;
+use crate::pool::{Connection, Pool};
+
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static FENCED_SET: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
+static GRANT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/grant.lua")));
+static COMMIT_FENCE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
+
+/// Connection settings of a Redis backend.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisSettings {
+    pub(crate) prefix: String,
+    pub(crate) op_timeout: Duration,
+    pub(crate) pool_size: u32,
+}
+
+/// Where each kind of key lives under the configured prefix. The namespaces
+/// are disjoint, so no user key can collide with another key's fence counter.
+#[derive(Debug)]
+struct KeySpace {
+    lock: String,
+    fence: String,
+    fenced: String,
+}
+
+impl KeySpace {
+    fn new(prefix: &str) -> Self {
+        KeySpace {
+            lock: format!("{prefix}lock:"),
+            fence: format!("{prefix}fence:"),
+            fenced: format!("{prefix}fenced:"),
+        }
+    }
+
+    fn lock(&self, key: &str) -> String {
+        format!("{}{key}", self.lock)
+    }
+
+    fn fence(&self, key: &str) -> String {
+        format!("{}{key}", self.fence)
+    }
+
+    fn fenced(&self, resource: &str) -> String {
+        format!("{}{resource}", self.fenced)
+    }
+}
+
+/// What one node answered to the first Redlock phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Grant {
+    /// Taken; the node's fence counter (or its clock, if it lost the counter).
+    Granted { counter: u64 },
+    /// Held by another owner, whose lease here runs out in `expires_in` if known.
+    Refused { expires_in: Option<Duration> },
+}
+
+#[derive(Debug)]
+pub(crate) struct RedisNode {
+    client: redis::Client,
+    pool: Pool,
+    keys: KeySpace,
+    channel_prefix: String,
+    op_timeout: Duration,
+}
+
+impl RedisNode {
+    /// Parses `url` and sets up a lazily connecting pool; nothing is sent yet.
+    pub(crate) fn new(url: &str, settings: &RedisSettings) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|err| LockError::invalid("url", format!("`{url}`: {err}")))?;
+        Ok(RedisNode {
+            pool: Pool::new(client.clone(), settings.pool_size, settings.op_timeout),
+            client,
+            keys: KeySpace::new(&settings.prefix),
+            channel_prefix: channel_prefix(&settings.prefix),
+            op_timeout: settings.op_timeout,
+        })
+    }
+
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The server this node talks to, whatever the database or credentials.
+    pub(crate) fn server(&self) -> String {
+        self.client.get_connection_info().addr().to_string()
+    }
+
+    /// Eviction can delete a held lock key (or a fence counter) under memory
+    /// pressure, which silently breaks mutual exclusion; only `noeviction`
+    /// is safe. Servers that refuse `CONFIG` are let through unchecked.
+    pub(crate) async fn check_eviction_policy(&self) -> Result<()> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let reply: Result<Vec<String>> = self
+            .with_connection("config", async |conn| cmd.query_async(&mut conn.conn).await)
+            .await;
+        let policy = match reply {
+            Ok(pair) => pair.into_iter().nth(1),
+            Err(LockError::Protocol(err)) => {
+                tracing::debug!(error = %err, "cannot read maxmemory-policy; eviction safety unchecked");
+                None
+            }
+            Err(err) => return Err(err),
+        };
+        if let Some(policy) = policy {
+            let unsafe_policy = policy != "noeviction";
+            metrics::eviction_policy(&policy, unsafe_policy);
+            if unsafe_policy {
+                tracing::warn!(
+                    policy = %policy,
+                    "redis maxmemory-policy `{policy}` can evict lock keys and break mutual exclusion; set it to `noeviction`"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn with_connection<T>(
+        &self,
+        op: &'static str,
+        work: impl AsyncFnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T> {
+        let attempt = async {
+            let mut conn = self.pool.get().await?;
+            let result = work(&mut conn).await;
+            conn.observe(&result);
+            result.map_err(|err| {
+                if err.is_timeout() {
+                    self.unresponsive(op)
+                } else {
+                    LockError::from(err)
+                }
+            })
+        };
+        tokio::time::timeout(self.op_timeout, attempt)
+            .await
+            .map_err(|_| self.unresponsive(op))?
+    }
+
+    fn unresponsive(&self, op: &'static str) -> LockError {
+        LockError::Unresponsive {
+            op,
+            after: self.op_timeout,
+        }
+    }
+
+    async fn script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T> {
+        self.with_connection(op, async |conn| {
+            invocation.invoke_async(&mut conn.conn).await
+        })
+        .await
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn unexpected(what: &'static str) -> LockError {
+    LockError::Protocol(RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        what,
+    )))
+}
+
+pub(crate) fn channel_prefix(prefix: &str) -> String {
+    format!("{prefix}released:")
+}
+
+impl RedisNode {
+    /// Takes `key` for `token` if free, issuing a fence atomically with it.
+    pub(crate) async fn try_acquire(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Attempt> {
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(self.keys.lock(key))
+            .key(self.keys.fence(key))
+            .arg(token)
+            .arg(millis(ttl));
+        let (acquired, value): (i64, i64) = self.script("acquire", &invocation).await?;
+        Ok(if acquired == 1 {
+            Attempt::Acquired(u64::try_from(value).map_err(|_| unexpected("negative fence"))?)
+        } else {
+            Attempt::Held {
+                expires_in: u64::try_from(value).ok().map(Duration::from_millis),
+            }
+        })
+    }
+
+    /// Redlock's first phase: takes `key` here and reads this node's counter.
+    pub(crate) async fn grant(&self, key: &str, token: &str, ttl: Duration) -> Result<Grant> {
+        let mut invocation = GRANT.prepare_invoke();
+        invocation
+            .key(self.keys.lock(key))
+            .key(self.keys.fence(key))
+            .arg(token)
+            .arg(millis(ttl));
+        let (granted, value): (i64, i64) = self.script("grant", &invocation).await?;
+        Ok(if granted == 1 {
+            Grant::Granted {
+                counter: u64::try_from(value).map_err(|_| unexpected("negative fence counter"))?,
+            }
+        } else {
+            Grant::Refused {
+                expires_in: u64::try_from(value).ok().map(Duration::from_millis),
+            }
+        })
+    }
+
+    /// Redlock's second phase: raises this node's counter to `fence` while
+    /// it still holds `key` for `token`.
+    pub(crate) async fn commit_fence(&self, key: &str, token: &str, fence: u64) -> Result<bool> {
+        let mut invocation = COMMIT_FENCE.prepare_invoke();
+        invocation
+            .key(self.keys.lock(key))
+            .key(self.keys.fence(key))
+            .arg(token)
+            .arg(fence.to_string());
+        let committed: i64 = self.script("commit_fence", &invocation).await?;
+        Ok(committed == 1)
+    }
+
+    /// Renews every lease still owned by its token; one flag per lease.
+    pub(crate) async fn extend(&self, leases: &[Renewal<'_>]) -> Result<Vec<bool>> {
+        let mut invocation = EXTEND.prepare_invoke();
+        for lease in leases {
+            invocation
+                .key(self.keys.lock(lease.key))
+                .arg(lease.token)
+                .arg(millis(lease.ttl));
+        }
+        let renewed: Vec<i64> = self.script("extend", &invocation).await?;
+        if renewed.len() != leases.len() {
+            return Err(unexpected(
+                "extend returned a flag count that does not match the lease count",
+            ));
+        }
+        Ok(renewed.into_iter().map(|flag| flag == 1).collect())
+    }
+
+    /// Deletes `key` if `token` owns it and publishes the release notice.
+    pub(crate) async fn release(&self, key: &str, token: &str) -> Result<bool> {
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation
+            .key(self.keys.lock(key))
+            .arg(token)
+            .arg(format!("{}{key}", self.channel_prefix));
+        let released: i64 = self.script("release", &invocation).await?;
+        Ok(released == 1)
+    }
+
+    /// Stores `value` under `resource` unless a higher fence was seen there.
+    pub(crate) async fn fenced_set(
+        &self,
+        resource: &str,
+        fence: u64,
+        value: &[u8],
+    ) -> Result<FencedWrite> {
+        let mut invocation = FENCED_SET.prepare_invoke();
+        invocation
+            .key(self.keys.fenced(resource))
+            .arg(fence.to_string())
+            .arg(value);
+        let (accepted, highest): (i64, String) = self.script("fenced_set", &invocation).await?;
+        if accepted == 1 {
+            return Ok(FencedWrite::Accepted);
+        }
+        let highest = highest
+            .parse()
+            .map_err(|_| unexpected("fenced resource holds a fence that is not a number"))?;
+        Ok(FencedWrite::Rejected { highest })
+    }
+
+    pub(crate) async fn fenced_get(&self, resource: &str) -> Result<Option<FencedValue>> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.fenced(resource))
+            .arg("fence")
+            .arg("value");
+        let (fence, value): (Option<u64>, Option<Vec<u8>>) = self
+            .with_connection("fenced_get", async |conn| {
+                cmd.query_async(&mut conn.conn).await
+            })
+            .await?;
+        Ok(fence
+            .zip(value)
+            .map(|(fence, value)| FencedValue { fence, value }))
+    }
+}

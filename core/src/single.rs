@@ -1,0 +1,81 @@
+//! The single-node Redis backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::backend::{Attempt, Backend, Renewal, Renewed};
+use crate::error::Result;
+use crate::fence::{FencedValue, FencedWrite};
+use crate::node::{RedisNode, RedisSettings, channel_prefix};
+use crate::notice::Listener;
+use crate::pubsub::ReleaseNotices;
+
+#[derive(Debug)]
+pub(crate) struct RedisBackend {
+    node: RedisNode,
+    notices: Arc<ReleaseNotices>,
+}
+
+impl RedisBackend {
+    /// Connects, and checks the server is reachable and safe to use.
+    pub(crate) async fn connect(url: &str, settings: &RedisSettings) -> Result<Arc<Self>> {
+        let node = RedisNode::new(url, settings)?;
+        node.check_eviction_policy().await?;
+        let notices = ReleaseNotices::new(
+            vec![node.client().clone()],
+            &channel_prefix(&settings.prefix),
+            settings.op_timeout,
+        );
+        Ok(Arc::new(RedisBackend { node, notices }))
+    }
+}
+
+impl Backend for RedisBackend {
+    fn try_acquire<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        self.node.try_acquire(key, token, ttl).boxed()
+    }
+
+    fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>> {
+        async move {
+            let renewed = self.node.extend(leases).await?;
+            Ok(renewed.into_iter().map(Ok).collect())
+        }
+        .boxed()
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
+        async move {
+            let released = self.node.release(key, token).await?;
+            if released {
+                self.notices.notify_local(key);
+            }
+            Ok(released)
+        }
+        .boxed()
+    }
+
+    fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener> {
+        self.notices.listen(key).boxed()
+    }
+
+    fn fenced_set<'a>(
+        &'a self,
+        resource: &'a str,
+        fence: u64,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<FencedWrite>> {
+        self.node.fenced_set(resource, fence, value).boxed()
+    }
+
+    fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>> {
+        self.node.fenced_get(resource).boxed()
+    }
+}
