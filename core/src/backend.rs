@@ -2,7 +2,7 @@
 //! the watchdog and waiting are written once for all of them.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 
@@ -60,13 +60,19 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Starts listening for release notices on `key`.
     fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener>;
 
-    /// Stores `value` under `resource` unless a higher fence was seen there.
+    /// Stores `value` under `resource` unless a higher fence was seen there;
+    /// the record expires after `ttl` if given.
     fn fenced_set<'a>(
         &'a self,
         resource: &'a str,
         fence: u64,
         value: &'a [u8],
+        ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<FencedWrite>>;
+
+    /// The backend's clock, which every client of it shares; `None` when the
+    /// backend lives in this process and the local clock is that clock.
+    fn server_time(&self) -> BoxFuture<'_, Result<Option<SystemTime>>>;
 
     /// Reads what [`Backend::fenced_set`] stored: the fence and the value.
     fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>>;

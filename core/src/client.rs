@@ -1,7 +1,7 @@
 //! The lock client: where every lock request starts.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::backend::Backend;
 use crate::error::{LockError, Result};
@@ -155,8 +155,49 @@ impl LockClient {
         }
         self.inner
             .backend
-            .fenced_set(resource, fence, value.as_ref())
+            .fenced_set(resource, fence, value.as_ref(), None)
             .await
+    }
+
+    /// [`fenced_set`](Self::fenced_set) for a record that expires `ttl` after
+    /// the write; with it expires the memory of the highest fence, so use
+    /// it for records that matter only for a window (a dedupe record, a
+    /// done-marker).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let ttl = Duration::from_secs(3600);
+    /// assert!(locks.fenced_set_expiring("done:report", 9, b"ok", ttl).await?.is_accepted());
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn fenced_set_expiring(
+        &self,
+        resource: &str,
+        fence: u64,
+        value: impl AsRef<[u8]>,
+        ttl: Duration,
+    ) -> Result<FencedWrite> {
+        if resource.is_empty() {
+            return Err(LockError::invalid("resource", "must not be empty"));
+        }
+        if ttl.is_zero() {
+            return Err(LockError::invalid("ttl", "must not be zero"));
+        }
+        self.inner
+            .backend
+            .fenced_set(resource, fence, value.as_ref(), Some(ttl))
+            .await
+    }
+
+    /// The backend's clock, which all its clients share: Redis' `TIME` (the
+    /// median of a Redlock majority), or `None` for the memory backend,
+    /// whose clock is this process's.
+    pub async fn server_time(&self) -> Result<Option<SystemTime>> {
+        self.inner.backend.server_time().await
     }
 
     /// Reads the value and fence last accepted by [`LockClient::fenced_set`].

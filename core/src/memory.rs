@@ -23,9 +23,19 @@ pub(crate) struct MemoryBackend {
 struct State {
     locks: HashMap<String, Held>,
     fences: HashMap<String, u64>,
-    fenced: HashMap<String, (u64, Vec<u8>)>,
+    fenced: HashMap<String, Record>,
     /// Lock count after the last sweep of expired entries.
     swept_at: usize,
+    /// Record count after the last sweep of expired records.
+    records_swept_at: usize,
+}
+
+/// A fenced value.
+#[derive(Debug)]
+struct Record {
+    fence: u64,
+    value: Vec<u8>,
+    expires: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -43,12 +53,26 @@ impl State {
         self.locks.get_mut(key)
     }
 
-    /// Keys that expire without being touched again would stay forever;
-    /// sweep them whenever the map has doubled since the last sweep.
+    /// The live record of `resource`, dropping an expired one.
+    fn record(&mut self, resource: &str, now: Instant) -> Option<&Record> {
+        let expired = |record: &Record| record.expires.is_some_and(|at| at <= now);
+        if self.fenced.get(resource).is_some_and(expired) {
+            self.fenced.remove(resource);
+        }
+        self.fenced.get(resource)
+    }
+
+    /// Locks and records that expire without being touched again would stay
+    /// forever; sweep each map whenever it has doubled since its last sweep.
     fn sweep(&mut self, now: Instant) {
         if self.locks.len() >= 2 * self.swept_at.max(512) {
             self.locks.retain(|_, held| held.expires > now);
             self.swept_at = self.locks.len();
+        }
+        if self.fenced.len() >= 2 * self.records_swept_at.max(512) {
+            self.fenced
+                .retain(|_, record| record.expires.is_none_or(|at| at > now));
+            self.records_swept_at = self.fenced.len();
         }
     }
 
@@ -144,28 +168,39 @@ impl Backend for MemoryBackend {
         resource: &'a str,
         fence: u64,
         value: &'a [u8],
+        ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<FencedWrite>> {
+        let now = Instant::now();
         let mut state = State::lock(&self.state);
-        let outcome = match state.fenced.get(resource) {
-            Some(&(highest, _)) if highest > fence => FencedWrite::Rejected { highest },
+        let outcome = match state.record(resource, now) {
+            Some(record) if record.fence > fence => FencedWrite::Rejected {
+                highest: record.fence,
+            },
             _ => {
-                state
-                    .fenced
-                    .insert(resource.to_owned(), (fence, value.to_vec()));
+                let record = Record {
+                    fence,
+                    value: value.to_vec(),
+                    expires: ttl.map(|ttl| now + ttl),
+                };
+                state.sweep(now);
+                state.fenced.insert(resource.to_owned(), record);
                 FencedWrite::Accepted
             }
         };
         futures::future::ready(Ok(outcome)).boxed()
     }
 
+    fn server_time(&self) -> BoxFuture<'_, Result<Option<SystemTime>>> {
+        futures::future::ready(Ok(None)).boxed()
+    }
+
     fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>> {
-        let state = State::lock(&self.state);
+        let mut state = State::lock(&self.state);
         let stored = state
-            .fenced
-            .get(resource)
-            .map(|(fence, value)| FencedValue {
-                fence: *fence,
-                value: value.clone(),
+            .record(resource, Instant::now())
+            .map(|record| FencedValue {
+                fence: record.fence,
+                value: record.value.clone(),
             });
         futures::future::ready(Ok(stored)).boxed()
     }

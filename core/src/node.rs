@@ -3,7 +3,7 @@
 //! only while the caller's owner token still matches.
 
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
@@ -282,12 +282,14 @@ impl RedisNode {
         resource: &str,
         fence: u64,
         value: &[u8],
+        ttl: Option<Duration>,
     ) -> Result<FencedWrite> {
         let mut invocation = FENCED_SET.prepare_invoke();
         invocation
             .key(self.keys.fenced(resource))
             .arg(fence.to_string())
-            .arg(value);
+            .arg(value)
+            .arg(ttl.map_or(0, millis));
         let (accepted, highest): (i64, String) = self.script("fenced_set", &invocation).await?;
         if accepted == 1 {
             return Ok(FencedWrite::Accepted);
@@ -296,6 +298,16 @@ impl RedisNode {
             .parse()
             .map_err(|_| unexpected("fenced resource holds a fence that is not a number"))?;
         Ok(FencedWrite::Rejected { highest })
+    }
+
+    /// The server's clock, from `TIME`.
+    pub(crate) async fn server_time(&self) -> Result<SystemTime> {
+        let (secs, micros): (u64, u64) = self
+            .with_connection("time", async |conn| {
+                redis::cmd("TIME").query_async(&mut conn.conn).await
+            })
+            .await?;
+        Ok(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
     }
 
     pub(crate) async fn fenced_get(&self, resource: &str) -> Result<Option<FencedValue>> {

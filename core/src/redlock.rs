@@ -53,7 +53,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -282,10 +282,11 @@ impl Backend for RedlockBackend {
         resource: &'a str,
         fence: u64,
         value: &'a [u8],
+        ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<FencedWrite>> {
         async move {
             let answers: Vec<Result<FencedWrite>> = self
-                .fan_out(|node| node.fenced_set(resource, fence, value))
+                .fan_out(|node| node.fenced_set(resource, fence, value, ttl))
                 .collect()
                 .await;
             let mut tally = Tally::default();
@@ -305,6 +306,26 @@ impl Backend for RedlockBackend {
                 Some(highest) => Ok(FencedWrite::Rejected { highest }),
                 None => Err(LockError::no_quorum(resource, tally)),
             }
+        }
+        .boxed()
+    }
+
+    /// The median of the clocks of the nodes that answer, at least a majority.
+    fn server_time(&self) -> BoxFuture<'_, Result<Option<SystemTime>>> {
+        async move {
+            let answers: Vec<Result<SystemTime>> =
+                self.fan_out(RedisNode::server_time).collect().await;
+            let mut times: Vec<SystemTime> = answers.into_iter().filter_map(Result::ok).collect();
+            if times.len() < self.quorum {
+                let tally = Tally {
+                    granted: times.len(),
+                    refused: 0,
+                    unreachable: self.nodes.len() - times.len(),
+                };
+                return Err(LockError::no_quorum("TIME", tally));
+            }
+            times.sort_unstable();
+            Ok(Some(times[times.len() / 2]))
         }
         .boxed()
     }

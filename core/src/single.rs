@@ -1,7 +1,7 @@
 //! The single-node Redis backend.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -71,8 +71,13 @@ impl Backend for RedisBackend {
         resource: &'a str,
         fence: u64,
         value: &'a [u8],
+        ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<FencedWrite>> {
-        self.node.fenced_set(resource, fence, value).boxed()
+        self.node.fenced_set(resource, fence, value, ttl).boxed()
+    }
+
+    fn server_time(&self) -> BoxFuture<'_, Result<Option<SystemTime>>> {
+        async move { Ok(Some(self.node.server_time().await?)) }.boxed()
     }
 
     fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>> {

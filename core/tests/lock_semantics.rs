@@ -26,6 +26,8 @@ on_every_backend!(
     max_hold_bounds_a_leaked_guard,
     extend_moves_the_deadline,
     fenced_writes_refuse_stale_fences,
+    fenced_records_can_expire,
+    server_time_is_the_shared_clock,
 );
 
 /// 16 tasks on 2 independent clients fight over one key for 3 s; a counter
@@ -371,4 +373,70 @@ async fn fenced_writes_refuse_stale_fences(backend: Backend) {
             ..
         })
     ));
+}
+
+async fn fenced_records_can_expire(backend: Backend) {
+    let locks = backend.client().await;
+    let ttl = Duration::from_millis(200);
+    assert!(
+        locks
+            .fenced_set_expiring("window", 5, b"v5", ttl)
+            .await
+            .unwrap()
+            .is_accepted()
+    );
+    assert!(
+        !locks
+            .fenced_set("window", 3, b"v3")
+            .await
+            .unwrap()
+            .is_accepted()
+    );
+    sleep(ttl + Duration::from_millis(100)).await;
+    assert!(
+        locks.fenced_get("window").await.unwrap().is_none(),
+        "record outlived its ttl"
+    );
+    assert!(
+        locks
+            .fenced_set("window", 3, b"v3")
+            .await
+            .unwrap()
+            .is_accepted()
+    );
+    // A plain write keeps the record for good, even over an expiring one.
+    locks
+        .fenced_set_expiring("kept", 1, b"a", ttl)
+        .await
+        .unwrap();
+    locks.fenced_set("kept", 2, b"b").await.unwrap();
+    sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(
+        locks.fenced_get("kept").await.unwrap().map(|v| v.fence),
+        Some(2)
+    );
+    assert!(matches!(
+        locks
+            .fenced_set_expiring("kept", 3, b"c", Duration::ZERO)
+            .await,
+        Err(LockError::InvalidArgument { name: "ttl", .. })
+    ));
+}
+
+async fn server_time_is_the_shared_clock(backend: Backend) {
+    let locks = backend.client().await;
+    let served = locks.server_time().await.unwrap();
+    match backend {
+        Backend::Memory(_) => assert_eq!(served, None),
+        _ => {
+            let served = served.expect("redis has a clock");
+            let skew = served
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_else(|behind| behind.duration());
+            assert!(
+                skew < 5 * SECOND,
+                "server clock {skew:?} off this machine's"
+            );
+        }
+    }
 }

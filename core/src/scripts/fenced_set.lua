@@ -1,5 +1,6 @@
 -- Store a value only if its fence is at least the highest fence seen for the resource.
--- KEYS[1] resource hash; ARGV[1] fence (decimal, no leading zeros), ARGV[2] value.
+-- KEYS[1] resource hash; ARGV[1] fence (decimal, no leading zeros), ARGV[2] value,
+-- ARGV[3] time to live in ms, 0 to keep the record until overwritten.
 -- Returns {1, fence} when written, {0, highest} when refused.
 -- Fences are compared as decimal strings so the comparison stays exact for any u64.
 local highest = redis.call('HGET', KEYS[1], 'fence')
@@ -10,4 +11,9 @@ if highest then
   end
 end
 redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'value', ARGV[2])
+if ARGV[3] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+else
+  redis.call('PERSIST', KEYS[1])
+end
 return {1, ARGV[1]}
