@@ -1,8 +1,20 @@
-//! The soloist worker runtime: a job registry, a cron scheduler and keyed
-//! jobs, each dispatched under a [`soloist_core`] lock so that it runs once
-//! across a fleet.
+//! The soloist worker runtime: cron and keyed jobs that run once across a
+//! fleet, each dispatched under a [`soloist_core`] lock.
 //!
-//! This release carries the lock layer only; the runtime builds on
-//! [`soloist_core::LockClient`], which it takes as its backend.
+//! Most users depend on the `soloist` facade crate, which re-exports
+//! everything here together with the `#[exclusive_job]` attribute.
 
-pub use soloist_core::LockClient;
+mod context;
+mod error;
+mod job;
+mod schedule;
+mod spec;
+
+pub use context::{JobContext, JobContextBuilder};
+pub use error::{BoxError, Result, WorkerError};
+pub use job::{CronFn, CronJob, IntoJob, KeyedFn, KeyedJob, Registration, cron_job, keyed_job};
+pub use schedule::{CronSchedule, ScheduleError};
+pub use spec::{
+    DEFAULT_JOB_TTL, DEFAULT_MISFIRE, JobSpec, KeyTemplate, MissedTicks, OnLost, Trigger,
+    parse_duration,
+};

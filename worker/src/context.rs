@@ -1,0 +1,206 @@
+//! What a running job knows about its run.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use soloist_core::Lease;
+use tokio_util::sync::CancellationToken;
+
+/// Handed to every run of a job: its fencing token, the signals that tell
+/// it to stop, and where the run stands (tick, attempt, replica).
+///
+/// Jobs take it as their first argument; unit tests of a job build one
+/// with [`JobContext::builder`].
+///
+/// ```
+/// use soloist::JobContext;
+/// let ctx = JobContext::builder("rollup").fence(42).attempt(2).replica("test").build();
+/// assert_eq!((ctx.fence(), ctx.attempt(), ctx.replica()), (42, 2, "test"));
+/// assert!(ctx.is_held() && !ctx.is_cancelled());
+/// ```
+#[derive(Clone)]
+pub struct JobContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    job: String,
+    key: Option<String>,
+    fence: u64,
+    attempt: u32,
+    replica: String,
+    scheduled_at: Option<DateTime<Utc>>,
+    lease: Option<Lease>,
+    cancel: CancellationToken,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("job", &self.inner.job)
+            .field("key", &self.inner.key)
+            .field("fence", &self.inner.fence)
+            .field("attempt", &self.inner.attempt)
+            .field("replica", &self.inner.replica)
+            .field("scheduled_at", &self.inner.scheduled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobContext {
+    /// Starts a context for job `job`, for tests and for running a job by
+    /// hand; the runtime builds its own.
+    pub fn builder(job: &str) -> JobContextBuilder {
+        JobContextBuilder {
+            job: job.to_owned(),
+            key: None,
+            fence: 0,
+            attempt: 1,
+            replica: "local".to_owned(),
+            scheduled_at: None,
+            lease: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The job's name.
+    pub fn job(&self) -> &str {
+        &self.inner.job
+    }
+
+    /// The rendered key of a keyed job's run; `None` for cron jobs.
+    pub fn key(&self) -> Option<&str> {
+        self.inner.key.as_deref()
+    }
+
+    /// The fencing token of this run's lease: pass it along with every
+    /// write the job makes, so that the resource can refuse the writes of a
+    /// run whose lease ended without its noticing.
+    pub fn fence(&self) -> u64 {
+        self.inner.fence
+    }
+
+    /// Which attempt this is, from 1; retries of a failed run count up.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// The id of the replica running the job.
+    pub fn replica(&self) -> &str {
+        &self.inner.replica
+    }
+
+    /// The tick this run is for: its scheduled fire time (cron jobs only).
+    pub fn scheduled_at(&self) -> Option<DateTime<Utc>> {
+        self.inner.scheduled_at
+    }
+
+    /// Whether the run's lease is still guaranteed (always true for a
+    /// context built without one).
+    pub fn is_held(&self) -> bool {
+        self.inner.lease.as_ref().is_none_or(Lease::is_held)
+    }
+
+    /// How much of the lease is still guaranteed; `None` without a lease.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.inner.lease.as_ref().map(Lease::remaining)
+    }
+
+    /// Resolves when the run's lease is lost (never without a lease).
+    pub async fn lost(&self) {
+        match &self.inner.lease {
+            Some(lease) => lease.lost().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when the run should stop: shutdown past its grace period,
+    /// `max_hold` reached, or the lease lost (unless the job asked to keep
+    /// running). The runtime also drops the job's future then; this is for
+    /// work the job spawned or handed elsewhere.
+    pub async fn cancelled(&self) {
+        self.inner.cancel.cancelled().await;
+    }
+
+    /// Whether [`cancelled`](Self::cancelled) has resolved.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+}
+
+/// Builds a [`JobContext`]; see [`JobContext::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct JobContextBuilder {
+    job: String,
+    key: Option<String>,
+    fence: u64,
+    attempt: u32,
+    replica: String,
+    scheduled_at: Option<DateTime<Utc>>,
+    lease: Option<Lease>,
+    cancel: CancellationToken,
+}
+
+impl JobContextBuilder {
+    /// The rendered key; default none.
+    pub fn key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_owned());
+        self
+    }
+
+    /// The fencing token; default 0.
+    pub fn fence(mut self, fence: u64) -> Self {
+        self.fence = fence;
+        self
+    }
+
+    /// The attempt number; default 1.
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The replica id; default `local`.
+    pub fn replica(mut self, replica: &str) -> Self {
+        self.replica = replica.to_owned();
+        self
+    }
+
+    /// The scheduled fire time; default none.
+    pub fn scheduled_at(mut self, at: DateTime<Utc>) -> Self {
+        self.scheduled_at = Some(at);
+        self
+    }
+
+    /// The lease the run holds; its fence becomes the context's.
+    pub fn lease(mut self, lease: Lease) -> Self {
+        self.fence = lease.fence();
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The token whose cancellation [`JobContext::cancelled`] reports.
+    pub fn cancellation(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// The context.
+    pub fn build(self) -> JobContext {
+        JobContext {
+            inner: Arc::new(Inner {
+                job: self.job,
+                key: self.key,
+                fence: self.fence,
+                attempt: self.attempt,
+                replica: self.replica,
+                scheduled_at: self.scheduled_at,
+                lease: self.lease,
+                cancel: self.cancel,
+            }),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+use soloist_core::LockError;
+
+/// A job's own error, as the runtime carries it: any error type works.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What can go wrong in the worker runtime itself (a job's own failure is
+/// an outcome, [`RunOutcome::Failed`](crate::RunOutcome::Failed), not this).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// A job definition was invalid; `name` says which setting.
+    #[error("invalid job `{job}`: `{name}`: {reason}")]
+    InvalidJob {
+        /// The job's name.
+        job: String,
+        /// The offending setting, e.g. `cron` or `tz`.
+        name: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Two jobs were registered under one name.
+    #[error("two jobs are named `{0}`")]
+    DuplicateJob(String),
+    /// The lock backend failed.
+    #[error("lock backend failed")]
+    Lock(#[from] LockError),
+    /// A keyed job's arguments or result could not be (de)serialized.
+    #[error("cannot (de)serialize the data of job `{job}`")]
+    Serde {
+        /// The job's name.
+        job: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The worker is shutting down and starts no new runs.
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+}
+
+/// `Result` with [`WorkerError`] as the default error.
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+impl WorkerError {
+    pub(crate) fn invalid(job: &str, name: &'static str, reason: impl Into<String>) -> Self {
+        WorkerError::InvalidJob {
+            job: job.to_owned(),
+            name,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! What a job is: its trigger and the settings of the lock it runs under.
+
+use std::time::Duration;
+
+use crate::error::{Result, WorkerError};
+use crate::schedule::CronSchedule;
+
+/// When a job runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Trigger {
+    /// On a cron schedule; each tick runs once across the fleet.
+    Cron(CronSchedule),
+    /// On request ([`WorkerHandle::run`](crate::WorkerHandle::run)), at most
+    /// one execution at a time per key rendered from this template.
+    Keyed(KeyTemplate),
+}
+
+/// A key template such as `invoice:{invoice_id}`: literal text with
+/// `{name}` placeholders for the job's arguments (`{{` and `}}` for braces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    template: String,
+    placeholders: Vec<String>,
+}
+
+impl KeyTemplate {
+    /// Parses `template`; an empty template, an empty or unclosed
+    /// placeholder, or a stray `}` is an error.
+    ///
+    /// ```
+    /// use soloist::KeyTemplate;
+    /// let template = KeyTemplate::parse("invoice:{invoice_id}").unwrap();
+    /// assert_eq!(template.placeholders(), ["invoice_id"]);
+    /// assert!(KeyTemplate::parse("invoice:{").is_err());
+    /// ```
+    pub fn parse(template: &str) -> std::result::Result<Self, String> {
+        if template.is_empty() {
+            return Err("a key template must not be empty".to_owned());
+        }
+        let mut placeholders = Vec::new();
+        let mut chars = template.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("unclosed `{{` in `{template}`")),
+                        }
+                    }
+                    let valid = name
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_alphabetic() || c == '_')
+                        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+                    if !valid {
+                        return Err(format!(
+                            "`{{{name}}}` in `{template}` is not an argument name"
+                        ));
+                    }
+                    placeholders.push(name);
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                }
+                '}' => return Err(format!("stray `}}` in `{template}`")),
+                _ => {}
+            }
+        }
+        Ok(KeyTemplate {
+            template: template.to_owned(),
+            placeholders,
+        })
+    }
+
+    /// The template as given.
+    pub fn as_str(&self) -> &str {
+        &self.template
+    }
+
+    /// The argument names the template uses, in order.
+    pub fn placeholders(&self) -> &[String] {
+        &self.placeholders
+    }
+}
+
+/// What a cron job does about ticks that passed while no replica was up
+/// to claim them (a fleet-wide outage, a long deploy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissedTicks {
+    /// Forget them; run from the next tick on.
+    Skip,
+    /// Run the latest missed tick once, standing for all of them.
+    RunOnce,
+    /// Run each missed tick, oldest first, at most this many (the most
+    /// recent ones); the rest are skipped.
+    CatchUp(u32),
+}
+
+/// What happens to a running job whose lease is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnLost {
+    /// Cancel the job at once (drop its future): the default.
+    Cancel,
+    /// Let it run; it sees [`JobContext::lost`](crate::JobContext::lost).
+    Signal,
+}
+
+/// A job's trigger and the settings it runs under; what
+/// `#[exclusive_job(...)]` fills in, and what registering a job at run
+/// time starts from.
+///
+/// ```
+/// use std::time::Duration;
+/// use soloist::{JobSpec, MissedTicks};
+/// let spec = JobSpec::cron("rollup", "0 */5 * * * *", "Europe/Berlin")
+///     .unwrap()
+///     .ttl(Duration::from_secs(30))
+///     .retries(2)
+///     .missed(MissedTicks::CatchUp(3));
+/// assert_eq!(spec.name(), "rollup");
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct JobSpec {
+    pub(crate) name: String,
+    pub(crate) trigger: Trigger,
+    pub(crate) ttl: Duration,
+    pub(crate) misfire: Duration,
+    pub(crate) retries: u32,
+    pub(crate) backoff: Duration,
+    pub(crate) max_hold: Option<Duration>,
+    pub(crate) dedupe: Option<Duration>,
+    pub(crate) on_lost: OnLost,
+    pub(crate) missed: MissedTicks,
+    pub(crate) wait: Duration,
+}
+
+/// The lease length unless set.
+pub const DEFAULT_JOB_TTL: Duration = Duration::from_secs(30);
+/// How late a cron tick may still start, unless set.
+pub const DEFAULT_MISFIRE: Duration = Duration::from_secs(60);
+
+impl JobSpec {
+    fn new(name: &str, trigger: Trigger) -> Result<Self> {
+        if name.is_empty() {
+            return Err(WorkerError::invalid(name, "name", "must not be empty"));
+        }
+        Ok(JobSpec {
+            name: name.to_owned(),
+            trigger,
+            ttl: DEFAULT_JOB_TTL,
+            misfire: DEFAULT_MISFIRE,
+            retries: 0,
+            backoff: Duration::from_secs(1),
+            max_hold: None,
+            dedupe: None,
+            on_lost: OnLost::Cancel,
+            missed: MissedTicks::RunOnce,
+            wait: Duration::ZERO,
+        })
+    }
+
+    /// A job that runs on the cron `expression` in the IANA time zone `tz`.
+    pub fn cron(name: &str, expression: &str, tz: &str) -> Result<Self> {
+        let schedule = CronSchedule::new(expression, tz).map_err(|err| {
+            let setting = match err {
+                crate::schedule::ScheduleError::TimeZone(_) => "tz",
+                _ => "cron",
+            };
+            WorkerError::invalid(name, setting, err.to_string())
+        })?;
+        Self::new(name, Trigger::Cron(schedule))
+    }
+
+    /// A job run on request, once at a time per key rendered from `template`.
+    pub fn keyed(name: &str, template: &str) -> Result<Self> {
+        let template = KeyTemplate::parse(template)
+            .map_err(|reason| WorkerError::invalid(name, "key", reason))?;
+        Self::new(name, Trigger::Keyed(template))
+    }
+
+    /// The job's name, unique within a worker.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The job's trigger.
+    pub fn trigger(&self) -> &Trigger {
+        &self.trigger
+    }
+
+    /// The lease length, renewed by the watchdog while the job runs;
+    /// default 30 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Cron: how late after its scheduled time a tick may still start,
+    /// including a takeover after the first runner died; default 60 s.
+    pub fn misfire(mut self, misfire: Duration) -> Self {
+        self.misfire = misfire;
+        self
+    }
+
+    /// How many times a failed run is retried, under the same lease;
+    /// default 0.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The delay before the first retry, doubling for each further one;
+    /// default 1 s.
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// An upper bound on how long a run may hold its lease; past it the
+    /// run is cancelled and recorded as timed out.
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// Keyed: after a successful run, the same key is not run again for
+    /// this long; callers get the recorded result as a duplicate.
+    pub fn dedupe(mut self, window: Duration) -> Self {
+        self.dedupe = Some(window);
+        self
+    }
+
+    /// What happens when the lease is lost mid-run; default
+    /// [`OnLost::Cancel`].
+    pub fn on_lost(mut self, on_lost: OnLost) -> Self {
+        self.on_lost = on_lost;
+        self
+    }
+
+    /// Cron: what to do about ticks missed while the whole fleet was down;
+    /// default [`MissedTicks::RunOnce`].
+    pub fn missed(mut self, missed: MissedTicks) -> Self {
+        self.missed = missed;
+        self
+    }
+
+    /// Keyed: how long a request waits while the key runs elsewhere;
+    /// default zero (it gets [`RunOutcome::Busy`](crate::RunOutcome::Busy)).
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Checks the settings together; called when the job is registered.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let invalid = |name, reason: &str| Err(WorkerError::invalid(&self.name, name, reason));
+        if !(soloist_core::MIN_TTL..=soloist_core::MAX_TTL).contains(&self.ttl) {
+            return invalid("ttl", "must be between 10 ms and 24 h");
+        }
+        if self.max_hold.is_some_and(|max_hold| max_hold.is_zero()) {
+            return invalid("max_hold", "must not be zero");
+        }
+        if self.dedupe.is_some_and(|window| window.is_zero()) {
+            return invalid("dedupe", "must not be zero");
+        }
+        match &self.trigger {
+            Trigger::Cron(_) if self.dedupe.is_some() => invalid(
+                "dedupe",
+                "applies to keyed jobs; a cron tick runs once anyway",
+            ),
+            Trigger::Cron(_) if self.misfire.is_zero() => invalid("misfire", "must not be zero"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Parses a duration such as `"30s"`, `"1m"`, `"24h"`, `"500ms"`, `"1h30m"`
+/// or `"2d"`: what the macro's duration settings accept.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(soloist::parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+/// assert!(soloist::parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration; expected e.g. `30s`, `1m`, `24h`".to_owned());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("`{text}`: expected a number before `{rest}`"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{text}`: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            "" => return Err(format!("`{text}`: missing unit (ms, s, m, h or d)")),
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}` (ms, s, m, h or d)"
+                ));
+            }
+        };
+        rest = &rest[unit_len..];
+        let part = u32::try_from(number)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or_else(|| format!("`{text}`: too long"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("`{text}`: too long"))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        for (text, millis) in [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("1m", 60_000),
+            ("24h", 86_400_000),
+            ("1h30m", 5_400_000),
+            ("2d", 172_800_000),
+            ("0s", 0),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(millis)),
+                "{text}"
+            );
+        }
+        for bad in ["", "s", "30", "30x", "1.5h", "-1s", "99999999999999999999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn key_templates_parse() {
+        let template = KeyTemplate::parse("invoice:{invoice_id}:{region}").unwrap();
+        assert_eq!(template.placeholders(), ["invoice_id", "region"]);
+        assert_eq!(
+            KeyTemplate::parse("{{literal}}")
+                .unwrap()
+                .placeholders()
+                .len(),
+            0
+        );
+        for bad in ["", "a:{", "a:{}", "a:}", "a:{1x}", "a:{b-c}"] {
+            assert!(KeyTemplate::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn specs_validate_their_settings() {
+        let cron = || JobSpec::cron("j", "* * * * * *", "UTC").unwrap();
+        assert!(cron().validate().is_ok());
+        assert!(cron().ttl(Duration::ZERO).validate().is_err());
+        assert!(cron().dedupe(Duration::from_secs(1)).validate().is_err());
+        assert!(cron().misfire(Duration::ZERO).validate().is_err());
+        assert!(cron().max_hold(Duration::ZERO).validate().is_err());
+        assert!(matches!(
+            JobSpec::cron("j", "* * * * * *", "Nowhere/Land"),
+            Err(WorkerError::InvalidJob { name: "tz", .. })
+        ));
+        assert!(matches!(
+            JobSpec::cron("j", "every minute", "UTC"),
+            Err(WorkerError::InvalidJob { name: "cron", .. })
+        ));
+        assert!(JobSpec::cron("", "* * * * * *", "UTC").is_err());
+        let keyed = JobSpec::keyed("k", "order:{id}").unwrap();
+        assert!(keyed.dedupe(Duration::from_secs(60)).validate().is_ok());
+        assert!(JobSpec::keyed("k", "order:{").is_err());
+    }
+}
