@@ -19,8 +19,14 @@ fn urls(servers: &[RedisServer]) -> Vec<String> {
     servers.iter().map(RedisServer::url).collect()
 }
 
+/// A Redlock client whose per-node timeout leaves room for a loaded test
+/// machine; tests about latency set their own.
 async fn redlock(servers: &[RedisServer]) -> LockClient {
-    LockClient::redlock(urls(servers)).await.expect("redlock")
+    LockClient::builder()
+        .op_timeout(SECOND)
+        .redlock(urls(servers))
+        .await
+        .expect("redlock")
 }
 
 #[tokio::test]
@@ -275,7 +281,9 @@ async fn nodes_answering_errors_count_as_no() {
     let mut all = urls(&healthy);
     all.push(locked.url());
     all.push(replica.url());
-    let locks = LockClient::redlock(&all)
+    let locks = LockClient::builder()
+        .op_timeout(SECOND)
+        .redlock(&all)
         .await
         .expect("a majority is usable");
     let guard = locks.lock("k").acquire().await.expect("3 of 5 grant");
@@ -285,8 +293,19 @@ async fn nodes_answering_errors_count_as_no() {
     let locks = LockClient::redlock(&two_healthy)
         .await
         .expect("2 of 4 answer CONFIG");
+    // Decided once the errors make a majority impossible, whichever
+    // answers came first.
     match locks.lock("k").acquire().await {
-        Err(LockError::NoQuorum { granted, .. }) => assert_eq!(granted, 2),
+        Err(LockError::NoQuorum {
+            granted,
+            unreachable,
+            ..
+        }) => {
+            assert!(
+                granted <= 2 && unreachable >= 1,
+                "{granted} granted, {unreachable} failed"
+            );
+        }
         other => panic!("expected NoQuorum with 2 of 4, got {other:?}"),
     }
 }

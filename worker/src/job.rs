@@ -25,7 +25,7 @@ pub trait CronJob: Send + Sync + 'static {
 
 /// A job run on request, once at a time per key. `#[exclusive_job(key =
 /// ...)]` implements it; [`keyed_job`] builds one at run time.
-pub trait KeyedJob: Send + Sync + 'static {
+pub trait KeyedJob: Send + Sync {
     /// The arguments of one run (a tuple for several).
     type Args: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// What a successful run returns; kept for duplicates when deduped.
@@ -58,7 +58,7 @@ pub struct Registration {
 
 pub(crate) enum Kind {
     Cron(Arc<dyn CronJob>),
-    Keyed(Result<JobSpec>),
+    Keyed(Box<Result<JobSpec>>),
 }
 
 impl fmt::Debug for Registration {
@@ -70,7 +70,7 @@ impl fmt::Debug for Registration {
                 .finish(),
             Kind::Keyed(spec) => f
                 .debug_tuple("Keyed")
-                .field(&spec.as_ref().map(JobSpec::name))
+                .field(&spec.as_ref().as_ref().map(JobSpec::name))
                 .finish(),
         }
     }
@@ -87,7 +87,7 @@ impl Registration {
     /// Registers a keyed job.
     pub fn keyed<J: KeyedJob>(job: &J) -> Self {
         Registration {
-            kind: Kind::Keyed(job.spec()),
+            kind: Kind::Keyed(Box::new(job.spec())),
         }
     }
 }
@@ -228,5 +228,26 @@ where
 {
     fn into_job(self) -> Registration {
         Registration::keyed(&self)
+    }
+}
+
+impl<J: KeyedJob> KeyedJob for &J {
+    type Args = J::Args;
+    type Output = J::Output;
+
+    fn spec(&self) -> Result<JobSpec> {
+        (**self).spec()
+    }
+
+    fn key(&self, args: &J::Args) -> String {
+        (**self).key(args)
+    }
+
+    fn call(
+        &self,
+        ctx: JobContext,
+        args: J::Args,
+    ) -> BoxFuture<'static, Result<J::Output, BoxError>> {
+        (**self).call(ctx, args)
     }
 }

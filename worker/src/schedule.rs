@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::offset::LocalResult;
 use chrono::{DateTime, NaiveDateTime, TimeDelta, TimeZone, Timelike, Utc};
@@ -27,7 +28,7 @@ use chrono_tz::Tz;
 #[derive(Clone)]
 pub struct CronSchedule {
     expression: String,
-    schedule: cron::Schedule,
+    schedule: Arc<cron::Schedule>,
     tz: Tz,
 }
 
@@ -75,7 +76,7 @@ impl CronSchedule {
             .map_err(|_| ScheduleError::TimeZone(tz.to_owned()))?;
         Ok(CronSchedule {
             expression: expression.to_owned(),
-            schedule,
+            schedule: Arc::new(schedule),
             tz,
         })
     }
@@ -93,8 +94,11 @@ impl CronSchedule {
     /// Ticks strictly after `instant`, in order.
     pub fn ticks_after(&self, instant: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
         // Walk the wall clock of the zone, which cron understands, with
-        // naive times standing in as UTC; map each back to an instant.
-        let start = instant.with_timezone(&self.tz).naive_local() - TimeDelta::hours(3);
+        // naive times standing in as UTC, and map each back to an instant.
+        // No wall-clock time before the instant's own can map to a later
+        // instant: ambiguous times take their first occurrence, and a gap
+        // ends before any wall-clock time that follows it.
+        let start = instant.with_timezone(&self.tz).naive_local() - TimeDelta::seconds(1);
         let mut last = instant;
         self.schedule
             .after(&Utc.from_utc_datetime(&start))

@@ -34,7 +34,10 @@ impl Backend {
             Backend::Redis(server) => LockClient::connect(&server.url())
                 .await
                 .expect("connect to the test server"),
-            Backend::Redlock(servers) => LockClient::redlock(servers.iter().map(RedisServer::url))
+            // A per-node timeout with room for a loaded test machine.
+            Backend::Redlock(servers) => LockClient::builder()
+                .op_timeout(std::time::Duration::from_secs(1))
+                .redlock(servers.iter().map(RedisServer::url))
                 .await
                 .expect("connect to the test servers"),
             Backend::Memory(client) => client.clone(),

@@ -1,0 +1,280 @@
+//! Cron jobs: every replica tries to claim each tick; one runs it.
+//!
+//! # The claim protocol
+//! For each tick `T` of job `name`, under the prefix of the worker's lock
+//! client:
+//! - the lock `lock:cron:{name}:{T}` (T in Unix milliseconds) admits one
+//!   run of the tick at a time, renewed by the watchdog while it runs;
+//! - the fenced record `cron:{name}:{T}`, the tick's done-marker, is
+//!   written with the run's fence when the run ends for good (success,
+//!   failure after its retries, or `max_hold`), and kept for the misfire
+//!   grace plus a margin, so that a replica arriving late does not run it
+//!   again;
+//! - the fenced record `cron:{name}:last` holds the latest claimed tick
+//!   (its fence is the tick itself, so it only moves forward); it is how a
+//!   replica that starts learns which ticks the whole fleet missed.
+//!
+//! A replica that finds the tick's lock held waits on it until the grace
+//! ends. When the holder finishes, the waiter finds the done-marker and
+//! stands down; when the holder dies or loses its lease, no marker is
+//! written and the waiter takes the tick over, as a new attempt.
+//!
+//! What this adds up to: at most one attempt of a tick at a time, at most
+//! one success per tick, and a tick is lost only if no replica is up to
+//! claim it during its whole grace (then the missed-tick policy applies).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use soloist_core::{LockError, LockGuard};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::context::JobContext;
+use crate::job::CronJob;
+use crate::metrics;
+use crate::run::{Ended, attempts};
+use crate::schedule::CronSchedule;
+use crate::spec::{JobSpec, MissedTicks};
+use crate::worker::Shared;
+
+/// A registered cron job.
+pub(crate) struct CronEntry {
+    pub(crate) job: Arc<dyn CronJob>,
+    pub(crate) schedule: CronSchedule,
+    pub(crate) spec: JobSpec,
+}
+
+impl std::fmt::Debug for CronEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CronEntry")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many missed ticks are looked at, at most, when a replica starts.
+const MISSED_SCAN_LIMIT: usize = 100_000;
+/// How long a done-marker outlives the tick's grace.
+const MARKER_MARGIN: Duration = Duration::from_secs(300);
+
+/// Runs the job's schedule until the worker stops claiming.
+pub(crate) async fn schedule(shared: Arc<Shared>, entry: CronEntry) {
+    let entry = Arc::new(entry);
+    let now = shared.clock.now();
+    let misfire = TimeDelta::from_std(entry.spec.misfire).unwrap_or(TimeDelta::MAX);
+    // After the last tick the fleet claimed, ticks still inside their grace
+    // are claimed as usual; older ones, which the whole fleet missed, are
+    // the job's missed-tick policy's. A job the fleet never ran starts now.
+    let grace_start = now - misfire;
+    let recent_start = match last_claimed(&shared, &entry.spec).await {
+        Some(last) if last < grace_start => {
+            recover_missed(&shared, &entry, last, grace_start, now);
+            grace_start
+        }
+        Some(last) => last,
+        None => now,
+    };
+    let mut after = recent_start;
+    loop {
+        let Some(tick) = entry.schedule.ticks_after(after).next() else {
+            return; // the expression names no further time
+        };
+        tokio::select! {
+            () = shared.clock.sleep_until(tick) => {}
+            () = shared.stop_claiming.cancelled() => return,
+        }
+        after = tick;
+        let grace_end = tick + misfire;
+        let (shared, entry) = (shared.clone(), entry.clone());
+        let runs = shared.runs.clone();
+        runs.spawn(async move { claim(&shared, &entry, tick, grace_end).await });
+    }
+}
+
+/// The latest tick any replica claimed, from the `last` record.
+async fn last_claimed(shared: &Shared, spec: &JobSpec) -> Option<DateTime<Utc>> {
+    let record = shared.locks.fenced_get(&last_record(spec)).await;
+    let stored = match record {
+        Ok(stored) => stored?,
+        Err(err) => {
+            tracing::warn!(job = %spec.name, error = %err, "cannot read the last claimed tick; not looking for missed ticks");
+            return None;
+        }
+    };
+    DateTime::from_timestamp_millis(i64::try_from(stored.fence).ok()?)
+}
+
+fn last_record(spec: &JobSpec) -> String {
+    format!("cron:{}:last", spec.name)
+}
+
+/// Applies the missed-tick policy to the ticks in `(last, before]`.
+fn recover_missed(
+    shared: &Arc<Shared>,
+    entry: &Arc<CronEntry>,
+    last: DateTime<Utc>,
+    before: DateTime<Utc>,
+    now: DateTime<Utc>,
+) {
+    let missed: Vec<DateTime<Utc>> = entry
+        .schedule
+        .ticks_after(last)
+        .take_while(|tick| *tick <= before)
+        .take(MISSED_SCAN_LIMIT)
+        .collect();
+    if missed.is_empty() {
+        return;
+    }
+    let to_run: Vec<DateTime<Utc>> = match entry.spec.missed {
+        MissedTicks::Skip => Vec::new(),
+        MissedTicks::RunOnce => missed.last().copied().into_iter().collect(),
+        MissedTicks::CatchUp(max) => {
+            let keep = missed.len().min(max as usize);
+            missed[missed.len() - keep..].to_vec()
+        }
+    };
+    let skipped = missed.len() - to_run.len();
+    tracing::warn!(
+        job = %entry.spec.name,
+        missed = missed.len(),
+        running = to_run.len(),
+        policy = ?entry.spec.missed,
+        "the fleet missed ticks"
+    );
+    metrics::missed(&entry.spec.name, skipped as u64);
+    if to_run.is_empty() {
+        return;
+    }
+    // Missed ticks run one after the other, each with a fresh grace.
+    let misfire = TimeDelta::from_std(entry.spec.misfire).unwrap_or(TimeDelta::MAX);
+    let (shared, entry) = (shared.clone(), entry.clone());
+    let runs = shared.runs.clone();
+    runs.spawn(async move {
+        for tick in to_run {
+            let grace_end = shared.clock.now().max(now) + misfire;
+            claim(&shared, &entry, tick, grace_end).await;
+        }
+    });
+}
+
+/// Claims `tick` until it is done (here or elsewhere) or its grace ends.
+async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_end: DateTime<Utc>) {
+    let spec = &entry.spec;
+    let tick_ms = tick.timestamp_millis();
+    let key = format!("cron:{}:{tick_ms}", spec.name);
+    let span = tracing::info_span!("soloist.job", job = %spec.name, tick = %tick, fence = tracing::field::Empty);
+    async {
+        loop {
+            if shared.stop_claiming.is_cancelled() {
+                return;
+            }
+            match done(shared, &key).await {
+                Ok(true) => return metrics::run(&spec.name, "skipped_by_peer"),
+                Ok(false) => {}
+                Err(err) => tracing::debug!(error = %err, "cannot read the done-marker"),
+            }
+            let Ok(left) = (grace_end - shared.clock.now()).to_std() else {
+                // The grace is over and no run finished the tick here or
+                // elsewhere: a holder may still be at it; if not, it is lost.
+                return metrics::run(&spec.name, "skipped_by_peer");
+            };
+            let requested = Instant::now();
+            let mut request = shared.locks.lock(&key).ttl(spec.ttl).wait(left);
+            if let Some(max_hold) = spec.max_hold {
+                request = request.max_hold(max_hold);
+            }
+            let acquired = tokio::select! {
+                acquired = request.acquire() => acquired,
+                () = shared.stop_claiming.cancelled() => return,
+            };
+            match acquired {
+                Ok(guard) => {
+                    metrics::claim_time(&spec.name, requested.elapsed());
+                    tracing::Span::current().record("fence", guard.fence());
+                    return run_tick(shared, entry, tick, &key, guard).await;
+                }
+                Err(LockError::Busy { .. } | LockError::Timeout { .. }) => {
+                    // Waited out the grace behind another holder.
+                    return metrics::run(&spec.name, "skipped_by_peer");
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "claim failed; retrying");
+                    let pause = Duration::from_millis(100 + u64::from(rand::random::<u8>()));
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn done(shared: &Shared, key: &str) -> soloist_core::Result<bool> {
+    Ok(shared.locks.fenced_get(key).await?.is_some())
+}
+
+/// Runs the claimed tick and records how it ended.
+async fn run_tick(
+    shared: &Shared,
+    entry: &CronEntry,
+    tick: DateTime<Utc>,
+    key: &str,
+    guard: LockGuard,
+) {
+    let spec = &entry.spec;
+    // Finished by another holder while we waited for the lock.
+    if matches!(done(shared, key).await, Ok(true)) {
+        let _ = guard.release().await;
+        return metrics::run(&spec.name, "skipped_by_peer");
+    }
+    let tick_ms = u64::try_from(tick.timestamp_millis()).unwrap_or(0);
+    if let Err(err) = shared
+        .locks
+        .fenced_set(&last_record(spec), tick_ms, tick_ms.to_string())
+        .await
+    {
+        tracing::debug!(error = %err, "cannot record the last claimed tick");
+    }
+    let started = Instant::now();
+    let ended = attempts(spec, &guard, &shared.cancel_runs, |attempt, cancel| {
+        let ctx = JobContext::builder(&spec.name)
+            .lease(guard.lease())
+            .attempt(attempt)
+            .replica(&shared.replica)
+            .scheduled_at(tick)
+            .cancellation(cancel)
+            .build();
+        entry.job.call(ctx)
+    })
+    .await;
+    metrics::run_time(&spec.name, started.elapsed());
+    let marker = match &ended {
+        Ended::Succeeded(()) => Some("success"),
+        Ended::Failed(error) => {
+            tracing::error!(error = %error, "run failed after its retries");
+            Some("failure")
+        }
+        Ended::TimedOut => Some("timed_out"),
+        // Lost or cancelled: leave the tick to whoever claims it next.
+        Ended::Lost | Ended::Cancelled => None,
+    };
+    let mut outcome = ended.label();
+    if let Some(marker) = marker {
+        let keep = spec.misfire + MARKER_MARGIN + spec.ttl;
+        match shared
+            .locks
+            .fenced_set_expiring(key, guard.fence(), marker, keep)
+            .await
+        {
+            Ok(write) if write.is_accepted() => {}
+            Ok(_) => outcome = "lost",
+            Err(err) => tracing::warn!(error = %err, "cannot record the tick's outcome"),
+        }
+    }
+    metrics::run(&spec.name, outcome);
+    if let Err(err) = guard.release().await {
+        tracing::debug!(error = %err, "releasing the tick");
+    }
+}

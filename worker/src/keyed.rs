@@ -1,0 +1,148 @@
+//! Keyed jobs: one execution at a time per rendered key, and with dedupe,
+//! one success per key within the window.
+//!
+//! Under the prefix of the worker's lock client, the run's lock is
+//! `lock:job:{name}:{key}`, and its dedupe record, written with the run's
+//! fence, is the fenced record `job:{name}:{key}`: a run whose lease ended
+//! unnoticed cannot overwrite the record of the run that followed it.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use soloist_core::{LockError, LockGuard};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::context::JobContext;
+use crate::error::{Result, WorkerError};
+use crate::job::KeyedJob;
+use crate::metrics;
+use crate::outcome::RunOutcome;
+use crate::run::{Ended, attempts};
+use crate::spec::JobSpec;
+use crate::worker::Shared;
+
+pub(crate) async fn run<J: KeyedJob>(
+    shared: Arc<Shared>,
+    job: J,
+    args: J::Args,
+) -> Result<RunOutcome<J::Output>> {
+    let spec = job.spec()?;
+    spec.validate()?;
+    let key = job.key(&args);
+    let record = format!("job:{}:{key}", spec.name);
+    let span = tracing::info_span!("soloist.job", job = %spec.name, key = %key, fence = tracing::field::Empty);
+    let outcome = async {
+        if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
+            return Ok(RunOutcome::Duplicate(recorded));
+        }
+        let requested = Instant::now();
+        let mut request = shared.locks.lock(&record).ttl(spec.ttl).wait(spec.wait);
+        if let Some(max_hold) = spec.max_hold {
+            request = request.max_hold(max_hold);
+        }
+        let guard = match request.acquire().await {
+            Ok(guard) => guard,
+            Err(LockError::Busy { .. } | LockError::Timeout { .. }) => return Ok(RunOutcome::Busy),
+            Err(err) => return Err(err.into()),
+        };
+        metrics::claim_time(&spec.name, requested.elapsed());
+        tracing::Span::current().record("fence", guard.fence());
+        // The record may have appeared while we waited for the lock.
+        if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
+            let _ = guard.release().await;
+            return Ok(RunOutcome::Duplicate(recorded));
+        }
+        let outcome = execute(&shared, &job, args, &spec, &key, &guard).await?;
+        if let Err(err) = guard.release().await {
+            tracing::debug!(error = %err, "releasing after the run");
+        }
+        Ok(outcome)
+    }
+    .instrument(span)
+    .await;
+    if let Ok(outcome) = &outcome {
+        metrics::run(&spec.name, outcome.label());
+    }
+    outcome
+}
+
+/// The result a successful run recorded within the dedupe window.
+async fn recorded<T: DeserializeOwned>(
+    shared: &Shared,
+    spec: &JobSpec,
+    record: &str,
+) -> Result<Option<T>> {
+    if spec.dedupe.is_none() {
+        return Ok(None);
+    }
+    let Some(stored) = shared.locks.fenced_get(record).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&stored.value)
+        .map(Some)
+        .map_err(|source| WorkerError::Serde {
+            job: spec.name.clone(),
+            source,
+        })
+}
+
+async fn execute<J: KeyedJob>(
+    shared: &Shared,
+    job: &J,
+    args: J::Args,
+    spec: &JobSpec,
+    key: &str,
+    guard: &LockGuard,
+) -> Result<RunOutcome<J::Output>> {
+    let started = Instant::now();
+    // Retries need the arguments again: keep them serialized.
+    let encoded = serde_json::to_vec(&args).map_err(|source| WorkerError::Serde {
+        job: spec.name.clone(),
+        source,
+    })?;
+    let mut first = Some(args);
+    let ended = attempts(spec, guard, &shared.cancel_runs, |attempt, cancel| {
+        let ctx = JobContext::builder(&spec.name)
+            .key(key)
+            .lease(guard.lease())
+            .attempt(attempt)
+            .replica(&shared.replica)
+            .cancellation(cancel)
+            .build();
+        match first
+            .take()
+            .map(Ok)
+            .unwrap_or_else(|| serde_json::from_slice(&encoded))
+        {
+            Ok(args) => job.call(ctx, args),
+            Err(err) => Box::pin(futures::future::ready(Err(err.into()))),
+        }
+    })
+    .await;
+    metrics::run_time(&spec.name, started.elapsed());
+    Ok(match ended {
+        Ended::Succeeded(value) => {
+            if let Some(window) = spec.dedupe {
+                let encoded = serde_json::to_vec(&value).map_err(|source| WorkerError::Serde {
+                    job: spec.name.clone(),
+                    source,
+                })?;
+                let record = format!("job:{}:{key}", spec.name);
+                let write = shared
+                    .locks
+                    .fenced_set_expiring(&record, guard.fence(), encoded, window)
+                    .await?;
+                if !write.is_accepted() {
+                    // A later holder recorded first: this run's lease ended unnoticed.
+                    return Ok(RunOutcome::Lost);
+                }
+            }
+            RunOutcome::Completed(value)
+        }
+        Ended::Failed(error) => RunOutcome::Failed(error),
+        Ended::Lost => RunOutcome::Lost,
+        Ended::TimedOut => RunOutcome::TimedOut,
+        Ended::Cancelled => RunOutcome::Cancelled,
+    })
+}

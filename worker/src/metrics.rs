@@ -1,0 +1,36 @@
+//! Metric names of the worker runtime, recorded through the
+//! [`metrics`](https://docs.rs/metrics) facade.
+
+use std::time::Duration;
+
+/// Counter: runs by `job` and `outcome` (`success`, `failure`, `lost`,
+/// `duplicate`, `busy`, `skipped_by_peer`, `timed_out`, `cancelled`).
+pub const RUNS: &str = "soloist_job_runs_total";
+/// Histogram: seconds a run's body took, by `job`.
+pub const RUN_SECONDS: &str = "soloist_job_run_seconds";
+/// Histogram: seconds from a tick's due time (or a request) to holding its lock, by `job`.
+pub const CLAIM_SECONDS: &str = "soloist_job_claim_seconds";
+/// Counter: cron ticks that passed unclaimed and were not run, by `job`.
+pub const MISSED_TICKS: &str = "soloist_job_missed_ticks_total";
+/// Gauge: seconds the backend's clock is ahead of this replica's (negative: behind).
+pub const CLOCK_SKEW_SECONDS: &str = "soloist_clock_skew_seconds";
+
+pub(crate) fn run(job: &str, outcome: &'static str) {
+    metrics::counter!(RUNS, "job" => job.to_owned(), "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn run_time(job: &str, took: Duration) {
+    metrics::histogram!(RUN_SECONDS, "job" => job.to_owned()).record(took.as_secs_f64());
+}
+
+pub(crate) fn claim_time(job: &str, took: Duration) {
+    metrics::histogram!(CLAIM_SECONDS, "job" => job.to_owned()).record(took.as_secs_f64());
+}
+
+pub(crate) fn missed(job: &str, ticks: u64) {
+    metrics::counter!(MISSED_TICKS, "job" => job.to_owned()).increment(ticks);
+}
+
+pub(crate) fn clock_skew(seconds: f64) {
+    metrics::gauge!(CLOCK_SKEW_SECONDS).set(seconds);
+}

@@ -1,0 +1,55 @@
+//! How a run ended.
+
+use crate::error::BoxError;
+
+/// The outcome of asking for one run of a keyed job
+/// ([`WorkerHandle::run`](crate::WorkerHandle::run)).
+///
+/// The first three outcomes mean the job body did not run here:
+/// [`Duplicate`](RunOutcome::Duplicate) and [`Busy`](RunOutcome::Busy) never
+/// took the lock. The rest mean it ran, and say how that ended; only
+/// [`Completed`](RunOutcome::Completed) is a success, and only a success is
+/// recorded for deduplication.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RunOutcome<T> {
+    /// The body ran to success under a lease that held throughout.
+    Completed(T),
+    /// A run with the same key succeeded within the dedupe window: this is
+    /// its recorded result, and the body did not run again.
+    Duplicate(T),
+    /// Another execution holds the key (after the job's wait, if any).
+    Busy,
+    /// The body failed on every attempt; the last error.
+    Failed(BoxError),
+    /// The lease was lost while the body ran: the run counts as lost,
+    /// whatever the body returned, and nothing was recorded.
+    Lost,
+    /// The run reached its `max_hold` and was cancelled.
+    TimedOut,
+    /// The worker shut down and cancelled the run after its grace period.
+    Cancelled,
+}
+
+impl<T> RunOutcome<T> {
+    /// The label metrics and logs use for this outcome.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RunOutcome::Completed(_) => "success",
+            RunOutcome::Duplicate(_) => "duplicate",
+            RunOutcome::Busy => "busy",
+            RunOutcome::Failed(_) => "failure",
+            RunOutcome::Lost => "lost",
+            RunOutcome::TimedOut => "timed_out",
+            RunOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// The successful result, whether from this run or a recorded one.
+    pub fn value(self) -> Option<T> {
+        match self {
+            RunOutcome::Completed(value) | RunOutcome::Duplicate(value) => Some(value),
+            _ => None,
+        }
+    }
+}

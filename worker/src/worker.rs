@@ -1,0 +1,248 @@
+//! The worker: a registry of jobs, the schedulers of its cron jobs, and
+//! graceful shutdown.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use soloist_core::LockClient;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{FleetClock, REFRESH};
+use crate::cron::{CronEntry, schedule};
+use crate::error::{Result, WorkerError};
+use crate::job::{IntoJob, KeyedJob, Kind, Registration};
+use crate::keyed;
+use crate::outcome::RunOutcome;
+use crate::spec::Trigger;
+
+/// What every part of a running worker shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) locks: LockClient,
+    pub(crate) replica: String,
+    pub(crate) clock: FleetClock,
+    /// Cancelled when shutdown starts: no new claims or runs.
+    pub(crate) stop_claiming: CancellationToken,
+    /// Cancelled when the shutdown grace period is over: running jobs stop.
+    pub(crate) cancel_runs: CancellationToken,
+    /// Every run in progress, so shutdown can wait for them.
+    pub(crate) runs: TaskTracker,
+}
+
+/// Runs registered jobs: every cron tick once across the fleet of workers
+/// sharing a lock backend, and keyed jobs on request through a
+/// [`WorkerHandle`].
+///
+/// ```no_run
+/// use soloist::{JobContext, JobSpec, LockClient, Worker, cron_job};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let locks = LockClient::connect("redis://127.0.0.1:6379").await?;
+/// let sweep = cron_job(JobSpec::cron("sweep", "0 * * * * *", "UTC")?, |ctx: JobContext| async move {
+///     println!("tick {:?} with fence {}", ctx.scheduled_at(), ctx.fence());
+///     Ok::<_, std::io::Error>(())
+/// });
+/// let worker = Worker::builder(locks).job(sweep).build()?;
+/// worker.run_until(tokio::signal::ctrl_c()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Worker {
+    shared: Arc<Shared>,
+    cron: Vec<CronEntry>,
+    shutdown_grace: Duration,
+}
+
+/// Configures a [`Worker`]; see [`Worker::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct WorkerBuilder {
+    locks: LockClient,
+    jobs: Vec<Registration>,
+    replica: Option<String>,
+    shutdown_grace: Duration,
+    local_clock_error: TimeDelta,
+}
+
+impl Worker {
+    /// Starts configuring a worker on `locks`: a Redis, Redlock or memory
+    /// [`LockClient`]. Workers that should run each job once between them
+    /// need the same backend and key prefix.
+    pub fn builder(locks: LockClient) -> WorkerBuilder {
+        WorkerBuilder {
+            locks,
+            jobs: Vec::new(),
+            replica: None,
+            shutdown_grace: Duration::from_secs(30),
+            local_clock_error: TimeDelta::zero(),
+        }
+    }
+
+    /// A cloneable handle for running keyed jobs, usable while the worker
+    /// runs (and before it does).
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The id this replica runs jobs under.
+    pub fn replica(&self) -> &str {
+        &self.shared.replica
+    }
+
+    /// Runs the cron schedulers until `shutdown` resolves, then shuts down
+    /// gracefully: no new claims or runs, running jobs get the grace period
+    /// to finish, after which they are cancelled and their leases released.
+    /// Returns once every run has ended and its outcome is recorded.
+    pub async fn run_until<F: Future>(self, shutdown: F) -> Result<()> {
+        let shared = self.shared;
+        if let Err(err) = shared.clock.refresh().await {
+            tracing::warn!(error = %err, "cannot read the backend's clock yet; using the local clock");
+        }
+        let mut schedulers = tokio::task::JoinSet::new();
+        for entry in self.cron {
+            schedulers.spawn(schedule(shared.clone(), entry));
+        }
+        let refresher = shared.clone();
+        schedulers.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = refresher.stop_claiming.cancelled() => return,
+                    () = tokio::time::sleep(REFRESH) => {}
+                }
+                if let Err(err) = refresher.clock.refresh().await {
+                    tracing::debug!(error = %err, "clock refresh failed");
+                }
+            }
+        });
+        shutdown.await;
+        tracing::info!(replica = %shared.replica, "shutting down: no new runs");
+        shared.stop_claiming.cancel();
+        while schedulers.join_next().await.is_some() {}
+        shared.runs.close();
+        if tokio::time::timeout(self.shutdown_grace, shared.runs.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace = ?self.shutdown_grace,
+                "runs still going after the shutdown grace period; cancelling them"
+            );
+            shared.cancel_runs.cancel();
+            shared.runs.wait().await;
+        }
+        Ok(())
+    }
+}
+
+impl WorkerBuilder {
+    /// Registers a job: a fn annotated with `#[exclusive_job]`, or one
+    /// built with [`cron_job`](crate::cron_job) / [`keyed_job`](crate::keyed_job).
+    pub fn job(mut self, job: impl IntoJob) -> Self {
+        self.jobs.push(job.into_job());
+        self
+    }
+
+    /// The id this replica runs jobs under, as jobs see it in
+    /// [`JobContext::replica`](crate::JobContext::replica); default: the
+    /// process id and a random suffix.
+    pub fn replica_id(mut self, id: impl Into<String>) -> Self {
+        self.replica = Some(id.into());
+        self
+    }
+
+    /// How long running jobs may take to finish after shutdown starts,
+    /// before they are cancelled; default 30 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Makes this replica's local clock wrong by `error`, to show that the
+    /// fleet's clock, not the local one, decides when ticks are due.
+    #[doc(hidden)]
+    pub fn local_clock_error(mut self, error: TimeDelta) -> Self {
+        self.local_clock_error = error;
+        self
+    }
+
+    /// Checks every job and builds the worker.
+    pub fn build(self) -> Result<Worker> {
+        let mut names = HashSet::new();
+        let mut cron = Vec::new();
+        for registration in self.jobs {
+            let (spec, cron_job) = match registration.kind {
+                Kind::Cron(job) => (job.spec()?, Some(job)),
+                Kind::Keyed(spec) => ((*spec)?, None),
+            };
+            spec.validate()?;
+            if !names.insert(spec.name.clone()) {
+                return Err(WorkerError::DuplicateJob(spec.name));
+            }
+            if let (Some(job), Trigger::Cron(schedule)) = (cron_job, &spec.trigger) {
+                cron.push(CronEntry {
+                    job,
+                    schedule: schedule.clone(),
+                    spec,
+                });
+            }
+        }
+        let replica = self
+            .replica
+            .unwrap_or_else(|| format!("{}-{:04x}", std::process::id(), rand::random::<u16>()));
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                clock: FleetClock::new(self.locks.clone(), self.local_clock_error),
+                locks: self.locks,
+                replica,
+                stop_claiming: CancellationToken::new(),
+                cancel_runs: CancellationToken::new(),
+                runs: TaskTracker::new(),
+            }),
+            cron,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// Runs keyed jobs on a worker's lock backend; cheap to clone.
+///
+/// ```no_run
+/// use soloist::{JobContext, JobSpec, LockClient, RunOutcome, Worker, keyed_job};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let charge = keyed_job(
+///     JobSpec::keyed("charge", "invoice:{id}")?.dedupe(std::time::Duration::from_secs(86_400)),
+///     |id: &u64| format!("invoice:{id}"),
+///     |ctx: JobContext, id: u64| async move { Ok::<_, std::io::Error>(format!("receipt-{id}")) },
+/// );
+/// let worker = Worker::builder(LockClient::memory()).build()?;
+/// match worker.handle().run(&charge, 42).await? {
+///     RunOutcome::Completed(receipt) => println!("charged: {receipt}"),
+///     RunOutcome::Duplicate(receipt) => println!("already charged: {receipt}"),
+///     RunOutcome::Busy => println!("being charged elsewhere right now"),
+///     other => println!("not charged: {}", other.label()),
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+}
+
+impl WorkerHandle {
+    /// Runs `job` with `args` once, unless its key is running elsewhere
+    /// ([`RunOutcome::Busy`]) or, with dedupe, already succeeded within
+    /// the window ([`RunOutcome::Duplicate`]). Fails only when the lock
+    /// backend does, for invalid job settings, or during shutdown.
+    pub async fn run<J: KeyedJob>(&self, job: J, args: J::Args) -> Result<RunOutcome<J::Output>> {
+        if self.shared.stop_claiming.is_cancelled() {
+            return Err(WorkerError::ShuttingDown);
+        }
+        let run = keyed::run(self.shared.clone(), job, args);
+        self.shared.runs.track_future(run).await
+    }
+}
