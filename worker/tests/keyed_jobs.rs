@@ -1,0 +1,250 @@
+//! Keyed jobs against real Redis (and the memory backend where noted):
+//! one execution per key at a time, dedupe, waiting, lost leases, retries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use soloist::{
+    JobContext, JobSpec, KeyedJob, LockClient, RunOutcome, Worker, WorkerHandle, keyed_job,
+};
+use soloist_testkit::RedisServer;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Receipt {
+    invoice: u64,
+    charged_by: String,
+    fence: u64,
+}
+
+/// A charge job that counts its runs and takes `takes` to finish.
+fn charge_job(
+    spec: JobSpec,
+    runs: Arc<AtomicU32>,
+    takes: Duration,
+) -> impl KeyedJob<Args = u64, Output = Receipt> {
+    keyed_job(
+        spec,
+        |invoice: &u64| format!("invoice:{invoice}"),
+        move |ctx: JobContext, invoice: u64| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(takes).await;
+                Ok::<_, std::io::Error>(Receipt {
+                    invoice,
+                    charged_by: ctx.replica().to_owned(),
+                    fence: ctx.fence(),
+                })
+            }
+        },
+    )
+}
+
+async fn handle(locks: LockClient, replica: &str) -> WorkerHandle {
+    Worker::builder(locks)
+        .replica_id(replica)
+        .build()
+        .unwrap()
+        .handle()
+}
+
+async fn redis_handles(server: &RedisServer) -> (WorkerHandle, WorkerHandle) {
+    let a = LockClient::connect(&server.url()).await.unwrap();
+    let b = LockClient::connect(&server.url()).await.unwrap();
+    (handle(a, "a").await, handle(b, "b").await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_execution_per_key_at_a_time() {
+    let server = RedisServer::start();
+    let (a, b) = redis_handles(&server).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let spec = JobSpec::keyed("charge", "invoice:{invoice}").unwrap();
+    let job = charge_job(spec, runs.clone(), Duration::from_millis(300));
+    let (first, second) = tokio::join!(a.run(&job, 42), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.run(&job, 42).await
+    });
+    assert!(matches!(first.unwrap(), RunOutcome::Completed(_)));
+    assert!(matches!(second.unwrap(), RunOutcome::Busy));
+    // Another key is independent; without dedupe the same key runs again.
+    assert!(matches!(
+        b.run(&job, 43).await.unwrap(),
+        RunOutcome::Completed(_)
+    ));
+    assert!(matches!(
+        b.run(&job, 42).await.unwrap(),
+        RunOutcome::Completed(_)
+    ));
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+async fn dedupe_returns_the_original_result(a: WorkerHandle, b: WorkerHandle) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let spec = JobSpec::keyed("charge", "invoice:{invoice}")
+        .unwrap()
+        .dedupe(60 * SECOND);
+    let job = charge_job(spec, runs.clone(), Duration::from_millis(10));
+    let RunOutcome::Completed(original) = a.run(&job, 7).await.unwrap() else {
+        panic!("first run completes");
+    };
+    for handle in [&a, &b, &a] {
+        match handle.run(&job, 7).await.unwrap() {
+            RunOutcome::Duplicate(receipt) => assert_eq!(receipt, original),
+            other => panic!("expected Duplicate, got {other:?}"),
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_on_redis() {
+    let server = RedisServer::start();
+    let (a, b) = redis_handles(&server).await;
+    dedupe_returns_the_original_result(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_on_memory() {
+    let locks = LockClient::memory();
+    let (a, b) = (handle(locks.clone(), "a").await, handle(locks, "b").await);
+    dedupe_returns_the_original_result(a, b).await;
+}
+
+/// A request that may wait gets the result of the run it waited behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_gets_the_duplicate() {
+    let server = RedisServer::start();
+    let (a, b) = redis_handles(&server).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let spec = JobSpec::keyed("charge", "invoice:{invoice}")
+        .unwrap()
+        .dedupe(60 * SECOND)
+        .wait(5 * SECOND);
+    let job = charge_job(spec, runs.clone(), Duration::from_millis(300));
+    let (first, second) = tokio::join!(a.run(&job, 9), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.run(&job, 9).await
+    });
+    let RunOutcome::Completed(original) = first.unwrap() else {
+        panic!("first completes")
+    };
+    match second.unwrap() {
+        RunOutcome::Duplicate(receipt) => assert_eq!(receipt, original),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A run whose lease is lost is cancelled and recorded as lost: no dedupe
+/// record, so the next request runs the key again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_run_is_not_a_success() {
+    let server = RedisServer::start();
+    let (a, b) = redis_handles(&server).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let spec = JobSpec::keyed("charge", "invoice:{invoice}")
+        .unwrap()
+        .ttl(Duration::from_millis(600))
+        .dedupe(60 * SECOND);
+    let job = charge_job(spec, runs.clone(), 2 * SECOND);
+    let (outcome, ()) = tokio::join!(a.run(&job, 5), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.cli(&["DEL", "soloist:lock:job:charge:invoice:5"]);
+    });
+    assert!(matches!(outcome.unwrap(), RunOutcome::Lost));
+    assert_eq!(
+        server.cli(&["EXISTS", "soloist:fenced:job:charge:invoice:5"]),
+        "0"
+    );
+    let fast = charge_job(
+        JobSpec::keyed("charge", "invoice:{invoice}")
+            .unwrap()
+            .dedupe(60 * SECOND),
+        runs.clone(),
+        Duration::ZERO,
+    );
+    assert!(matches!(
+        b.run(&fast, 5).await.unwrap(),
+        RunOutcome::Completed(_)
+    ));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// Failures retry (with the arguments again) up to the limit; a failed
+/// key is not recorded, so it can be run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_retry_then_fail_without_a_record() {
+    let server = RedisServer::start();
+    let (a, _) = redis_handles(&server).await;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = attempts.clone();
+    let job = keyed_job(
+        JobSpec::keyed("flaky", "order:{id}")
+            .unwrap()
+            .retries(2)
+            .backoff(Duration::from_millis(20))
+            .dedupe(60 * SECOND),
+        |id: &String| format!("order:{id}"),
+        move |ctx: JobContext, id: String| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(id, "A-1", "attempt {} got its arguments", ctx.attempt());
+                if ctx.attempt() < 3 {
+                    return Err(std::io::Error::other("not yet"));
+                }
+                Ok(ctx.attempt())
+            }
+        },
+    );
+    match a.run(&job, "A-1".to_owned()).await.unwrap() {
+        RunOutcome::Completed(attempt) => assert_eq!(attempt, 3),
+        other => panic!("expected success on the third attempt, got {other:?}"),
+    }
+    let always = keyed_job(
+        JobSpec::keyed("broken", "order:{id}")
+            .unwrap()
+            .retries(1)
+            .backoff(Duration::from_millis(10)),
+        |id: &u32| format!("order:{id}"),
+        |_ctx: JobContext, _id: u32| async move { Err::<(), _>(std::io::Error::other("no")) },
+    );
+    for _ in 0..2 {
+        match a.run(&always, 1).await.unwrap() {
+            RunOutcome::Failed(error) => assert_eq!(error.to_string(), "no"),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_specs_and_duplicate_names_are_errors() {
+    let locks = LockClient::memory();
+    let job = |name: &str| {
+        keyed_job(
+            JobSpec::keyed(name, "k:{id}").unwrap(),
+            |id: &u32| format!("k:{id}"),
+            |_ctx: JobContext, id: u32| async move { Ok::<_, std::io::Error>(id) },
+        )
+    };
+    let duplicate = Worker::builder(locks.clone())
+        .job(job("same"))
+        .job(job("same"))
+        .build();
+    assert!(matches!(duplicate, Err(soloist::WorkerError::DuplicateJob(name)) if name == "same"));
+    let zero_ttl = keyed_job(
+        JobSpec::keyed("z", "k:{id}").unwrap().ttl(Duration::ZERO),
+        |id: &u32| format!("k:{id}"),
+        |_ctx: JobContext, id: u32| async move { Ok::<_, std::io::Error>(id) },
+    );
+    let handle = Worker::builder(locks).build().unwrap().handle();
+    assert!(matches!(
+        handle.run(&zero_ttl, 1).await,
+        Err(soloist::WorkerError::InvalidJob { name: "ttl", .. })
+    ));
+}
