@@ -31,7 +31,7 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(worker: Worker) -> Replica {
+    fn start(worker: Worker) -> Replica {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             worker
@@ -107,7 +107,7 @@ async fn each_tick_runs_once_even_on_replicas_with_skewed_clocks() {
             .job(job)
             .build()
             .unwrap();
-        replicas.push(Replica::start(worker).await);
+        replicas.push(Replica::start(worker));
     }
     tokio::time::sleep(5 * SECOND).await;
     for replica in replicas {
@@ -161,7 +161,7 @@ async fn retries_then_a_recorded_failure() {
             .job(job)
             .build()
             .unwrap();
-        replicas.push(Replica::start(worker).await);
+        replicas.push(Replica::start(worker));
     }
     tokio::time::sleep(Duration::from_millis(4500)).await;
     for replica in replicas {
@@ -216,7 +216,7 @@ async fn max_hold_cancels_a_run_for_good() {
             .job(job)
             .build()
             .unwrap();
-        replicas.push(Replica::start(worker).await);
+        replicas.push(Replica::start(worker));
     }
     tokio::time::sleep(Duration::from_millis(3500)).await;
     for replica in replicas {
@@ -266,7 +266,7 @@ async fn a_lost_lease_cancels_the_run_and_a_peer_takes_over() {
             .job(job)
             .build()
             .unwrap();
-        replicas.push(Replica::start(worker).await);
+        replicas.push(Replica::start(worker));
     }
     // Wait for the first run to start, then take its lock away.
     let first = loop {
@@ -332,7 +332,7 @@ async fn missed_ticks_follow_the_policy() {
         );
         let started = Utc::now();
         let worker = Worker::builder(locks).job(job).build().unwrap();
-        let replica = Replica::start(worker).await;
+        let replica = Replica::start(worker);
         tokio::time::sleep(SECOND).await;
         replica.stop().await;
         let runs = runs.lock().unwrap();
@@ -376,7 +376,7 @@ async fn shutdown_waits_for_runs_then_cancels_them() {
             .job(job)
             .build()
             .unwrap();
-        let replica = Replica::start(worker).await;
+        let replica = Replica::start(worker);
         while runs.lock().unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -155,7 +155,7 @@ fn replicas_killed_at_random_still_run_each_tick_and_key_once() {
             .min()
     };
     // Cron: per tick, the runs in start order.
-    let mut ticks: BTreeMap<u64, Vec<(String, u64, u64, Option<u64>)>> = BTreeMap::new();
+    let mut ticks: BTreeMap<u64, Vec<Run>> = BTreeMap::new();
     let log = server.cli(&["LRANGE", "cron", "0", "-1"]);
     let mut ends: HashMap<(u64, String, u64), u64> = HashMap::new();
     for line in log.lines() {

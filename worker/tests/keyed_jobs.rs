@@ -44,7 +44,7 @@ fn charge_job(
     )
 }
 
-async fn handle(locks: LockClient, replica: &str) -> WorkerHandle {
+fn handle(locks: LockClient, replica: &str) -> WorkerHandle {
     Worker::builder(locks)
         .replica_id(replica)
         .build()
@@ -55,7 +55,7 @@ async fn handle(locks: LockClient, replica: &str) -> WorkerHandle {
 async fn redis_handles(server: &RedisServer) -> (WorkerHandle, WorkerHandle) {
     let a = LockClient::connect(&server.url()).await.unwrap();
     let b = LockClient::connect(&server.url()).await.unwrap();
-    (handle(a, "a").await, handle(b, "b").await)
+    (handle(a, "a"), handle(b, "b"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +111,7 @@ async fn dedupe_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedupe_on_memory() {
     let locks = LockClient::memory();
-    let (a, b) = (handle(locks.clone(), "a").await, handle(locks, "b").await);
+    let (a, b) = (handle(locks.clone(), "a"), handle(locks, "b"));
     dedupe_returns_the_original_result(a, b).await;
 }
 
