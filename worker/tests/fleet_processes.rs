@@ -18,6 +18,15 @@ const TEST: &str = "replicas_killed_at_random_still_run_each_tick_and_key_once";
 const REPLICAS: usize = 5;
 const KEYS: u64 = 40;
 
+/// One run of a tick, from the job's log.
+#[derive(Debug, Clone)]
+struct Run {
+    replica: String,
+    fence: u64,
+    /// When it started, in Unix milliseconds.
+    started: u64,
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -167,10 +176,11 @@ fn replicas_killed_at_random_still_run_each_tick_and_key_once() {
             f[4].parse().unwrap(),
         );
         match f[0] {
-            "start" => ticks
-                .entry(tick)
-                .or_default()
-                .push((replica, fence, at, None)),
+            "start" => ticks.entry(tick).or_default().push(Run {
+                replica,
+                fence,
+                started: at,
+            }),
             _ => {
                 ends.insert((tick, replica, fence), at);
             }
@@ -181,7 +191,7 @@ fn replicas_killed_at_random_still_run_each_tick_and_key_once() {
         let runs = ticks.get(&tick).cloned().unwrap_or_default();
         let completed: Vec<_> = runs
             .iter()
-            .filter(|(replica, fence, ..)| ends.contains_key(&(tick, replica.clone(), *fence)))
+            .filter(|run| ends.contains_key(&(tick, run.replica.clone(), run.fence)))
             .collect();
         assert_eq!(
             completed.len(),
@@ -191,13 +201,16 @@ fn replicas_killed_at_random_still_run_each_tick_and_key_once() {
         for pair in runs.windows(2) {
             let (first, second) = (&pair[0], &pair[1]);
             let first_end = ends
-                .get(&(tick, first.0.clone(), first.1))
+                .get(&(tick, first.replica.clone(), first.fence))
                 .copied()
-                .or_else(|| killed_after(&first.0, first.2))
+                .or_else(|| killed_after(&first.replica, first.started))
                 .unwrap_or(u64::MAX);
-            assert!(second.2 >= first_end, "tick {tick}: runs overlap: {runs:?}");
             assert!(
-                second.1 > first.1,
+                second.started >= first_end,
+                "tick {tick}: runs overlap: {runs:?}"
+            );
+            assert!(
+                second.fence > first.fence,
                 "tick {tick}: fences do not increase: {runs:?}"
             );
         }
