@@ -37,6 +37,8 @@ pub use soloist_core::{
     ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError, LockGuard,
     LockRequest, MAX_TTL, MIN_TTL, Result, metrics,
 };
+/// Metric names of the worker runtime (the lock metrics are in [`metrics`]).
+pub use soloist_worker::metrics as worker_metrics;
 pub use soloist_worker::{
     BoxError, CronFn, CronJob, CronSchedule, DEFAULT_JOB_TTL, DEFAULT_MISFIRE, IntoJob, JobContext,
     JobContextBuilder, JobSpec, KeyTemplate, KeyedFn, KeyedJob, MissedTicks, OnLost, Registration,

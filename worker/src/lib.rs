@@ -3,6 +3,51 @@
 //!
 //! Most users depend on the `soloist` facade crate, which re-exports
 //! everything here together with the `#[exclusive_job]` attribute.
+//!
+//! # Cron jobs
+//! Every replica computes the same ticks from the job's schedule and the
+//! backend's clock (Redis `TIME`, measured and refreshed, so a replica with
+//! a wrong wall clock still agrees), and tries to claim each tick through
+//! a lock of its own. One replica wins and runs the tick under a
+//! watchdog-renewed lease; the others wait on the lock for the tick's
+//! misfire grace. When the run ends for good (success, failure after its
+//! retries, or `max_hold`), a done-marker written with the run's fence tells
+//! the waiters to stand down; when the runner dies or loses its lease, no
+//! marker is written and a waiter takes the tick over.
+//!
+//! What that adds up to, honestly:
+//! - **at most one attempt of a tick at a time**, across the fleet;
+//! - **at most one success per tick** — except that a replica killed in the
+//!   instant between its job returning and its done-marker being written
+//!   leaves the tick to a peer, which runs it again: the body's effects are
+//!   at-least-once. Make them idempotent, or fence them with
+//!   [`JobContext::fence`];
+//! - **a tick is lost only if no replica is up during its whole grace**;
+//!   ticks the whole fleet missed then follow the job's [`MissedTicks`]
+//!   policy when a replica comes back.
+//!
+//! # Keyed jobs
+//! [`WorkerHandle::run`] renders the job's key from its arguments and runs
+//! the body under that key's lock: one execution at a time per key across
+//! the fleet. With `dedupe`, a success is recorded (serialized, with the
+//! run's fence) for the window, and later requests get it back as
+//! [`RunOutcome::Duplicate`] without running the body. The same caveat
+//! holds: a success is recorded after the body returns, so a crash in
+//! between runs the body again on the next request.
+//!
+//! # Losing a lease
+//! When a run's lease is lost (Redis unreachable past the lease's
+//! deadline, the key gone), the job's future is dropped by default and the
+//! run is recorded as lost, never as a success; [`OnLost::Signal`] keeps it
+//! running and only signals [`JobContext::lost`]. Never acquiring a lock
+//! ([`RunOutcome::Busy`], [`RunOutcome::Duplicate`], a tick skipped because
+//! a peer ran it) and losing one mid-run ([`RunOutcome::Lost`]) are
+//! distinct outcomes.
+//!
+//! # Shutdown
+//! [`Worker::run_until`] stops claiming when its shutdown future resolves,
+//! lets running jobs finish within the grace period, then cancels them and
+//! releases their leases; every run's outcome is recorded before it returns.
 
 mod clock;
 mod context;
