@@ -37,6 +37,7 @@ pub use soloist_core::{
     ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError, LockGuard,
     LockRequest, MAX_TTL, MIN_TTL, Result, metrics,
 };
+pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).
 pub use soloist_worker::metrics as worker_metrics;
 pub use soloist_worker::{
