@@ -1,0 +1,155 @@
+//! Command-line flags.
+
+use std::time::Duration;
+
+use crate::scenarios::Scenario;
+
+/// The usage text printed by `--help` and after a bad flag.
+pub(crate) const USAGE: &str = "\
+usage: lockbench [--secs N] [--warmup N] [--url URL] [--json] [--scenario NAME]...
+                 [--library NAME]...
+
+  --secs N          measure each run for N seconds (default 5)
+  --warmup N        warm each run up for N seconds first (default 1)
+  --url URL         use the Redis server at URL instead of starting one
+                    (its command counters then include any other traffic)
+  --json            print one JSON object per result row instead of tables
+  --scenario NAME   run only this scenario; repeat for several
+                    (raw, uncontended, contended, watchdog; default all)
+  --library NAME    run only this library's rows; repeat for several
+                    (raw, soloist, rslock, rslock-1ms, redlock, redlock-1ms;
+                    default all)
+";
+
+/// What to run and how to report it.
+#[derive(Debug, Clone)]
+pub(crate) struct Args {
+    /// How long each run is measured.
+    pub(crate) secs: Duration,
+    /// How long each run warms up first.
+    pub(crate) warmup: Duration,
+    /// An existing server to use; `None` starts one.
+    pub(crate) url: Option<String>,
+    /// JSON lines rather than tables.
+    pub(crate) json: bool,
+    /// The scenarios to run, in their usual order.
+    pub(crate) scenarios: Vec<Scenario>,
+    /// The library labels to run; empty runs all.
+    pub(crate) libraries: Vec<String>,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Run the benchmark.
+    Run(Args),
+    /// Print the usage text.
+    Help,
+}
+
+impl Args {
+    /// Parses the flags (without the program name).
+    pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+        let mut parsed = Args {
+            secs: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            url: None,
+            json: false,
+            scenarios: Vec::new(),
+            libraries: Vec::new(),
+        };
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let mut value =
+                |flag: &str| args.next().ok_or_else(|| format!("`{flag}` needs a value"));
+            match flag.as_str() {
+                "--secs" => parsed.secs = seconds("--secs", &value("--secs")?, 1)?,
+                "--warmup" => parsed.warmup = seconds("--warmup", &value("--warmup")?, 0)?,
+                "--url" => parsed.url = Some(value("--url")?),
+                "--json" => parsed.json = true,
+                "--scenario" => {
+                    let name = value("--scenario")?;
+                    let scenario = Scenario::from_name(&name).ok_or_else(|| {
+                        let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                        format!(
+                            "unknown scenario `{name}`; expected one of {}",
+                            known.join(", ")
+                        )
+                    })?;
+                    if !parsed.scenarios.contains(&scenario) {
+                        parsed.scenarios.push(scenario);
+                    }
+                }
+                "--library" => parsed.libraries.push(value("--library")?),
+                "-h" | "--help" => return Ok(Command::Help),
+                other => return Err(format!("unknown argument `{other}`")),
+            }
+        }
+        parsed.scenarios = if parsed.scenarios.is_empty() {
+            Scenario::ALL.to_vec()
+        } else {
+            Scenario::ALL
+                .into_iter()
+                .filter(|scenario| parsed.scenarios.contains(scenario))
+                .collect()
+        };
+        Ok(Command::Run(parsed))
+    }
+}
+
+/// A whole number of seconds, at least `min`.
+fn seconds(flag: &str, value: &str, min: u64) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(secs) if secs >= min => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "`{flag}` takes a whole number of seconds of at least {min}, got `{value}`"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Command, String> {
+        Args::parse(line.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn defaults_run_everything_for_five_seconds() {
+        let Ok(Command::Run(args)) = parse("") else {
+            panic!("an empty command line must run");
+        };
+        assert_eq!(args.secs, Duration::from_secs(5));
+        assert_eq!(args.scenarios, Scenario::ALL.to_vec());
+        assert!(!args.json && args.url.is_none());
+    }
+
+    #[test]
+    fn scenarios_filter_and_keep_their_order() {
+        let Ok(Command::Run(args)) =
+            parse("--scenario watchdog --scenario raw --json --secs 2 --library soloist")
+        else {
+            panic!("valid flags must parse");
+        };
+        assert_eq!(args.scenarios, vec![Scenario::Raw, Scenario::Watchdog]);
+        assert_eq!(args.libraries, vec!["soloist".to_owned()]);
+        assert_eq!(args.secs, Duration::from_secs(2));
+        assert!(args.json);
+    }
+
+    #[test]
+    fn bad_flags_say_what_is_wrong() {
+        for (line, needle) in [
+            ("--secs", "needs a value"),
+            ("--secs 0", "at least 1"),
+            ("--scenario nope", "expected one of raw"),
+            ("--frobnicate", "unknown argument"),
+        ] {
+            match parse(line) {
+                Err(message) => assert!(message.contains(needle), "{line}: {message}"),
+                Ok(_) => panic!("`{line}` must be refused"),
+            }
+        }
+    }
+}

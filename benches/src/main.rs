@@ -1,0 +1,110 @@
+//! `lockbench`: what a soloist lock costs, measured against the bare Redis
+//! commands underneath it and against peer crates, on a real `redis-server`.
+//!
+//! Run with `cargo run --release -p soloist-benches --bin lockbench`
+//! (`-- --help` for the flags). Unless given `--url`, it starts its own
+//! `redis-server` on a free loopback port and stops it at the end.
+//!
+//! Every run warms up, then is measured for `--secs` in total. The runs of
+//! `raw`, `uncontended` and `contended` are measured in one-second slices,
+//! round robin, so that all of them share the machine's good and bad
+//! moments alike (see `rounds.rs`); `watchdog` runs on its own at the end.
+//!
+//! Scenarios:
+//! - `raw`: `SET NX PX` plus a compare-and-delete script on one connection,
+//!   no library: the ceiling for any Redis lock. 1 and 64 workers.
+//! - `uncontended`: acquire and release at once on keys nobody else wants;
+//!   soloist with its defaults (watchdog on), rslock and redlock. 1 and 64 workers.
+//! - `contended`: 8 workers over 4 independent clients take turns on one key,
+//!   waiting as long as needed; acquisitions, hand-offs, wait latency and
+//!   Redis commands per acquisition, with mutual exclusion checked throughout.
+//! - `watchdog`: 10,000 leases of 3 s held by one client; renewal calls,
+//!   Redis commands and CPU spent keeping them alive.
+//!
+//! Redis counts the commands a Lua script runs in `INFO commandstats` as
+//! well as the `EVALSHA` itself; `cmds/op` includes them, `evalsha/op` does not.
+
+mod args;
+mod commandstats;
+mod cpu;
+mod measure;
+mod peers;
+mod probe;
+mod report;
+mod rounds;
+mod scenarios;
+mod targets;
+
+use std::process::ExitCode;
+
+use soloist_testkit::RedisServer;
+
+use crate::args::{Args, Command, USAGE};
+use crate::probe::Probe;
+use crate::report::Row;
+use crate::scenarios::Bench;
+
+fn main() -> ExitCode {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(Command::Run(args)) => args,
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("lockbench: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    // Started outside the runtime (it blocks until the server answers) and
+    // kept alive until the end: dropping it kills the server.
+    let (server, url) = match &args.url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let redis_pid = server.as_ref().and_then(RedisServer::pid);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot build the tokio runtime");
+    let rows = runtime.block_on(run(&args, url, redis_pid));
+    let checks = targets::evaluate(&rows);
+    if args.json {
+        for row in &rows {
+            println!("{}", report::json_line(row));
+        }
+        if !checks.is_empty() {
+            eprint!("\n{}", targets::table(&checks));
+        }
+    } else {
+        print!("\n{}", report::table(&rows));
+        if !checks.is_empty() {
+            print!("\n{}", targets::table(&checks));
+        }
+    }
+    drop(server);
+    ExitCode::SUCCESS
+}
+
+/// Runs the chosen scenarios one after another against the server at `url`.
+async fn run(args: &Args, url: String, redis_pid: Option<u32>) -> Vec<Row> {
+    let probe = Probe::connect(&url, redis_pid).await;
+    eprintln!(
+        "lockbench: redis {} at {url}; {} s warm-up + {} s measured per run",
+        probe.redis_version().await,
+        args.warmup.as_secs(),
+        args.secs.as_secs()
+    );
+    let bench = Bench {
+        url,
+        secs: args.secs,
+        warmup: args.warmup,
+        probe,
+        libraries: args.libraries.clone(),
+    };
+    scenarios::run(&args.scenarios, &bench).await
+}

@@ -1,0 +1,154 @@
+//! What a run cost: Redis commands and CPU time over its measured window.
+
+use std::time::Instant;
+
+use redis::aio::MultiplexedConnection;
+
+use crate::commandstats::CommandCounts;
+use crate::cpu::cpu_time;
+use crate::measure::{Window, tokio_instant};
+
+/// Reads the server's command counters and the CPU clocks, on a connection
+/// of its own so that it never queues behind the workload.
+#[derive(Debug, Clone)]
+pub(crate) struct Probe {
+    conn: MultiplexedConnection,
+    /// The server's process id when lockbench started it, to read its CPU time.
+    redis_pid: Option<u32>,
+}
+
+/// Counters read at one instant.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    at: Instant,
+    commands: CommandCounts,
+    cpu_ms: Option<u128>,
+    redis_cpu_ms: Option<u128>,
+}
+
+/// What was spent over one window, or added up over several.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cost {
+    /// Seconds measured.
+    pub(crate) secs: f64,
+    /// Commands the server ran, Lua-internal ones included.
+    pub(crate) commands: u64,
+    /// Script calls (`EVALSHA`) the server ran.
+    pub(crate) scripts: u64,
+    /// CPU seconds this process used; `None` when `/proc` is unreadable.
+    pub(crate) cpu_secs: Option<f64>,
+    /// CPU seconds the Redis server used; `None` when its pid is unknown.
+    pub(crate) redis_cpu_secs: Option<f64>,
+}
+
+impl Cost {
+    /// This process's CPU time as a percentage of one core.
+    pub(crate) fn cpu_pct(&self) -> Option<f64> {
+        self.cpu_secs.map(|cpu| cpu / self.secs * 100.0)
+    }
+
+    /// The Redis server's CPU time as a percentage of one core.
+    pub(crate) fn redis_cpu_pct(&self) -> Option<f64> {
+        self.redis_cpu_secs.map(|cpu| cpu / self.secs * 100.0)
+    }
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, other: Cost) {
+        // The first window sets the CPU figures; an unreadable one later
+        // makes them unknown rather than silently smaller.
+        let first = self.secs == 0.0;
+        let add = |ours: Option<f64>, theirs: Option<f64>| {
+            if first { theirs } else { Some(ours? + theirs?) }
+        };
+        self.cpu_secs = add(self.cpu_secs, other.cpu_secs);
+        self.redis_cpu_secs = add(self.redis_cpu_secs, other.redis_cpu_secs);
+        self.secs += other.secs;
+        self.commands += other.commands;
+        self.scripts += other.scripts;
+    }
+}
+
+impl Probe {
+    /// Connects to the server at `url`; `redis_pid` is its process id when known.
+    pub(crate) async fn connect(url: &str, redis_pid: Option<u32>) -> Probe {
+        let client = redis::Client::open(url).expect("the Redis URL must parse");
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|err| panic!("cannot connect to Redis at {url}: {err}"));
+        Probe { conn, redis_pid }
+    }
+
+    /// The server's `redis_version`, for the report header.
+    pub(crate) async fn redis_version(&self) -> String {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("INFO server failed");
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .to_owned()
+    }
+
+    async fn snapshot(&self) -> Snapshot {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("INFO commandstats failed");
+        Snapshot {
+            at: Instant::now(),
+            commands: CommandCounts::parse(&info),
+            cpu_ms: cpu_time(None).map(|cpu| cpu.as_millis()),
+            redis_cpu_ms: self
+                .redis_pid
+                .and_then(|pid| cpu_time(Some(pid)))
+                .map(|cpu| cpu.as_millis()),
+        }
+    }
+
+    /// Sleeps through `window`, reading the counters as it opens and closes.
+    pub(crate) async fn observe(&self, window: &Window) -> Cost {
+        tokio::time::sleep_until(tokio_instant(window.start)).await;
+        let before = self.snapshot().await;
+        tokio::time::sleep_until(tokio_instant(window.end)).await;
+        let after = self.snapshot().await;
+        let secs = (after.at - before.at).as_secs_f64();
+        let commands = after.commands.since(before.commands);
+        let spent = |before: Option<u128>, after: Option<u128>| {
+            Some(after?.checked_sub(before?)? as f64 / 1000.0)
+        };
+        Cost {
+            secs,
+            commands: commands.total,
+            scripts: commands.scripts,
+            cpu_secs: spent(before.cpu_ms, after.cpu_ms),
+            redis_cpu_secs: spent(before.redis_cpu_ms, after.redis_cpu_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_add_up_and_cpu_is_a_share_of_the_total_time() {
+        let window = Cost {
+            secs: 1.0,
+            commands: 10,
+            scripts: 2,
+            cpu_secs: Some(0.25),
+            redis_cpu_secs: None,
+        };
+        let mut total = Cost::default();
+        total += window;
+        total += window;
+        assert_eq!((total.commands, total.scripts), (20, 4));
+        assert_eq!(total.cpu_pct(), Some(25.0));
+        assert_eq!(total.redis_cpu_pct(), None);
+    }
+}

@@ -1,0 +1,251 @@
+//! Result rows, and how they are printed: a table for people, JSON lines for tools.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::measure::Summary;
+use crate::probe::Cost;
+use crate::scenarios::Scenario;
+
+/// One library measured in one scenario at one concurrency. Fields that do
+/// not apply to the scenario are `None` (`null` in JSON).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Row {
+    /// The scenario's name.
+    pub(crate) scenario: &'static str,
+    /// Concurrent workers (tasks or threads).
+    pub(crate) tasks: usize,
+    /// `raw`, `soloist`, or a peer crate with its retry mode.
+    pub(crate) library: String,
+    /// Completed lock cycles (acquire + release) per second; in `contended`,
+    /// acquisitions per second.
+    pub(crate) ops_per_sec: Option<f64>,
+    /// Acquisitions by a different worker than the previous holder, per second.
+    pub(crate) handoffs_per_sec: Option<f64>,
+    /// Median latency: of a whole cycle, or in `contended` of the acquire call.
+    pub(crate) p50_us: Option<f64>,
+    /// 99th percentile latency, measured as `p50_us`.
+    pub(crate) p99_us: Option<f64>,
+    /// Median acquire latency of the hand-offs alone.
+    pub(crate) handoff_p50_us: Option<f64>,
+    /// 99th percentile acquire latency of the hand-offs alone.
+    pub(crate) handoff_p99_us: Option<f64>,
+    /// Redis commands per operation, counting those run inside Lua scripts.
+    pub(crate) cmds_per_op: Option<f64>,
+    /// `EVALSHA` calls per operation.
+    pub(crate) evalsha_per_op: Option<f64>,
+    /// Leases held (`watchdog`).
+    pub(crate) leases: Option<usize>,
+    /// Renewal calls (`EVALSHA`) per second (`watchdog`).
+    pub(crate) renewal_calls_per_sec: Option<f64>,
+    /// Renewal calls per renewal period of one third of the ttl (`watchdog`).
+    pub(crate) calls_per_period: Option<f64>,
+    /// Renewal calls per period for every 1,000 leases held (`watchdog`).
+    pub(crate) calls_per_period_per_1000: Option<f64>,
+    /// Redis commands per second, Lua-internal ones included (`watchdog`).
+    pub(crate) cmds_per_sec: Option<f64>,
+    /// CPU time of the benchmark process per operation, in microseconds.
+    pub(crate) cpu_us_per_op: Option<f64>,
+    /// CPU time of the Redis server per operation, in microseconds.
+    pub(crate) redis_cpu_us_per_op: Option<f64>,
+    /// CPU time of the benchmark process, in percent of one core.
+    pub(crate) cpu_pct: Option<f64>,
+    /// CPU time of the Redis server, in percent of one core (when lockbench started it).
+    pub(crate) redis_cpu_pct: Option<f64>,
+    /// Failed operations: lock waits that timed out, leases lost.
+    pub(crate) errors: u64,
+}
+
+impl Row {
+    /// A row with only its identity filled in.
+    fn empty(scenario: Scenario, tasks: usize, library: &str) -> Row {
+        Row {
+            scenario: scenario.name(),
+            tasks,
+            library: library.to_owned(),
+            ops_per_sec: None,
+            handoffs_per_sec: None,
+            p50_us: None,
+            p99_us: None,
+            handoff_p50_us: None,
+            handoff_p99_us: None,
+            cmds_per_op: None,
+            evalsha_per_op: None,
+            cpu_us_per_op: None,
+            redis_cpu_us_per_op: None,
+            leases: None,
+            renewal_calls_per_sec: None,
+            calls_per_period: None,
+            calls_per_period_per_1000: None,
+            cmds_per_sec: None,
+            cpu_pct: None,
+            redis_cpu_pct: None,
+            errors: 0,
+        }
+    }
+
+    /// A row for a run of repeated lock cycles. `handoffs` says whether
+    /// hand-offs mean anything in this scenario.
+    pub(crate) fn cycles(
+        scenario: Scenario,
+        tasks: usize,
+        library: &str,
+        summary: Summary,
+        cost: Cost,
+        handoffs: bool,
+    ) -> Row {
+        let per_op =
+            |count: u64| (summary.ops > 0).then(|| round3(count as f64 / summary.ops as f64));
+        let us_per_op = |secs: Option<f64>| {
+            secs.filter(|_| summary.ops > 0)
+                .map(|secs| round3(secs * 1e6 / summary.ops as f64))
+        };
+        Row {
+            ops_per_sec: Some(round3(summary.ops as f64 / cost.secs)),
+            handoffs_per_sec: handoffs.then(|| round3(summary.handoffs as f64 / cost.secs)),
+            p50_us: summary.p50_us,
+            p99_us: summary.p99_us,
+            handoff_p50_us: summary.handoff_p50_us.filter(|_| handoffs),
+            handoff_p99_us: summary.handoff_p99_us.filter(|_| handoffs),
+            cmds_per_op: per_op(cost.commands),
+            evalsha_per_op: per_op(cost.scripts),
+            cpu_us_per_op: us_per_op(cost.cpu_secs),
+            redis_cpu_us_per_op: us_per_op(cost.redis_cpu_secs),
+            cpu_pct: cost.cpu_pct().map(round3),
+            redis_cpu_pct: cost.redis_cpu_pct().map(round3),
+            errors: summary.errors,
+            ..Row::empty(scenario, tasks, library)
+        }
+    }
+
+    /// A row for leases held and renewed in the background; `period_secs`
+    /// is the renewal period the calls are counted against.
+    pub(crate) fn renewals(
+        library: &str,
+        leases: usize,
+        period_secs: f64,
+        cost: Cost,
+        lost: u64,
+    ) -> Row {
+        // Batched renewals arrive in one burst per period, so they are
+        // counted over the whole periods the window spans; dividing by the
+        // window's exact length would let a few milliseconds of probe
+        // latency move the figure.
+        let periods = (cost.secs / period_secs).round().max(1.0);
+        let calls_per_period = cost.scripts as f64 / periods;
+        Row {
+            leases: Some(leases),
+            renewal_calls_per_sec: Some(round3(cost.scripts as f64 / cost.secs)),
+            calls_per_period: Some(round3(calls_per_period)),
+            calls_per_period_per_1000: Some(round3(calls_per_period / (leases as f64 / 1000.0))),
+            cmds_per_sec: Some(round3(cost.commands as f64 / cost.secs)),
+            cpu_pct: cost.cpu_pct().map(round3),
+            redis_cpu_pct: cost.redis_cpu_pct().map(round3),
+            errors: lost,
+            ..Row::empty(Scenario::Watchdog, 1, library)
+        }
+    }
+
+    fn is_renewal_row(&self) -> bool {
+        self.leases.is_some()
+    }
+}
+
+/// `value` rounded to three decimals, so JSON carries no float noise.
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// `value` with `decimals` places, or `-` when absent.
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| format!("{value:.decimals$}"))
+}
+
+/// The rows as aligned text tables: lock cycles first, then renewals.
+pub(crate) fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let cycles: Vec<&Row> = rows.iter().filter(|row| !row.is_renewal_row()).collect();
+    if !cycles.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<12} {:>5}  {:<12} {:>10} {:>11} {:>9} {:>9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>11} {:>6}",
+            "scenario",
+            "tasks",
+            "library",
+            "ops/s",
+            "handoffs/s",
+            "p50 µs",
+            "p99 µs",
+            "ho p50 µs",
+            "ho p99 µs",
+            "cmds/op",
+            "evalsha/op",
+            "cpu µs/op",
+            "redis µs/op",
+            "errors"
+        );
+        for row in cycles {
+            let _ = writeln!(
+                out,
+                "{:<12} {:>5}  {:<12} {:>10} {:>11} {:>9} {:>9} {:>10} {:>10} {:>8} {:>10} {:>10} {:>11} {:>6}",
+                row.scenario,
+                row.tasks,
+                row.library,
+                cell(row.ops_per_sec, 0),
+                cell(row.handoffs_per_sec, 0),
+                cell(row.p50_us, 1),
+                cell(row.p99_us, 1),
+                cell(row.handoff_p50_us, 1),
+                cell(row.handoff_p99_us, 1),
+                cell(row.cmds_per_op, 2),
+                cell(row.evalsha_per_op, 2),
+                cell(row.cpu_us_per_op, 1),
+                cell(row.redis_cpu_us_per_op, 1),
+                row.errors
+            );
+        }
+    }
+    let renewals: Vec<&Row> = rows.iter().filter(|row| row.is_renewal_row()).collect();
+    if !renewals.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "{:<12} {:<12} {:>7} {:>9} {:>12} {:>14} {:>9} {:>7} {:>11} {:>5}",
+            "scenario",
+            "library",
+            "leases",
+            "calls/s",
+            "calls/period",
+            "per 1k leases",
+            "cmds/s",
+            "cpu %",
+            "redis cpu %",
+            "lost"
+        );
+        for row in renewals {
+            let _ = writeln!(
+                out,
+                "{:<12} {:<12} {:>7} {:>9} {:>12} {:>14} {:>9} {:>7} {:>11} {:>5}",
+                row.scenario,
+                row.library,
+                row.leases.unwrap_or(0),
+                cell(row.renewal_calls_per_sec, 1),
+                cell(row.calls_per_period, 1),
+                cell(row.calls_per_period_per_1000, 2),
+                cell(row.cmds_per_sec, 0),
+                cell(row.cpu_pct, 1),
+                cell(row.redis_cpu_pct, 1),
+                row.errors
+            );
+        }
+    }
+    out
+}
+
+/// One row as a single line of JSON.
+pub(crate) fn json_line(row: &Row) -> String {
+    serde_json::to_string(row).expect("a row always serializes")
+}

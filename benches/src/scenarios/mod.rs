@@ -1,0 +1,131 @@
+//! The scenarios, one per file, and what they share.
+
+mod contended;
+mod raw;
+mod uncontended;
+mod watchdog;
+
+use std::time::Duration;
+
+use crate::probe::Probe;
+use crate::report::Row;
+use crate::rounds;
+
+/// The lease length of every lock cycle: long enough that no lease expires
+/// during a run, so every hand-off is a release, never an expiry.
+pub(crate) const CYCLE_TTL: Duration = Duration::from_secs(30);
+
+/// A workload lockbench can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scenario {
+    /// `SET NX PX` plus a compare-and-delete script on a bare connection:
+    /// the most any Redis lock can do per round trip.
+    Raw,
+    /// Acquire and release on keys nobody else wants.
+    Uncontended,
+    /// Eight workers over four clients fighting for one key.
+    Contended,
+    /// Ten thousand leases held and renewed in the background.
+    Watchdog,
+}
+
+impl Scenario {
+    /// Every scenario, in the order they run.
+    pub(crate) const ALL: [Scenario; 4] = [
+        Scenario::Raw,
+        Scenario::Uncontended,
+        Scenario::Contended,
+        Scenario::Watchdog,
+    ];
+
+    /// The name used by `--scenario` and in the report.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scenario::Raw => "raw",
+            Scenario::Uncontended => "uncontended",
+            Scenario::Contended => "contended",
+            Scenario::Watchdog => "watchdog",
+        }
+    }
+
+    /// The scenario called `name`, if any.
+    pub(crate) fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL
+            .into_iter()
+            .find(|scenario| scenario.name() == name)
+    }
+}
+
+/// Runs `scenarios`: the lock-cycle ones interleaved (see [`crate::rounds`]),
+/// then `watchdog`, which holds its leases for one long stretch.
+pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
+    let mut contestants = Vec::new();
+    for scenario in scenarios {
+        match scenario {
+            Scenario::Raw => contestants.extend(raw::contestants(bench).await),
+            Scenario::Uncontended => contestants.extend(uncontended::contestants(bench).await),
+            Scenario::Contended => contestants.extend(contended::contestants(bench).await),
+            Scenario::Watchdog => {}
+        }
+    }
+    let names: Vec<&str> = scenarios
+        .iter()
+        .filter(|scenario| **scenario != Scenario::Watchdog)
+        .map(|scenario| scenario.name())
+        .collect();
+    if !contestants.is_empty() {
+        eprintln!(
+            "{}: {} runs, interleaved",
+            names.join(", "),
+            contestants.len()
+        );
+    }
+    let mut rows = rounds::interleave(bench, contestants).await;
+    if scenarios.contains(&Scenario::Watchdog) {
+        eprintln!("watchdog:");
+        rows.extend(watchdog::run(bench).await);
+    }
+    rows
+}
+
+/// What every run needs: the server, the timing, and the probe.
+#[derive(Debug)]
+pub(crate) struct Bench {
+    /// The Redis server's URL.
+    pub(crate) url: String,
+    /// How long each run is measured, in total over its slices.
+    pub(crate) secs: Duration,
+    /// How long each run warms up before it is measured.
+    pub(crate) warmup: Duration,
+    /// Reads the server's command counters and the CPU clocks.
+    pub(crate) probe: Probe,
+    /// The library labels to run; empty runs all.
+    pub(crate) libraries: Vec<String>,
+}
+
+impl Bench {
+    /// Whether `--library` lets `library`'s rows run.
+    pub(crate) fn wants(&self, library: &str) -> bool {
+        self.libraries.is_empty() || self.libraries.iter().any(|wanted| wanted == library)
+    }
+
+    /// Reports a finished row on stderr, so a long run shows it is alive.
+    pub(crate) fn done(&self, row: Row, rows: &mut Vec<Row>) {
+        let (rate, unit) = match (row.ops_per_sec, row.renewal_calls_per_sec) {
+            (Some(ops), _) => (ops, "ops/s"),
+            (None, Some(calls)) => (calls, "renewal calls/s"),
+            (None, None) => (0.0, ""),
+        };
+        eprintln!(
+            "  {:<12} {:>3} tasks  {:<12} {rate:>10.0} {unit}",
+            row.scenario, row.tasks, row.library
+        );
+        rows.push(row);
+    }
+}
+
+/// A key for worker `worker` of one run, distinct across runs so that no
+/// run meets another's leftovers.
+pub(crate) fn key(scenario: Scenario, library: &str, tasks: usize, worker: usize) -> String {
+    format!("lb:{}:{library}:{tasks}:{worker}", scenario.name())
+}

@@ -1,0 +1,191 @@
+//! The ratios lockbench reports, and the targets soloist is held to.
+
+use std::fmt::Write as _;
+
+use crate::report::Row;
+use crate::scenarios::Scenario;
+
+/// One computed ratio or figure, with its target when it has one.
+#[derive(Debug, Clone)]
+pub(crate) struct Check {
+    /// What is compared.
+    pub(crate) name: String,
+    /// The measured value.
+    pub(crate) value: f64,
+    /// The target, in words (`≥ 0.90`), or empty for figures without one.
+    pub(crate) target: &'static str,
+    /// Whether the target is met; `None` for figures without one.
+    pub(crate) met: Option<bool>,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, value: f64, target: &'static str, met: Option<bool>) -> Check {
+        Check {
+            name: name.into(),
+            value,
+            target,
+            met,
+        }
+    }
+}
+
+/// The row of `library` in `scenario` at `tasks`, if it was run.
+fn find<'a>(rows: &'a [Row], scenario: Scenario, tasks: usize, library: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|row| row.scenario == scenario.name() && row.tasks == tasks && row.library == library)
+}
+
+/// `numerator / denominator` when both exist and the denominator is not zero.
+fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
+    let (numerator, denominator) = (numerator?, denominator?);
+    (denominator > 0.0).then(|| numerator / denominator)
+}
+
+/// Every ratio that the rows allow, with its target.
+pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let ops = |scenario, tasks, library| find(rows, scenario, tasks, library)?.ops_per_sec;
+
+    for (tasks, floor, target) in [(1, 0.90, "≥ 0.90"), (64, 0.80, "≥ 0.80")] {
+        let value = ratio(
+            ops(Scenario::Uncontended, tasks, "soloist"),
+            ops(Scenario::Raw, tasks, "raw"),
+        );
+        if let Some(value) = value {
+            checks.push(Check::new(
+                format!("uncontended {tasks}-task soloist / raw {tasks}-task (ops/s)"),
+                value,
+                target,
+                Some(value >= floor),
+            ));
+        }
+    }
+
+    if let Some(contended) = find(rows, Scenario::Contended, 8, "soloist") {
+        let solo = ops(Scenario::Uncontended, 1, "soloist");
+        if let Some(value) = ratio(contended.handoffs_per_sec, solo) {
+            checks.push(Check::new(
+                "contended 8-way soloist hand-offs/s / soloist uncontended 1-task ops/s",
+                value,
+                "≥ 0.50",
+                Some(value >= 0.5),
+            ));
+        }
+        for (what, p99) in [
+            ("all acquisitions", contended.p99_us),
+            ("hand-offs", contended.handoff_p99_us),
+        ] {
+            if let Some(p99) = p99 {
+                checks.push(Check::new(
+                    format!("contended 8-way soloist acquire p99 over {what} (ms)"),
+                    p99 / 1000.0,
+                    "< 10",
+                    Some(p99 < 10_000.0),
+                ));
+            }
+        }
+        if let Some(cmds) = contended.cmds_per_op {
+            checks.push(Check::new(
+                "contended 8-way soloist Redis commands per acquisition (Lua-internal included)",
+                cmds,
+                "≤ 4",
+                Some(cmds <= 4.0),
+            ));
+        }
+        if let Some(scripts) = contended.evalsha_per_op {
+            checks.push(Check::new(
+                "contended 8-way soloist EVALSHA calls per acquisition",
+                scripts,
+                "≤ 4",
+                Some(scripts <= 4.0),
+            ));
+        }
+    }
+
+    // Soloist against every peer, wherever both ran.
+    for peer in rows
+        .iter()
+        .filter(|row| !matches!(row.library.as_str(), "soloist" | "raw"))
+    {
+        let Some(ours) = rows.iter().find(|row| {
+            row.scenario == peer.scenario && row.tasks == peer.tasks && row.library == "soloist"
+        }) else {
+            continue;
+        };
+        let label = format!(
+            "{} {}-task soloist / {}",
+            peer.scenario, peer.tasks, peer.library
+        );
+        if let Some(value) = ratio(ours.ops_per_sec, peer.ops_per_sec) {
+            checks.push(Check::new(
+                format!("{label} (ops/s)"),
+                value,
+                "> 1",
+                Some(value > 1.0),
+            ));
+        }
+        if let Some(value) = ratio(ours.handoffs_per_sec, peer.handoffs_per_sec) {
+            checks.push(Check::new(
+                format!("{label} (hand-offs/s)"),
+                value,
+                "> 1",
+                Some(value > 1.0),
+            ));
+        }
+        // Renewal cost: lower is better, so the peer's cost over ours.
+        if let Some(value) = ratio(peer.calls_per_period, ours.calls_per_period) {
+            checks.push(Check::new(
+                format!(
+                    "{} {} renewal calls / soloist renewal calls",
+                    peer.scenario, peer.library
+                ),
+                value,
+                "> 1",
+                Some(value > 1.0),
+            ));
+        }
+        if let Some(value) = ratio(peer.cpu_pct, ours.cpu_pct).filter(|_| ours.leases.is_some()) {
+            checks.push(Check::new(
+                format!("{} {} CPU / soloist CPU", peer.scenario, peer.library),
+                value,
+                "> 1",
+                Some(value > 1.0),
+            ));
+        }
+    }
+
+    if let Some(per_1000) =
+        find(rows, Scenario::Watchdog, 1, "soloist").and_then(|row| row.calls_per_period_per_1000)
+    {
+        checks.push(Check::new(
+            "watchdog soloist renewal calls per period per 1,000 leases",
+            per_1000,
+            "≤ 1",
+            Some(per_1000 <= 1.0),
+        ));
+    }
+    checks
+}
+
+/// The checks as aligned text.
+pub(crate) fn table(checks: &[Check]) -> String {
+    let width = checks
+        .iter()
+        .map(|check| check.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for check in checks {
+        let verdict = match check.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>9.3}  {:<7} {}",
+            check.name, check.value, check.target, verdict
+        );
+    }
+    out
+}
