@@ -19,6 +19,12 @@ impl<T: Send + 'static> Background<T> {
         }
     }
 
+    /// Whether the task is running: started, and not ended with its runtime.
+    pub(crate) fn is_running(&self) -> bool {
+        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        sender.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
     /// Sends `msg` to the task, spawning `start(receiver)` if it is not running.
     /// Outside a tokio runtime a message that would need a new task is dropped:
     /// there is nothing left to run it.

@@ -125,6 +125,7 @@ impl LockGuard {
         self.released = true;
         let cell = &self.lease.cell;
         cell.mark_released();
+        self.client.inner.watchdog.forget(cell);
         let outcome = self
             .client
             .inner
@@ -161,6 +162,7 @@ impl Drop for LockGuard {
         }
         let cell = self.lease.cell.clone();
         cell.mark_released();
+        self.client.inner.watchdog.forget(&cell);
         // Without a runtime there is nothing to send the release with; the
         // lease is no longer renewed and expires within its ttl.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -139,21 +139,18 @@ impl RedisNode {
         op: &'static str,
         work: impl AsyncFnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T> {
-        let attempt = async {
-            let mut conn = self.pool.get().await?;
-            let result = work(&mut conn).await;
-            conn.observe(&result);
-            result.map_err(|err| {
-                if err.is_timeout() {
-                    self.unresponsive(op)
-                } else {
-                    LockError::from(err)
-                }
-            })
-        };
-        tokio::time::timeout(self.op_timeout, attempt)
-            .await
-            .map_err(|_| self.unresponsive(op))?
+        // No timer of our own: the pool's check-out and the connection's
+        // connect and response timeouts are all set to `op_timeout`.
+        let mut conn = self.pool.get().await?;
+        let result = work(&mut conn).await;
+        conn.observe(&result);
+        result.map_err(|err| {
+            if err.is_timeout() {
+                self.unresponsive(op)
+            } else {
+                LockError::from(err)
+            }
+        })
     }
 
     fn unresponsive(&self, op: &'static str) -> LockError {

@@ -7,12 +7,14 @@
 //! transport level, and the pool discards it; check-outs cost nothing.
 //!
 //! A redis-rs multiplexed connection pipelines any number of concurrent
-//! requests, so a check-out clones it and hands the slot straight back:
-//! holding a pooled connection for the length of a request would cap
-//! concurrency at the pool size for nothing.
+//! requests, so requests share the connection last checked out, cached
+//! here, and go back to the pool only when it breaks: a check-out per
+//! request would cost a lock and a hand-off each, and holding a pooled
+//! connection for a request's length would cap concurrency at the pool
+//! size for nothing.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -23,6 +25,8 @@ use crate::error::LockError;
 #[derive(Debug)]
 pub(crate) struct Pool {
     pool: bb8::Pool<ConnectionManager>,
+    /// The connection requests share while it works.
+    current: Mutex<Option<Connection>>,
     op_timeout: Duration,
 }
 
@@ -64,15 +68,36 @@ impl Pool {
             .retry_connection(false)
             .connection_timeout(op_timeout)
             .build_unchecked(ConnectionManager::new(client, op_timeout));
-        Pool { pool, op_timeout }
+        Pool {
+            pool,
+            current: Mutex::new(None),
+            op_timeout,
+        }
     }
 
-    /// A live connection, opening one if the pool has none. Opening it here
-    /// rather than leaving it to bb8 makes a refused connection an error now:
-    /// bb8 reports connect failures only by letting `get` time out.
+    /// A working connection: the shared one, or a fresh one from the pool
+    /// when it broke.
     pub(crate) async fn get(&self) -> Result<Connection, LockError> {
+        let shared = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(conn) = shared.filter(|conn| !conn.is_broken()) {
+            return Ok(conn);
+        }
+        let conn = self.check_out().await?;
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// A live connection from the pool, opening one if the pool has none.
+    /// Opening it here rather than leaving it to bb8 makes a refused
+    /// connection an error now: bb8 reports connect failures only by
+    /// letting `get` time out.
+    async fn check_out(&self) -> Result<Connection, LockError> {
         loop {
-            if self.pool.state().idle_connections == 0 {
+            if self.pool.state().connections == 0 {
                 let fresh = self.pool.dedicated_connection().await?;
                 // At capacity the pool refuses it; use it for this request only.
                 match self.pool.add(fresh) {

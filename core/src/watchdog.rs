@@ -9,11 +9,11 @@
 //! A renewal that fails at the transport level is retried soon after, for as
 //! long as the lease's deadline allows; one that finds the key gone or owned
 //! by another token marks the lease lost at once. The watchdog holds no
-//! guard: releasing or dropping a guard ends its lease, and the watchdog drops
-//! it at its next due time without renewing it again.
+//! guard: releasing or dropping a guard takes its lease off the schedule, and
+//! a lease that ends while its renewal is in flight is not scheduled again.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -33,21 +33,92 @@ pub(crate) const BATCH: usize = 1000;
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     backend: Arc<dyn Backend>,
-    task: Background<Arc<LeaseCell>>,
+    schedule: Arc<Mutex<Schedule>>,
+    /// Wakes the task when a lease falls due before the task's next wake.
+    task: Background<()>,
+}
+
+/// The leases to renew, by due time, shared by the task and the guards:
+/// a guard adds its lease and takes it out again on release, so that only
+/// a lease due before everything already scheduled needs to wake the task.
+#[derive(Debug, Default)]
+struct Schedule {
+    by_due: BTreeMap<(Instant, u64), Arc<LeaseCell>>,
+    due_of: HashMap<u64, Instant>,
+    /// When the task will look at the schedule next; `None`: it is idle.
+    next_wake: Option<Instant>,
+}
+
+impl Schedule {
+    fn insert(&mut self, due: Instant, lease: Arc<LeaseCell>) {
+        self.due_of.insert(lease.id, due);
+        self.by_due.insert((due, lease.id), lease);
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(due) = self.due_of.remove(&id) {
+            self.by_due.remove(&(due, id));
+        }
+    }
+
+    fn first_due(&self) -> Option<Instant> {
+        self.by_due.keys().next().map(|&(due, _)| due)
+    }
+
+    /// Removes and returns the leases to renew now: those due within half a
+    /// period of now, so that leases falling due together renew together.
+    /// Leases that ended or reached their `max_hold` are dropped.
+    fn take_due(&mut self, now: Instant) -> Vec<Arc<LeaseCell>> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.by_due.first_entry() {
+            let (at, id) = *entry.key();
+            if at > now + period(entry.get().ttl()) / 2 {
+                break;
+            }
+            let lease = entry.remove();
+            self.due_of.remove(&id);
+            let past_max_hold = lease.renew_until.is_some_and(|until| now >= until);
+            if !lease.is_ended() && !past_max_hold {
+                due.push(lease);
+            }
+        }
+        due
+    }
 }
 
 impl Watchdog {
     pub(crate) fn new(backend: Arc<dyn Backend>) -> Self {
         Watchdog {
             backend,
+            schedule: Arc::default(),
             task: Background::new(),
         }
     }
 
+    fn schedule(&self) -> MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Starts renewing `lease` a third of its ttl from now.
     pub(crate) fn watch(&self, lease: Arc<LeaseCell>) {
-        let backend = self.backend.clone();
-        self.task.send(lease, move |leases| run(backend, leases));
+        let due = Instant::now() + period(lease.ttl());
+        let mut schedule = self.schedule();
+        schedule.insert(due, lease);
+        let wake = schedule.next_wake.is_none_or(|next| due < next) || !self.task.is_running();
+        if wake {
+            schedule.next_wake = Some(due);
+        }
+        drop(schedule);
+        if wake {
+            let (backend, schedule) = (self.backend.clone(), self.schedule.clone());
+            self.task
+                .send((), move |wakes| run(backend, schedule, wakes));
+        }
+    }
+
+    /// Stops renewing `lease`: its guard was released or dropped.
+    pub(crate) fn forget(&self, lease: &LeaseCell) {
+        self.schedule().remove(lease.id);
     }
 }
 
@@ -60,32 +131,42 @@ fn retry_delay(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
-type Schedule = BTreeMap<(Instant, u64), Arc<LeaseCell>>;
-
 /// Leases a renewal call handled, each with its next due time.
 type Rescheduled = Vec<(Arc<LeaseCell>, Instant)>;
 
-async fn run(backend: Arc<dyn Backend>, mut incoming: mpsc::UnboundedReceiver<Arc<LeaseCell>>) {
-    let mut schedule = Schedule::new();
+async fn run(
+    backend: Arc<dyn Backend>,
+    schedule: Arc<Mutex<Schedule>>,
+    mut wakes: mpsc::UnboundedReceiver<()>,
+) {
+    let lock = || schedule.lock().unwrap_or_else(PoisonError::into_inner);
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Rescheduled>> = FuturesUnordered::new();
     loop {
-        let next_due = schedule.keys().next().map(|&(due, _)| due);
+        let next_due = {
+            let mut schedule = lock();
+            let next = schedule.first_due();
+            schedule.next_wake = next;
+            next
+        };
         tokio::select! {
-            lease = incoming.recv() => match lease {
-                Some(lease) => {
-                    let due = Instant::now() + period(lease.ttl());
-                    schedule.insert((due, lease.id), lease);
-                }
+            wake = wakes.recv() => {
                 // The client and every guard are gone: nothing left to renew.
-                None => return,
-            },
+                if wake.is_none() {
+                    return;
+                }
+            }
             Some(renewed) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut schedule = lock();
                 for (lease, due) in renewed {
-                    schedule.insert((due, lease.id), lease);
+                    // Released while its renewal was in flight: forget it.
+                    if !lease.is_ended() {
+                        schedule.insert(due, lease);
+                    }
                 }
             }
             () = sleep_until(next_due), if next_due.is_some() => {
-                for batch in take_due(&mut schedule).chunks(BATCH) {
+                let due = lock().take_due(Instant::now());
+                for batch in due.chunks(BATCH) {
                     in_flight.push(Box::pin(renew(backend.clone(), batch.to_vec())));
                 }
             }
@@ -97,25 +178,6 @@ async fn sleep_until(due: Option<Instant>) {
     if let Some(due) = due {
         tokio::time::sleep_until(due).await;
     }
-}
-
-/// Removes and returns the leases to renew now, dropping those that ended or
-/// reached their `max_hold`.
-fn take_due(schedule: &mut Schedule) -> Vec<Arc<LeaseCell>> {
-    let now = Instant::now();
-    let mut due = Vec::new();
-    while let Some(entry) = schedule.first_entry() {
-        let (at, _) = *entry.key();
-        if at > now + period(entry.get().ttl()) / 2 {
-            break;
-        }
-        let lease = entry.remove();
-        let past_max_hold = lease.renew_until.is_some_and(|until| now >= until);
-        if !lease.is_ended() && !past_max_hold {
-            due.push(lease);
-        }
-    }
-    due
 }
 
 /// Renews one batch; returns the leases to schedule again with their next due time.
