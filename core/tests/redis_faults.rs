@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::eventually;
 use soloist::{FencedWrite, LockClient, LockError};
 use soloist_testkit::{
     ChildProcess, Proxy, RedisServer, child_role, read_from_parent, send_to_parent,
@@ -111,16 +112,10 @@ async fn restart_mid_run_gives_errors_then_recovery() {
     timeout(5 * SECOND, held.lost())
         .await
         .expect("the holder learns its key is gone");
-    let after = timeout(5 * SECOND, async {
-        loop {
-            match locks.lock("held").wait(SECOND).acquire().await {
-                Ok(guard) => break guard,
-                Err(_) => sleep(Duration::from_millis(50)).await,
-            }
-        }
+    let after = eventually("acquire again after the restart", || {
+        locks.lock("held").wait(SECOND).acquire()
     })
-    .await
-    .expect("acquire again after the restart");
+    .await;
     assert!(
         after.fence() > fence_before,
         "fence went back after the restart: {} <= {fence_before}",
@@ -221,20 +216,10 @@ async fn stalled_or_cut_network_fails_fast_and_recovers() {
     eventually_acquires(&locks).await;
 }
 
-/// Retries a full acquire and release cycle until both succeed.
+/// Retries until a full acquire and release cycle succeeds.
 async fn eventually_acquires(locks: &LockClient) {
-    timeout(5 * SECOND, async {
-        loop {
-            if let Ok(guard) = locks.lock("after").acquire().await
-                && guard.release().await.is_ok()
-            {
-                return;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("recovered");
+    let guard = eventually("recover", || locks.lock("after").acquire()).await;
+    guard.release().await.expect("release after recovering");
 }
 
 fn block_on<F: Future>(future: F) -> F::Output {

@@ -1,10 +1,13 @@
 //! Redlock over real redis-server processes: construction rules, nodes
 //! killed, paused, restarted empty or answering with errors.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::eventually;
 use soloist::{LockClient, LockError};
 use soloist_testkit::RedisServer;
 use tokio::time::{Instant, sleep, timeout};
@@ -63,13 +66,11 @@ async fn construction_checks_its_nodes() {
         .unwrap();
     nodes[2].start_again();
     nodes[1].kill();
-    timeout(5 * SECOND, async {
-        while locks.lock("k").acquire().await.map(drop).is_err() {
-            sleep(Duration::from_millis(50)).await;
-        }
+    let joined = eventually("the returned node counts toward the majority", || {
+        locks.lock("k").acquire()
     })
-    .await
-    .expect("the returned node counts toward the majority");
+    .await;
+    drop(joined);
 
     // A majority down: no client.
     nodes[2].kill();
@@ -231,16 +232,7 @@ async fn fences_survive_nodes_that_restart_empty() {
     let ttl = Duration::from_millis(300);
     let mut last = 0;
     let mut cycle = async |locks: &LockClient| {
-        let guard = timeout(5 * SECOND, async {
-            loop {
-                match locks.lock("f").ttl(ttl).acquire().await {
-                    Ok(guard) => break guard,
-                    Err(_) => sleep(Duration::from_millis(50)).await,
-                }
-            }
-        })
-        .await
-        .expect("acquire");
+        let guard = eventually("acquire", || locks.lock("f").ttl(ttl).acquire()).await;
         assert!(guard.fence() > last, "fence {} after {last}", guard.fence());
         last = guard.fence();
         guard.release().await.unwrap();
@@ -327,16 +319,7 @@ async fn the_fence_is_committed_to_a_majority() {
     first.release().await.unwrap();
     nodes[2].start_again();
     nodes[0].kill(); // the majority is {1, 2}: only node 1 can know
-    let second = timeout(5 * SECOND, async {
-        loop {
-            if let Ok(guard) = locks.lock("c").acquire().await {
-                break guard;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("acquire on {1, 2}");
+    let second = eventually("acquire on {1, 2}", || locks.lock("c").acquire()).await;
     assert!(
         second.fence() > first_fence,
         "{} <= {first_fence}",

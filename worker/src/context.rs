@@ -54,14 +54,16 @@ impl JobContext {
     /// hand; the runtime builds its own.
     pub fn builder(job: &str) -> JobContextBuilder {
         JobContextBuilder {
-            job: job.to_owned(),
-            key: None,
-            fence: 0,
-            attempt: 1,
-            replica: "local".to_owned(),
-            scheduled_at: None,
-            lease: None,
-            cancel: CancellationToken::new(),
+            inner: Inner {
+                job: job.to_owned(),
+                key: None,
+                fence: 0,
+                attempt: 1,
+                replica: "local".to_owned(),
+                scheduled_at: None,
+                lease: None,
+                cancel: CancellationToken::new(),
+            },
         }
     }
 
@@ -131,76 +133,67 @@ impl JobContext {
 }
 
 /// Builds a [`JobContext`]; see [`JobContext::builder`].
-#[derive(Debug)]
 #[must_use]
 pub struct JobContextBuilder {
-    job: String,
-    key: Option<String>,
-    fence: u64,
-    attempt: u32,
-    replica: String,
-    scheduled_at: Option<DateTime<Utc>>,
-    lease: Option<Lease>,
-    cancel: CancellationToken,
+    inner: Inner,
+}
+
+impl fmt::Debug for JobContextBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContextBuilder")
+            .field("job", &self.inner.job)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JobContextBuilder {
     /// The rendered key; default none.
     pub fn key(mut self, key: &str) -> Self {
-        self.key = Some(key.to_owned());
+        self.inner.key = Some(key.to_owned());
         self
     }
 
     /// The fencing token; default 0.
     pub fn fence(mut self, fence: u64) -> Self {
-        self.fence = fence;
+        self.inner.fence = fence;
         self
     }
 
     /// The attempt number; default 1.
     pub fn attempt(mut self, attempt: u32) -> Self {
-        self.attempt = attempt;
+        self.inner.attempt = attempt;
         self
     }
 
     /// The replica id; default `local`.
     pub fn replica(mut self, replica: &str) -> Self {
-        self.replica = replica.to_owned();
+        self.inner.replica = replica.to_owned();
         self
     }
 
     /// The scheduled fire time; default none.
     pub fn scheduled_at(mut self, at: DateTime<Utc>) -> Self {
-        self.scheduled_at = Some(at);
+        self.inner.scheduled_at = Some(at);
         self
     }
 
     /// The lease the run holds; its fence becomes the context's.
     pub fn lease(mut self, lease: Lease) -> Self {
-        self.fence = lease.fence();
-        self.lease = Some(lease);
+        self.inner.fence = lease.fence();
+        self.inner.lease = Some(lease);
         self
     }
 
     /// The token whose cancellation [`JobContext::cancelled`] reports.
     pub fn cancellation(mut self, cancel: CancellationToken) -> Self {
-        self.cancel = cancel;
+        self.inner.cancel = cancel;
         self
     }
 
     /// The context.
     pub fn build(self) -> JobContext {
         JobContext {
-            inner: Arc::new(Inner {
-                job: self.job,
-                key: self.key,
-                fence: self.fence,
-                attempt: self.attempt,
-                replica: self.replica,
-                scheduled_at: self.scheduled_at,
-                lease: self.lease,
-                cancel: self.cancel,
-            }),
+            inner: Arc::new(self.inner),
         }
     }
 }

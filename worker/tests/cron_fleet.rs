@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use soloist::{JobContext, JobSpec, LockClient, MissedTicks, Worker, cron_job};
+use soloist::{IntoJob, JobContext, JobSpec, LockClient, MissedTicks, Worker, cron_job};
 use soloist_testkit::RedisServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -45,6 +45,18 @@ impl Replica {
             stop: Some(stop),
             task,
         }
+    }
+
+    /// A replica called `name` running `job` on `server`.
+    async fn named(server: &RedisServer, name: &str, job: impl IntoJob) -> Replica {
+        let locks = client(server).await;
+        Replica::start(
+            Worker::builder(locks)
+                .replica_id(name)
+                .job(job)
+                .build()
+                .unwrap(),
+        )
     }
 
     async fn stop(mut self) {
@@ -156,12 +168,7 @@ async fn retries_then_a_recorded_failure() {
                 }
             },
         );
-        let worker = Worker::builder(client(&server).await)
-            .replica_id(name)
-            .job(job)
-            .build()
-            .unwrap();
-        replicas.push(Replica::start(worker));
+        replicas.push(Replica::named(&server, name, job).await);
     }
     tokio::time::sleep(Duration::from_millis(4500)).await;
     for replica in replicas {
@@ -211,12 +218,7 @@ async fn max_hold_cancels_a_run_for_good() {
                 }
             },
         );
-        let worker = Worker::builder(client(&server).await)
-            .replica_id(name)
-            .job(job)
-            .build()
-            .unwrap();
-        replicas.push(Replica::start(worker));
+        replicas.push(Replica::named(&server, name, job).await);
     }
     tokio::time::sleep(Duration::from_millis(3500)).await;
     for replica in replicas {
@@ -261,12 +263,7 @@ async fn a_lost_lease_cancels_the_run_and_a_peer_takes_over() {
                 }
             },
         );
-        let worker = Worker::builder(client(&server).await)
-            .replica_id(name)
-            .job(job)
-            .build()
-            .unwrap();
-        replicas.push(Replica::start(worker));
+        replicas.push(Replica::named(&server, name, job).await);
     }
     // Wait for the first run to start, then take its lock away.
     let first = loop {

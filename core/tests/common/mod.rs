@@ -3,7 +3,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use soloist::LockClient;
+use std::future::Future;
+use std::time::Duration;
+
+use soloist::{LockClient, LockGuard};
 use soloist_testkit::RedisServer;
 
 /// One lock space to test against: a real redis-server, a Redlock over
@@ -78,4 +81,24 @@ pub fn command_calls(server: &RedisServer, command: &str) -> u64 {
         .find_map(|line| line.strip_prefix(&prefix))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |calls| calls.parse().expect("calls is a number"))
+}
+
+/// Retries `attempt` every 50 ms until it yields a guard, for at most 5 s:
+/// for tests where the backend is recovering from a fault.
+pub async fn eventually<F, Fut>(what: &str, mut attempt: F) -> LockGuard
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = soloist::Result<LockGuard>>,
+{
+    let retry = async {
+        loop {
+            match attempt().await {
+                Ok(guard) => return guard,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), retry)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no lock within 5 s"))
 }
