@@ -2,13 +2,43 @@
 //!
 //! Teams run the same service on many replicas; some work must happen on
 //! only one of them at a time: a nightly report, a cron sweep, the charge
-//! for invoice 42 that a queue delivered twice. soloist takes an
-//! auto-renewing Redis lock — watchdog extension, fencing token, lost-lease
-//! signal — around that work.
+//! for invoice 42 that a queue delivered twice. soloist runs that work
+//! under an auto-renewing Redis lock — watchdog extension, fencing token,
+//! lost-lease signal — so that it happens once across the fleet.
 //!
-//! This crate is the facade: depend on it alone. It re-exports the lock
-//! primitives of `soloist-core`.
+//! This crate is the facade: depend on it alone. It re-exports the job
+//! runtime of `soloist-worker`, the `#[exclusive_job]` attribute of
+//! `soloist-macros` and the lock primitives of `soloist-core`.
 //!
+//! # Jobs
+//! ```no_run
+//! use soloist::{JobContext, LockClient, RunOutcome, Worker, exclusive_job};
+//!
+//! #[exclusive_job(cron = "0 */5 * * * *", tz = "Europe/Berlin", ttl = "30s")]
+//! async fn rollup(ctx: JobContext) -> Result<(), std::io::Error> {
+//!     // ... pass ctx.fence() along with every write ...
+//!     Ok(())
+//! }
+//!
+//! #[exclusive_job(key = "invoice:{invoice_id}", ttl = "1m", dedupe = "24h")]
+//! async fn charge(ctx: JobContext, invoice_id: u64) -> Result<u64, std::io::Error> {
+//!     Ok(invoice_id * 100)
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let locks = LockClient::connect("redis://127.0.0.1:6379").await?;
+//! let worker = Worker::builder(locks).job(rollup).job(charge).build()?;
+//! if let RunOutcome::Completed(cents) = worker.handle().run(charge, 42).await? {
+//!     println!("charged {cents}");
+//! }
+//! worker.run_until(tokio::signal::ctrl_c()).await?;
+//! # Ok(()) }
+//! ```
+//! What a worker promises — one attempt of a cron tick at a time, one
+//! success per tick or per deduped key, and where that stops being
+//! exactly-once — is set out in the [`soloist_worker`] documentation.
+//!
+//! # Locks
 //! ```no_run
 //! use std::time::Duration;
 //! use soloist::{LockClient, LockError};
@@ -25,13 +55,12 @@
 //! guard.release().await?;
 //! # Ok(()) }
 //! ```
-//!
-//! # Guarantees
 //! What a lock promises, and what it cannot, is set out in the
-//! [`soloist_core`] crate documentation; the short form: at most one holder
-//! at a time while Redis keeps its data, a lost signal that fires before the
-//! server can hand the key to someone else, and fencing tokens that let the
-//! resource itself refuse a stale holder's writes.
+//! [`soloist_core`] documentation; the short form: at most one holder at a
+//! time while Redis (or a Redlock majority) keeps its data, a lost signal
+//! that fires before the server can hand the key to someone else, and
+//! fencing tokens that let the resource itself refuse a stale holder's
+//! writes.
 
 pub use soloist_core::{
     ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError, LockGuard,

@@ -10,11 +10,18 @@
 //!   release and renewal are Lua scripts that act only while the caller's
 //!   128-bit owner token still matches, so no client can delete or extend a
 //!   lock it does not hold.
+//! - [`LockClient::redlock`]: one lock over N independent Redis masters: a
+//!   majority must grant an acquisition and confirm every renewal, and
+//!   fences are chosen and committed so that they still increase though no
+//!   node sees every acquisition (the design and its proof are in the
+//!   module's source, `redlock.rs`). A node that restarts without its data
+//!   must stay out for one maximum ttl before it rejoins.
 //! - [`LockClient::memory`]: the same semantics inside one process, for
 //!   single-process deployments and for testing code that takes locks.
 //!
 //! # Guarantees, and their limits
-//! - **Mutual exclusion** holds as long as the Redis server keeps its data:
+//! - **Mutual exclusion** holds as long as the Redis server (for Redlock, a
+//!   majority of the nodes) keeps its data:
 //!   a lock key is never handed to a second owner while the first owner's
 //!   lease is valid. One Redis node cannot promise more than it keeps: with
 //!   asynchronous replication, a failover to a replica that had not yet
