@@ -33,6 +33,12 @@ pub enum WorkerError {
         #[source]
         source: serde_json::Error,
     },
+    /// A job was enqueued that no registered source consumes.
+    #[error("no source consumes job `{0}`: register it with `WorkerBuilder::consume`")]
+    NotConsumed(String),
+    /// A queue source failed.
+    #[error("queue source failed")]
+    Source(#[source] BoxError),
     /// The worker is shutting down and starts no new runs.
     #[error("the worker is shutting down")]
     ShuttingDown,

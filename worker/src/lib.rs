@@ -50,6 +50,7 @@
 //! releases their leases; every run's outcome is recorded before it returns.
 
 mod clock;
+mod consume;
 mod context;
 mod cron;
 mod error;
@@ -59,7 +60,9 @@ pub mod metrics;
 mod outcome;
 mod run;
 mod schedule;
+mod source;
 mod spec;
+mod streams;
 mod worker;
 
 pub use context::{JobContext, JobContextBuilder};
@@ -67,8 +70,10 @@ pub use error::{BoxError, Result, WorkerError};
 pub use job::{CronFn, CronJob, IntoJob, KeyedFn, KeyedJob, Registration, cron_job, keyed_job};
 pub use outcome::RunOutcome;
 pub use schedule::{CronSchedule, ScheduleError};
+pub use source::{Delivery, Source};
 pub use spec::{
     DEFAULT_JOB_TTL, DEFAULT_MISFIRE, JobSpec, KeyTemplate, MissedTicks, OnLost, Trigger,
     parse_duration,
 };
+pub use streams::{StreamSource, StreamSourceBuilder};
 pub use worker::{Worker, WorkerBuilder, WorkerHandle};

@@ -34,3 +34,33 @@ pub(crate) fn missed(job: &str, ticks: u64) {
 pub(crate) fn clock_skew(seconds: f64) {
     metrics::gauge!(CLOCK_SKEW_SECONDS).set(seconds);
 }
+
+/// Counter: deliveries taken from a source, by `source`.
+pub const CONSUMED: &str = "soloist_queue_consumed_total";
+/// Counter: deliveries that had been delivered before, by `source`.
+pub const REDELIVERED: &str = "soloist_queue_redelivered_total";
+/// Counter: deliveries acknowledged after their outcome was recorded, by `source`.
+pub const ACKED: &str = "soloist_queue_acked_total";
+/// Counter: deliveries whose key had already succeeded, acknowledged without running, by `source`.
+pub const DUPLICATE_SKIPPED: &str = "soloist_queue_duplicate_skipped_total";
+/// Counter: deliveries moved to the dead letters, by `source`.
+pub const DEAD_LETTERED: &str = "soloist_queue_dead_lettered_total";
+
+pub(crate) fn consumed(source: &str, redelivered: bool) {
+    metrics::counter!(CONSUMED, "source" => source.to_owned()).increment(1);
+    if redelivered {
+        metrics::counter!(REDELIVERED, "source" => source.to_owned()).increment(1);
+    }
+}
+
+pub(crate) fn acked(source: &str) {
+    metrics::counter!(ACKED, "source" => source.to_owned()).increment(1);
+}
+
+pub(crate) fn duplicate_skipped(source: &str) {
+    metrics::counter!(DUPLICATE_SKIPPED, "source" => source.to_owned()).increment(1);
+}
+
+pub(crate) fn dead_lettered(source: &str) {
+    metrics::counter!(DEAD_LETTERED, "source" => source.to_owned()).increment(1);
+}

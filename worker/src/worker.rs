@@ -1,7 +1,8 @@
 //! The worker: a registry of jobs, the schedulers of its cron jobs, and
 //! graceful shutdown.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,15 +13,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{FleetClock, REFRESH};
+use crate::consume::{Consumed, Erased, check as check_consumable, consume};
 use crate::cron::{CronEntry, schedule};
 use crate::error::{Result, WorkerError};
 use crate::job::{IntoJob, KeyedJob, Kind, Registration};
 use crate::keyed;
 use crate::outcome::RunOutcome;
-use crate::spec::Trigger;
+use crate::source::Source;
+use crate::spec::{JobSpec, Trigger};
 
 /// What every part of a running worker shares.
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) locks: LockClient,
     pub(crate) replica: String,
@@ -31,6 +33,30 @@ pub(crate) struct Shared {
     pub(crate) cancel_runs: CancellationToken,
     /// Every run in progress, so shutdown can wait for them.
     pub(crate) runs: TaskTracker,
+    /// The source each consumed job is enqueued on, by job name.
+    pub(crate) queues: HashMap<String, Arc<dyn Source>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("replica", &self.replica)
+            .field("queues", &self.queues.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One `consume` registration: a source and a job read from it.
+struct Consumption {
+    source: Arc<dyn Source>,
+    spec: Result<JobSpec>,
+    job: Arc<dyn Consumed>,
+}
+
+/// A source and the jobs consumed from it, by name.
+struct Consumer {
+    source: Arc<dyn Source>,
+    jobs: HashMap<String, Arc<dyn Consumed>>,
 }
 
 /// Runs registered jobs: every cron tick once across the fleet of workers
@@ -49,22 +75,42 @@ pub(crate) struct Shared {
 /// worker.run_until(tokio::signal::ctrl_c()).await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct Worker {
     shared: Arc<Shared>,
     cron: Vec<CronEntry>,
+    consumers: Vec<Consumer>,
+    in_flight: usize,
     shutdown_grace: Duration,
 }
 
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("replica", &self.shared.replica)
+            .field("cron", &self.cron)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Configures a [`Worker`]; see [`Worker::builder`].
-#[derive(Debug)]
 #[must_use]
 pub struct WorkerBuilder {
     locks: LockClient,
     jobs: Vec<Registration>,
+    consumed: Vec<Consumption>,
+    in_flight: usize,
     replica: Option<String>,
     shutdown_grace: Duration,
     local_clock_error: TimeDelta,
+}
+
+impl fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("jobs", &self.jobs)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Worker {
@@ -75,6 +121,8 @@ impl Worker {
         WorkerBuilder {
             locks,
             jobs: Vec::new(),
+            consumed: Vec::new(),
+            in_flight: 16,
             replica: None,
             shutdown_grace: Duration::from_secs(30),
             local_clock_error: TimeDelta::zero(),
@@ -106,6 +154,15 @@ impl Worker {
         let mut schedulers = tokio::task::JoinSet::new();
         for entry in self.cron {
             schedulers.spawn(schedule(shared.clone(), entry));
+        }
+        for consumer in self.consumers {
+            let jobs = Arc::new(consumer.jobs);
+            schedulers.spawn(consume(
+                shared.clone(),
+                consumer.source,
+                jobs,
+                self.in_flight,
+            ));
         }
         let refresher = shared.clone();
         schedulers.spawn(async move {
@@ -144,6 +201,27 @@ impl WorkerBuilder {
     /// built with [`cron_job`](crate::cron_job) / [`keyed_job`](crate::keyed_job).
     pub fn job(mut self, job: impl IntoJob) -> Self {
         self.jobs.push(job.into_job());
+        self
+    }
+
+    /// Consumes `job`'s queued runs from `source`: each delivery runs the
+    /// job and is acknowledged once its outcome is recorded; see
+    /// [`Source`]. The job needs `dedupe`, which turns redeliveries into
+    /// duplicates. Several jobs may share one source (by its
+    /// [`name`](Source::name)); [`WorkerHandle::enqueue`] queues runs on it.
+    pub fn consume<J: KeyedJob + 'static>(mut self, source: impl Source, job: J) -> Self {
+        self.consumed.push(Consumption {
+            source: Arc::new(source),
+            spec: job.spec(),
+            job: Arc::new(Erased(job)),
+        });
+        self
+    }
+
+    /// How many deliveries per source may run at once on this replica;
+    /// default 16. A source is read only when a slot is free.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.in_flight = max;
         self
     }
 
@@ -191,6 +269,35 @@ impl WorkerBuilder {
                 });
             }
         }
+        if self.in_flight == 0 {
+            return Err(WorkerError::invalid(
+                "-",
+                "max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        let mut consumers: Vec<Consumer> = Vec::new();
+        let mut queues = HashMap::new();
+        for Consumption { source, spec, job } in self.consumed {
+            let spec = spec?;
+            spec.validate()?;
+            check_consumable(&spec)?;
+            if queues.insert(spec.name.clone(), source.clone()).is_some() {
+                return Err(WorkerError::DuplicateJob(spec.name));
+            }
+            match consumers
+                .iter_mut()
+                .find(|c| c.source.name() == source.name())
+            {
+                Some(consumer) => {
+                    consumer.jobs.insert(spec.name, job);
+                }
+                None => consumers.push(Consumer {
+                    source,
+                    jobs: HashMap::from([(spec.name, job)]),
+                }),
+            }
+        }
         let replica = self
             .replica
             .unwrap_or_else(|| format!("{}-{:04x}", std::process::id(), rand::random::<u16>()));
@@ -202,8 +309,11 @@ impl WorkerBuilder {
                 stop_claiming: CancellationToken::new(),
                 cancel_runs: CancellationToken::new(),
                 runs: TaskTracker::new(),
+                queues,
             }),
             cron,
+            consumers,
+            in_flight: self.in_flight,
             shutdown_grace: self.shutdown_grace,
         })
     }
@@ -244,5 +354,25 @@ impl WorkerHandle {
         }
         let run = keyed::run(self.shared.clone(), job, args);
         self.shared.runs.track_future(run).await
+    }
+
+    /// Queues a run of `job` with `args` on the source the job is consumed
+    /// from ([`WorkerBuilder::consume`]); some replica consuming it runs it.
+    /// Returns the message's id.
+    pub async fn enqueue<J: KeyedJob>(&self, job: J, args: J::Args) -> Result<String> {
+        let spec = job.spec()?;
+        let source = self
+            .shared
+            .queues
+            .get(&spec.name)
+            .ok_or_else(|| WorkerError::NotConsumed(spec.name.clone()))?;
+        let payload = serde_json::to_vec(&args).map_err(|source| WorkerError::Serde {
+            job: spec.name.clone(),
+            source,
+        })?;
+        source
+            .enqueue(&spec.name, &job.key(&args), payload)
+            .await
+            .map_err(WorkerError::Source)
     }
 }

@@ -1,0 +1,209 @@
+//! Consuming a [`Source`]: each delivery runs its keyed job, and is
+//! acknowledged only once the run's outcome is recorded.
+//!
+//! The source delivers at least once; the job's key lock and dedupe record
+//! turn that into one successful run per key: a redelivered message whose
+//! key already succeeded is a duplicate, acknowledged without running.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+
+use crate::error::{Result, WorkerError};
+use crate::job::KeyedJob;
+use crate::keyed;
+use crate::metrics;
+use crate::outcome::RunOutcome;
+use crate::source::{Delivery, Source};
+use crate::spec::JobSpec;
+use crate::worker::Shared;
+
+/// What running one delivery came to.
+#[derive(Debug)]
+pub(crate) enum Handled {
+    /// Succeeded now, or had succeeded before: acknowledge.
+    Done { duplicate: bool },
+    /// Another consumer runs the key right now.
+    Busy,
+    /// The run failed; the reason, for the dead letters.
+    Failed(String),
+    /// The run did not end (lease lost, max_hold, shutdown): leave it.
+    Unfinished(&'static str),
+    /// The payload does not decode into the job's arguments.
+    Malformed(String),
+}
+
+/// A keyed job with its arguments' types erased, run from a payload.
+pub(crate) trait Consumed: Send + Sync {
+    fn run_payload<'a>(
+        &'a self,
+        shared: Arc<Shared>,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Handled>>;
+}
+
+pub(crate) struct Erased<J>(pub(crate) J);
+
+impl<J: KeyedJob + 'static> Consumed for Erased<J> {
+    fn run_payload<'a>(
+        &'a self,
+        shared: Arc<Shared>,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Handled>> {
+        Box::pin(async move {
+            let args: J::Args = match serde_json::from_slice(payload) {
+                Ok(args) => args,
+                Err(err) => return Ok(Handled::Malformed(format!("bad arguments: {err}"))),
+            };
+            Ok(match keyed::run(shared, &self.0, args).await? {
+                RunOutcome::Completed(_) => Handled::Done { duplicate: false },
+                RunOutcome::Duplicate(_) => Handled::Done { duplicate: true },
+                RunOutcome::Busy => Handled::Busy,
+                RunOutcome::Failed(error) => Handled::Failed(error.to_string()),
+                other => Handled::Unfinished(other.label()),
+            })
+        })
+    }
+}
+
+/// Checks that a job can be consumed: without dedupe, a redelivered
+/// message would run its job again.
+pub(crate) fn check(spec: &JobSpec) -> Result<()> {
+    if spec.dedupe.is_none() {
+        return Err(WorkerError::invalid(
+            &spec.name,
+            "dedupe",
+            "a job consumed from a queue needs `dedupe`, or redeliveries would run it again",
+        ));
+    }
+    Ok(())
+}
+
+/// Consumes `source` until the worker stops claiming, with at most
+/// `in_flight` deliveries running at once.
+pub(crate) async fn consume(
+    shared: Arc<Shared>,
+    source: Arc<dyn Source>,
+    jobs: Arc<HashMap<String, Arc<dyn Consumed>>>,
+    in_flight: usize,
+) {
+    let slots = Arc::new(Semaphore::new(in_flight));
+    loop {
+        let first = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = shared.stop_claiming.cancelled() => return,
+        };
+        let Ok(first) = first else { return };
+        let free = 1 + slots.available_permits();
+        let received = tokio::select! {
+            received = source.receive(free) => received,
+            () = shared.stop_claiming.cancelled() => return,
+        };
+        let deliveries = match received {
+            Ok(deliveries) => deliveries,
+            Err(err) => {
+                tracing::warn!(source = source.name(), error = %err, "receiving failed; retrying");
+                drop(first);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut slot = Some(first);
+        for delivery in deliveries {
+            let permit = match slot.take() {
+                Some(permit) => permit,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let (shared, source, jobs) = (shared.clone(), source.clone(), jobs.clone());
+            let runs = shared.runs.clone();
+            runs.spawn(async move {
+                handle(&shared, source.as_ref(), &jobs, delivery).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    source: &dyn Source,
+    jobs: &HashMap<String, Arc<dyn Consumed>>,
+    delivery: Delivery,
+) {
+    let name = source.name();
+    metrics::consumed(name, delivery.deliveries > 1);
+    let Some(job) = jobs.get(&delivery.job) else {
+        let reason = if delivery.job.is_empty() {
+            "malformed entry: no job name or no arguments".to_owned()
+        } else {
+            format!("no job named `{}` consumes this source", delivery.job)
+        };
+        return dead_letter(source, &delivery, &reason).await;
+    };
+    // A busy key is waited for (its run may well end as the success this
+    // message duplicates), for at most half the visibility timeout.
+    let patience = source.visibility_timeout() / 2;
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    let handled = loop {
+        match job.run_payload(shared.clone(), &delivery.payload).await {
+            Ok(Handled::Busy) if started.elapsed() + pause < patience => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => break other,
+        }
+    };
+    match handled {
+        Ok(Handled::Done { duplicate }) => {
+            if duplicate {
+                metrics::duplicate_skipped(name);
+            }
+            match source.ack(&delivery).await {
+                Ok(()) => metrics::acked(name),
+                Err(err) => {
+                    tracing::warn!(source = name, id = %delivery.id, error = %err, "ack failed; the message will come back as a duplicate")
+                }
+            }
+        }
+        Ok(Handled::Failed(reason)) if delivery.deliveries >= source.max_deliveries() => {
+            dead_letter(
+                source,
+                &delivery,
+                &format!("failed {} times: {reason}", delivery.deliveries),
+            )
+            .await;
+        }
+        Ok(Handled::Malformed(reason)) => dead_letter(source, &delivery, &reason).await,
+        Ok(Handled::Failed(reason)) => {
+            tracing::info!(source = name, id = %delivery.id, deliveries = delivery.deliveries, reason = %reason, "run failed; left for redelivery");
+        }
+        Ok(Handled::Busy) => {
+            tracing::debug!(source = name, id = %delivery.id, "key still busy; left for redelivery")
+        }
+        Ok(Handled::Unfinished(how)) => {
+            tracing::info!(source = name, id = %delivery.id, outcome = how, "run did not finish; left for redelivery")
+        }
+        Err(err) => {
+            tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot run; left for redelivery")
+        }
+    }
+}
+
+async fn dead_letter(source: &dyn Source, delivery: &Delivery, reason: &str) {
+    match source.dead_letter(delivery, reason).await {
+        Ok(()) => {
+            metrics::dead_lettered(source.name());
+            tracing::warn!(source = source.name(), id = %delivery.id, reason, "dead-lettered");
+        }
+        Err(err) => {
+            tracing::warn!(source = source.name(), id = %delivery.id, error = %err, "dead-lettering failed")
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Where queued runs of keyed jobs come from: a small trait any broker can
+//! implement, so that at-least-once delivery meets the keyed-job lock and
+//! dedupe record.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::error::BoxError;
+
+/// One queued run of a keyed job, as a [`Source`] delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The source's id for the message (a stream entry id, an offset, …).
+    pub id: String,
+    /// The job to run: its name.
+    pub job: String,
+    /// The job's arguments, serialized as JSON.
+    pub payload: Vec<u8>,
+    /// How many times this message has been delivered, this time included.
+    pub deliveries: u32,
+}
+
+impl Delivery {
+    /// A delivery, for sources and their tests.
+    pub fn new(
+        id: impl Into<String>,
+        job: impl Into<String>,
+        payload: Vec<u8>,
+        deliveries: u32,
+    ) -> Self {
+        Delivery {
+            id: id.into(),
+            job: job.into(),
+            payload,
+            deliveries,
+        }
+    }
+}
+
+/// A queue of keyed-job runs with at-least-once delivery: Redis Streams
+/// ([`StreamSource`](crate::StreamSource)), or Kafka, NATS, SQS, a channel.
+///
+/// The worker calls [`receive`](Source::receive) for work, runs each
+/// delivery's job, and only once the run's outcome is recorded (a success,
+/// or a duplicate of one) calls [`ack`](Source::ack). A run that fails is not
+/// acknowledged; the source delivers it again (after its own visibility
+/// timeout), and once [`max_deliveries`](Source::max_deliveries) is reached
+/// the worker calls [`dead_letter`](Source::dead_letter) with the last error.
+/// A message whose job is unknown or whose payload does not decode goes to
+/// the dead letters at once.
+///
+/// An in-memory implementation over a channel, of the kind a test uses:
+/// ```
+/// use std::sync::Mutex;
+/// use futures::future::BoxFuture;
+/// use soloist::{BoxError, Delivery, Source};
+///
+/// #[derive(Default)]
+/// struct Queue {
+///     waiting: Mutex<Vec<Delivery>>,
+///     acked: Mutex<Vec<String>>,
+///     dead: Mutex<Vec<(String, String)>>,
+/// }
+///
+/// impl Source for Queue {
+///     fn name(&self) -> &str {
+///         "in-memory"
+///     }
+///     fn receive(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BoxError>> {
+///         Box::pin(async move {
+///             let mut waiting = self.waiting.lock().unwrap();
+///             let take = max.min(waiting.len());
+///             Ok(waiting.drain(..take).collect())
+///         })
+///     }
+///     fn ack<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), BoxError>> {
+///         self.acked.lock().unwrap().push(delivery.id.clone());
+///         Box::pin(async { Ok(()) })
+///     }
+///     fn dead_letter<'a>(&'a self, delivery: &'a Delivery, reason: &'a str) -> BoxFuture<'a, Result<(), BoxError>> {
+///         self.dead.lock().unwrap().push((delivery.id.clone(), reason.to_owned()));
+///         Box::pin(async { Ok(()) })
+///     }
+///     fn enqueue<'a>(&'a self, job: &'a str, _key: &'a str, payload: Vec<u8>) -> BoxFuture<'a, Result<String, BoxError>> {
+///         let mut waiting = self.waiting.lock().unwrap();
+///         let id = format!("{}", waiting.len());
+///         waiting.push(Delivery::new(id.clone(), job, payload, 1));
+///         Box::pin(async move { Ok(id) })
+///     }
+/// }
+/// ```
+pub trait Source: Send + Sync + 'static {
+    /// A name for logs and metrics, e.g. the stream's key.
+    fn name(&self) -> &str;
+
+    /// Up to `max` deliveries, waiting a little (a second or so) when none
+    /// is ready; an empty batch is fine.
+    fn receive(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BoxError>>;
+
+    /// The delivery's outcome is recorded: never deliver it again.
+    fn ack<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// Gives up on the delivery: keep it aside with `reason`, and never
+    /// deliver it again.
+    fn dead_letter<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// Queues a run of `job` with its JSON `payload`; `key` is the run's
+    /// rendered key, for the record. Returns the message's id.
+    fn enqueue<'a>(
+        &'a self,
+        job: &'a str,
+        key: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<String, BoxError>>;
+
+    /// After how many deliveries a failing message goes to the dead
+    /// letters; default 5.
+    fn max_deliveries(&self) -> u32 {
+        5
+    }
+
+    /// How long a delivered message stays invisible to other consumers
+    /// before it is delivered again; the worker waits at most half of it
+    /// for a key another consumer is running. Default 30 s.
+    fn visibility_timeout(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
