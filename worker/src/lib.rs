@@ -35,6 +35,17 @@
 //! holds: a success is recorded after the body returns, so a crash in
 //! between runs the body again on the next request.
 //!
+//! # Queues
+//! [`WorkerBuilder::consume`] joins an at-least-once queue (a [`Source`],
+//! such as [`StreamSource`] on Redis Streams) to a keyed job with dedupe.
+//! A delivery is acknowledged only after its run's outcome is recorded, so
+//! a message is never lost by a consumer dying mid-run, and a redelivered
+//! message whose key already succeeded is acknowledged without running:
+//! each message's job completes once, with the same caveat as above for a
+//! consumer killed between the body's return and the record. Messages that
+//! keep failing go to the dead letters after the source's
+//! `max_deliveries`; messages that cannot be decoded, at once.
+//!
 //! # Losing a lease
 //! When a run's lease is lost (Redis unreachable past the lease's
 //! deadline, the key gone), the job's future is dropped by default and the
