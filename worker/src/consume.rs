@@ -82,6 +82,9 @@ pub(crate) fn check(spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
+/// How often a consumer reports its source's lag.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
 /// Consumes `source` until the worker stops claiming, with at most
 /// `in_flight` deliveries running at once.
 pub(crate) async fn consume(
@@ -91,7 +94,18 @@ pub(crate) async fn consume(
     in_flight: usize,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight));
+    let mut lag_reported: Option<tokio::time::Instant> = None;
     loop {
+        if lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+            lag_reported = Some(tokio::time::Instant::now());
+            match source.lag().await {
+                Ok(Some(lag)) => metrics::lag(source.name(), lag),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::debug!(source = source.name(), error = %err, "cannot read the lag")
+                }
+            }
+        }
         let first = tokio::select! {
             slot = slots.clone().acquire_owned() => slot,
             () = shared.stop_claiming.cancelled() => return,

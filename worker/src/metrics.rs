@@ -46,6 +46,13 @@ pub const DUPLICATE_SKIPPED: &str = "soloist_queue_duplicate_skipped_total";
 /// Counter: deliveries moved to the dead letters, by `source`.
 pub const DEAD_LETTERED: &str = "soloist_queue_dead_lettered_total";
 
+/// Gauge: messages waiting to be delivered to the consumer group, by `source`.
+pub const LAG: &str = "soloist_queue_lag";
+
+pub(crate) fn lag(source: &str, lag: u64) {
+    metrics::gauge!(LAG, "source" => source.to_owned()).set(lag as f64);
+}
+
 pub(crate) fn consumed(source: &str, redelivered: bool) {
     metrics::counter!(CONSUMED, "source" => source.to_owned()).increment(1);
     if redelivered {

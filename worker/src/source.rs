@@ -119,6 +119,12 @@ pub trait Source: Send + Sync + 'static {
         payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<String, BoxError>>;
 
+    /// How many messages wait to be delivered to this consumer's group, if
+    /// the broker can tell; reported as a gauge. Default: unknown.
+    fn lag(&self) -> BoxFuture<'_, Result<Option<u64>, BoxError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// After how many deliveries a failing message goes to the dead
     /// letters; default 5.
     fn max_deliveries(&self) -> u32 {

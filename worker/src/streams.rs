@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{
+    StreamClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
+};
 use redis::{AsyncConnectionConfig, Value};
 
 use crate::error::{BoxError, Result, WorkerError};
@@ -393,6 +395,24 @@ impl Source for StreamSource {
                 .query_async(&mut writer)
                 .await?;
             Ok(id)
+        })
+    }
+
+    /// The group's `lag` from `XINFO GROUPS` (entries not yet delivered).
+    fn lag(&self) -> BoxFuture<'_, std::result::Result<Option<u64>, BoxError>> {
+        Box::pin(async move {
+            let mut writer = self.inner.writer.clone();
+            let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&self.inner.stream)
+                .query_async(&mut writer)
+                .await?;
+            Ok(groups
+                .groups
+                .into_iter()
+                .find(|group| group.name == self.inner.group)
+                .and_then(|group| group.lag)
+                .map(|lag| lag as u64))
         })
     }
 

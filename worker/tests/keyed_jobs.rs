@@ -248,3 +248,41 @@ async fn invalid_specs_and_duplicate_names_are_errors() {
         Err(soloist::WorkerError::InvalidJob { name: "ttl", .. })
     ));
 }
+
+/// With `OnLost::Signal` the body keeps running and sees the loss; the
+/// run still counts as lost, not as a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_on_lost_lets_the_body_finish_but_records_lost() {
+    let server = RedisServer::start();
+    let (a, _) = redis_handles(&server).await;
+    let saw_loss = Arc::new(AtomicU32::new(0));
+    let seen = saw_loss.clone();
+    let job = keyed_job(
+        JobSpec::keyed("careful", "k:{n}")
+            .unwrap()
+            .ttl(Duration::from_millis(600))
+            .on_lost(soloist::OnLost::Signal),
+        |n: &u32| format!("k:{n}"),
+        move |ctx: JobContext, n: u32| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::timeout(5 * SECOND, ctx.lost())
+                    .await
+                    .expect("told of the loss");
+                assert!(!ctx.is_held());
+                seen.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(n)
+            }
+        },
+    );
+    let (outcome, ()) = tokio::join!(a.run(&job, 1), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.cli(&["DEL", "soloist:lock:job:careful:k:1"]);
+    });
+    assert!(matches!(outcome.unwrap(), RunOutcome::Lost));
+    assert_eq!(
+        saw_loss.load(Ordering::SeqCst),
+        1,
+        "the body ran to its end"
+    );
+}

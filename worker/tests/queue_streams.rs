@@ -96,6 +96,8 @@ async fn duplicates_poison_and_malformed_entries() {
     server.cli(&["XADD", "orders", "*", "job", "charge"]); // no args
     server.cli(&["XADD", "orders", "*", "job", "charge", "args", "{not json"]);
     server.cli(&["XADD", "orders", "*", "job", "refund", "args", "\"a\""]);
+    let probe = source(&url, "probe").await;
+    assert_eq!(probe.lag().await.unwrap(), Some(10), "all ten entries wait");
     let (stop_a, stopped_a) = oneshot::channel();
     let (stop_b, stopped_b) = oneshot::channel();
     let consumers = tokio::join!(
@@ -126,6 +128,7 @@ async fn duplicates_poison_and_malformed_entries() {
     assert!(dead.contains("no job named `refund`"), "{dead}");
     assert_eq!(server.cli(&["XLEN", "orders:dead"]), "4");
     assert_eq!(pending(&server), "0", "everything was acknowledged");
+    assert_eq!(probe.lag().await.unwrap(), Some(0));
 }
 
 /// Acknowledging never returns: the consumer is killed right after the
