@@ -26,6 +26,10 @@
 //!   ticks the whole fleet missed then follow the job's [`MissedTicks`]
 //!   policy when a replica comes back.
 //!
+//! Each tick has its own lock, so runs of *different* ticks may overlap
+//! when a run outlasts the schedule's interval; bound runs with
+//! `max_hold` where that matters.
+//!
 //! # Keyed jobs
 //! [`WorkerHandle::run`] renders the job's key from its arguments and runs
 //! the body under that key's lock: one execution at a time per key across
