@@ -6,20 +6,27 @@ use crate::scenarios::Scenario;
 
 /// The usage text printed by `--help` and after a bad flag.
 pub(crate) const USAGE: &str = "\
-usage: lockbench [--secs N] [--warmup N] [--url URL] [--json] [--scenario NAME]...
-                 [--library NAME]...
+usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
+                 [--json] [--scenario NAME]... [--library NAME]...
 
   --secs N          measure each run for N seconds (default 5)
   --warmup N        warm each run up for N seconds first (default 1)
   --url URL         use the Redis server at URL instead of starting one
                     (its command counters then include any other traffic)
+  --redlock-url URL give exactly three, for the three independent servers
+                    of `redlock3`, instead of starting three
   --json            print one JSON object per result row instead of tables
   --scenario NAME   run only this scenario; repeat for several
-                    (raw, uncontended, contended, watchdog; default all)
-  --library NAME    run only this library's rows; repeat for several
-                    (raw, soloist, rslock, rslock-1ms, redlock, redlock-1ms;
+                    (raw, uncontended, contended, redlock3, watchdog;
                     default all)
+  --library NAME    run only this library's rows; repeat for several
+                    (raw, soloist, rslock, rslock-1ms, redlock, redlock-1ms,
+                    soloist-1node; default all; `soloist` includes
+                    `soloist-1node`, the single-node row of `redlock3`)
 ";
+
+/// How many servers `redlock3` runs on.
+pub(crate) const REDLOCK_NODES: usize = 3;
 
 /// What to run and how to report it.
 #[derive(Debug, Clone)]
@@ -30,6 +37,8 @@ pub(crate) struct Args {
     pub(crate) warmup: Duration,
     /// An existing server to use; `None` starts one.
     pub(crate) url: Option<String>,
+    /// Existing servers for `redlock3`, exactly three; empty starts three.
+    pub(crate) redlock_urls: Vec<String>,
     /// JSON lines rather than tables.
     pub(crate) json: bool,
     /// The scenarios to run, in their usual order.
@@ -54,6 +63,7 @@ impl Args {
             secs: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
             url: None,
+            redlock_urls: Vec::new(),
             json: false,
             scenarios: Vec::new(),
             libraries: Vec::new(),
@@ -66,6 +76,7 @@ impl Args {
                 "--secs" => parsed.secs = seconds("--secs", &value("--secs")?, 1)?,
                 "--warmup" => parsed.warmup = seconds("--warmup", &value("--warmup")?, 0)?,
                 "--url" => parsed.url = Some(value("--url")?),
+                "--redlock-url" => parsed.redlock_urls.push(value("--redlock-url")?),
                 "--json" => parsed.json = true,
                 "--scenario" => {
                     let name = value("--scenario")?;
@@ -84,6 +95,12 @@ impl Args {
                 "-h" | "--help" => return Ok(Command::Help),
                 other => return Err(format!("unknown argument `{other}`")),
             }
+        }
+        if !parsed.redlock_urls.is_empty() && parsed.redlock_urls.len() != REDLOCK_NODES {
+            return Err(format!(
+                "`--redlock-url` must be given exactly {REDLOCK_NODES} times, got {}",
+                parsed.redlock_urls.len()
+            ));
         }
         parsed.scenarios = if parsed.scenarios.is_empty() {
             Scenario::ALL.to_vec()
@@ -122,7 +139,7 @@ mod tests {
         };
         assert_eq!(args.secs, Duration::from_secs(5));
         assert_eq!(args.scenarios, Scenario::ALL.to_vec());
-        assert!(!args.json && args.url.is_none());
+        assert!(!args.json && args.url.is_none() && args.redlock_urls.is_empty());
     }
 
     #[test]
@@ -139,12 +156,25 @@ mod tests {
     }
 
     #[test]
+    fn redlock3_is_selectable_and_takes_three_urls() {
+        let Ok(Command::Run(args)) = parse(
+            "--scenario redlock3 --redlock-url redis://a --redlock-url redis://b \
+             --redlock-url redis://c",
+        ) else {
+            panic!("three redlock URLs must parse");
+        };
+        assert_eq!(args.scenarios, vec![Scenario::Redlock3]);
+        assert_eq!(args.redlock_urls.len(), 3);
+    }
+
+    #[test]
     fn bad_flags_say_what_is_wrong() {
         for (line, needle) in [
             ("--secs", "needs a value"),
             ("--secs 0", "at least 1"),
             ("--scenario nope", "expected one of raw"),
             ("--frobnicate", "unknown argument"),
+            ("--redlock-url a --redlock-url b", "exactly 3 times, got 2"),
         ] {
             match parse(line) {
                 Err(message) => assert!(message.contains(needle), "{line}: {message}"),

@@ -45,6 +45,14 @@ impl CommandCounts {
         counts
     }
 
+    /// The counts of two servers added up.
+    pub(crate) fn plus(self, other: CommandCounts) -> CommandCounts {
+        CommandCounts {
+            total: self.total + other.total,
+            scripts: self.scripts + other.scripts,
+        }
+    }
+
     /// The counts run between `earlier` and `self`.
     pub(crate) fn since(self, earlier: CommandCounts) -> CommandCounts {
         CommandCounts {

@@ -3,10 +3,11 @@
 //!
 //! Run with `cargo run --release -p soloist-benches --bin lockbench`
 //! (`-- --help` for the flags). Unless given `--url`, it starts its own
-//! `redis-server` on a free loopback port and stops it at the end.
+//! `redis-server` on a free loopback port and stops it at the end; likewise
+//! three more for `redlock3` unless given `--redlock-url` three times.
 //!
 //! Every run warms up, then is measured for `--secs` in total. The runs of
-//! `raw`, `uncontended` and `contended` are measured in one-second slices,
+//! `raw`, `uncontended`, `contended` and `redlock3` are measured in one-second slices,
 //! round robin, so that all of them share the machine's good and bad
 //! moments alike (see `rounds.rs`); `watchdog` runs on its own at the end.
 //!
@@ -18,6 +19,9 @@
 //! - `contended`: 8 workers over 4 independent clients take turns on one key,
 //!   waiting as long as needed; acquisitions, hand-offs, wait latency and
 //!   Redis commands per acquisition, with mutual exclusion checked throughout.
+//! - `redlock3`: the uncontended 1-worker cycle on a Redlock of three
+//!   independent servers (soloist, rslock, redlock), beside soloist's
+//!   single-node cycle on one of them; commands summed over the three.
 //! - `watchdog`: 10,000 leases of 3 s held by one client; renewal calls,
 //!   Redis commands and CPU spent keeping them alive.
 //!
@@ -39,10 +43,10 @@ use std::process::ExitCode;
 
 use soloist_testkit::RedisServer;
 
-use crate::args::{Args, Command, USAGE};
+use crate::args::{Args, Command, REDLOCK_NODES, USAGE};
 use crate::probe::Probe;
 use crate::report::Row;
-use crate::scenarios::Bench;
+use crate::scenarios::{Bench, Nodes, Scenario};
 
 fn main() -> ExitCode {
     let args = match Args::parse(std::env::args().skip(1)) {
@@ -67,11 +71,28 @@ fn main() -> ExitCode {
         }
     };
     let redis_pid = server.as_ref().and_then(RedisServer::pid);
+    // The Redlock nodes, likewise started here and kept alive to the end.
+    let mut redlock_servers = Vec::new();
+    let redlock_nodes: Vec<(String, Option<u32>)> = if !args.scenarios.contains(&Scenario::Redlock3)
+    {
+        Vec::new()
+    } else if args.redlock_urls.is_empty() {
+        redlock_servers = (0..REDLOCK_NODES).map(|_| RedisServer::start()).collect();
+        redlock_servers
+            .iter()
+            .map(|server| (server.url(), server.pid()))
+            .collect()
+    } else {
+        args.redlock_urls
+            .iter()
+            .map(|url| (url.clone(), None))
+            .collect()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("cannot build the tokio runtime");
-    let rows = runtime.block_on(run(&args, url, redis_pid));
+    let rows = runtime.block_on(run(&args, url, redis_pid, &redlock_nodes));
     let checks = targets::evaluate(&rows);
     if args.json {
         for row in &rows {
@@ -87,11 +108,18 @@ fn main() -> ExitCode {
         }
     }
     drop(server);
+    drop(redlock_servers);
     ExitCode::SUCCESS
 }
 
-/// Runs the chosen scenarios one after another against the server at `url`.
-async fn run(args: &Args, url: String, redis_pid: Option<u32>) -> Vec<Row> {
+/// Runs the chosen scenarios against the server at `url` and, for
+/// `redlock3`, the `redlock_nodes` (URL and process id when known).
+async fn run(
+    args: &Args,
+    url: String,
+    redis_pid: Option<u32>,
+    redlock_nodes: &[(String, Option<u32>)],
+) -> Vec<Row> {
     let probe = Probe::connect(&url, redis_pid).await;
     eprintln!(
         "lockbench: redis {} at {url}; {} s warm-up + {} s measured per run",
@@ -99,12 +127,23 @@ async fn run(args: &Args, url: String, redis_pid: Option<u32>) -> Vec<Row> {
         args.warmup.as_secs(),
         args.secs.as_secs()
     );
+    let redlock = if redlock_nodes.is_empty() {
+        None
+    } else {
+        let urls: Vec<String> = redlock_nodes.iter().map(|(url, _)| url.clone()).collect();
+        eprintln!("lockbench: redlock3 nodes at {}", urls.join(", "));
+        Some(Nodes {
+            urls,
+            probe: Probe::connect_all(redlock_nodes).await,
+        })
+    };
     let bench = Bench {
         url,
         secs: args.secs,
         warmup: args.warmup,
         probe,
         libraries: args.libraries.clone(),
+        redlock,
     };
     scenarios::run(&args.scenarios, &bench).await
 }

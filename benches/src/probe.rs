@@ -1,4 +1,5 @@
-//! What a run cost: Redis commands and CPU time over its measured window.
+//! What a run cost: Redis commands and CPU time over its measured window,
+//! on one server or summed over several (the `redlock3` nodes).
 
 use std::time::Instant;
 
@@ -8,13 +9,20 @@ use crate::commandstats::CommandCounts;
 use crate::cpu::cpu_time;
 use crate::measure::{Window, tokio_instant};
 
-/// Reads the server's command counters and the CPU clocks, on a connection
-/// of its own so that it never queues behind the workload.
+/// Reads the command counters of one or more servers and the CPU clocks, on
+/// connections of its own so that it never queues behind the workload.
 #[derive(Debug, Clone)]
 pub(crate) struct Probe {
+    /// One entry per server, in the order given.
+    servers: Vec<Server>,
+}
+
+/// One server the probe reads.
+#[derive(Debug, Clone)]
+struct Server {
     conn: MultiplexedConnection,
     /// The server's process id when lockbench started it, to read its CPU time.
-    redis_pid: Option<u32>,
+    pid: Option<u32>,
 }
 
 /// Counters read at one instant.
@@ -31,13 +39,13 @@ struct Snapshot {
 pub(crate) struct Cost {
     /// Seconds measured.
     pub(crate) secs: f64,
-    /// Commands the server ran, Lua-internal ones included.
+    /// Commands the server(s) ran, Lua-internal ones included.
     pub(crate) commands: u64,
-    /// Script calls (`EVALSHA`) the server ran.
+    /// Script calls (`EVALSHA`) the server(s) ran.
     pub(crate) scripts: u64,
     /// CPU seconds this process used; `None` when `/proc` is unreadable.
     pub(crate) cpu_secs: Option<f64>,
-    /// CPU seconds the Redis server used; `None` when its pid is unknown.
+    /// CPU seconds the Redis server(s) used; `None` when a pid is unknown.
     pub(crate) redis_cpu_secs: Option<f64>,
 }
 
@@ -72,19 +80,30 @@ impl std::ops::AddAssign for Cost {
 impl Probe {
     /// Connects to the server at `url`; `redis_pid` is its process id when known.
     pub(crate) async fn connect(url: &str, redis_pid: Option<u32>) -> Probe {
-        let client = redis::Client::open(url).expect("the Redis URL must parse");
-        let conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap_or_else(|err| panic!("cannot connect to Redis at {url}: {err}"));
-        Probe { conn, redis_pid }
+        Probe::connect_all(&[(url.to_owned(), redis_pid)]).await
     }
 
-    /// The server's `redis_version`, for the report header.
+    /// Connects to every server in `servers` (URL and process id when
+    /// known); counters and Redis CPU time are then summed over all of them.
+    pub(crate) async fn connect_all(servers: &[(String, Option<u32>)]) -> Probe {
+        assert!(!servers.is_empty(), "a probe needs at least one server");
+        let mut connected = Vec::with_capacity(servers.len());
+        for (url, pid) in servers {
+            let client = redis::Client::open(url.as_str()).expect("the Redis URL must parse");
+            let conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap_or_else(|err| panic!("cannot connect to Redis at {url}: {err}"));
+            connected.push(Server { conn, pid: *pid });
+        }
+        Probe { servers: connected }
+    }
+
+    /// The first server's `redis_version`, for the report header.
     pub(crate) async fn redis_version(&self) -> String {
         let info: String = redis::cmd("INFO")
             .arg("server")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.servers[0].conn.clone())
             .await
             .expect("INFO server failed");
         info.lines()
@@ -93,20 +112,29 @@ impl Probe {
             .to_owned()
     }
 
+    /// Reads every server's counters at once, then the CPU clocks. The Redis
+    /// CPU time is unknown unless every server's process id is known.
     async fn snapshot(&self) -> Snapshot {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut self.conn.clone())
-            .await
-            .expect("INFO commandstats failed");
+        let infos = futures::future::join_all(self.servers.iter().map(|server| async move {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut server.conn.clone())
+                .await
+                .expect("INFO commandstats failed");
+            CommandCounts::parse(&info)
+        }))
+        .await;
+        let commands = infos
+            .into_iter()
+            .fold(CommandCounts::default(), CommandCounts::plus);
+        let redis_cpu_ms = self.servers.iter().try_fold(0_u128, |sum, server| {
+            Some(sum + cpu_time(Some(server.pid?))?.as_millis())
+        });
         Snapshot {
             at: Instant::now(),
-            commands: CommandCounts::parse(&info),
+            commands,
             cpu_ms: cpu_time(None).map(|cpu| cpu.as_millis()),
-            redis_cpu_ms: self
-                .redis_pid
-                .and_then(|pid| cpu_time(Some(pid)))
-                .map(|cpu| cpu.as_millis()),
+            redis_cpu_ms,
         }
     }
 

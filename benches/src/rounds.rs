@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::measure::{Samples, Window};
-use crate::probe::Cost;
+use crate::probe::{Cost, Probe};
 use crate::report::Row;
 use crate::scenarios::{Bench, Scenario};
 
@@ -36,6 +36,9 @@ pub(crate) struct Contestant {
     library: String,
     /// Whether hand-offs mean anything here (contended runs).
     handoffs: bool,
+    /// Reads the servers this contestant uses, when they are not (only)
+    /// the main one; `None` means the bench's own probe.
+    probe: Option<Probe>,
     start: Start,
 }
 
@@ -53,8 +56,16 @@ impl Contestant {
             tasks,
             library: library.into(),
             handoffs,
+            probe: None,
             start: Box::new(start),
         }
+    }
+
+    /// The same contestant, its cost read by `probe` (summed over the
+    /// servers `probe` reads) instead of the bench's probe.
+    pub(crate) fn observed_by(mut self, probe: Probe) -> Contestant {
+        self.probe = Some(probe);
+        self
     }
 }
 
@@ -94,7 +105,8 @@ pub(crate) async fn interleave(bench: &Bench, mut contestants: Vec<Contestant>) 
         for index in order {
             let window = Window::after(RAMP, SLICE);
             let collecting = (contestants[index].start)(window);
-            let cost = bench.probe.observe(&window).await;
+            let probe = contestants[index].probe.as_ref().unwrap_or(&bench.probe);
+            let cost = probe.observe(&window).await;
             let samples = collecting.await;
             let (total_samples, total_cost) = &mut totals[index];
             total_samples.merge(samples);

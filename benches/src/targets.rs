@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::report::Row;
-use crate::scenarios::Scenario;
+use crate::scenarios::{SINGLE_NODE, Scenario};
 
 /// One computed ratio or figure, with its target when it has one.
 #[derive(Debug, Clone)]
@@ -102,10 +102,54 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
         }
     }
 
+    // One Redlock cycle over three nodes against one single-node cycle,
+    // measured in the same rounds: a Redlock that asks its nodes at once
+    // costs close to one cycle; one that asks them in turn costs three. The
+    // target is the midpoint: under two single-node cycles, nearer one.
+    if let Some(redlock) = find(rows, Scenario::Redlock3, 1, "soloist") {
+        let single = find(rows, Scenario::Redlock3, 1, SINGLE_NODE);
+        if let Some(value) = ratio(redlock.ops_per_sec, single.and_then(|row| row.ops_per_sec)) {
+            checks.push(Check::new(
+                format!("redlock3 soloist 3-node cycle / {SINGLE_NODE} cycle (ops/s)"),
+                value,
+                "≥ 0.50",
+                Some(value >= 0.5),
+            ));
+        }
+        if let Some(value) = ratio(redlock.p50_us, single.and_then(|row| row.p50_us)) {
+            checks.push(Check::new(
+                format!("redlock3 soloist 3-node cycle / {SINGLE_NODE} cycle (p50 latency)"),
+                value,
+                "",
+                None,
+            ));
+        }
+        if let Some(value) = ratio(redlock.ops_per_sec, ops(Scenario::Redlock3, 1, "raw")) {
+            checks.push(Check::new(
+                "redlock3 soloist / raw on three nodes (ops/s)",
+                value,
+                "",
+                None,
+            ));
+        }
+    }
+    // What the machine allows a 3-node cycle, whatever the library.
+    if let Some(value) = ratio(
+        ops(Scenario::Redlock3, 1, "raw"),
+        ops(Scenario::Raw, 1, "raw"),
+    ) {
+        checks.push(Check::new(
+            "redlock3 raw on three nodes / raw 1-task on one (ops/s)",
+            value,
+            "",
+            None,
+        ));
+    }
+
     // Soloist against every peer, wherever both ran.
     for peer in rows
         .iter()
-        .filter(|row| !matches!(row.library.as_str(), "soloist" | "raw"))
+        .filter(|row| !matches!(row.library.as_str(), "soloist" | "raw" | SINGLE_NODE))
     {
         let Some(ours) = rows.iter().find(|row| {
             row.scenario == peer.scenario && row.tasks == peer.tasks && row.library == "soloist"
@@ -188,4 +232,55 @@ pub(crate) fn table(checks: &[Check]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::Summary;
+    use crate::probe::Cost;
+
+    fn row(scenario: Scenario, library: &str, ops: u64, p50_us: f64) -> Row {
+        let summary = Summary {
+            ops,
+            handoffs: 0,
+            p50_us: Some(p50_us),
+            p99_us: Some(p50_us * 2.0),
+            handoff_p50_us: None,
+            handoff_p99_us: None,
+            errors: 0,
+        };
+        let cost = Cost {
+            secs: 1.0,
+            ..Cost::default()
+        };
+        Row::cycles(scenario, 1, library, summary, cost, false)
+    }
+
+    #[test]
+    fn redlock3_is_compared_with_the_single_node_cycle_and_the_peers() {
+        let rows = [
+            row(Scenario::Redlock3, "soloist", 600, 150.0),
+            row(Scenario::Redlock3, SINGLE_NODE, 1000, 100.0),
+            row(Scenario::Redlock3, "rslock", 500, 180.0),
+        ];
+        let checks = evaluate(&rows);
+        let named = |needle: &str| {
+            checks
+                .iter()
+                .find(|check| check.name.contains(needle))
+                .unwrap_or_else(|| panic!("no check named like `{needle}` in {checks:?}"))
+        };
+        let cycle = named("3-node cycle / soloist-1node cycle (ops/s)");
+        assert!((cycle.value - 0.6).abs() < 1e-9 && cycle.met == Some(true));
+        assert!((named("(p50 latency)").value - 1.5).abs() < 1e-9);
+        let peer = named("redlock3 1-task soloist / rslock (ops/s)");
+        assert!((peer.value - 1.2).abs() < 1e-9 && peer.met == Some(true));
+        assert!(
+            !checks
+                .iter()
+                .any(|check| check.name.contains("soloist / soloist-1node")),
+            "the single-node row is not a peer"
+        );
+    }
 }

@@ -1,4 +1,6 @@
-//! The [`redlock`](https://crates.io/crates/redlock) crate on one Redis server.
+//! The [`redlock`](https://crates.io/crates/redlock) crate on one Redis
+//! server, or over several independent ones (its Redlock mode, which asks
+//! the nodes one after another).
 //!
 //! The crate is blocking and opens a new TCP connection for every command,
 //! so it is driven from OS threads, one per worker.
@@ -19,7 +21,13 @@ pub(crate) struct RedlockPeer {
 impl RedlockPeer {
     /// A manager for the server at `url`.
     pub(crate) fn new(url: &str, retry: Retry) -> RedlockPeer {
-        let mut manager = RedLock::new(vec![url.to_owned()]);
+        RedlockPeer::over(&[url], retry)
+    }
+
+    /// A manager over the independent servers at `urls` (a lock needs a
+    /// majority of them).
+    pub(crate) fn over(urls: &[&str], retry: Retry) -> RedlockPeer {
+        let mut manager = RedLock::new(urls.to_vec());
         if retry == Retry::Fast {
             let delay_ms = u32::try_from(FAST_RETRY.as_millis()).unwrap_or(u32::MAX);
             manager.set_retry(TRIES, delay_ms);

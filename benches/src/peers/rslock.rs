@@ -1,4 +1,6 @@
-//! The [`rslock`](https://crates.io/crates/rslock) crate on one Redis server.
+//! The [`rslock`](https://crates.io/crates/rslock) crate on one Redis server,
+//! or in its multi-node (Redlock) mode over several independent ones, where
+//! it asks every node at once and waits for all of their answers.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use super::{FAST_RETRY, Retry};
 /// How many tries one `lock` call makes before the crate gives up; its default.
 const TRIES: u32 = 3;
 
-/// One rslock `LockManager` (one multiplexed connection) in a retry mode.
+/// One rslock `LockManager` (one multiplexed connection per server) in a retry mode.
 #[derive(Debug, Clone)]
 pub(crate) struct RslockPeer {
     manager: LockManager,
@@ -18,7 +20,13 @@ pub(crate) struct RslockPeer {
 impl RslockPeer {
     /// A manager for the server at `url`, connecting on first use.
     pub(crate) fn new(url: &str, retry: Retry) -> RslockPeer {
-        let mut manager = LockManager::new(vec![url]);
+        RslockPeer::over(&[url], retry)
+    }
+
+    /// A manager over the independent servers at `urls` (a lock needs a
+    /// majority of them), connecting on first use.
+    pub(crate) fn over(urls: &[&str], retry: Retry) -> RslockPeer {
+        let mut manager = LockManager::new(urls.to_vec());
         if retry == Retry::Fast {
             manager.set_retry(TRIES, FAST_RETRY);
         }

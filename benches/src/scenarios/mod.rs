@@ -2,10 +2,13 @@
 
 mod contended;
 mod raw;
+mod redlock3;
 mod uncontended;
 mod watchdog;
 
 use std::time::Duration;
+
+pub(crate) use redlock3::SINGLE_NODE;
 
 use crate::probe::Probe;
 use crate::report::Row;
@@ -25,16 +28,19 @@ pub(crate) enum Scenario {
     Uncontended,
     /// Eight workers over four clients fighting for one key.
     Contended,
+    /// The uncontended 1-worker cycle on a Redlock of three servers.
+    Redlock3,
     /// Ten thousand leases held and renewed in the background.
     Watchdog,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub(crate) const ALL: [Scenario; 4] = [
+    pub(crate) const ALL: [Scenario; 5] = [
         Scenario::Raw,
         Scenario::Uncontended,
         Scenario::Contended,
+        Scenario::Redlock3,
         Scenario::Watchdog,
     ];
 
@@ -44,6 +50,7 @@ impl Scenario {
             Scenario::Raw => "raw",
             Scenario::Uncontended => "uncontended",
             Scenario::Contended => "contended",
+            Scenario::Redlock3 => "redlock3",
             Scenario::Watchdog => "watchdog",
         }
     }
@@ -65,6 +72,7 @@ pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
             Scenario::Raw => contestants.extend(raw::contestants(bench).await),
             Scenario::Uncontended => contestants.extend(uncontended::contestants(bench).await),
             Scenario::Contended => contestants.extend(contended::contestants(bench).await),
+            Scenario::Redlock3 => contestants.extend(redlock3::contestants(bench).await),
             Scenario::Watchdog => {}
         }
     }
@@ -101,6 +109,17 @@ pub(crate) struct Bench {
     pub(crate) probe: Probe,
     /// The library labels to run; empty runs all.
     pub(crate) libraries: Vec<String>,
+    /// The three servers of `redlock3`; `None` when it does not run.
+    pub(crate) redlock: Option<Nodes>,
+}
+
+/// The independent servers a Redlock scenario runs on.
+#[derive(Debug)]
+pub(crate) struct Nodes {
+    /// Their URLs; the first also serves the single-node comparison.
+    pub(crate) urls: Vec<String>,
+    /// Reads their command counters and CPU time, summed.
+    pub(crate) probe: Probe,
 }
 
 impl Bench {

@@ -14,7 +14,7 @@ use crate::measure::{Samples, Window, join_tasks};
 use crate::rounds::Contestant;
 
 /// Deletes the key only while it still holds the caller's token.
-static COMPARE_AND_DELETE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static COMPARE_AND_DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
     )

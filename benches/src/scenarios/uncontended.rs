@@ -40,9 +40,9 @@ pub(super) async fn contestants(bench: &Bench) -> Vec<Contestant> {
 }
 
 /// The keys of one contestant's workers.
-fn keys(library: &str, tasks: usize) -> Vec<String> {
+fn keys(scenario: Scenario, library: &str, tasks: usize) -> Vec<String> {
     (0..tasks)
-        .map(|worker| key(Scenario::Uncontended, library, tasks, worker))
+        .map(|worker| key(scenario, library, tasks, worker))
         .collect()
 }
 
@@ -50,103 +50,117 @@ async fn soloist(bench: &Bench, tasks: usize) -> Contestant {
     let locks = LockClient::connect(&bench.url)
         .await
         .expect("soloist cannot connect to Redis");
-    let keys = keys("soloist", tasks);
-    Contestant::new(
-        Scenario::Uncontended,
-        tasks,
-        "soloist",
-        false,
-        move |window| {
-            let handles = keys
-                .iter()
-                .map(|key| {
-                    let (locks, key) = (locks.clone(), key.clone());
-                    tokio::spawn(async move {
-                        let mut samples = Samples::default();
-                        while window.is_open() {
-                            let started = Instant::now();
-                            let guard = locks
-                                .lock(key.as_str())
-                                .ttl(CYCLE_TTL)
-                                .acquire()
-                                .await
-                                .expect("soloist could not take an unshared lock");
-                            guard.release().await.expect("soloist release failed");
-                            samples.record(&window, started, false);
-                        }
-                        samples
-                    })
-                })
-                .collect();
-            join_tasks(handles).boxed()
-        },
-    )
+    soloist_cycles(Scenario::Uncontended, "soloist", tasks, locks)
 }
 
 fn rslock(bench: &Bench, tasks: usize, retry: Retry) -> Contestant {
     let library = retry.label("rslock");
     let peer = RslockPeer::new(&bench.url, retry);
-    let keys = keys(&library, tasks);
-    Contestant::new(
-        Scenario::Uncontended,
-        tasks,
-        library,
-        false,
-        move |window| {
-            let handles = keys
-                .iter()
-                .map(|key| {
-                    let (peer, key) = (peer.clone(), key.clone().into_bytes());
-                    tokio::spawn(async move {
-                        let mut samples = Samples::default();
-                        while window.is_open() {
-                            let started = Instant::now();
-                            let lock = peer.lock(&key, CYCLE_TTL).await;
-                            peer.release(lock).await;
-                            samples.record(&window, started, false);
-                        }
-                        samples
-                    })
-                })
-                .collect();
-            join_tasks(handles).boxed()
-        },
-    )
+    rslock_cycles(Scenario::Uncontended, &library, tasks, peer)
 }
 
 fn redlock(bench: &Bench, tasks: usize, retry: Retry) -> Contestant {
     let library = retry.label("redlock");
-    let peer = Arc::new(RedlockPeer::new(&bench.url, retry));
+    let peer = RedlockPeer::new(&bench.url, retry);
+    redlock_cycles(Scenario::Uncontended, &library, tasks, peer)
+}
+
+/// `tasks` workers sharing `locks`, each acquiring and at once releasing a
+/// key of its own until the window closes; reported as `library` in `scenario`.
+pub(super) fn soloist_cycles(
+    scenario: Scenario,
+    library: &str,
+    tasks: usize,
+    locks: LockClient,
+) -> Contestant {
+    let keys = keys(scenario, library, tasks);
+    Contestant::new(scenario, tasks, library, false, move |window| {
+        let handles = keys
+            .iter()
+            .map(|key| {
+                let (locks, key) = (locks.clone(), key.clone());
+                tokio::spawn(async move {
+                    let mut samples = Samples::default();
+                    while window.is_open() {
+                        let started = Instant::now();
+                        let guard = locks
+                            .lock(key.as_str())
+                            .ttl(CYCLE_TTL)
+                            .acquire()
+                            .await
+                            .expect("soloist could not take an unshared lock");
+                        guard.release().await.expect("soloist release failed");
+                        samples.record(&window, started, false);
+                    }
+                    samples
+                })
+            })
+            .collect();
+        join_tasks(handles).boxed()
+    })
+}
+
+/// As [`soloist_cycles`], with an rslock manager shared by the tasks.
+pub(super) fn rslock_cycles(
+    scenario: Scenario,
+    library: &str,
+    tasks: usize,
+    peer: RslockPeer,
+) -> Contestant {
+    let keys = keys(scenario, library, tasks);
+    Contestant::new(scenario, tasks, library, false, move |window| {
+        let handles = keys
+            .iter()
+            .map(|key| {
+                let (peer, key) = (peer.clone(), key.clone().into_bytes());
+                tokio::spawn(async move {
+                    let mut samples = Samples::default();
+                    while window.is_open() {
+                        let started = Instant::now();
+                        let lock = peer.lock(&key, CYCLE_TTL).await;
+                        peer.release(lock).await;
+                        samples.record(&window, started, false);
+                    }
+                    samples
+                })
+            })
+            .collect();
+        join_tasks(handles).boxed()
+    })
+}
+
+/// As [`soloist_cycles`], with a redlock manager shared by worker threads.
+pub(super) fn redlock_cycles(
+    scenario: Scenario,
+    library: &str,
+    tasks: usize,
+    peer: RedlockPeer,
+) -> Contestant {
+    let peer = Arc::new(peer);
     let ttl_ms =
         usize::try_from(CYCLE_TTL.as_millis()).expect("the ttl fits in usize milliseconds");
-    let keys = keys(&library, tasks);
-    Contestant::new(
-        Scenario::Uncontended,
-        tasks,
-        library,
-        false,
-        move |window| {
-            let handles = keys
-                .iter()
-                .enumerate()
-                .map(|(worker, key)| {
-                    let (peer, key) = (peer.clone(), key.clone().into_bytes());
-                    thread::Builder::new()
-                        .name(format!("redlock-{worker}"))
-                        .spawn(move || {
-                            let mut samples = Samples::default();
-                            while window.is_open() {
-                                let started = Instant::now();
-                                let lock = peer.lock(&key, ttl_ms);
-                                peer.release(&lock);
-                                samples.record(&window, started, false);
-                            }
-                            samples
-                        })
-                        .expect("cannot spawn a redlock worker thread")
-                })
-                .collect();
-            join_threads(handles).boxed()
-        },
-    )
+    let keys = keys(scenario, library, tasks);
+    Contestant::new(scenario, tasks, library, false, move |window| {
+        let handles = keys
+            .iter()
+            .enumerate()
+            .map(|(worker, key)| {
+                let (peer, key) = (peer.clone(), key.clone().into_bytes());
+                thread::Builder::new()
+                    .name(format!("redlock-{worker}"))
+                    .spawn(move || {
+                        let mut samples = Samples::default();
+                        while window.is_open() {
+                            let started = Instant::now();
+                            let lock = peer.lock(&key, ttl_ms);
+                            peer.release(&lock);
+                            samples.record(&window, started, false);
+                        }
+                        samples
+                    })
+                    .expect("cannot spawn a redlock worker thread")
+            })
+            .collect();
+        join_threads(handles).boxed()
+    })
 }
