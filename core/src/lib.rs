@@ -41,7 +41,9 @@
 //!   Redis value; the same check works as `WHERE fence <= $1` in SQL). A
 //!   fence counter the server loses (restart without persistence, failover)
 //!   restarts from the server's clock in microseconds, so fences keep
-//!   increasing as long as that clock does not step back.
+//!   increasing as long as that clock does not step back. Counters expire a
+//!   week after they were started, and start again from the clock the same
+//!   way, so a lock on every order id does not leave a key per id forever.
 //! - **Liveness**: a holder that crashes, panics or is aborted stops renewing
 //!   and its key expires within one ttl; a dropped guard releases at once.
 //!   A *leaked* guard (`std::mem::forget`) looks exactly like a guard held on

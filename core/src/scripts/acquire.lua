@@ -11,8 +11,11 @@ if fence == 1 then
   -- microseconds keeps fences above every value issued before: each earlier
   -- fence is at most its seed plus one per acquisition, and no acquisition
   -- completes in under a microsecond.
+  -- The counter lives for a week from its seeding (INCR keeps the ttl),
+  -- then starts again from the clock: one key per lock name does not stay
+  -- forever, and fences still only grow.
   local now = redis.call('TIME')
   fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  redis.call('SET', KEYS[2], string.format('%.0f', fence))
+  redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', 604800000)
 end
 return {1, fence}

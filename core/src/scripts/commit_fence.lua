@@ -7,6 +7,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
 if counter < tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[2], ARGV[2])
+  -- Kept a week, like a single node's counter; see acquire.lua.
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', 604800000)
 end
 return 1
