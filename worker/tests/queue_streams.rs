@@ -164,6 +164,9 @@ impl Source for NeverAcks {
     fn visibility_timeout(&self) -> Duration {
         self.0.visibility_timeout()
     }
+    fn max_deliveries(&self) -> u32 {
+        self.0.max_deliveries()
+    }
 }
 
 #[test]
