@@ -17,8 +17,8 @@ usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
                     of `redlock3`, instead of starting three
   --json            print one JSON object per result row instead of tables
   --scenario NAME   run only this scenario; repeat for several
-                    (raw, uncontended, contended, redlock3, watchdog;
-                    default all)
+                    (raw, uncontended, contended, redlock3, watchdog,
+                    queue; default all)
   --library NAME    run only this library's rows; repeat for several
                     (raw, soloist, rslock, rslock-1ms, redlock, redlock-1ms,
                     soloist-1node; default all; `soloist` includes
@@ -165,6 +165,15 @@ mod tests {
         };
         assert_eq!(args.scenarios, vec![Scenario::Redlock3]);
         assert_eq!(args.redlock_urls.len(), 3);
+    }
+
+    #[test]
+    fn queue_is_selectable_and_runs_by_default() {
+        let Ok(Command::Run(args)) = parse("--scenario queue") else {
+            panic!("`--scenario queue` must parse");
+        };
+        assert_eq!(args.scenarios, vec![Scenario::Queue]);
+        assert!(Scenario::ALL.contains(&Scenario::Queue));
     }
 
     #[test]

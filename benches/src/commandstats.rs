@@ -5,6 +5,8 @@
 //! total is the server's real work, and `EVALSHA` alone is the number of
 //! round trips spent on scripts.
 
+use std::collections::BTreeMap;
+
 /// Command counters read from one `INFO commandstats` reply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct CommandCounts {
@@ -19,24 +21,7 @@ impl CommandCounts {
     /// understand are skipped.
     pub(crate) fn parse(info: &str) -> CommandCounts {
         let mut counts = CommandCounts::default();
-        for line in info.lines() {
-            let Some((name, fields)) = line
-                .trim()
-                .strip_prefix("cmdstat_")
-                .and_then(|rest| rest.split_once(':'))
-            else {
-                continue;
-            };
-            let Some(calls) = fields
-                .split(',')
-                .find_map(|field| field.strip_prefix("calls="))
-                .and_then(|calls| calls.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if name.eq_ignore_ascii_case("info") {
-                continue;
-            }
+        for (name, calls) in command_calls(info) {
             counts.total += calls;
             if name.eq_ignore_ascii_case("evalsha") || name.eq_ignore_ascii_case("eval") {
                 counts.scripts += calls;
@@ -62,6 +47,47 @@ impl CommandCounts {
     }
 }
 
+/// Calls per command name (lower case, as Redis reports it), `INFO` left
+/// out, from the text of an `INFO commandstats` reply.
+pub(crate) fn calls_by_command(info: &str) -> BTreeMap<String, u64> {
+    let mut calls = BTreeMap::new();
+    for (name, count) in command_calls(info) {
+        *calls.entry(name.to_ascii_lowercase()).or_insert(0) += count;
+    }
+    calls
+}
+
+/// The counts of each command in `later` beyond those in `earlier`;
+/// commands that did not run in between are left out.
+pub(crate) fn calls_since(
+    later: &BTreeMap<String, u64>,
+    earlier: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    later
+        .iter()
+        .filter_map(|(name, &calls)| {
+            let ran = calls.saturating_sub(earlier.get(name).copied().unwrap_or(0));
+            (ran > 0).then(|| (name.clone(), ran))
+        })
+        .collect()
+}
+
+/// Each `cmdstat_NAME:calls=N,...` line as `(NAME, N)`, `INFO` itself
+/// left out; lines it does not understand are skipped.
+fn command_calls(info: &str) -> impl Iterator<Item = (&str, u64)> {
+    info.lines().filter_map(|line| {
+        let (name, fields) = line
+            .trim()
+            .strip_prefix("cmdstat_")
+            .and_then(|rest| rest.split_once(':'))?;
+        let calls = fields
+            .split(',')
+            .find_map(|field| field.strip_prefix("calls="))
+            .and_then(|calls| calls.parse::<u64>().ok())?;
+        (!name.eq_ignore_ascii_case("info")).then_some((name, calls))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +105,16 @@ mod tests {
                 total: 16,
                 scripts: 4
             }
+        );
+        let by_command = calls_by_command(info);
+        assert_eq!(by_command.get("set"), Some(&10));
+        assert_eq!(by_command.get("client|setinfo"), Some(&2));
+        assert!(!by_command.contains_key("info"));
+        let mut earlier = by_command.clone();
+        earlier.insert("set".to_owned(), 4);
+        assert_eq!(
+            calls_since(&by_command, &earlier),
+            BTreeMap::from([("set".to_owned(), 6)])
         );
     }
 }

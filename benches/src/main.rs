@@ -9,7 +9,8 @@
 //! Every run warms up, then is measured for `--secs` in total. The runs of
 //! `raw`, `uncontended`, `contended` and `redlock3` are measured in one-second slices,
 //! round robin, so that all of them share the machine's good and bad
-//! moments alike (see `rounds.rs`); `watchdog` runs on its own at the end.
+//! moments alike (see `rounds.rs`); `watchdog` runs on its own after them,
+//! and `queue` last, in rounds of its own.
 //!
 //! Scenarios:
 //! - `raw`: `SET NX PX` plus a compare-and-delete script on one connection,
@@ -24,6 +25,10 @@
 //!   single-node cycle on one of them; commands summed over the three.
 //! - `watchdog`: 10,000 leases of 3 s held by one client; renewal calls,
 //!   Redis commands and CPU spent keeping them alive.
+//! - `queue`: messages per second through one Redis Streams consumer group,
+//!   with 1 and 4 consumers: bare `XREADGROUP` + `XACK` loops (`raw`)
+//!   against soloist `Worker`s consuming a keyed job with dedupe whose body
+//!   only returns; each run drains a freshly filled stream.
 //!
 //! Redis counts the commands a Lua script runs in `INFO commandstats` as
 //! well as the `EVALSHA` itself; `cmds/op` includes them, `evalsha/op` does not.

@@ -1,11 +1,12 @@
 //! What a run cost: Redis commands and CPU time over its measured window,
 //! on one server or summed over several (the `redlock3` nodes).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::commandstats::CommandCounts;
+use crate::commandstats::{CommandCounts, calls_by_command, calls_since};
 use crate::cpu::cpu_time;
 use crate::measure::{Window, tokio_instant};
 
@@ -26,13 +27,20 @@ struct Server {
 }
 
 /// Counters read at one instant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Snapshot {
     at: Instant,
     commands: CommandCounts,
+    /// Calls per command name, summed over the servers.
+    by_command: BTreeMap<String, u64>,
     cpu_ms: Option<u128>,
     redis_cpu_ms: Option<u128>,
 }
+
+/// The counters read as a span of any length opens (see [`Probe::mark`]),
+/// for runs that end when their work is done rather than at a set time.
+#[derive(Debug, Clone)]
+pub(crate) struct Mark(Snapshot);
 
 /// What was spent over one window, or added up over several.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,18 +129,26 @@ impl Probe {
                 .query_async(&mut server.conn.clone())
                 .await
                 .expect("INFO commandstats failed");
-            CommandCounts::parse(&info)
+            info
         }))
         .await;
         let commands = infos
-            .into_iter()
+            .iter()
+            .map(|info| CommandCounts::parse(info))
             .fold(CommandCounts::default(), CommandCounts::plus);
+        let mut by_command = BTreeMap::new();
+        for info in &infos {
+            for (name, calls) in calls_by_command(info) {
+                *by_command.entry(name).or_insert(0) += calls;
+            }
+        }
         let redis_cpu_ms = self.servers.iter().try_fold(0_u128, |sum, server| {
             Some(sum + cpu_time(Some(server.pid?))?.as_millis())
         });
         Snapshot {
             at: Instant::now(),
             commands,
+            by_command,
             cpu_ms: cpu_time(None).map(|cpu| cpu.as_millis()),
             redis_cpu_ms,
         }
@@ -144,18 +160,36 @@ impl Probe {
         let before = self.snapshot().await;
         tokio::time::sleep_until(tokio_instant(window.end)).await;
         let after = self.snapshot().await;
-        let secs = (after.at - before.at).as_secs_f64();
-        let commands = after.commands.since(before.commands);
-        let spent = |before: Option<u128>, after: Option<u128>| {
-            Some(after?.checked_sub(before?)? as f64 / 1000.0)
-        };
-        Cost {
-            secs,
-            commands: commands.total,
-            scripts: commands.scripts,
-            cpu_secs: spent(before.cpu_ms, after.cpu_ms),
-            redis_cpu_secs: spent(before.redis_cpu_ms, after.redis_cpu_ms),
-        }
+        spent_between(&before, &after)
+    }
+
+    /// Reads the counters now, to open a span that [`Probe::since`] closes.
+    pub(crate) async fn mark(&self) -> Mark {
+        Mark(self.snapshot().await)
+    }
+
+    /// What was spent from `mark` to now, and the calls of each command
+    /// over that span (Lua-internal ones under their own names).
+    pub(crate) async fn since(&self, mark: &Mark) -> (Cost, BTreeMap<String, u64>) {
+        let after = self.snapshot().await;
+        let calls = calls_since(&after.by_command, &mark.0.by_command);
+        (spent_between(&mark.0, &after), calls)
+    }
+}
+
+/// What was spent between two snapshots of the same servers.
+fn spent_between(before: &Snapshot, after: &Snapshot) -> Cost {
+    let secs = (after.at - before.at).as_secs_f64();
+    let commands = after.commands.since(before.commands);
+    let spent = |before: Option<u128>, after: Option<u128>| {
+        Some(after?.checked_sub(before?)? as f64 / 1000.0)
+    };
+    Cost {
+        secs,
+        commands: commands.total,
+        scripts: commands.scripts,
+        cpu_secs: spent(before.cpu_ms, after.cpu_ms),
+        redis_cpu_secs: spent(before.redis_cpu_ms, after.redis_cpu_ms),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Result rows, and how they are printed: a table for people, JSON lines for tools.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -19,7 +20,8 @@ pub(crate) struct Row {
     /// `raw`, `soloist`, or a peer crate with its retry mode.
     pub(crate) library: String,
     /// Completed lock cycles (acquire + release) per second; in `contended`,
-    /// acquisitions per second.
+    /// acquisitions per second; in `queue`, messages consumed and
+    /// acknowledged per second.
     pub(crate) ops_per_sec: Option<f64>,
     /// Acquisitions by a different worker than the previous holder, per second.
     pub(crate) handoffs_per_sec: Option<f64>,
@@ -35,6 +37,10 @@ pub(crate) struct Row {
     pub(crate) cmds_per_op: Option<f64>,
     /// `EVALSHA` calls per operation.
     pub(crate) evalsha_per_op: Option<f64>,
+    /// Calls per operation of each command the server ran, Lua-internal
+    /// ones under their own names (`queue`); left out of the JSON elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cmds_per_op_by_command: Option<BTreeMap<String, f64>>,
     /// Leases held (`watchdog`).
     pub(crate) leases: Option<usize>,
     /// Renewal calls (`EVALSHA`) per second (`watchdog`).
@@ -72,6 +78,7 @@ impl Row {
             handoff_p99_us: None,
             cmds_per_op: None,
             evalsha_per_op: None,
+            cmds_per_op_by_command: None,
             cpu_us_per_op: None,
             redis_cpu_us_per_op: None,
             leases: None,
@@ -116,6 +123,44 @@ impl Row {
             redis_cpu_pct: cost.redis_cpu_pct().map(round3),
             errors: summary.errors,
             ..Row::empty(scenario, tasks, library)
+        }
+    }
+
+    /// A row for `messages` taken from a queue and acknowledged by `tasks`
+    /// consumers in `secs` of draining, at `cost` (spent over the same
+    /// spans), with the calls of each command over those spans; `errors`
+    /// counts messages that were dead-lettered instead.
+    pub(crate) fn messages(
+        tasks: usize,
+        library: &str,
+        messages: u64,
+        secs: f64,
+        cost: Cost,
+        calls: &BTreeMap<String, u64>,
+        errors: u64,
+    ) -> Row {
+        let per_message =
+            |count: u64| (messages > 0).then(|| round3(count as f64 / messages as f64));
+        let us_per_message = |secs: Option<f64>| {
+            secs.filter(|_| messages > 0)
+                .map(|secs| round3(secs * 1e6 / messages as f64))
+        };
+        Row {
+            ops_per_sec: (secs > 0.0).then(|| round3(messages as f64 / secs)),
+            cmds_per_op: per_message(cost.commands),
+            evalsha_per_op: per_message(cost.scripts),
+            cmds_per_op_by_command: (messages > 0).then(|| {
+                calls
+                    .iter()
+                    .map(|(name, &count)| (name.clone(), round3(count as f64 / messages as f64)))
+                    .collect()
+            }),
+            cpu_us_per_op: us_per_message(cost.cpu_secs),
+            redis_cpu_us_per_op: us_per_message(cost.redis_cpu_secs),
+            cpu_pct: cost.cpu_pct().map(round3),
+            redis_cpu_pct: cost.redis_cpu_pct().map(round3),
+            errors,
+            ..Row::empty(Scenario::Queue, tasks, library)
         }
     }
 

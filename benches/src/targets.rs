@@ -146,6 +146,22 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
         ));
     }
 
+    // What the job runtime costs a queue consumer: soloist's workers against
+    // bare XREADGROUP + XACK loops, on as many consumers in one group.
+    for consumers in [1, 4] {
+        if let Some(value) = ratio(
+            ops(Scenario::Queue, consumers, "soloist"),
+            ops(Scenario::Queue, consumers, "raw"),
+        ) {
+            checks.push(Check::new(
+                format!("queue {consumers}-consumer soloist / raw (messages/s)"),
+                value,
+                "",
+                None,
+            ));
+        }
+    }
+
     // Soloist against every peer, wherever both ran.
     for peer in rows
         .iter()
@@ -255,6 +271,29 @@ mod tests {
             ..Cost::default()
         };
         Row::cycles(scenario, 1, library, summary, cost, false)
+    }
+
+    #[test]
+    fn queue_rows_give_a_soloist_over_raw_ratio_per_consumer_count() {
+        let rows = [
+            Row::messages(1, "raw", 1000, 0.1, Cost::default(), &Default::default(), 0),
+            Row::messages(
+                1,
+                "soloist",
+                1000,
+                0.4,
+                Cost::default(),
+                &Default::default(),
+                0,
+            ),
+        ];
+        let checks = evaluate(&rows);
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(
+            checks[0].name,
+            "queue 1-consumer soloist / raw (messages/s)"
+        );
+        assert!((checks[0].value - 0.25).abs() < 1e-9 && checks[0].met.is_none());
     }
 
     #[test]

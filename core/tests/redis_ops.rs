@@ -124,8 +124,14 @@ async fn a_cycle_costs_two_round_trips() {
     assert_eq!(command_calls(&server, "evalsha") - evalsha, 100);
     assert_eq!(command_calls(&server, "ping") - ping, 0);
     // The fence counter does not outlive its week.
-    let ttl: i64 = server.cli(&["PTTL", "soloist:fence:cycle"]).parse().unwrap();
-    assert!(ttl > 6 * 86_400_000 && ttl <= 7 * 86_400_000, "fence counter ttl {ttl}");
+    let ttl: i64 = server
+        .cli(&["PTTL", "soloist:fence:cycle"])
+        .parse()
+        .unwrap();
+    assert!(
+        ttl > 6 * 86_400_000 && ttl <= 7 * 86_400_000,
+        "fence counter ttl {ttl}"
+    );
 }
 
 /// 2,500 leases held by one client cost a few script calls per renewal

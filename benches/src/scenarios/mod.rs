@@ -1,6 +1,7 @@
 //! The scenarios, one per file, and what they share.
 
 mod contended;
+mod queue;
 mod raw;
 mod redlock3;
 mod uncontended;
@@ -32,16 +33,19 @@ pub(crate) enum Scenario {
     Redlock3,
     /// Ten thousand leases held and renewed in the background.
     Watchdog,
+    /// Messages through one Redis Streams consumer group, 1 and 4 consumers.
+    Queue,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub(crate) const ALL: [Scenario; 5] = [
+    pub(crate) const ALL: [Scenario; 6] = [
         Scenario::Raw,
         Scenario::Uncontended,
         Scenario::Contended,
         Scenario::Redlock3,
         Scenario::Watchdog,
+        Scenario::Queue,
     ];
 
     /// The name used by `--scenario` and in the report.
@@ -52,6 +56,7 @@ impl Scenario {
             Scenario::Contended => "contended",
             Scenario::Redlock3 => "redlock3",
             Scenario::Watchdog => "watchdog",
+            Scenario::Queue => "queue",
         }
     }
 
@@ -64,7 +69,8 @@ impl Scenario {
 }
 
 /// Runs `scenarios`: the lock-cycle ones interleaved (see [`crate::rounds`]),
-/// then `watchdog`, which holds its leases for one long stretch.
+/// then `watchdog`, which holds its leases for one long stretch, then
+/// `queue`, whose runs drain a stream in rounds of their own.
 pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
     let mut contestants = Vec::new();
     for scenario in scenarios {
@@ -73,12 +79,12 @@ pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
             Scenario::Uncontended => contestants.extend(uncontended::contestants(bench).await),
             Scenario::Contended => contestants.extend(contended::contestants(bench).await),
             Scenario::Redlock3 => contestants.extend(redlock3::contestants(bench).await),
-            Scenario::Watchdog => {}
+            Scenario::Watchdog | Scenario::Queue => {}
         }
     }
     let names: Vec<&str> = scenarios
         .iter()
-        .filter(|scenario| **scenario != Scenario::Watchdog)
+        .filter(|scenario| !matches!(scenario, Scenario::Watchdog | Scenario::Queue))
         .map(|scenario| scenario.name())
         .collect();
     if !contestants.is_empty() {
@@ -92,6 +98,10 @@ pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
     if scenarios.contains(&Scenario::Watchdog) {
         eprintln!("watchdog:");
         rows.extend(watchdog::run(bench).await);
+    }
+    if scenarios.contains(&Scenario::Queue) {
+        eprintln!("queue:");
+        rows.extend(queue::run(bench).await);
     }
     rows
 }
