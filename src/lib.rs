@@ -64,7 +64,7 @@
 
 pub use soloist_core::{
     ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError, LockGuard,
-    LockRequest, MAX_TTL, MIN_TTL, Result, metrics,
+    LockRequest, MAX_TTL, MIN_TTL, Result, metrics, redis,
 };
 pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).

@@ -34,6 +34,17 @@ pub(crate) struct Tally {
 /// ours any more, `Err` undecided (too few Redlock nodes answered either way).
 pub(crate) type Renewed = std::result::Result<bool, Tally>;
 
+/// What one fenced write stores, for how long, and what it applies with it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record<'a> {
+    pub(crate) value: &'a [u8],
+    /// Expire the record after this long; `None`: keep it.
+    pub(crate) ttl: Option<Duration>,
+    /// Commands (each as its arguments) to run atomically with the write,
+    /// and only if it is accepted. Only a single Redis node can do this.
+    pub(crate) effects: &'a [Vec<Vec<u8>>],
+}
+
 /// One lease to renew in a batch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Renewal<'a> {
@@ -60,14 +71,12 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Starts listening for release notices on `key`.
     fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener>;
 
-    /// Stores `value` under `resource` unless a higher fence was seen there;
-    /// the record expires after `ttl` if given.
+    /// Stores `record` under `resource` unless a higher fence was seen there.
     fn fenced_set<'a>(
         &'a self,
         resource: &'a str,
         fence: u64,
-        value: &'a [u8],
-        ttl: Option<Duration>,
+        record: Record<'a>,
     ) -> BoxFuture<'a, Result<FencedWrite>>;
 
     /// The backend's clock, which every client of it shares; `None` when the

@@ -8,8 +8,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::backend::{Attempt, Backend, Renewal, Renewed};
-use crate::error::Result;
+use crate::backend::{Attempt, Backend, Record, Renewal, Renewed};
+use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::notice::{Listener, NoticeBoard};
 
@@ -23,7 +23,7 @@ pub(crate) struct MemoryBackend {
 struct State {
     locks: HashMap<String, Held>,
     fences: HashMap<String, u64>,
-    fenced: HashMap<String, Record>,
+    fenced: HashMap<String, Stored>,
     /// Lock count after the last sweep of expired entries.
     swept_at: usize,
     /// Record count after the last sweep of expired records.
@@ -32,7 +32,7 @@ struct State {
 
 /// A fenced value.
 #[derive(Debug)]
-struct Record {
+struct Stored {
     fence: u64,
     value: Vec<u8>,
     expires: Option<Instant>,
@@ -54,8 +54,8 @@ impl State {
     }
 
     /// The live record of `resource`, dropping an expired one.
-    fn record(&mut self, resource: &str, now: Instant) -> Option<&Record> {
-        let expired = |record: &Record| record.expires.is_some_and(|at| at <= now);
+    fn record(&mut self, resource: &str, now: Instant) -> Option<&Stored> {
+        let expired = |record: &Stored| record.expires.is_some_and(|at| at <= now);
         if self.fenced.get(resource).is_some_and(expired) {
             self.fenced.remove(resource);
         }
@@ -167,9 +167,14 @@ impl Backend for MemoryBackend {
         &'a self,
         resource: &'a str,
         fence: u64,
-        value: &'a [u8],
-        ttl: Option<Duration>,
+        record: Record<'a>,
     ) -> BoxFuture<'a, Result<FencedWrite>> {
+        if !record.effects.is_empty() {
+            let refused =
+                LockError::invalid("effects", "only a Redis backend can apply Redis commands");
+            return futures::future::ready(Err(refused)).boxed();
+        }
+        let (value, ttl) = (record.value, record.ttl);
         let now = Instant::now();
         let mut state = State::lock(&self.state);
         let outcome = match state.record(resource, now) {
@@ -177,7 +182,7 @@ impl Backend for MemoryBackend {
                 highest: record.fence,
             },
             _ => {
-                let record = Record {
+                let record = Stored {
                     fence,
                     value: value.to_vec(),
                     expires: ttl.map(|ttl| now + ttl),

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use crate::backend::{Attempt, Renewal};
+use crate::backend::{Attempt, Record, Renewal};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::metrics;
@@ -278,15 +278,21 @@ impl RedisNode {
         &self,
         resource: &str,
         fence: u64,
-        value: &[u8],
-        ttl: Option<Duration>,
+        record: Record<'_>,
     ) -> Result<FencedWrite> {
         let mut invocation = FENCED_SET.prepare_invoke();
         invocation
             .key(self.keys.fenced(resource))
             .arg(fence.to_string())
-            .arg(value)
-            .arg(ttl.map_or(0, millis));
+            .arg(record.value)
+            .arg(record.ttl.map_or(0, millis))
+            .arg(record.effects.len());
+        for effect in record.effects {
+            invocation.arg(effect.len());
+            for arg in effect {
+                invocation.arg(arg.as_slice());
+            }
+        }
         let (accepted, highest): (i64, String) = self.script("fenced_set", &invocation).await?;
         if accepted == 1 {
             return Ok(FencedWrite::Accepted);

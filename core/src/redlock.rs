@@ -60,7 +60,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
-use crate::backend::{Attempt, Backend, Renewal, Renewed, Tally};
+use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Tally};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::lease::drift;
@@ -281,12 +281,17 @@ impl Backend for RedlockBackend {
         &'a self,
         resource: &'a str,
         fence: u64,
-        value: &'a [u8],
-        ttl: Option<Duration>,
+        record: Record<'a>,
     ) -> BoxFuture<'a, Result<FencedWrite>> {
         async move {
+            if !record.effects.is_empty() {
+                return Err(LockError::invalid(
+                    "effects",
+                    "a Redlock cannot apply effects atomically across its nodes; use a single node",
+                ));
+            }
             let answers: Vec<Result<FencedWrite>> = self
-                .fan_out(|node| node.fenced_set(resource, fence, value, ttl))
+                .fan_out(|node| node.fenced_set(resource, fence, record))
                 .collect()
                 .await;
             let mut tally = Tally::default();

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::backend::{Attempt, Backend, Renewal, Renewed};
+use crate::backend::{Attempt, Backend, Record, Renewal, Renewed};
 use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::node::{RedisNode, RedisSettings, channel_prefix};
@@ -70,10 +70,9 @@ impl Backend for RedisBackend {
         &'a self,
         resource: &'a str,
         fence: u64,
-        value: &'a [u8],
-        ttl: Option<Duration>,
+        record: Record<'a>,
     ) -> BoxFuture<'a, Result<FencedWrite>> {
-        self.node.fenced_set(resource, fence, value, ttl).boxed()
+        self.node.fenced_set(resource, fence, record).boxed()
     }
 
     fn server_time(&self) -> BoxFuture<'_, Result<Option<SystemTime>>> {

@@ -294,3 +294,41 @@ async fn owner_tokens_are_random_128_bit() {
         "neighbouring tokens differ in {mean} bits"
     );
 }
+
+/// Effects committed with a fenced write apply exactly when it is accepted.
+#[tokio::test]
+async fn fenced_commit_applies_effects_only_with_an_accepted_write() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    let mut charge = soloist::redis::cmd("HINCRBY");
+    charge.arg("balances").arg("customer:7").arg(-990);
+    let effects = [charge];
+    let commit = |fence: u64| locks.fenced_commit("invoice:42", fence, "receipt", None, &effects);
+    assert!(commit(5).await.unwrap().is_accepted());
+    assert_eq!(server.cli(&["HGET", "balances", "customer:7"]), "-990");
+    assert_eq!(
+        commit(4).await.unwrap(),
+        soloist::FencedWrite::Rejected { highest: 5 },
+        "a stale fence"
+    );
+    assert_eq!(
+        server.cli(&["HGET", "balances", "customer:7"]),
+        "-990",
+        "applied nothing"
+    );
+    assert_eq!(
+        locks.fenced_get("invoice:42").await.unwrap().unwrap().fence,
+        5
+    );
+    // Keys used by effects are the caller's own, outside the prefix.
+    assert_eq!(server.cli(&["EXISTS", "soloist:balances"]), "0");
+    // The memory backend has no Redis to apply them to.
+    let memory = LockClient::memory();
+    assert!(matches!(
+        memory.fenced_commit("r", 1, "v", None, &effects).await,
+        Err(LockError::InvalidArgument {
+            name: "effects",
+            ..
+        })
+    ));
+}

@@ -1,7 +1,7 @@
 //! What a running job knows about its run.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,6 +34,8 @@ struct Inner {
     scheduled_at: Option<DateTime<Utc>>,
     lease: Option<Lease>,
     cancel: CancellationToken,
+    /// Commands to apply with the record of the run's success.
+    on_success: Mutex<Vec<redis::Cmd>>,
 }
 
 impl fmt::Debug for JobContext {
@@ -63,6 +65,7 @@ impl JobContext {
                 scheduled_at: None,
                 lease: None,
                 cancel: CancellationToken::new(),
+                on_success: Mutex::new(Vec::new()),
             },
         }
     }
@@ -129,6 +132,41 @@ impl JobContext {
     /// Whether [`cancelled`](Self::cancelled) has resolved.
     pub fn is_cancelled(&self) -> bool {
         self.inner.cancel.is_cancelled()
+    }
+
+    /// Applies a Redis `command` when this run's success is recorded:
+    /// atomically with the record, and only if the run's fence is still
+    /// accepted ([`LockClient::fenced_commit`](soloist_core::LockClient::fenced_commit)).
+    /// An effect made this way happens once, even when the replica dies
+    /// between the body's return and the record — the window in which an
+    /// effect the body applies itself can happen twice. Nothing is applied
+    /// if the run fails, is lost or is cancelled. Needs a single-node Redis
+    /// backend; with another, recording the success fails.
+    ///
+    /// ```
+    /// use soloist::{JobContext, redis};
+    /// let ctx = JobContext::builder("charge").build();
+    /// let mut charge = redis::cmd("HINCRBY");
+    /// charge.arg("balances").arg("customer:7").arg(-990);
+    /// ctx.commit_on_success(charge);
+    /// ```
+    pub fn commit_on_success(&self, command: redis::Cmd) {
+        self.inner
+            .on_success
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(command);
+    }
+
+    /// The commands to commit with the run's success record.
+    pub(crate) fn take_on_success(&self) -> Vec<redis::Cmd> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .on_success
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 }
 

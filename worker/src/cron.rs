@@ -238,6 +238,7 @@ async fn run_tick(
         tracing::debug!(error = %err, "cannot record the last claimed tick");
     }
     let started = Instant::now();
+    let mut last_ctx = None;
     let ended = attempts(spec, &guard, &shared.cancel_runs, |attempt, cancel| {
         let ctx = JobContext::builder(&spec.name)
             .lease(guard.lease())
@@ -246,9 +247,16 @@ async fn run_tick(
             .scheduled_at(tick)
             .cancellation(cancel)
             .build();
+        last_ctx = Some(ctx.clone());
         entry.job.call(ctx)
     })
     .await;
+    let effects = match &ended {
+        Ended::Succeeded(()) => last_ctx
+            .map(|ctx| ctx.take_on_success())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     metrics::run_time(&spec.name, started.elapsed());
     let marker = match &ended {
         Ended::Succeeded(()) => Some("success"),
@@ -265,7 +273,7 @@ async fn run_tick(
         let keep = spec.misfire + MARKER_MARGIN + spec.ttl;
         match shared
             .locks
-            .fenced_set_expiring(key, guard.fence(), marker, keep)
+            .fenced_commit(key, guard.fence(), marker, Some(keep), &effects)
             .await
         {
             Ok(write) if write.is_accepted() => {}

@@ -102,6 +102,7 @@ async fn execute<J: KeyedJob>(
         source,
     })?;
     let mut first = Some(args);
+    let mut last_ctx = None;
     let ended = attempts(spec, guard, &shared.cancel_runs, |attempt, cancel| {
         let ctx = JobContext::builder(&spec.name)
             .key(key)
@@ -110,6 +111,7 @@ async fn execute<J: KeyedJob>(
             .replica(&shared.replica)
             .cancellation(cancel)
             .build();
+        last_ctx = Some(ctx.clone());
         match first
             .take()
             .map(Ok)
@@ -123,15 +125,28 @@ async fn execute<J: KeyedJob>(
     metrics::run_time(&spec.name, started.elapsed());
     Ok(match ended {
         Ended::Succeeded(value) => {
-            if let Some(window) = spec.dedupe {
-                let encoded = serde_json::to_vec(&value).map_err(|source| WorkerError::Serde {
-                    job: spec.name.clone(),
-                    source,
-                })?;
+            let effects = last_ctx
+                .map(|ctx| ctx.take_on_success())
+                .unwrap_or_default();
+            // The success record: the result for duplicates, kept for the
+            // dedupe window; without dedupe, only as long as a lease, to
+            // carry the effects.
+            let kept = match spec.dedupe {
+                Some(window) => Some((
+                    serde_json::to_vec(&value).map_err(|source| WorkerError::Serde {
+                        job: spec.name.clone(),
+                        source,
+                    })?,
+                    window,
+                )),
+                None if !effects.is_empty() => Some((Vec::new(), spec.ttl)),
+                None => None,
+            };
+            if let Some((encoded, keep)) = kept {
                 let record = format!("job:{}:{key}", spec.name);
                 let write = shared
                     .locks
-                    .fenced_set_expiring(&record, guard.fence(), encoded, window)
+                    .fenced_commit(&record, guard.fence(), encoded, Some(keep), &effects)
                     .await?;
                 if !write.is_accepted() {
                     // A later holder recorded first: this run's lease ended unnoticed.

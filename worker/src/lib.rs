@@ -19,9 +19,11 @@
 //! - **at most one attempt of a tick at a time**, across the fleet;
 //! - **at most one success per tick** — except that a replica killed in the
 //!   instant between its job returning and its done-marker being written
-//!   leaves the tick to a peer, which runs it again: the body's effects are
-//!   at-least-once. Make them idempotent, or fence them with
-//!   [`JobContext::fence`];
+//!   leaves the tick to a peer, which runs it again: effects the body
+//!   applies itself are at-least-once. Make them idempotent, fence them
+//!   with [`JobContext::fence`], or — for Redis effects on a single-node
+//!   backend — hand them to [`JobContext::commit_on_success`], which applies
+//!   them atomically with the success record, exactly once;
 //! - **a tick is lost only if no replica is up during its whole grace**;
 //!   ticks the whole fleet missed then follow the job's [`MissedTicks`]
 //!   policy when a replica comes back.
@@ -37,7 +39,9 @@
 //! run's fence) for the window, and later requests get it back as
 //! [`RunOutcome::Duplicate`] without running the body. The same caveat
 //! holds: a success is recorded after the body returns, so a crash in
-//! between runs the body again on the next request.
+//! between runs the body again on the next request — but effects committed
+//! through [`JobContext::commit_on_success`] apply with the record or not
+//! at all.
 //!
 //! # Queues
 //! [`WorkerBuilder::consume`] joins an at-least-once queue (a [`Source`],
@@ -45,8 +49,9 @@
 //! A delivery is acknowledged only after its run's outcome is recorded, so
 //! a message is never lost by a consumer dying mid-run, and a redelivered
 //! message whose key already succeeded is acknowledged without running:
-//! each message's job completes once, with the same caveat as above for a
-//! consumer killed between the body's return and the record. Messages that
+//! each message's job completes once, and its effects apply exactly once
+//! when committed with [`JobContext::commit_on_success`] (otherwise with
+//! the same caveat as above). Messages that
 //! keep failing go to the dead letters after the source's
 //! `max_deliveries`; messages that cannot be decoded, at once.
 //!

@@ -286,3 +286,58 @@ async fn signal_on_lost_lets_the_body_finish_but_records_lost() {
         "the body ran to its end"
     );
 }
+
+/// Effects committed on success apply once, with the success record, and
+/// not at all when the run fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_commit_with_the_success_record() {
+    let server = RedisServer::start();
+    let (a, b) = redis_handles(&server).await;
+    let job = keyed_job(
+        JobSpec::keyed("pay", "order:{id}")
+            .unwrap()
+            .dedupe(60 * SECOND),
+        |id: &i64| format!("order:{id}"),
+        |ctx: JobContext, id: i64| async move {
+            let mut effect = soloist::redis::cmd("HINCRBY");
+            effect.arg("paid").arg(id).arg(1);
+            ctx.commit_on_success(effect);
+            if id < 0 {
+                return Err(std::io::Error::other("refused"));
+            }
+            Ok(id)
+        },
+    );
+    assert!(matches!(
+        a.run(&job, 1).await.unwrap(),
+        RunOutcome::Completed(1)
+    ));
+    assert!(matches!(
+        b.run(&job, 1).await.unwrap(),
+        RunOutcome::Duplicate(1)
+    ));
+    assert!(matches!(
+        a.run(&job, -1).await.unwrap(),
+        RunOutcome::Failed(_)
+    ));
+    assert_eq!(server.cli(&["HGET", "paid", "1"]), "1");
+    assert_eq!(
+        server.cli(&["HEXISTS", "paid", "-1"]),
+        "0",
+        "a failed run applies nothing"
+    );
+    // The memory backend has no Redis to apply them to: recording fails.
+    let memory = Worker::builder(LockClient::memory())
+        .build()
+        .unwrap()
+        .handle();
+    assert!(matches!(
+        memory.run(&job, 2).await,
+        Err(soloist::WorkerError::Lock(
+            soloist::LockError::InvalidArgument {
+                name: "effects",
+                ..
+            }
+        ))
+    ));
+}

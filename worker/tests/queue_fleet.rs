@@ -2,15 +2,11 @@
 //! SIGKILLed and restarted at random while 10,000 messages (a fifth of them
 //! repeating an earlier key) are produced and consumed.
 //!
-//! Every key's effect must be applied, nothing may be left pending or
-//! dead-lettered, a key whose run was started more than once must owe every
-//! run but its last to a consumer that was killed, and no key may be
-//! applied twice except in one window: a consumer killed after a body
-//! applied its effect and before the run's success was recorded leaves the
-//! message to a redelivery that applies it again — the at-least-once window
-//! `worker/src/lib.rs` documents. Double applications inside that window
-//! are reported with the timeline of their runs (Redis' clock); any other
-//! fails the test.
+//! The job commits its effect with its success record
+//! (`JobContext::commit_on_success`). Every key's effect must be applied
+//! exactly once, nothing may be left pending or dead-lettered, and a key
+//! whose run was started more than once must owe every run but its last to
+//! a consumer that was killed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::LazyLock;
@@ -20,8 +16,7 @@ use redis::aio::MultiplexedConnection;
 use soloist::{JobContext, JobSpec, KeyedJob, LockClient, StreamSource, Worker, keyed_job};
 use soloist_testkit::{ChildProcess, RedisServer, child_role, send_to_parent};
 
-const TEST: &str =
-    "five_consumers_killed_at_random_lose_nothing_and_double_only_in_the_crash_window";
+const TEST: &str = "five_consumers_killed_at_random_apply_each_key_exactly_once";
 const CONSUMERS: usize = 5;
 const MESSAGES: usize = 10_000;
 /// The share of messages that repeat a key produced before.
@@ -39,8 +34,8 @@ fn now_ms() -> u64 {
 }
 
 /// Appends `key replica fence <Redis time in ms>` to the list `KEYS[1]`,
-/// after `HINCRBY KEYS[2] key 1` when a second key is given: the effect and
-/// its log entry in one step, stamped with the server's clock.
+/// after `HINCRBY KEYS[2] key 1` when a second key is given, in one step,
+/// stamped with the server's clock.
 static LOG: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -54,9 +49,9 @@ static LOG: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// The job every consumer runs: logs the run's start to `runs`, then
-/// applies the effect (`effects[key] += 1`) and logs that to `applied` in
-/// one step, so the logs tell exactly which runs applied it, and when.
+/// The job every consumer runs: logs the run's start to `runs`, and commits
+/// its effect (`effects[key] += 1`) and a log entry in `applied` with its
+/// success record, so the logs tell exactly which run applied it.
 fn apply(log: MultiplexedConnection) -> impl KeyedJob<Args = String, Output = u64> + use<> {
     keyed_job(
         JobSpec::keyed("apply", "order:{key}")
@@ -73,12 +68,16 @@ fn apply(log: MultiplexedConnection) -> impl KeyedJob<Args = String, Output = u6
                     .arg(&run)
                     .invoke_async::<()>(&mut log)
                     .await?;
-                LOG.key("applied")
-                    .key("effects")
-                    .arg(&key)
-                    .arg(&run)
-                    .invoke_async::<()>(&mut log)
-                    .await?;
+                // The effect and its log entry commit with the run's
+                // success record, atomically: once, however consumers die.
+                let mut effect = redis::cmd("HINCRBY");
+                effect.arg("effects").arg(&key).arg(1);
+                ctx.commit_on_success(effect);
+                let mut logged = redis::cmd("RPUSH");
+                logged
+                    .arg("applied")
+                    .arg(format!("{key} {run} {}", now_ms()));
+                ctx.commit_on_success(logged);
                 Ok::<_, redis::RedisError>(ctx.fence())
             }
         },
@@ -198,7 +197,7 @@ fn log_entries(server: &RedisServer, list: &str) -> HashMap<String, Vec<Run>> {
 }
 
 #[test]
-fn five_consumers_killed_at_random_lose_nothing_and_double_only_in_the_crash_window() {
+fn five_consumers_killed_at_random_apply_each_key_exactly_once() {
     if child_role().as_deref() == Some("consumer") {
         let url = std::env::var("REDIS_URL").expect("REDIS_URL");
         let name = std::env::var("CONSUMER").expect("CONSUMER");
@@ -420,14 +419,11 @@ fn five_consumers_killed_at_random_lose_nothing_and_double_only_in_the_crash_win
         "keys applied more than once outside the window between a body's return and its \
          dedupe record:\n{unexplained:?}"
     );
-    // The documented limit (worker/src/lib.rs): a consumer killed after the
-    // body applied its effect and before the success was recorded leaves
-    // the message to a redelivery, which runs the body again. Nothing in
-    // the runtime can close that window for an arbitrary effect; a job
-    // whose effect must happen once makes it idempotent or fences it.
-    eprintln!(
-        "{} keys applied twice, each inside the window between a killed consumer's effect \
-         and its dedupe record:\n{}",
+    // Effects committed with the success record cannot apply twice, even
+    // for a consumer killed between its body's return and the record.
+    assert!(
+        twice.is_empty(),
+        "{} keys applied twice:\n{}",
         twice.len(),
         twice
             .iter()
