@@ -43,6 +43,8 @@ pub(crate) struct Record<'a> {
     /// Commands (each as its arguments) to run atomically with the write,
     /// and only if it is accepted. Only a single Redis node can do this.
     pub(crate) effects: &'a [Vec<Vec<u8>>],
+    /// Write only while this (key, owner token) still holds its lock.
+    pub(crate) owner: Option<(&'a str, &'a str)>,
 }
 
 /// One lease to renew in a batch.

@@ -155,7 +155,7 @@ impl LockClient {
         }
         self.inner
             .backend
-            .fenced_set(resource, fence, record(value.as_ref(), None, &[]))
+            .fenced_set(resource, fence, record(value.as_ref(), None))
             .await
     }
 
@@ -189,67 +189,7 @@ impl LockClient {
         }
         self.inner
             .backend
-            .fenced_set(resource, fence, record(value.as_ref(), Some(ttl), &[]))
-            .await
-    }
-
-    /// [`fenced_set`](Self::fenced_set) that also applies Redis commands,
-    /// atomically with the write and only if the fence is accepted: the
-    /// commands take effect exactly when the record does. A job's effects
-    /// committed this way with its success record cannot be applied twice,
-    /// however its runner dies. `ttl` expires the record as
-    /// [`fenced_set_expiring`](Self::fenced_set_expiring) does.
-    ///
-    /// Needs a single Redis node: the memory backend has no Redis to apply
-    /// commands to, and a Redlock cannot apply them atomically across its
-    /// nodes; both refuse with [`LockError::InvalidArgument`]. The commands'
-    /// keys should live on the same server and carry no Lua-unsafe commands
-    /// (no blocking commands).
-    ///
-    /// ```no_run
-    /// use soloist::{LockClient, redis};
-    /// # async fn demo() -> Result<(), soloist::LockError> {
-    /// let locks = LockClient::connect("redis://127.0.0.1:6379").await?;
-    /// let guard = locks.lock("invoice:42").acquire().await?;
-    /// let mut charge = redis::cmd("HINCRBY");
-    /// charge.arg("balances").arg("customer:7").arg(-990);
-    /// locks
-    ///     .fenced_commit("charged:invoice:42", guard.fence(), "receipt-1", None, &[charge])
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn fenced_commit(
-        &self,
-        resource: &str,
-        fence: u64,
-        value: impl AsRef<[u8]>,
-        ttl: Option<Duration>,
-        effects: &[redis::Cmd],
-    ) -> Result<FencedWrite> {
-        if resource.is_empty() {
-            return Err(LockError::invalid("resource", "must not be empty"));
-        }
-        if ttl.is_some_and(|ttl| ttl.is_zero()) {
-            return Err(LockError::invalid("ttl", "must not be zero"));
-        }
-        let effects: Vec<Vec<Vec<u8>>> = effects
-            .iter()
-            .map(|cmd| {
-                cmd.args_iter()
-                    .map(|arg| match arg {
-                        redis::Arg::Simple(bytes) => bytes.to_vec(),
-                        // Only SCAN-like commands have a cursor argument.
-                        _ => b"0".to_vec(),
-                    })
-                    .collect()
-            })
-            .collect();
-        if effects.iter().any(Vec::is_empty) {
-            return Err(LockError::invalid("effects", "a command has no name"));
-        }
-        self.inner
-            .backend
-            .fenced_set(resource, fence, record(value.as_ref(), ttl, &effects))
+            .fenced_set(resource, fence, record(value.as_ref(), Some(ttl)))
             .await
     }
 
@@ -268,9 +208,9 @@ impl LockClient {
         self.inner.backend.fenced_get(resource).await
     }
 
-    /// Gives back a lock whose acquisition failed with a transport error: the
-    /// request may have reached the server and taken the key even though the
-    /// reply was lost. Best effort; the key expires within its ttl regardless.
+    /// Gives back a lock whose acquisition failed or was abandoned mid-flight:
+    /// the request may have reached the server and taken the key even though
+    /// its reply was lost. Best effort; the key expires within its ttl regardless.
     pub(crate) fn abandon(&self, key: &str, token: &str) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -283,11 +223,13 @@ impl LockClient {
     }
 }
 
-fn record<'a>(value: &'a [u8], ttl: Option<Duration>, effects: &'a [Vec<Vec<u8>>]) -> Record<'a> {
+/// A fenced write of `value`, without effects or an owner check.
+fn record(value: &[u8], ttl: Option<Duration>) -> Record<'_> {
     Record {
         value,
         ttl,
-        effects,
+        effects: &[],
+        owner: None,
     }
 }
 

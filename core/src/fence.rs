@@ -30,6 +30,9 @@ pub enum FencedWrite {
         /// The highest fence the resource has accepted.
         highest: u64,
     },
+    /// The guard no longer holds its lock ([`LockGuard::commit`](crate::LockGuard::commit)):
+    /// nothing was stored and no effect applied.
+    NotHeld,
 }
 
 impl FencedWrite {

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::Renewal;
+use crate::backend::{Record, Renewal};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
+use crate::fence::FencedWrite;
 use crate::lease::Lease;
 use crate::metrics;
 use crate::request::{MAX_TTL, MIN_TTL};
@@ -107,6 +108,11 @@ impl LockGuard {
         match renewed.first() {
             Some(Ok(true)) => {
                 cell.confirm(sent_at, ttl);
+                if cell.watched {
+                    // The next renewal may now be due sooner than scheduled.
+                    let watchdog = &self.client.inner.watchdog;
+                    watchdog.rescheduled(cell.clone(), sent_at, ttl);
+                }
                 Ok(())
             }
             Some(Err(tally)) => Err(LockError::no_quorum(self.key(), *tally)),
@@ -140,11 +146,79 @@ impl LockGuard {
         }
     }
 
+    /// Stores `value` for `resource` with this guard's fence, as
+    /// [`LockClient::fenced_set`] does, but only while this guard still
+    /// holds its lock, and applies the Redis `effects` in the same atomic
+    /// step: the record and the effects happen together or not at all.
+    /// A holder whose lease ended unnoticed gets [`FencedWrite::NotHeld`]
+    /// (or `Rejected`, if a later holder wrote first) and changes nothing,
+    /// so effects committed this way by successive holders of a key are
+    /// applied once. `ttl` expires the record.
+    ///
+    /// The record is written before the effects run; an effect that fails
+    /// (a wrong type, say) is reported as an error, and the effects before
+    /// it stay applied. Effects need a single Redis node: the memory backend
+    /// has no Redis to apply them to, and a Redlock cannot apply them
+    /// atomically across nodes; both refuse with
+    /// [`LockError::InvalidArgument`].
+    ///
+    /// ```no_run
+    /// use soloist::{LockClient, redis};
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::connect("redis://127.0.0.1:6379").await?;
+    /// let guard = locks.lock("invoice:42").acquire().await?;
+    /// let mut charge = redis::cmd("HINCRBY");
+    /// charge.arg("balances").arg("customer:7").arg(-990);
+    /// guard.commit("charged:invoice:42", "receipt-1", None, &[charge]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn commit(
+        &self,
+        resource: &str,
+        value: impl AsRef<[u8]>,
+        ttl: Option<Duration>,
+        effects: &[redis::Cmd],
+    ) -> Result<FencedWrite> {
+        if resource.is_empty() {
+            return Err(LockError::invalid("resource", "must not be empty"));
+        }
+        if ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return Err(LockError::invalid("ttl", "must not be zero"));
+        }
+        let effects: Vec<Vec<Vec<u8>>> = effects.iter().map(command_args).collect();
+        if effects.iter().any(Vec::is_empty) {
+            return Err(LockError::invalid("effects", "a command has no name"));
+        }
+        let cell = &self.lease.cell;
+        let record = Record {
+            value: value.as_ref(),
+            ttl,
+            effects: &effects,
+            owner: Some((&cell.key, &cell.token)),
+        };
+        self.client
+            .inner
+            .backend
+            .fenced_set(resource, cell.fence, record)
+            .await
+    }
+
     fn lost_error(&self) -> LockError {
         LockError::Lost {
             key: self.key().to_owned(),
         }
     }
+}
+
+/// A command's arguments, its name first.
+fn command_args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
+    cmd.args_iter()
+        .map(|arg| match arg {
+            redis::Arg::Simple(bytes) => bytes.to_vec(),
+            // Only SCAN-like commands have a cursor argument.
+            _ => b"0".to_vec(),
+        })
+        .collect()
 }
 
 fn record_release(outcome: &Result<bool>) {

@@ -41,6 +41,8 @@ pub(crate) struct LeaseCell {
     ttl_ms: AtomicU64,
     /// The watchdog renews only until then (`max_hold`); `None`: while held.
     pub(crate) renew_until: Option<Instant>,
+    /// Whether the watchdog renews this lease at all.
+    pub(crate) watched: bool,
     state: Mutex<State>,
     ended: CancellationToken,
 }
@@ -53,6 +55,7 @@ impl LeaseCell {
         ttl: Duration,
         sent_at: Instant,
         renew_until: Option<Instant>,
+        watched: bool,
     ) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(0);
         LeaseCell {
@@ -62,6 +65,7 @@ impl LeaseCell {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
             renew_until,
+            watched,
             state: Mutex::new(State {
                 phase: Phase::Held,
                 deadline: sent_at + ttl.saturating_sub(drift(ttl)),

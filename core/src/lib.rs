@@ -98,7 +98,7 @@ pub use error::{LockError, Result};
 pub use fence::{FencedValue, FencedWrite};
 pub use guard::LockGuard;
 pub use lease::Lease;
-/// The redis crate this one speaks through, for [`LockClient::fenced_commit`]'s commands.
+/// The redis crate this one speaks through, for [`LockGuard::commit`]'s effects.
 #[doc(no_inline)]
 pub use redis;
 pub use request::{DEFAULT_TTL, LockRequest, MAX_TTL, MIN_TTL};

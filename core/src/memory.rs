@@ -177,6 +177,16 @@ impl Backend for MemoryBackend {
         let (value, ttl) = (record.value, record.ttl);
         let now = Instant::now();
         let mut state = State::lock(&self.state);
+        let held = |state: &mut State, (key, token): (&str, &str)| {
+            state
+                .holder(key, now)
+                .is_some_and(|held| held.token == token)
+        };
+        if let Some(owner) = record.owner
+            && !held(&mut state, owner)
+        {
+            return futures::future::ready(Ok(FencedWrite::NotHeld)).boxed();
+        }
         let outcome = match state.record(resource, now) {
             Some(record) if record.fence > fence => FencedWrite::Rejected {
                 highest: record.fence,

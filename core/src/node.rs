@@ -281,11 +281,15 @@ impl RedisNode {
         record: Record<'_>,
     ) -> Result<FencedWrite> {
         let mut invocation = FENCED_SET.prepare_invoke();
+        invocation.key(self.keys.fenced(resource));
+        if let Some((key, _)) = record.owner {
+            invocation.key(self.keys.lock(key));
+        }
         invocation
-            .key(self.keys.fenced(resource))
             .arg(fence.to_string())
             .arg(record.value)
             .arg(record.ttl.map_or(0, millis))
+            .arg(record.owner.map_or("", |(_, token)| token))
             .arg(record.effects.len());
         for effect in record.effects {
             invocation.arg(effect.len());
@@ -293,14 +297,28 @@ impl RedisNode {
                 invocation.arg(arg.as_slice());
             }
         }
-        let (accepted, highest): (i64, String) = self.script("fenced_set", &invocation).await?;
-        if accepted == 1 {
-            return Ok(FencedWrite::Accepted);
+        let reply: Vec<String> = self.script("fenced_set", &invocation).await?;
+        match (
+            reply.first().map(String::as_str),
+            reply.get(1),
+            reply.get(2),
+        ) {
+            (Some("1"), _, Some(failed)) if !failed.is_empty() => {
+                Err(LockError::Protocol(RedisError::from((
+                    redis::ErrorKind::Extension,
+                    "an effect failed after the record was written",
+                    failed.clone(),
+                ))))
+            }
+            (Some("1"), _, _) => Ok(FencedWrite::Accepted),
+            (Some("2"), _, _) => Ok(FencedWrite::NotHeld),
+            (_, Some(highest), _) => Ok(FencedWrite::Rejected {
+                highest: highest.parse().map_err(|_| {
+                    unexpected("fenced resource holds a fence that is not a number")
+                })?,
+            }),
+            _ => Err(unexpected("fenced write returned nothing")),
         }
-        let highest = highest
-            .parse()
-            .map_err(|_| unexpected("fenced resource holds a fence that is not a number"))?;
-        Ok(FencedWrite::Rejected { highest })
     }
 
     /// The server's clock, from `TIME`.

@@ -114,6 +114,10 @@ impl Listener {
         self.live
     }
 
+    pub(crate) fn set_live(&mut self, live: bool) {
+        self.live = live;
+    }
+
     /// Forgets notices received so far; call before each attempt so a notice
     /// that arrives during the attempt is not lost.
     pub(crate) fn mark_seen(&mut self) {

@@ -50,11 +50,13 @@ impl ReleaseNotices {
     /// live when at least one subscription was confirmed in time; if none
     /// was, its waiter polls.
     pub(crate) async fn listen(self: &Arc<Self>, key: &str) -> Listener {
-        let notices = self.board.join(key);
+        // The listener exists before anything is awaited, so a waiter that
+        // gives up mid-subscription still leaves the board (on drop).
+        let mut listener = Listener::new(key, self.board.join(key), false, self.clone());
         let confirmed =
             futures::future::join_all(self.hubs.iter().map(|hub| hub.subscribe(key))).await;
-        let live = confirmed.into_iter().any(|live| live);
-        Listener::new(key, notices, live, self.clone())
+        listener.set_live(confirmed.into_iter().any(|live| live));
+        listener
     }
 }
 

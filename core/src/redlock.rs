@@ -296,11 +296,16 @@ impl Backend for RedlockBackend {
                 .await;
             let mut tally = Tally::default();
             let mut highest = None;
+            let mut not_held = false;
             for answer in answers {
                 match answer {
                     Ok(FencedWrite::Rejected { highest: seen }) => {
                         tally.refused += 1;
                         highest = highest.max(Some(seen));
+                    }
+                    Ok(FencedWrite::NotHeld) => {
+                        tally.refused += 1;
+                        not_held = true;
                     }
                     Ok(_) => tally.granted += 1,
                     Err(_) => tally.unreachable += 1,
@@ -309,6 +314,7 @@ impl Backend for RedlockBackend {
             match highest {
                 _ if tally.granted >= self.quorum => Ok(FencedWrite::Accepted),
                 Some(highest) => Ok(FencedWrite::Rejected { highest }),
+                None if not_held => Ok(FencedWrite::NotHeld),
                 None => Err(LockError::no_quorum(resource, tally)),
             }
         }

@@ -217,19 +217,28 @@ impl LockRequest {
     async fn attempt(&self) -> Result<Attempt<LockGuard>> {
         let token = new_token();
         let sent_at = Instant::now();
-        let backend = &self.client.inner.backend;
-        match backend.try_acquire(&self.key, &token, self.ttl).await {
-            Ok(Attempt::Acquired(fence)) => {
-                Ok(Attempt::Acquired(self.guard(token, fence, sent_at)))
-            }
-            Ok(Attempt::Held { expires_in }) => Ok(Attempt::Held { expires_in }),
-            Ok(Attempt::NoQuorum(tally)) => Ok(Attempt::NoQuorum(tally)),
-            Err(err) => {
-                // The request may have taken the key though the reply was lost.
-                self.client.abandon(&self.key, &token);
-                Err(err)
-            }
-        }
+        // Until the outcome is known, a request that may have taken the key
+        // is given back: when it fails (the reply may have been lost), and
+        // when the caller drops the acquisition mid-flight.
+        let mut pending = Abandon {
+            client: &self.client,
+            key: &self.key,
+            token: &token,
+            armed: true,
+        };
+        let attempt = self
+            .client
+            .inner
+            .backend
+            .try_acquire(&self.key, &token, self.ttl)
+            .await?;
+        pending.armed = false;
+        drop(pending);
+        Ok(match attempt {
+            Attempt::Acquired(fence) => Attempt::Acquired(self.guard(token, fence, sent_at)),
+            Attempt::Held { expires_in } => Attempt::Held { expires_in },
+            Attempt::NoQuorum(tally) => Attempt::NoQuorum(tally),
+        })
     }
 
     fn guard(&self, token: String, fence: u64, sent_at: Instant) -> LockGuard {
@@ -243,11 +252,28 @@ impl LockRequest {
             self.ttl,
             sent_at,
             renew_until,
+            self.watchdog,
         ));
         if self.watchdog {
             self.client.inner.watchdog.watch(cell.clone());
         }
         LockGuard::new(self.client.clone(), Lease { cell })
+    }
+}
+
+/// Gives back, on drop while armed, a key an unfinished attempt may have taken.
+struct Abandon<'a> {
+    client: &'a LockClient,
+    key: &'a str,
+    token: &'a str,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.client.abandon(self.key, self.token);
+        }
     }
 }
 

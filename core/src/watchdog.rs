@@ -50,8 +50,11 @@ struct Schedule {
 }
 
 impl Schedule {
+    /// Schedules `lease` at `due`, replacing any earlier entry of it.
     fn insert(&mut self, due: Instant, lease: Arc<LeaseCell>) {
-        self.due_of.insert(lease.id, due);
+        if let Some(before) = self.due_of.insert(lease.id, due) {
+            self.by_due.remove(&(before, lease.id));
+        }
         self.by_due.insert((due, lease.id), lease);
     }
 
@@ -102,6 +105,16 @@ impl Watchdog {
     /// Starts renewing `lease` a third of its ttl from now.
     pub(crate) fn watch(&self, lease: Arc<LeaseCell>) {
         let due = Instant::now() + period(lease.ttl());
+        self.schedule_at(lease, due);
+    }
+
+    /// Renews `lease` next a third of `ttl` after `sent_at`: its lease was
+    /// just set to `ttl` by a request sent then, perhaps shorter than before.
+    pub(crate) fn rescheduled(&self, lease: Arc<LeaseCell>, sent_at: Instant, ttl: Duration) {
+        self.schedule_at(lease, sent_at + period(ttl));
+    }
+
+    fn schedule_at(&self, lease: Arc<LeaseCell>, due: Instant) {
         let mut schedule = self.schedule();
         schedule.insert(due, lease);
         let wake = schedule.next_wake.is_none_or(|next| due < next) || !self.task.is_running();

@@ -25,6 +25,7 @@ on_every_backend!(
     without_watchdog_the_lease_expires_and_lost_fires,
     max_hold_bounds_a_leaked_guard,
     extend_moves_the_deadline,
+    extend_to_a_shorter_ttl_renews_sooner,
     fenced_writes_refuse_stale_fences,
     fenced_records_can_expire,
     server_time_is_the_shared_clock,
@@ -439,4 +440,22 @@ async fn server_time_is_the_shared_clock(backend: Backend) {
             );
         }
     }
+}
+
+/// The watchdog follows an extension to a shorter ttl: the next renewal is
+/// due a third of the new ttl later, not of the old one.
+async fn extend_to_a_shorter_ttl_renews_sooner(backend: Backend) {
+    let locks = backend.client().await;
+    let held = locks
+        .lock("shortened")
+        .ttl(30 * SECOND)
+        .acquire()
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(300);
+    held.extend(ttl).await.unwrap();
+    sleep(ttl * 4).await;
+    assert!(held.is_held(), "renewed at the new ttl's pace");
+    assert!(held.remaining() <= ttl);
+    held.release().await.unwrap();
 }

@@ -295,37 +295,75 @@ async fn owner_tokens_are_random_128_bit() {
     );
 }
 
-/// Effects committed with a fenced write apply exactly when it is accepted.
+/// Effects committed through a guard apply exactly when its write is
+/// accepted: while it holds its lock and no later fence wrote first.
 #[tokio::test]
-async fn fenced_commit_applies_effects_only_with_an_accepted_write() {
+async fn commit_applies_effects_only_with_an_accepted_write() {
     let server = RedisServer::start();
     let locks = connect(&server).await;
     let mut charge = soloist::redis::cmd("HINCRBY");
     charge.arg("balances").arg("customer:7").arg(-990);
     let effects = [charge];
-    let commit = |fence: u64| locks.fenced_commit("invoice:42", fence, "receipt", None, &effects);
-    assert!(commit(5).await.unwrap().is_accepted());
-    assert_eq!(server.cli(&["HGET", "balances", "customer:7"]), "-990");
+    let balance = || server.cli(&["HGET", "balances", "customer:7"]);
+
+    let first = locks
+        .lock("invoice:42")
+        .ttl(Duration::from_millis(200))
+        .watchdog(false)
+        .acquire()
+        .await
+        .unwrap();
+    assert!(
+        first
+            .commit("charged:42", "r1", None, &effects)
+            .await
+            .unwrap()
+            .is_accepted()
+    );
+    assert_eq!(balance(), "-990");
+    // Its lease runs out unnoticed; the next holder commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = locks.lock("invoice:42").acquire().await.unwrap();
+    assert!(
+        second
+            .commit("charged:42", "r2", None, &effects)
+            .await
+            .unwrap()
+            .is_accepted()
+    );
+    assert_eq!(balance(), "-1980");
+    // The stale holder's late commit changes nothing.
     assert_eq!(
-        commit(4).await.unwrap(),
-        soloist::FencedWrite::Rejected { highest: 5 },
-        "a stale fence"
+        first
+            .commit("charged:42", "late", None, &effects)
+            .await
+            .unwrap(),
+        soloist::FencedWrite::NotHeld
+    );
+    assert_eq!(balance(), "-1980", "applied nothing");
+    assert_eq!(
+        locks.fenced_get("charged:42").await.unwrap().unwrap().value,
+        b"r2"
+    );
+    // The record is written before the effects; a failing effect is an error.
+    server.cli(&["SET", "not-a-hash", "x"]);
+    let mut wrong = soloist::redis::cmd("HINCRBY");
+    wrong.arg("not-a-hash").arg("f").arg(1);
+    assert!(
+        second
+            .commit("charged:42", "r3", None, &[wrong])
+            .await
+            .is_err()
     );
     assert_eq!(
-        server.cli(&["HGET", "balances", "customer:7"]),
-        "-990",
-        "applied nothing"
+        locks.fenced_get("charged:42").await.unwrap().unwrap().value,
+        b"r3"
     );
-    assert_eq!(
-        locks.fenced_get("invoice:42").await.unwrap().unwrap().fence,
-        5
-    );
-    // Keys used by effects are the caller's own, outside the prefix.
-    assert_eq!(server.cli(&["EXISTS", "soloist:balances"]), "0");
     // The memory backend has no Redis to apply them to.
     let memory = LockClient::memory();
+    let guard = memory.lock("k").acquire().await.unwrap();
     assert!(matches!(
-        memory.fenced_commit("r", 1, "v", None, &effects).await,
+        guard.commit("r", "v", None, &effects).await,
         Err(LockError::InvalidArgument {
             name: "effects",
             ..

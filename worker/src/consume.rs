@@ -204,6 +204,13 @@ async fn handle(
         Ok(Handled::Unfinished(how)) => {
             tracing::info!(source = name, id = %delivery.id, outcome = how, "run did not finish; left for redelivery")
         }
+        // A run that cannot even start (a record that no longer decodes, a
+        // failing effect) counts toward the limit too, or it would come back
+        // forever.
+        Err(err) if delivery.deliveries >= source.max_deliveries() => {
+            let reason = format!("could not run {} times: {err}", delivery.deliveries);
+            dead_letter(source, &delivery, &reason).await;
+        }
         Err(err) => {
             tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot run; left for redelivery")
         }

@@ -135,8 +135,8 @@ impl JobContext {
     }
 
     /// Applies a Redis `command` when this run's success is recorded:
-    /// atomically with the record, and only if the run's fence is still
-    /// accepted ([`LockClient::fenced_commit`](soloist_core::LockClient::fenced_commit)).
+    /// atomically with the record, and only if the run's lease is still
+    /// held ([`LockGuard::commit`](soloist_core::LockGuard::commit)).
     /// An effect made this way happens once, even when the replica dies
     /// between the body's return and the record — the window in which an
     /// effect the body applies itself can happen twice. Nothing is applied

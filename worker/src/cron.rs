@@ -54,8 +54,8 @@ impl std::fmt::Debug for CronEntry {
     }
 }
 
-/// How many missed ticks are looked at, at most, when a replica starts.
-const MISSED_SCAN_LIMIT: usize = 100_000;
+/// How many missed ticks are counted, at most, when a replica starts.
+const MISSED_SCAN_LIMIT: usize = 5_000_000;
 /// How long a done-marker outlives the tick's grace.
 const MARKER_MARGIN: Duration = Duration::from_secs(300);
 
@@ -118,27 +118,36 @@ fn recover_missed(
     before: DateTime<Utc>,
     now: DateTime<Utc>,
 ) {
-    let missed: Vec<DateTime<Utc>> = entry
+    // Count every missed tick, keeping only the latest ones the policy runs.
+    let keep = match entry.spec.missed {
+        MissedTicks::Skip => 0,
+        MissedTicks::RunOnce => 1,
+        MissedTicks::CatchUp(max) => max as usize,
+    };
+    let mut latest = std::collections::VecDeque::with_capacity(keep.min(1024));
+    let mut count = 0usize;
+    for tick in entry
         .schedule
         .ticks_after(last)
         .take_while(|tick| *tick <= before)
         .take(MISSED_SCAN_LIMIT)
-        .collect();
-    if missed.is_empty() {
+    {
+        count += 1;
+        if keep > 0 {
+            if latest.len() == keep {
+                latest.pop_front();
+            }
+            latest.push_back(tick);
+        }
+    }
+    if count == 0 {
         return;
     }
-    let to_run: Vec<DateTime<Utc>> = match entry.spec.missed {
-        MissedTicks::Skip => Vec::new(),
-        MissedTicks::RunOnce => missed.last().copied().into_iter().collect(),
-        MissedTicks::CatchUp(max) => {
-            let keep = missed.len().min(max as usize);
-            missed[missed.len() - keep..].to_vec()
-        }
-    };
-    let skipped = missed.len() - to_run.len();
+    let to_run: Vec<DateTime<Utc>> = latest.into();
+    let skipped = count - to_run.len();
     tracing::warn!(
         job = %entry.spec.name,
-        missed = missed.len(),
+        missed = count,
         running = to_run.len(),
         policy = ?entry.spec.missed,
         "the fleet missed ticks"
@@ -224,8 +233,19 @@ async fn run_tick(
     guard: LockGuard,
 ) {
     let spec = &entry.spec;
-    // Finished by another holder while we waited for the lock.
-    if matches!(done(shared, key).await, Ok(true)) {
+    // Finished by another holder while we waited for the lock? Not knowing
+    // is not "no": ask again while the lease lasts.
+    let finished = loop {
+        match done(shared, key).await {
+            Ok(finished) => break finished,
+            Err(err) if guard.is_held() => {
+                tracing::debug!(error = %err, "cannot read the done-marker; asking again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => return metrics::run(&spec.name, "lost"),
+        }
+    };
+    if finished {
         let _ = guard.release().await;
         return metrics::run(&spec.name, "skipped_by_peer");
     }
@@ -270,12 +290,10 @@ async fn run_tick(
     };
     let mut outcome = ended.label();
     if let Some(marker) = marker {
-        let keep = spec.misfire + MARKER_MARGIN + spec.ttl;
-        match shared
-            .locks
-            .fenced_commit(key, guard.fence(), marker, Some(keep), &effects)
-            .await
-        {
+        let keep = spec.misfire.saturating_add(MARKER_MARGIN + spec.ttl);
+        // Only while this run still holds the tick: a run whose lease ended
+        // unnoticed must not mark the tick done (or apply its effects).
+        match guard.commit(key, marker, Some(keep), &effects).await {
             Ok(write) if write.is_accepted() => {}
             Ok(_) => outcome = "lost",
             Err(err) => tracing::warn!(error = %err, "cannot record the tick's outcome"),

@@ -144,12 +144,10 @@ async fn execute<J: KeyedJob>(
             };
             if let Some((encoded, keep)) = kept {
                 let record = format!("job:{}:{key}", spec.name);
-                let write = shared
-                    .locks
-                    .fenced_commit(&record, guard.fence(), encoded, Some(keep), &effects)
-                    .await?;
+                // Only while this run still holds the key: a run whose lease
+                // ended unnoticed records nothing and applies no effect.
+                let write = guard.commit(&record, encoded, Some(keep), &effects).await?;
                 if !write.is_accepted() {
-                    // A later holder recorded first: this run's lease ended unnoticed.
                     return Ok(RunOutcome::Lost);
                 }
             }

@@ -267,6 +267,16 @@ impl JobSpec {
         if !(soloist_core::MIN_TTL..=soloist_core::MAX_TTL).contains(&self.ttl) {
             return invalid("ttl", "must be between 10 ms and 24 h");
         }
+        let year = Duration::from_secs(365 * 86_400);
+        for (name, value) in [
+            ("max_hold", self.max_hold),
+            ("dedupe", self.dedupe),
+            ("misfire", Some(self.misfire)),
+        ] {
+            if value.is_some_and(|value| value > year) {
+                return invalid(name, "must be at most a year");
+            }
+        }
         if self.max_hold.is_some_and(|max_hold| max_hold.is_zero()) {
             return invalid("max_hold", "must not be zero");
         }
@@ -388,6 +398,8 @@ mod tests {
         assert!(cron().dedupe(Duration::from_secs(1)).validate().is_err());
         assert!(cron().misfire(Duration::ZERO).validate().is_err());
         assert!(cron().max_hold(Duration::ZERO).validate().is_err());
+        assert!(cron().misfire(Duration::MAX).validate().is_err());
+        assert!(cron().max_hold(Duration::MAX).validate().is_err());
         assert!(matches!(
             JobSpec::cron("j", "* * * * * *", "Nowhere/Land"),
             Err(WorkerError::InvalidJob { name: "tz", .. })

@@ -1,11 +1,18 @@
--- Store a value only if its fence is at least the highest fence seen for the resource.
--- KEYS[1] resource hash; ARGV[1] fence (decimal, no leading zeros), ARGV[2] value,
--- ARGV[3] time to live in ms, 0 to keep the record until overwritten,
--- ARGV[4] how many commands to apply with the write, then each command as
--- its argument count followed by its arguments: the caller's effects, run
--- only when the fence is accepted, in the same atomic step as the write.
--- Returns {1, fence} when written, {0, highest} when refused.
+-- Store a value only if its fence is at least the highest fence seen for the
+-- resource and, when an owner token is given, only while that token still
+-- holds the lock; then apply the caller's effects.
+-- KEYS[1] resource hash, KEYS[2] lock key (when ARGV[4] is not empty);
+-- ARGV[1] fence (decimal, no leading zeros), ARGV[2] value, ARGV[3] time to
+-- live in ms (0: keep until overwritten), ARGV[4] owner token or '',
+-- ARGV[5] how many commands follow, then each as its argument count and
+-- its arguments.
+-- Returns {1, fence, ''} when written (or {1, fence, error} when an effect
+-- failed after the record was written), {0, highest} when a higher fence was
+-- seen, {2, ''} when the token no longer holds the lock.
 -- Fences are compared as decimal strings so the comparison stays exact for any u64.
+if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[4] then
+  return {2, ''}
+end
 local highest = redis.call('HGET', KEYS[1], 'fence')
 if highest then
   local fence = ARGV[1]
@@ -13,16 +20,22 @@ if highest then
     return {0, highest}
   end
 end
-local at = 5
-for _ = 1, tonumber(ARGV[4]) do
-  local count = tonumber(ARGV[at])
-  redis.call(unpack(ARGV, at + 1, at + count))
-  at = at + count + 1
-end
+-- The record first: an effect that fails cannot leave the success unrecorded
+-- (and so the run to be repeated and the earlier effects applied twice).
 redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'value', ARGV[2])
 if ARGV[3] ~= '0' then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 else
   redis.call('PERSIST', KEYS[1])
 end
-return {1, ARGV[1]}
+local failed = ''
+local at = 6
+for _ = 1, tonumber(ARGV[5]) do
+  local count = tonumber(ARGV[at])
+  local reply = redis.pcall(unpack(ARGV, at + 1, at + count))
+  if type(reply) == 'table' and reply.err and failed == '' then
+    failed = reply.err
+  end
+  at = at + count + 1
+end
+return {1, ARGV[1], failed}
