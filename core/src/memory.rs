@@ -13,6 +13,9 @@ use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::notice::{Listener, NoticeBoard};
 
+/// How long a fence counter lives before it starts again from the clock.
+const FENCE_LIFETIME: Duration = Duration::from_secs(7 * 86_400);
+
 #[derive(Debug, Default)]
 pub(crate) struct MemoryBackend {
     state: Mutex<State>,
@@ -22,12 +25,15 @@ pub(crate) struct MemoryBackend {
 #[derive(Debug, Default)]
 struct State {
     locks: HashMap<String, Held>,
-    fences: HashMap<String, u64>,
+    /// Each key's fence counter and when it was seeded.
+    fences: HashMap<String, (u64, Instant)>,
     fenced: HashMap<String, Stored>,
     /// Lock count after the last sweep of expired entries.
     swept_at: usize,
     /// Record count after the last sweep of expired records.
     records_swept_at: usize,
+    /// Counter count after the last sweep of expired fence counters.
+    fences_swept_at: usize,
 }
 
 /// A fenced value.
@@ -69,6 +75,11 @@ impl State {
             self.locks.retain(|_, held| held.expires > now);
             self.swept_at = self.locks.len();
         }
+        if self.fences.len() >= 2 * self.fences_swept_at.max(512) {
+            self.fences
+                .retain(|_, (_, seeded)| now.duration_since(*seeded) < FENCE_LIFETIME);
+            self.fences_swept_at = self.fences.len();
+        }
         if self.fenced.len() >= 2 * self.records_swept_at.max(512) {
             self.fenced
                 .retain(|_, record| record.expires.is_none_or(|at| at > now));
@@ -79,15 +90,21 @@ impl State {
     /// The next fence for `key`; a new counter starts at the wall clock in
     /// microseconds, as the Redis backend does, so fences also increase across
     /// restarts of a process that stores them elsewhere.
-    fn next_fence(&mut self, key: &str) -> u64 {
-        let fence = self.fences.entry(key.to_owned()).or_insert_with(|| {
-            SystemTime::now()
+    /// Like the Redis backend's, a counter lives a week from its seeding and
+    /// then starts again from the clock, so counters do not pile up.
+    fn next_fence(&mut self, key: &str, now: Instant) -> u64 {
+        let seed = || {
+            let micros = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| since.as_micros() as u64)
-                .saturating_sub(1)
-        });
-        *fence += 1;
-        *fence
+                .map_or(0, |since| since.as_micros() as u64);
+            (micros.saturating_sub(1), now)
+        };
+        let counter = self.fences.entry(key.to_owned()).or_insert_with(seed);
+        if now.duration_since(counter.1) >= FENCE_LIFETIME {
+            *counter = seed();
+        }
+        counter.0 += 1;
+        counter.0
     }
 
     fn lock(mutex: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -117,7 +134,7 @@ impl Backend for MemoryBackend {
                         expires: now + ttl,
                     },
                 );
-                Attempt::Acquired(state.next_fence(key))
+                Attempt::Acquired(state.next_fence(key, now))
             }
         };
         futures::future::ready(Ok(attempt)).boxed()
