@@ -129,6 +129,13 @@ impl LockClient {
     /// knowing (a long pause, a partition) cannot overwrite the work of the
     /// holder that came after it. Pass [`LockGuard::fence`](crate::LockGuard::fence).
     ///
+    /// On a Redlock the record is kept on every node and accepted once a
+    /// majority accepts it; a write reported as rejected or without a quorum
+    /// may still have reached a minority, and [`fenced_get`](Self::fenced_get),
+    /// which returns the highest fence a majority shows, can then return
+    /// it. Keep records whose every write must be all-or-nothing on a single
+    /// node.
+    ///
     /// ```
     /// use soloist::{FencedWrite, LockClient};
     /// # async fn demo() -> Result<(), soloist::LockError> {
