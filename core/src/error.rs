@@ -121,12 +121,7 @@ impl LockError {
 
 impl From<redis::RedisError> for LockError {
     fn from(err: redis::RedisError) -> Self {
-        if err.is_io_error()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-            || err.is_timeout()
-            || err.is_unrecoverable_error()
-        {
+        if crate::pool::is_transport_error(&err) {
             LockError::Connection(err)
         } else {
             LockError::Protocol(err)

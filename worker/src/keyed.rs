@@ -53,7 +53,7 @@ pub(crate) async fn run<J: KeyedJob>(
             let _ = guard.release().await;
             return Ok(RunOutcome::Duplicate(recorded));
         }
-        let outcome = execute(&shared, &job, args, &spec, &key, &guard).await?;
+        let outcome = execute(&shared, &job, args, &spec, (&key, &record), &guard).await?;
         if let Err(err) = guard.release().await {
             tracing::debug!(error = %err, "releasing after the run");
         }
@@ -92,7 +92,7 @@ async fn execute<J: KeyedJob>(
     job: &J,
     args: J::Args,
     spec: &JobSpec,
-    key: &str,
+    (key, record): (&str, &str),
     guard: &LockGuard,
 ) -> Result<RunOutcome<J::Output>> {
     let started = Instant::now();
@@ -143,10 +143,9 @@ async fn execute<J: KeyedJob>(
                 None => None,
             };
             if let Some((encoded, keep)) = kept {
-                let record = format!("job:{}:{key}", spec.name);
                 // Only while this run still holds the key: a run whose lease
                 // ended unnoticed records nothing and applies no effect.
-                let write = guard.commit(&record, encoded, Some(keep), &effects).await?;
+                let write = guard.commit(record, encoded, Some(keep), &effects).await?;
                 if !write.is_accepted() {
                     return Ok(RunOutcome::Lost);
                 }
