@@ -47,6 +47,14 @@ pub(crate) struct Record<'a> {
     pub(crate) owner: Option<(&'a str, &'a str)>,
 }
 
+/// How an attempt that is prepared to wait stands in its process's line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Waiting {
+    /// More of this process's waiters for the key queue behind this one:
+    /// if it takes the lock, the process stays in the key's queue for them.
+    pub(crate) more: bool,
+}
+
 /// One lease to renew in a batch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Renewal<'a> {
@@ -57,11 +65,14 @@ pub(crate) struct Renewal<'a> {
 
 pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Takes `key` for `token` if free, issuing a fence atomically with it.
+    /// A `waiting` caller that finds it held joins the key's queue, to be
+    /// woken by the holder's release.
     fn try_acquire<'a>(
         &'a self,
         key: &'a str,
         token: &'a str,
         ttl: Duration,
+        waiting: Option<Waiting>,
     ) -> BoxFuture<'a, Result<Attempt>>;
 
     /// Renews every lease still owned by its token; one outcome per lease, in order.
@@ -70,7 +81,7 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Deletes `key` if `token` still owns it and wakes its waiters; `false` if not ours.
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>>;
 
-    /// Starts listening for release notices on `key`.
+    /// Starts listening for the wake-ups of `key`'s waiters.
     fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener>;
 
     /// Stores `record` under `resource` unless a higher fence was seen there.

@@ -347,6 +347,7 @@ impl ClientBuilder {
             prefix: self.prefix,
             op_timeout,
             pool_size: self.pool_size,
+            client_id: crate::token::new_token(),
         })
     }
 }

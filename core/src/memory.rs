@@ -8,7 +8,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::backend::{Attempt, Backend, Record, Renewal, Renewed};
+use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Waiting};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::notice::{Listener, NoticeBoard};
@@ -118,6 +118,7 @@ impl Backend for MemoryBackend {
         key: &'a str,
         token: &'a str,
         ttl: Duration,
+        _waiting: Option<Waiting>,
     ) -> BoxFuture<'a, Result<Attempt>> {
         let now = Instant::now();
         let mut state = State::lock(&self.state);
@@ -176,7 +177,9 @@ impl Backend for MemoryBackend {
 
     fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener> {
         let notices = self.board.join(key);
-        let listener = Listener::new(key, notices, true, self.board.clone());
+        let mut listener = Listener::new(key, notices, true, self.board.clone());
+        // Releases post to the board at once: every one from now on is heard.
+        listener.set_live_since(Some(tokio::time::Instant::now()));
         futures::future::ready(listener).boxed()
     }
 

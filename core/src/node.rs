@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use crate::backend::{Attempt, Record, Renewal};
+use crate::backend::{Attempt, Record, Renewal, Waiting};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::metrics;
@@ -20,7 +20,8 @@ static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 static FENCED_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
-static GRANT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/grant.lua")));
+static PASS_ON: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/pass_on.lua")));
 static COMMIT_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
 
@@ -30,6 +31,9 @@ pub(crate) struct RedisSettings {
     pub(crate) prefix: String,
     pub(crate) op_timeout: Duration,
     pub(crate) pool_size: u32,
+    /// Names this client in the queues of waiting clients and in its wake
+    /// channel; fresh for every client.
+    pub(crate) client_id: String,
 }
 
 /// Where each kind of key lives under the configured prefix. The namespaces
@@ -39,6 +43,7 @@ struct KeySpace {
     lock: String,
     fence: String,
     fenced: String,
+    waiters: String,
 }
 
 impl KeySpace {
@@ -47,7 +52,12 @@ impl KeySpace {
             lock: format!("{prefix}lock:"),
             fence: format!("{prefix}fence:"),
             fenced: format!("{prefix}fenced:"),
+            waiters: format!("{prefix}waiters:"),
         }
+    }
+
+    fn waiters(&self, key: &str) -> String {
+        format!("{}{key}", self.waiters)
     }
 
     fn lock(&self, key: &str) -> String {
@@ -77,7 +87,9 @@ pub(crate) struct RedisNode {
     client: redis::Client,
     pool: Pool,
     keys: KeySpace,
-    channel_prefix: String,
+    /// Where wake-ups are published; a client id completes the channel name.
+    wake_prefix: String,
+    client_id: String,
     op_timeout: Duration,
 }
 
@@ -90,13 +102,19 @@ impl RedisNode {
             pool: Pool::new(client.clone(), settings.pool_size, settings.op_timeout),
             client,
             keys: KeySpace::new(&settings.prefix),
-            channel_prefix: channel_prefix(&settings.prefix),
+            wake_prefix: format!("{}wake:", settings.prefix),
+            client_id: settings.client_id.clone(),
             op_timeout: settings.op_timeout,
         })
     }
 
     pub(crate) fn client(&self) -> &redis::Client {
         &self.client
+    }
+
+    /// The channel this client's wake-ups arrive on.
+    pub(crate) fn wake_channel(&self) -> String {
+        format!("{}{}", self.wake_prefix, self.client_id)
     }
 
     /// The server this node talks to, whatever the database or credentials.
@@ -183,10 +201,6 @@ fn unexpected(what: &'static str) -> LockError {
     )))
 }
 
-pub(crate) fn channel_prefix(prefix: &str) -> String {
-    format!("{prefix}released:")
-}
-
 impl RedisNode {
     /// Takes `key` for `token` if free, issuing a fence atomically with it.
     pub(crate) async fn try_acquire(
@@ -194,41 +208,65 @@ impl RedisNode {
         key: &str,
         token: &str,
         ttl: Duration,
+        waiting: Option<Waiting>,
     ) -> Result<Attempt> {
-        let mut invocation = ACQUIRE.prepare_invoke();
-        invocation
-            .key(self.keys.lock(key))
-            .key(self.keys.fence(key))
-            .arg(token)
-            .arg(millis(ttl));
-        let (acquired, value): (i64, i64) = self.script("acquire", &invocation).await?;
-        Ok(if acquired == 1 {
-            Attempt::Acquired(u64::try_from(value).map_err(|_| unexpected("negative fence"))?)
+        let (acquired, value) = self.take(key, token, ttl, waiting, "fence").await?;
+        Ok(if acquired {
+            Attempt::Acquired(value.ok_or_else(|| unexpected("negative fence"))?)
         } else {
             Attempt::Held {
-                expires_in: u64::try_from(value).ok().map(Duration::from_millis),
+                expires_in: value.map(Duration::from_millis),
             }
         })
     }
 
     /// Redlock's first phase: takes `key` here and reads this node's counter.
-    pub(crate) async fn grant(&self, key: &str, token: &str, ttl: Duration) -> Result<Grant> {
-        let mut invocation = GRANT.prepare_invoke();
-        invocation
-            .key(self.keys.lock(key))
-            .key(self.keys.fence(key))
-            .arg(token)
-            .arg(millis(ttl));
-        let (granted, value): (i64, i64) = self.script("grant", &invocation).await?;
-        Ok(if granted == 1 {
+    pub(crate) async fn grant(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> Result<Grant> {
+        let (granted, value) = self.take(key, token, ttl, waiting, "counter").await?;
+        Ok(if granted {
             Grant::Granted {
-                counter: u64::try_from(value).map_err(|_| unexpected("negative fence counter"))?,
+                counter: value.ok_or_else(|| unexpected("negative fence counter"))?,
             }
         } else {
             Grant::Refused {
-                expires_in: u64::try_from(value).ok().map(Duration::from_millis),
+                expires_in: value.map(Duration::from_millis),
             }
         })
+    }
+
+    /// Runs the acquire script: `true` and the fence (or the counter) when
+    /// taken, `false` and the holder's remaining ttl when held; a negative
+    /// number comes back as `None`.
+    async fn take(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+        mode: &str,
+    ) -> Result<(bool, Option<u64>)> {
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(self.keys.lock(key))
+            .key(self.keys.fence(key))
+            .key(self.keys.waiters(key))
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(waiting.map_or("", |_| self.client_id.as_str()))
+            .arg(if waiting.is_some_and(|w| w.more) {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(mode);
+        let (taken, value): (i64, i64) = self.script("acquire", &invocation).await?;
+        Ok((taken == 1, u64::try_from(value).ok()))
     }
 
     /// Redlock's second phase: raises this node's counter to `fence` while
@@ -262,15 +300,32 @@ impl RedisNode {
         Ok(renewed.into_iter().map(|flag| flag == 1).collect())
     }
 
-    /// Deletes `key` if `token` owns it and publishes the release notice.
+    /// Deletes `key` if `token` owns it and, if clients queued for it,
+    /// wakes the first that still listens.
     pub(crate) async fn release(&self, key: &str, token: &str) -> Result<bool> {
         let mut invocation = RELEASE.prepare_invoke();
         invocation
             .key(self.keys.lock(key))
+            .key(self.keys.waiters(key))
             .arg(token)
-            .arg(format!("{}{key}", self.channel_prefix));
+            .arg(&self.wake_prefix)
+            .arg(key);
         let released: i64 = self.script("release", &invocation).await?;
         Ok(released == 1)
+    }
+
+    /// Leaves `key`'s queue after a wake-up nobody here wants any more, and
+    /// wakes the next client in line (or marks the holder to do so).
+    pub(crate) async fn pass_on(&self, key: &str) -> Result<()> {
+        let mut invocation = PASS_ON.prepare_invoke();
+        invocation
+            .key(self.keys.lock(key))
+            .key(self.keys.waiters(key))
+            .arg(&self.client_id)
+            .arg(&self.wake_prefix)
+            .arg(key);
+        let _: i64 = self.script("pass_on", &invocation).await?;
+        Ok(())
     }
 
     /// Stores `value` under `resource` unless a higher fence was seen there.

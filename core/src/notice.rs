@@ -3,12 +3,14 @@
 //!
 //! Every backend keeps a [`NoticeBoard`]: one watch channel per key that has
 //! listeners in this process. The memory backend posts to it directly on
-//! release; the Redis backend posts what its pub/sub connection receives.
+//! release; the Redis backend posts the wake-ups its pub/sub connection
+//! receives.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 #[derive(Debug, Default)]
 pub(crate) struct NoticeBoard {
@@ -47,23 +49,14 @@ impl NoticeBoard {
         false
     }
 
-    pub(crate) fn has_listeners(&self, key: &str) -> bool {
+    /// Wakes every listener on `key`; `false` when it has none.
+    pub(crate) fn notify(&self, key: &str) -> bool {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels.contains_key(key)
-    }
-
-    /// Keys that have listeners now.
-    pub(crate) fn keys(&self) -> Vec<String> {
-        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        channels.keys().cloned().collect()
-    }
-
-    /// Wakes every listener on `key`.
-    pub(crate) fn notify(&self, key: &str) {
-        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(channel) = channels.get(key) {
-            channel.notices.send_replace(());
-        }
+        let Some(channel) = channels.get(key) else {
+            return false;
+        };
+        channel.notices.send_replace(());
+        true
     }
 
     /// Wakes every listener on every key: notices may have been missed.
@@ -75,13 +68,16 @@ impl NoticeBoard {
     }
 }
 
-/// Told when a listener goes away, so a backend can drop its subscription.
+/// Told when a listener goes away.
 pub(crate) trait Unlisten: Send + Sync {
-    fn unlisten(&self, key: &str);
+    /// `unheeded`: a notice reached the listener after its last attempt and
+    /// it gave up without acting on it; a backend that wakes one client per
+    /// release then wakes another.
+    fn unlisten(&self, key: &str, unheeded: bool);
 }
 
 impl Unlisten for NoticeBoard {
-    fn unlisten(&self, key: &str) {
+    fn unlisten(&self, key: &str, _unheeded: bool) {
         self.leave(key);
     }
 }
@@ -92,6 +88,11 @@ pub(crate) struct Listener {
     notices: watch::Receiver<()>,
     /// Whether notices are known to arrive; if not, the waiter polls more often.
     live: bool,
+    /// Since when notices have been arriving without a gap, if known: a
+    /// release after this instant is not missed.
+    live_since: Option<Instant>,
+    /// Set once the waiter took the lock: nothing is left unheeded.
+    done: bool,
     owner: Arc<dyn Unlisten>,
 }
 
@@ -106,6 +107,8 @@ impl Listener {
             key: key.to_owned(),
             notices,
             live,
+            live_since: None,
+            done: false,
             owner,
         }
     }
@@ -114,8 +117,20 @@ impl Listener {
         self.live
     }
 
-    pub(crate) fn set_live(&mut self, live: bool) {
-        self.live = live;
+    /// Records since when notices have been arriving (`None`: not at all).
+    pub(crate) fn set_live_since(&mut self, since: Option<Instant>) {
+        self.live = since.is_some();
+        self.live_since = since;
+    }
+
+    /// Whether every release after `instant` is sure to be heard.
+    pub(crate) fn hears_since(&self, instant: Instant) -> bool {
+        self.live_since.is_some_and(|since| since <= instant)
+    }
+
+    /// The waiter took the lock: a notice it did not wait for is no loss.
+    pub(crate) fn finish(mut self) {
+        self.done = true;
     }
 
     /// Forgets notices received so far; call before each attempt so a notice
@@ -136,7 +151,8 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.owner.unlisten(&self.key);
+        let unheeded = !self.done && self.notices.has_changed().unwrap_or(false);
+        self.owner.unlisten(&self.key, unheeded);
     }
 }
 

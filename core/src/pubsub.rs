@@ -1,7 +1,12 @@
-//! Release notices over Redis pub/sub: one subscriber connection per client,
-//! one channel per key that has a waiter in this process.
+//! Wake-ups over Redis pub/sub: one subscriber connection per client and
+//! node, subscribed to the one channel that names this client.
+//!
+//! A waiter that finds a key held puts its client in the key's queue (see
+//! `scripts/acquire.lua`); a release wakes the first client of the queue
+//! that still listens, by publishing the key on that client's channel. So a
+//! release wakes one client rather than every client that waits, and waiting
+//! for a new key costs no `SUBSCRIBE`.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +16,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
 use crate::background::Background;
+use crate::node::RedisNode;
 use crate::notice::{Listener, NoticeBoard, Unlisten};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Release notices from one or more Redis nodes, posted to one board.
+/// Wake-ups from one or more Redis nodes, posted to one board.
 #[derive(Debug)]
 pub(crate) struct ReleaseNotices {
     board: Arc<NoticeBoard>,
@@ -24,47 +30,37 @@ pub(crate) struct ReleaseNotices {
 }
 
 impl ReleaseNotices {
-    /// One subscriber per node; `clients` and their order match the nodes.
-    pub(crate) fn new(
-        clients: Vec<redis::Client>,
-        channel_prefix: &str,
-        op_timeout: Duration,
-    ) -> Arc<Self> {
+    /// One subscriber per node.
+    pub(crate) fn new(nodes: Vec<Arc<RedisNode>>, op_timeout: Duration) -> Arc<Self> {
         let board = Arc::new(NoticeBoard::default());
-        let hubs = clients
+        let hubs = nodes
             .into_iter()
-            .map(|client| {
-                PubSubHub::new(client, channel_prefix.to_owned(), op_timeout, board.clone())
-            })
+            .map(|node| PubSubHub::new(node, op_timeout, board.clone()))
             .collect();
         Arc::new(ReleaseNotices { board, hubs })
     }
 
-    /// Wakes this process's waiters on `key` at once, ahead of the notice
-    /// that travels through Redis.
-    pub(crate) fn notify_local(&self, key: &str) {
-        self.board.notify(key);
-    }
-
-    /// Subscribes to `key`'s release notices on every node. The listener is
-    /// live when at least one subscription was confirmed in time; if none
-    /// was, its waiter polls.
+    /// Listens for `key`'s wake-ups. The listener is live when at least one
+    /// node's subscription is confirmed; if none is, its waiter polls.
     pub(crate) async fn listen(self: &Arc<Self>, key: &str) -> Listener {
         // The listener exists before anything is awaited, so a waiter that
-        // gives up mid-subscription still leaves the board (on drop).
+        // gives up meanwhile still leaves the board (on drop).
         let mut listener = Listener::new(key, self.board.join(key), false, self.clone());
-        let confirmed =
-            futures::future::join_all(self.hubs.iter().map(|hub| hub.subscribe(key))).await;
-        listener.set_live(confirmed.into_iter().any(|live| live));
+        let confirmed = futures::future::join_all(self.hubs.iter().map(PubSubHub::ensure)).await;
+        // Every node must be heard from for a release anywhere not to be missed.
+        let since = confirmed.iter().copied().flatten().max();
+        listener.set_live_since(since);
         listener
     }
 }
 
 impl Unlisten for ReleaseNotices {
-    fn unlisten(&self, key: &str) {
-        if self.board.leave(key) {
+    fn unlisten(&self, key: &str, unheeded: bool) {
+        if self.board.leave(key) && unheeded {
+            // This client was woken and will not take the lock: the next
+            // client in line gets the wake-up instead.
             for hub in &self.hubs {
-                hub.unsubscribe(key);
+                hub.core.pass_on(key);
             }
         }
     }
@@ -74,173 +70,124 @@ impl Unlisten for ReleaseNotices {
 #[derive(Debug)]
 struct PubSubHub {
     core: Arc<Core>,
-    task: Background<Command>,
+    task: Background<Ensure>,
 }
 
 /// What the subscriber task needs. It holds this, not the hub, so that
 /// dropping the last client closes the command channel and ends the task.
 #[derive(Debug)]
 struct Core {
-    client: redis::Client,
+    node: Arc<RedisNode>,
     board: Arc<NoticeBoard>,
-    channel_prefix: String,
     op_timeout: Duration,
 }
 
+/// Asks the task to be subscribed; answered with the instant the current
+/// subscription was confirmed, or `None` if there is none.
 #[derive(Debug)]
-enum Command {
-    Subscribe {
-        key: String,
-        done: oneshot::Sender<bool>,
-    },
-    Unsubscribe {
-        key: String,
-    },
-}
+struct Ensure(oneshot::Sender<Option<Instant>>);
 
 impl PubSubHub {
-    fn new(
-        client: redis::Client,
-        channel_prefix: String,
-        op_timeout: Duration,
-        board: Arc<NoticeBoard>,
-    ) -> Self {
+    fn new(node: Arc<RedisNode>, op_timeout: Duration, board: Arc<NoticeBoard>) -> Self {
         PubSubHub {
             core: Arc::new(Core {
-                client,
+                node,
                 board,
-                channel_prefix,
                 op_timeout,
             }),
             task: Background::new(),
         }
     }
 
-    /// Subscribes to `key`'s channel; `true` once the server confirmed it.
-    async fn subscribe(&self, key: &str) -> bool {
+    /// Since when this client's wake channel has been subscribed, starting
+    /// the subscriber if it is not running.
+    async fn ensure(&self) -> Option<Instant> {
         let (done, confirmed) = oneshot::channel();
-        self.send(Command::Subscribe {
-            key: key.to_owned(),
-            done,
-        });
-        matches!(timeout(self.core.op_timeout, confirmed).await, Ok(Ok(true)))
-    }
-
-    /// Drops the subscription to `key` unless a listener joined since.
-    fn unsubscribe(&self, key: &str) {
-        self.send(Command::Unsubscribe {
-            key: key.to_owned(),
-        });
-    }
-
-    fn send(&self, command: Command) {
         let core = self.core.clone();
-        self.task.send(command, move |commands| run(core, commands));
+        self.task
+            .send(Ensure(done), move |commands| run(core, commands));
+        // Connecting gets one op timeout, the answer another.
+        timeout(2 * self.core.op_timeout, confirmed)
+            .await
+            .ok()?
+            .ok()?
     }
 }
 
 impl Core {
-    fn channel(&self, key: &str) -> String {
-        format!("{}{key}", self.channel_prefix)
-    }
-
-    /// Opens a subscriber connection and subscribes every key that has listeners.
-    async fn connect(
-        &self,
-        subscribed: &mut HashSet<String>,
-    ) -> Option<(PubSubSink, PubSubStream)> {
-        let pubsub = timeout(self.op_timeout, self.client.get_async_pubsub())
+    /// Opens a subscriber connection and subscribes to this client's channel.
+    async fn connect(&self) -> Option<Subscription> {
+        let pubsub = timeout(self.op_timeout, self.node.client().get_async_pubsub())
             .await
             .ok()?
             .ok()?;
         let (mut sink, stream) = pubsub.split();
-        for key in self.board.keys() {
-            timeout(self.op_timeout, sink.subscribe(self.channel(&key)))
-                .await
-                .ok()?
-                .ok()?;
-            subscribed.insert(key);
-        }
-        Some((sink, stream))
+        timeout(self.op_timeout, sink.subscribe(self.node.wake_channel()))
+            .await
+            .ok()?
+            .ok()?;
+        Some(Subscription {
+            _sink: sink,
+            stream,
+            since: Instant::now(),
+        })
+    }
+
+    /// Hands a wake-up nobody here waits for to the next client, in the background.
+    fn pass_on(self: &Arc<Self>, key: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (core, key) = (self.clone(), key.to_owned());
+        runtime.spawn(async move {
+            if let Err(err) = core.node.pass_on(&key).await {
+                tracing::debug!(error = %err, key = %key, "could not pass a wake-up on");
+            }
+        });
     }
 }
 
-struct Connection {
-    sink: PubSubSink,
+/// A confirmed subscription to this client's wake channel.
+struct Subscription {
+    /// Kept: the connection closes with it.
+    _sink: PubSubSink,
     stream: PubSubStream,
-    subscribed: HashSet<String>,
+    since: Instant,
 }
 
-async fn run(core: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let mut conn: Option<Connection> = None;
+async fn run(core: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Ensure>) {
+    let mut conn: Option<Subscription> = None;
     let mut retry_at = Instant::now();
     let mut backoff = MIN_BACKOFF;
     loop {
         if conn.is_none() && Instant::now() >= retry_at {
-            let mut subscribed = HashSet::new();
-            match core.connect(&mut subscribed).await {
-                Some((sink, stream)) => {
-                    conn = Some(Connection {
-                        sink,
-                        stream,
-                        subscribed,
-                    });
+            match core.connect().await {
+                Some(subscription) => {
+                    conn = Some(subscription);
                     backoff = MIN_BACKOFF;
-                    // Releases while we were not subscribed went unheard.
+                    // Wake-ups sent while we were not subscribed went unheard.
                     core.board.notify_all();
                 }
                 None => {
                     retry_at = Instant::now() + backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    tracing::debug!(
-                        "release-notice connection unavailable, retrying in {backoff:?}"
-                    );
+                    tracing::debug!("wake-up connection unavailable, retrying in {backoff:?}");
                 }
             }
         }
         tokio::select! {
             command = commands.recv() => match command {
                 None => return,
-                Some(Command::Subscribe { key, done }) => {
-                    let live = match conn.as_mut() {
-                        Some(c) if c.subscribed.contains(&key) => true,
-                        Some(c) => {
-                            let channel = core.channel(&key);
-                            let ok = matches!(
-                                timeout(core.op_timeout, c.sink.subscribe(channel)).await,
-                                Ok(Ok(()))
-                            );
-                            if ok {
-                                c.subscribed.insert(key);
-                            } else {
-                                conn = None;
-                            }
-                            ok
-                        }
-                        None => false,
-                    };
-                    let _ = done.send(live);
-                }
-                Some(Command::Unsubscribe { key }) => {
-                    if let Some(c) = conn.as_mut()
-                        && !core.board.has_listeners(&key)
-                        && c.subscribed.remove(&key)
-                    {
-                        let channel = core.channel(&key);
-                        let ok = matches!(
-                            timeout(core.op_timeout, c.sink.unsubscribe(channel)).await,
-                            Ok(Ok(()))
-                        );
-                        if !ok {
-                            conn = None;
-                        }
-                    }
+                Some(Ensure(done)) => {
+                    let _ = done.send(conn.as_ref().map(|c| c.since));
                 }
             },
             message = next_message(conn.as_mut()) => match message {
                 Some(message) => {
-                    if let Some(key) = message.get_channel_name().strip_prefix(&core.channel_prefix) {
-                        core.board.notify(key);
+                    if let Ok(key) = message.get_payload::<String>()
+                        && !core.board.notify(&key)
+                    {
+                        core.pass_on(&key);
                     }
                 }
                 None => {
@@ -254,7 +201,7 @@ async fn run(core: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Command>) {
     }
 }
 
-async fn next_message(conn: Option<&mut Connection>) -> Option<redis::Msg> {
+async fn next_message(conn: Option<&mut Subscription>) -> Option<redis::Msg> {
     match conn {
         Some(c) => c.stream.next().await,
         None => std::future::pending().await,

@@ -60,17 +60,17 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
-use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Tally};
+use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Tally, Waiting};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::lease::drift;
-use crate::node::{Grant, RedisNode, RedisSettings, channel_prefix};
+use crate::node::{Grant, RedisNode, RedisSettings};
 use crate::notice::Listener;
 use crate::pubsub::ReleaseNotices;
 
 #[derive(Debug)]
 pub(crate) struct RedlockBackend {
-    nodes: Arc<[RedisNode]>,
+    nodes: Arc<[Arc<RedisNode>]>,
     quorum: usize,
     notices: Arc<ReleaseNotices>,
 }
@@ -87,7 +87,7 @@ impl RedlockBackend {
         }
         let nodes = urls
             .iter()
-            .map(|url| RedisNode::new(url, settings))
+            .map(|url| RedisNode::new(url, settings).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let mut servers = HashSet::new();
         for (url, node) in urls.iter().zip(&nodes) {
@@ -102,7 +102,7 @@ impl RedlockBackend {
         }
         let quorum = nodes.len() / 2 + 1;
         let checks =
-            futures::future::join_all(nodes.iter().map(RedisNode::check_eviction_policy)).await;
+            futures::future::join_all(nodes.iter().map(|node| node.check_eviction_policy())).await;
         let reachable = checks.iter().filter(|check| check.is_ok()).count();
         if reachable < quorum {
             let first_failure = checks.into_iter().find_map(Result::err);
@@ -110,11 +110,7 @@ impl RedlockBackend {
                 LockError::invalid("urls", "no majority of the nodes is reachable")
             }));
         }
-        let notices = ReleaseNotices::new(
-            nodes.iter().map(|node| node.client().clone()).collect(),
-            &channel_prefix(&settings.prefix),
-            settings.op_timeout,
-        );
+        let notices = ReleaseNotices::new(nodes.clone(), settings.op_timeout);
         Ok(Arc::new(RedlockBackend {
             nodes: nodes.into(),
             quorum,
@@ -128,7 +124,7 @@ impl RedlockBackend {
     where
         F: Future<Output = Result<T>> + 'a,
     {
-        self.nodes.iter().map(op).collect()
+        self.nodes.iter().map(|node| op(node)).collect()
     }
 
     /// Whether no majority can be reached any more.
@@ -172,10 +168,11 @@ impl Backend for RedlockBackend {
         key: &'a str,
         token: &'a str,
         ttl: Duration,
+        waiting: Option<Waiting>,
     ) -> BoxFuture<'a, Result<Attempt>> {
         async move {
             let started = Instant::now();
-            let mut grants = self.fan_out(|node| node.grant(key, token, ttl));
+            let mut grants = self.fan_out(|node| node.grant(key, token, ttl, waiting));
             let mut tally = Tally::default();
             let mut highest = 0;
             let mut expires_in: Option<Duration> = None;
@@ -260,9 +257,6 @@ impl Backend for RedlockBackend {
                     Ok(false) => tally.refused += 1,
                     Err(_) => tally.unreachable += 1,
                 }
-            }
-            if tally.granted > 0 {
-                self.notices.notify_local(key);
             }
             if tally.unreachable >= self.quorum {
                 return Err(LockError::no_quorum(key, tally));

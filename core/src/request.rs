@@ -6,13 +6,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::backend::Attempt;
+use crate::backend::{Attempt, Waiting};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
 use crate::lease::{Lease, LeaseCell};
 use crate::metrics;
-use crate::notice::Listener;
 use crate::token::new_token;
 
 /// The lease length when none is given.
@@ -150,7 +149,7 @@ impl LockRequest {
 
     async fn acquire_inner(&self, started: Instant) -> Result<LockGuard> {
         if self.wait.is_zero() {
-            return match self.attempt().await? {
+            return match self.attempt(None).await? {
                 Attempt::Acquired(guard) => Ok(guard),
                 Attempt::Held { .. } => Err(LockError::Busy {
                     key: self.key.clone(),
@@ -166,28 +165,58 @@ impl LockRequest {
         let inner = &self.client.inner;
         // Only the head of this process's line talks to the backend: however
         // many tasks wait for a key, the process puts one contender on the wire.
-        let _head = within(deadline, inner.queues.head_of_line(&self.key))
+        let mut head = within(deadline, inner.queues.head_of_line(&self.key))
             .await
             .ok_or_else(timed_out)?;
-        let mut listener: Option<Listener> = None;
+        // A listener handed on by the previous head comes with this process
+        // already queued for the holder's release: wait for it, no attempt.
+        let mut listener = head.take_handed_on();
+        let mut wait_first = listener.is_some();
         loop {
-            // Marked before each attempt, so a release that lands between the
-            // attempt and the wait below still wakes us.
-            if let Some(listener) = listener.as_mut() {
-                listener.mark_seen();
-            }
+            let mut expires_in = None;
             // `no_quorum`: neither granted nor held. A wait that ends on it
             // reports the quorum failure, not a timeout.
-            let (expires_in, no_quorum) = match self.attempt().await? {
-                Attempt::Acquired(guard) => return Ok(guard),
-                Attempt::Held { expires_in } => (expires_in, None),
-                Attempt::NoQuorum(tally) => (None, Some(tally)),
-            };
+            let mut no_quorum = None;
+            if !wait_first {
+                // Marked before each attempt, so a release that lands between
+                // the attempt and the wait below still wakes us.
+                if let Some(listener) = listener.as_mut() {
+                    listener.mark_seen();
+                }
+                // Queued for the next release on behalf of the tasks behind,
+                // if there is a listener to hand them.
+                let waiting = Waiting {
+                    more: listener.is_some() && head.others_waiting(),
+                };
+                let sent_at = Instant::now();
+                match self.attempt(Some(waiting)).await? {
+                    Attempt::Acquired(guard) => {
+                        match listener {
+                            Some(listener) if waiting.more => head.hand_on(listener),
+                            Some(listener) => listener.finish(),
+                            None => {}
+                        }
+                        return Ok(guard);
+                    }
+                    Attempt::Held { expires_in: left } => expires_in = left,
+                    Attempt::NoQuorum(tally) => no_quorum = Some(tally),
+                }
+                if listener.is_none() {
+                    // Held, and this process is now queued for its release:
+                    // listen for the wake-up. Try again at once only if a
+                    // release since the attempt could have gone unheard.
+                    let subscribed = within(deadline, inner.backend.listen(&self.key))
+                        .await
+                        .ok_or_else(timed_out)?;
+                    let heard = subscribed.hears_since(sent_at);
+                    listener = Some(subscribed);
+                    if !heard {
+                        continue;
+                    }
+                }
+            }
+            wait_first = false;
             let Some(listener) = listener.as_mut() else {
-                // Held: subscribe to its release notices, then try again at
-                // once in case it was released before the subscription.
-                let subscribed = within(deadline, inner.backend.listen(&self.key)).await;
-                listener = Some(subscribed.ok_or_else(timed_out)?);
                 continue;
             };
             // Fallback for a missed notice and for a holder that dies: no
@@ -214,7 +243,7 @@ impl LockRequest {
     /// One try at the backend, with a fresh owner token: a token is never
     /// reused, so nothing left over from a failed attempt (a late grant, a
     /// late release) can touch a later one.
-    async fn attempt(&self) -> Result<Attempt<LockGuard>> {
+    async fn attempt(&self, waiting: Option<Waiting>) -> Result<Attempt<LockGuard>> {
         let token = new_token();
         let sent_at = Instant::now();
         // Until the outcome is known, a request that may have taken the key
@@ -230,7 +259,7 @@ impl LockRequest {
             .client
             .inner
             .backend
-            .try_acquire(&self.key, &token, self.ttl)
+            .try_acquire(&self.key, &token, self.ttl, waiting)
             .await?;
         pending.armed = false;
         drop(pending);

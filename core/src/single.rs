@@ -6,29 +6,25 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::backend::{Attempt, Backend, Record, Renewal, Renewed};
+use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Waiting};
 use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
-use crate::node::{RedisNode, RedisSettings, channel_prefix};
+use crate::node::{RedisNode, RedisSettings};
 use crate::notice::Listener;
 use crate::pubsub::ReleaseNotices;
 
 #[derive(Debug)]
 pub(crate) struct RedisBackend {
-    node: RedisNode,
+    node: Arc<RedisNode>,
     notices: Arc<ReleaseNotices>,
 }
 
 impl RedisBackend {
     /// Connects, and checks the server is reachable and safe to use.
     pub(crate) async fn connect(url: &str, settings: &RedisSettings) -> Result<Arc<Self>> {
-        let node = RedisNode::new(url, settings)?;
+        let node = Arc::new(RedisNode::new(url, settings)?);
         node.check_eviction_policy().await?;
-        let notices = ReleaseNotices::new(
-            vec![node.client().clone()],
-            &channel_prefix(&settings.prefix),
-            settings.op_timeout,
-        );
+        let notices = ReleaseNotices::new(vec![node.clone()], settings.op_timeout);
         Ok(Arc::new(RedisBackend { node, notices }))
     }
 }
@@ -39,8 +35,9 @@ impl Backend for RedisBackend {
         key: &'a str,
         token: &'a str,
         ttl: Duration,
+        waiting: Option<Waiting>,
     ) -> BoxFuture<'a, Result<Attempt>> {
-        self.node.try_acquire(key, token, ttl).boxed()
+        self.node.try_acquire(key, token, ttl, waiting).boxed()
     }
 
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>> {
@@ -52,14 +49,7 @@ impl Backend for RedisBackend {
     }
 
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
-        async move {
-            let released = self.node.release(key, token).await?;
-            if released {
-                self.notices.notify_local(key);
-            }
-            Ok(released)
-        }
-        .boxed()
+        self.node.release(key, token).boxed()
     }
 
     fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener> {

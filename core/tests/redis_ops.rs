@@ -1,5 +1,5 @@
 //! What the Redis backend does on the wire: where keys live, what each
-//! operation costs, how renewals batch, how waiters share one subscription.
+//! operation costs, how renewals batch, how waiters queue and are woken.
 
 mod common;
 
@@ -113,9 +113,10 @@ async fn a_cycle_costs_two_round_trips() {
         .release()
         .await
         .unwrap();
-    let (evalsha, ping) = (
+    let (evalsha, ping, publish) = (
         command_calls(&server, "evalsha"),
         command_calls(&server, "ping"),
+        command_calls(&server, "publish"),
     );
     for _ in 0..50 {
         let guard = locks.lock("cycle").watchdog(false).acquire().await.unwrap();
@@ -123,6 +124,8 @@ async fn a_cycle_costs_two_round_trips() {
     }
     assert_eq!(command_calls(&server, "evalsha") - evalsha, 100);
     assert_eq!(command_calls(&server, "ping") - ping, 0);
+    // Nobody waited, so no release published a wake-up.
+    assert_eq!(command_calls(&server, "publish") - publish, 0);
     // The fence counter does not outlive its week.
     let ttl: i64 = server
         .cli(&["PTTL", "soloist:fence:cycle"])
@@ -369,4 +372,116 @@ async fn commit_applies_effects_only_with_an_accepted_write() {
             ..
         })
     ));
+}
+
+/// Polls `check` every 10 ms until it holds, for at most 5 s.
+async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + 5 * SECOND;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How many clients queue for `key`.
+fn queued(server: &RedisServer, key: &str) -> usize {
+    server
+        .cli(&["LLEN", &format!("soloist:waiters:{key}")])
+        .parse()
+        .unwrap()
+}
+
+/// Waiters in three clients queue in the order they came, and each release
+/// wakes only the first of them: one `PUBLISH` per hand-off, the lock passed
+/// on first come, first served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_release_wakes_the_longest_waiting_client_only() {
+    let server = RedisServer::start();
+    let holder = connect(&server).await;
+    let held = holder.lock("turns").acquire().await.unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let (locks, order) = (connect(&server).await, order.clone());
+        tasks.push(tokio::spawn(async move {
+            let guard = locks
+                .lock("turns")
+                .wait(30 * SECOND)
+                .acquire()
+                .await
+                .unwrap();
+            order.lock().unwrap().push(i);
+            guard.release().await.unwrap();
+        }));
+        until("the waiter queued", || queued(&server, "turns") == i + 1).await;
+    }
+    let publish = command_calls(&server, "publish");
+    held.release().await.unwrap();
+    for task in tasks {
+        tokio::time::timeout(10 * SECOND, task)
+            .await
+            .expect("waiter stuck")
+            .unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
+    // The holder's release and the first two waiters' woke one client each;
+    // the last release found nobody queued.
+    assert_eq!(command_calls(&server, "publish") - publish, 3);
+    assert_eq!(queued(&server, "turns"), 0);
+}
+
+/// A client that gave up waiting, or went away, still stands in the queue; a
+/// wake-up that reaches it (or reaches nobody) goes to the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_up_skips_clients_that_stopped_waiting() {
+    let server = RedisServer::start();
+    let holder = connect(&server).await;
+    let held = holder.lock("skip").acquire().await.unwrap();
+    // One client gives up; another is dropped with its waiter.
+    let quitter = connect(&server).await;
+    let gave_up = quitter
+        .lock("skip")
+        .wait(Duration::from_millis(200))
+        .acquire()
+        .await;
+    assert!(
+        matches!(gave_up, Err(LockError::Timeout { .. })),
+        "{gave_up:?}"
+    );
+    let gone = connect(&server).await;
+    let abandoned = tokio::spawn(async move {
+        let _ = gone.lock("skip").wait(30 * SECOND).acquire().await;
+    });
+    until("both queued", || queued(&server, "skip") == 2).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    let gone_id = server.cli(&["LINDEX", "soloist:waiters:skip", "1"]);
+    until("the dropped client unsubscribed", || {
+        server
+            .cli(&["PUBSUB", "NUMSUB", &format!("soloist:wake:{gone_id}")])
+            .ends_with('0')
+    })
+    .await;
+    let waiter = connect(&server).await;
+    let task = tokio::spawn(async move {
+        waiter
+            .lock("skip")
+            .wait(30 * SECOND)
+            .acquire()
+            .await
+            .unwrap()
+            .fence()
+    });
+    until("the last waiter queued", || queued(&server, "skip") == 3).await;
+    let publish = command_calls(&server, "publish");
+    held.release().await.unwrap();
+    let fence = tokio::time::timeout(10 * SECOND, task)
+        .await
+        .expect("waiter stuck")
+        .unwrap();
+    assert!(fence > 0);
+    // Released: woke the quitter, which passed it on; the dropped client's
+    // wake-up reached nobody; the waiter was woken.
+    assert_eq!(command_calls(&server, "publish") - publish, 3);
+    assert_eq!(queued(&server, "skip"), 0);
 }

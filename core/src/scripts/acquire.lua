@@ -1,8 +1,59 @@
--- Take the lock and issue its fencing token in one atomic step.
--- KEYS[1] lock key, KEYS[2] fence counter; ARGV[1] owner token, ARGV[2] ttl in ms.
--- Returns {1, fence} when taken, {0, pttl} when another owner holds it.
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+-- Take the lock and, on a single node, issue its fencing token in the same
+-- atomic step; a waiting caller also joins the key's queue of waiting clients.
+-- KEYS[1] lock key, KEYS[2] fence counter, KEYS[3] waiting clients;
+-- ARGV[1] owner token, ARGV[2] ttl in ms, ARGV[3] the caller's client id
+-- when it waits ('' when it does not), ARGV[4] '1' when more of that
+-- client's waiters queue behind this one, ARGV[5] 'fence' to issue the
+-- fence here, 'counter' to only report the counter (Redlock's first phase:
+-- the fence is chosen over a majority and committed by commit_fence.lua).
+-- Returns {1, fence or counter} when taken, {0, pttl} when another owner
+-- holds it.
+--
+-- The waiting queue: a list of client ids, each once, oldest first. The
+-- lock's value is its owner token, followed by '+' while the queue may be
+-- non-empty; only such a release pops a client and wakes it (see
+-- release.lua), so a lock nobody waits for is released without a PUBLISH.
+local waiting = ARGV[3] ~= ''
+local function join_queue()
+  if not redis.call('LPOS', KEYS[3], ARGV[3]) then
+    redis.call('RPUSH', KEYS[3], ARGV[3])
+  end
+  -- Waiters that stay registered refresh it with every attempt; a queue
+  -- whose clients all went away disappears on its own.
+  redis.call('PEXPIRE', KEYS[3], 60000)
+end
+local value = ARGV[1]
+if waiting and ARGV[4] == '1' then
+  value = value .. '+'
+end
+if not redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
+  if waiting then
+    join_queue()
+    -- Mark the holder's value: its release must wake the queue.
+    redis.call('SETRANGE', KEYS[1], #ARGV[1], '+')
+  end
   return {0, redis.call('PTTL', KEYS[1])}
+end
+if waiting then
+  if ARGV[4] == '1' then
+    -- This client's next waiter keeps its place; the value is marked.
+    join_queue()
+  else
+    redis.call('LREM', KEYS[3], 0, ARGV[3])
+    if redis.call('EXISTS', KEYS[3]) == 1 then
+      redis.call('SETRANGE', KEYS[1], #ARGV[1], '+')
+    end
+  end
+end
+if ARGV[5] == 'counter' then
+  local counter = redis.call('GET', KEYS[2])
+  if not counter then
+    -- A node that lost its counter (restarted without persistence) reports
+    -- its clock in microseconds instead of zero; see below.
+    local now = redis.call('TIME')
+    return {1, tonumber(now[1]) * 1000000 + tonumber(now[2])}
+  end
+  return {1, tonumber(counter)}
 end
 local fence = redis.call('INCR', KEYS[2])
 if fence == 1 then

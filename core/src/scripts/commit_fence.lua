@@ -2,7 +2,9 @@
 -- fence, only while this node still holds the lock for the caller's token.
 -- KEYS[1] lock key, KEYS[2] fence counter; ARGV[1] owner token, ARGV[2] fence.
 -- Returns 1 when the node holds the counter at or above the fence, else 0.
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+-- A trailing '+' marks a lock with waiting clients (see acquire.lua).
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] and holder ~= ARGV[1] .. '+' then
   return 0
 end
 local counter = tonumber(redis.call('GET', KEYS[2]) or '0')

@@ -3,7 +3,9 @@
 -- Returns one 1 (renewed) or 0 (not ours any more) per key.
 local renewed = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[2 * i - 1] then
+  local value, token = redis.call('GET', key), ARGV[2 * i - 1]
+  -- A trailing '+' marks a lock with waiting clients (see acquire.lua).
+  if value == token or value == token .. '+' then
     redis.call('PEXPIRE', key, ARGV[2 * i])
     renewed[i] = 1
   else

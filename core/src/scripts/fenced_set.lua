@@ -10,8 +10,12 @@
 -- failed after the record was written), {0, highest} when a higher fence was
 -- seen, {2, ''} when the token no longer holds the lock.
 -- Fences are compared as decimal strings so the comparison stays exact for any u64.
-if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[4] then
-  return {2, ''}
+if ARGV[4] ~= '' then
+  -- A trailing '+' marks a lock with waiting clients (see acquire.lua).
+  local holder = redis.call('GET', KEYS[2])
+  if holder ~= ARGV[4] and holder ~= ARGV[4] .. '+' then
+    return {2, ''}
+  end
 end
 local highest = redis.call('HGET', KEYS[1], 'fence')
 if highest then

@@ -1,8 +1,24 @@
--- Delete the lock only while the owner token matches, then wake waiters.
--- KEYS[1] lock key; ARGV[1] owner token, ARGV[2] release notice channel.
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+-- Delete the lock only while the owner token matches; if clients queued for
+-- it meanwhile, wake the longest-waiting one that is still listening.
+-- KEYS[1] lock key, KEYS[2] waiting clients; ARGV[1] owner token,
+-- ARGV[2] wake channel prefix (a client id completes it), ARGV[3] the key
+-- as its clients name it.
+-- Returns 1 when released, 0 when the token did not hold the lock.
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+if value ~= ARGV[1] .. '+' then
   return 0
 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], '')
+-- A client that is gone has no subscriber left: PUBLISH reaches nobody, and
+-- the next one in line is tried.
+while true do
+  local client = redis.call('LPOP', KEYS[2])
+  if not client or redis.call('PUBLISH', ARGV[2] .. client, ARGV[3]) > 0 then
+    break
+  end
+end
 return 1
