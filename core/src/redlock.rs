@@ -246,16 +246,30 @@ impl Backend for RedlockBackend {
 
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
         async move {
-            let answers: Vec<Result<bool>> = self
-                .fan_out(|node| node.release(key, token))
-                .collect()
-                .await;
+            // Every node is asked, in a task of its own, so that a release
+            // decided by a majority does not wait for the slowest node, and
+            // that node still gets its release.
+            let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+            let nodes = self.nodes.clone();
+            let (key_owned, token_owned) = (key.to_owned(), token.to_owned());
+            tokio::spawn(async move {
+                let mut releases: FuturesUnordered<_> = nodes
+                    .iter()
+                    .map(|node| node.release(&key_owned, &token_owned))
+                    .collect();
+                while let Some(answer) = releases.next().await {
+                    let _ = answers.send(answer);
+                }
+            });
             let mut tally = Tally::default();
-            for answer in answers {
+            while let Some(answer) = answered.recv().await {
                 match answer {
                     Ok(true) => tally.granted += 1,
                     Ok(false) => tally.refused += 1,
                     Err(_) => tally.unreachable += 1,
+                }
+                if tally.granted >= self.quorum {
+                    break;
                 }
             }
             if tally.unreachable >= self.quorum {

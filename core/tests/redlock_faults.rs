@@ -118,8 +118,7 @@ async fn one_of_three_down_works_two_down_fails_clearly() {
     );
 }
 
-/// Frozen nodes are waited for at most the node timeout, and a decided
-/// acquisition does not wait for them at all.
+/// A decided acquisition or release does not wait for frozen nodes at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_minority_adds_no_latency() {
     for (count, paused) in [(3, 1), (5, 2)] {
@@ -144,7 +143,7 @@ async fn a_paused_minority_adds_no_latency() {
             guard.release().await.unwrap();
             let cycle = started.elapsed();
             assert!(
-                cycle < node_timeout + node_timeout / 2,
+                cycle < node_timeout / 2,
                 "{count} nodes: cycle took {cycle:?}"
             );
         }
