@@ -15,7 +15,7 @@ use crate::single::RedisBackend;
 use crate::watchdog::Watchdog;
 
 /// A handle to a lock backend; cheap to clone, and every clone shares one
-/// connection pool, one watchdog and one release-notice subscription.
+/// connection pool, one watchdog and one wake-up subscription.
 ///
 /// ```no_run
 /// use std::time::Duration;

@@ -48,10 +48,13 @@
 //!   and its key expires within one ttl; a dropped guard releases at once.
 //!   A *leaked* guard (`std::mem::forget`) looks exactly like a guard held on
 //!   purpose and keeps renewing; bound that with [`LockRequest::max_hold`].
-//! - **Waiting** is woken by release notices (Redis pub/sub), with jittered
-//!   polling only as the fallback for a missed notice or an expired key;
-//!   tasks of one process queue locally, so a process puts one contender on
-//!   the wire per key.
+//! - **Waiting** is woken by the holder's release, not by polling: waiting
+//!   clients queue per key in Redis, and a release wakes the first of them
+//!   still listening (Redis pub/sub, one channel per client), so the lock
+//!   passes between clients first come, first served and one release sets
+//!   off one retry. Jittered polling is only the fallback for a lost wake-up
+//!   or an expired key; tasks of one process queue locally, so a process
+//!   puts one contender on the wire per key.
 //!
 //! What this is not: exactly-once execution. A lock gives "at most one
 //! holder at a time"; whether protected work runs once depends on what the
