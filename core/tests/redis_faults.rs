@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::eventually;
+use common::{command_calls, eventually};
 use soloist::{FencedWrite, LockClient, LockError};
 use soloist_testkit::{
     ChildProcess, Proxy, RedisServer, child_role, read_from_parent, send_to_parent,
@@ -341,5 +341,75 @@ fn paused_holders_late_write_is_rejected() {
         let stored = locks.fenced_get("report").await.unwrap().expect("stored");
         assert_eq!(stored.value, b"successor");
         assert_eq!(stored.fence, guard.fence());
+    });
+}
+
+/// How many clients queue for `key`.
+fn queued(server: &RedisServer, key: &str) -> usize {
+    server
+        .cli(&["LLEN", &format!("soloist:waiters:{key}")])
+        .parse()
+        .unwrap()
+}
+
+/// A waiting client frozen when its turn comes takes that wake-up with it:
+/// the next waiter gets the lock at its next poll, not at the key's expiry,
+/// and the frozen client gets its turn once it runs again.
+#[test]
+fn a_frozen_waiter_holds_up_the_queue_for_one_poll_only() {
+    const TEST: &str = "a_frozen_waiter_holds_up_the_queue_for_one_poll_only";
+    if child_role().as_deref() == Some("waiter") {
+        block_on(async {
+            let url = std::env::var("REDIS_URL").expect("REDIS_URL");
+            let locks = connect(&url, SECOND).await;
+            let guard = locks
+                .lock("turn")
+                .wait(60 * SECOND)
+                .acquire()
+                .await
+                .unwrap();
+            send_to_parent(&format!("got {}", guard.fence()));
+            tokio::task::spawn_blocking(read_from_parent).await.unwrap();
+        });
+        return;
+    }
+    let server = RedisServer::start();
+    block_on(async {
+        let holder = connect(&server.url(), SECOND).await;
+        let held = holder.lock("turn").acquire().await.unwrap();
+        let mut frozen = ChildProcess::spawn(TEST, "waiter", &[("REDIS_URL", &server.url())]);
+        let queued_at = Instant::now();
+        while queued(&server, "turn") < 1 {
+            assert!(queued_at.elapsed() < 10 * SECOND, "the child never queued");
+            sleep(Duration::from_millis(10)).await;
+        }
+        frozen.pause();
+        let next = connect(&server.url(), SECOND).await;
+        let waiter = tokio::spawn(async move {
+            // Far shorter than the holder's 30 s lease: only a poll can make it.
+            let guard = next.lock("turn").wait(5 * SECOND).acquire().await?;
+            let fence = guard.fence();
+            guard.release().await?;
+            Ok::<_, LockError>(fence)
+        });
+        while queued(&server, "turn") < 2 {
+            sleep(Duration::from_millis(10)).await;
+        }
+        let (held_fence, publish) = (held.fence(), command_calls(&server, "publish"));
+        held.release().await.unwrap();
+        let fence = waiter
+            .await
+            .unwrap()
+            .expect("the next waiter polled its way in");
+        assert!(fence > held_fence);
+        // The release woke the frozen client alone: its connection was open.
+        assert_eq!(command_calls(&server, "publish") - publish, 1);
+        frozen.resume();
+        let got: u64 = frozen
+            .read_line()
+            .strip_prefix("got ")
+            .and_then(|fence| fence.parse().ok())
+            .expect("the frozen client gets its turn");
+        assert!(got > fence);
     });
 }
