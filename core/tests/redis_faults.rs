@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{command_calls, eventually};
+use common::{command_calls, eventually, queued, until};
 use soloist::{FencedWrite, LockClient, LockError};
 use soloist_testkit::{
     ChildProcess, Proxy, RedisServer, child_role, read_from_parent, send_to_parent,
@@ -344,14 +344,6 @@ fn paused_holders_late_write_is_rejected() {
     });
 }
 
-/// How many clients queue for `key`.
-fn queued(server: &RedisServer, key: &str) -> usize {
-    server
-        .cli(&["LLEN", &format!("soloist:waiters:{key}")])
-        .parse()
-        .unwrap()
-}
-
 /// A waiting client frozen when its turn comes takes that wake-up with it:
 /// the next waiter gets the lock at its next poll, not at the key's expiry,
 /// and the frozen client gets its turn once it runs again.
@@ -378,11 +370,7 @@ fn a_frozen_waiter_holds_up_the_queue_for_one_poll_only() {
         let holder = connect(&server.url(), SECOND).await;
         let held = holder.lock("turn").acquire().await.unwrap();
         let mut frozen = ChildProcess::spawn(TEST, "waiter", &[("REDIS_URL", &server.url())]);
-        let queued_at = Instant::now();
-        while queued(&server, "turn") < 1 {
-            assert!(queued_at.elapsed() < 10 * SECOND, "the child never queued");
-            sleep(Duration::from_millis(10)).await;
-        }
+        until("the child queued", || queued(&server, "turn") == 1).await;
         frozen.pause();
         let next = connect(&server.url(), SECOND).await;
         let waiter = tokio::spawn(async move {
@@ -392,9 +380,7 @@ fn a_frozen_waiter_holds_up_the_queue_for_one_poll_only() {
             guard.release().await?;
             Ok::<_, LockError>(fence)
         });
-        while queued(&server, "turn") < 2 {
-            sleep(Duration::from_millis(10)).await;
-        }
+        until("the next waiter queued", || queued(&server, "turn") == 2).await;
         let (held_fence, publish) = (held.fence(), command_calls(&server, "publish"));
         held.release().await.unwrap();
         let fence = waiter

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::command_calls;
+use common::{command_calls, queued, until};
 use futures::future::join_all;
 use soloist::{LockClient, LockError};
 use soloist_testkit::RedisServer;
@@ -372,23 +372,6 @@ async fn commit_applies_effects_only_with_an_accepted_write() {
             ..
         })
     ));
-}
-
-/// Polls `check` every 10 ms until it holds, for at most 5 s.
-async fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + 5 * SECOND;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// How many clients queue for `key`.
-fn queued(server: &RedisServer, key: &str) -> usize {
-    server
-        .cli(&["LLEN", &format!("soloist:waiters:{key}")])
-        .parse()
-        .unwrap()
 }
 
 /// Waiters in three clients queue in the order they came, and each release

@@ -83,6 +83,26 @@ pub fn command_calls(server: &RedisServer, command: &str) -> u64 {
         .map_or(0, |calls| calls.parse().expect("calls is a number"))
 }
 
+/// How many clients queue for `key` on `server`.
+pub fn queued(server: &RedisServer, key: &str) -> usize {
+    server
+        .cli(&["LLEN", &format!("soloist:waiters:{key}")])
+        .parse()
+        .expect("LLEN is a number")
+}
+
+/// Polls `check` every 10 ms until it holds, for at most 5 s.
+pub async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Retries `attempt` every 50 ms until it yields a guard, for at most 5 s:
 /// for tests where the backend is recovering from a fault.
 pub async fn eventually<F, Fut>(what: &str, mut attempt: F) -> LockGuard
