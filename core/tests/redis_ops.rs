@@ -468,3 +468,47 @@ async fn a_wake_up_skips_clients_that_stopped_waiting() {
     assert_eq!(command_calls(&server, "publish") - publish, 3);
     assert_eq!(queued(&server, "skip"), 0);
 }
+
+/// A waiter dropped after its wake-up arrived but before it acted on it
+/// hands the wake-up to the next client rather than taking it along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_dropped_with_its_wake_up_unheeded_passes_it_on() {
+    let server = RedisServer::start();
+    let holder = connect(&server).await;
+    let held = holder.lock("baton").acquire().await.unwrap();
+    let first = connect(&server).await;
+    let mut dropped = Box::pin(first.lock("baton").wait(30 * SECOND).acquire());
+    // Driven only until it has queued, then left unpolled.
+    let queued_first = tokio::time::timeout(5 * SECOND, async {
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut dropped => panic!("the first waiter finished: {result:?}"),
+                () = sleep(Duration::from_millis(10)) => {}
+            }
+            if queued(&server, "baton") == 1 {
+                break;
+            }
+        }
+    });
+    queued_first.await.expect("the first waiter queued");
+    let second = connect(&server).await;
+    let task = tokio::spawn(async move {
+        let guard = second.lock("baton").wait(30 * SECOND).acquire().await?;
+        guard.release().await
+    });
+    until("the second waiter queued", || queued(&server, "baton") == 2).await;
+    let publish = command_calls(&server, "publish");
+    held.release().await.unwrap();
+    // The wake-up reaches the first client, whose waiter is not polled.
+    sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "the second waiter was woken directly");
+    drop(dropped);
+    tokio::time::timeout(10 * SECOND, task)
+        .await
+        .expect("second waiter stuck")
+        .unwrap()
+        .unwrap();
+    // One wake-up for the first client, one passed on to the second.
+    assert_eq!(command_calls(&server, "publish") - publish, 2);
+}
