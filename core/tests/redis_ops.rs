@@ -18,6 +18,14 @@ async fn connect(server: &RedisServer) -> LockClient {
     LockClient::connect(&server.url()).await.expect("connect")
 }
 
+/// The outcome of a spawned waiter, which must finish within 10 s.
+async fn finished<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(10 * SECOND, task)
+        .await
+        .expect("waiter stuck")
+        .expect("waiter panicked")
+}
+
 /// The lock key's owner token, read straight from Redis.
 fn token_of(server: &RedisServer, key: &str) -> String {
     server.cli(&["GET", &format!("soloist:lock:{key}")])
@@ -199,10 +207,7 @@ async fn local_waiters_queue_behind_one_contender() {
     );
     held.release().await.unwrap();
     for task in tasks {
-        tokio::time::timeout(10 * SECOND, task)
-            .await
-            .expect("waiter stuck")
-            .unwrap();
+        finished(task).await;
     }
     let got = got.lock().unwrap();
     assert_eq!(got.len(), 10);
@@ -401,10 +406,7 @@ async fn each_release_wakes_the_longest_waiting_client_only() {
     let publish = command_calls(&server, "publish");
     held.release().await.unwrap();
     for task in tasks {
-        tokio::time::timeout(10 * SECOND, task)
-            .await
-            .expect("waiter stuck")
-            .unwrap();
+        finished(task).await;
     }
     assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
     // The holder's release and the first two waiters' woke one client each;
@@ -456,13 +458,10 @@ async fn a_wake_up_skips_clients_that_stopped_waiting() {
             .fence()
     });
     until("the last waiter queued", || queued(&server, "skip") == 3).await;
-    let publish = command_calls(&server, "publish");
+    let (held_fence, publish) = (held.fence(), command_calls(&server, "publish"));
     held.release().await.unwrap();
-    let fence = tokio::time::timeout(10 * SECOND, task)
-        .await
-        .expect("waiter stuck")
-        .unwrap();
-    assert!(fence > 0);
+    let fence = finished(task).await;
+    assert!(fence > held_fence);
     // Released: woke the quitter, which passed it on; the dropped client's
     // wake-up reached nobody; the waiter was woken.
     assert_eq!(command_calls(&server, "publish") - publish, 3);
@@ -504,11 +503,7 @@ async fn a_waiter_dropped_with_its_wake_up_unheeded_passes_it_on() {
     sleep(Duration::from_millis(200)).await;
     assert!(!task.is_finished(), "the second waiter was woken directly");
     drop(dropped);
-    tokio::time::timeout(10 * SECOND, task)
-        .await
-        .expect("second waiter stuck")
-        .unwrap()
-        .unwrap();
+    finished(task).await.unwrap();
     // One wake-up for the first client, one passed on to the second.
     assert_eq!(command_calls(&server, "publish") - publish, 2);
 }
