@@ -64,16 +64,16 @@
 
 pub use soloist_core::{
     ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError, LockGuard,
-    LockRequest, MAX_TTL, MIN_TTL, Result, metrics, redis,
+    LockRequest, MAX_EFFECT_ARGS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, Result, metrics, redis,
 };
 pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).
 pub use soloist_worker::metrics as worker_metrics;
 pub use soloist_worker::{
     BoxError, CronFn, CronJob, CronSchedule, DEFAULT_JOB_TTL, DEFAULT_MISFIRE, IntoJob, JobContext,
-    JobContextBuilder, JobSpec, KeyTemplate, KeyedFn, KeyedJob, MissedTicks, OnLost, Registration,
-    RunOutcome, ScheduleError, Trigger, Worker, WorkerBuilder, WorkerError, WorkerHandle, cron_job,
-    keyed_job, parse_duration,
+    JobContextBuilder, JobSpec, KeyPart, KeyTemplate, KeyedFn, KeyedJob, MissedTicks, OnLost,
+    Registration, RunOutcome, ScheduleError, Trigger, Worker, WorkerBuilder, WorkerError,
+    WorkerHandle, cron_job, keyed_job, parse_duration,
 };
 pub use soloist_worker::{Delivery, Source, StreamSource, StreamSourceBuilder};
 
@@ -84,7 +84,7 @@ pub mod __private {
     pub use serde::Serialize;
     pub use serde::de::DeserializeOwned;
     pub use soloist_worker::{
-        BoxError, CronJob, IntoJob, JobContext, JobSpec, KeyedJob, MissedTicks, OnLost,
+        BoxError, CronJob, IntoJob, JobContext, JobSpec, KeyPart, KeyedJob, MissedTicks, OnLost,
         Registration, Result, WorkerError,
     };
     pub use std::time::Duration;

@@ -45,6 +45,9 @@ pub(crate) struct Record<'a> {
     pub(crate) effects: &'a [Vec<Vec<u8>>],
     /// Write only while this (key, owner token) still holds its lock.
     pub(crate) owner: Option<(&'a str, &'a str)>,
+    /// Names one commit, so that sending it again after a lost reply finds
+    /// it applied instead of applying its effects twice.
+    pub(crate) commit: Option<&'a str>,
 }
 
 /// How an attempt that is prepared to wait stands in its process's line.

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::backend::{Backend, Record};
 use crate::error::{LockError, Result};
+use crate::fence::check_record;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::memory::MemoryBackend;
 use crate::node::RedisSettings;
@@ -157,19 +158,16 @@ impl LockClient {
         fence: u64,
         value: impl AsRef<[u8]>,
     ) -> Result<FencedWrite> {
-        if resource.is_empty() {
-            return Err(LockError::invalid("resource", "must not be empty"));
-        }
-        self.inner
-            .backend
-            .fenced_set(resource, fence, record(value.as_ref(), None))
-            .await
+        let record = record(value.as_ref(), None);
+        check_record(resource, &record)?;
+        self.inner.backend.fenced_set(resource, fence, record).await
     }
 
     /// [`fenced_set`](Self::fenced_set) for a record that expires `ttl` after
     /// the write; with it expires the memory of the highest fence, so use
     /// it for records that matter only for a window (a dedupe record, a
-    /// done-marker).
+    /// done-marker). `ttl` is at least 1 ms and at most
+    /// [`MAX_RECORD_TTL`](crate::MAX_RECORD_TTL).
     ///
     /// ```
     /// use std::time::Duration;
@@ -188,16 +186,9 @@ impl LockClient {
         value: impl AsRef<[u8]>,
         ttl: Duration,
     ) -> Result<FencedWrite> {
-        if resource.is_empty() {
-            return Err(LockError::invalid("resource", "must not be empty"));
-        }
-        if ttl.is_zero() {
-            return Err(LockError::invalid("ttl", "must not be zero"));
-        }
-        self.inner
-            .backend
-            .fenced_set(resource, fence, record(value.as_ref(), Some(ttl)))
-            .await
+        let record = record(value.as_ref(), Some(ttl));
+        check_record(resource, &record)?;
+        self.inner.backend.fenced_set(resource, fence, record).await
     }
 
     /// The backend's clock, which all its clients share: Redis' `TIME` (the
@@ -237,6 +228,7 @@ fn record(value: &[u8], ttl: Option<Duration>) -> Record<'_> {
         ttl,
         effects: &[],
         owner: None,
+        commit: None,
     }
 }
 

@@ -119,6 +119,35 @@ impl LockError {
     }
 }
 
+impl LockError {
+    /// Whether the same call may succeed if made again: the backend could
+    /// not be reached or did not answer in time, too few Redlock nodes
+    /// answered, or the server answered that it cannot take writes for now
+    /// (`READONLY`, `MASTERDOWN`, `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`: a
+    /// failover or restart in progress). A transient error says nothing
+    /// about whether the call took effect.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use soloist::LockError;
+    /// let timeout = LockError::Unresponsive { op: "release", after: Duration::from_secs(1) };
+    /// assert!(timeout.is_transient());
+    /// assert!(!LockError::Lost { key: "k".into() }.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LockError::Connection(_)
+            | LockError::Unresponsive { .. }
+            | LockError::NoQuorum { .. } => true,
+            LockError::Protocol(err) => matches!(
+                err.code(),
+                Some("READONLY" | "MASTERDOWN" | "LOADING" | "TRYAGAIN" | "CLUSTERDOWN")
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl From<redis::RedisError> for LockError {
     fn from(err: redis::RedisError) -> Self {
         if crate::pool::is_transport_error(&err) {

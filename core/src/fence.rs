@@ -6,6 +6,50 @@
 //! only if the *resource* checks it: every write carries the writer's fence,
 //! and the resource refuses a fence lower than the highest it has accepted.
 
+use std::time::Duration;
+
+use crate::backend::Record;
+use crate::error::{LockError, Result};
+
+/// The longest a fenced record may be kept before it expires: ten years.
+pub const MAX_RECORD_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// The most arguments (the command's name included) one effect of
+/// [`LockGuard::commit`](crate::LockGuard::commit) may have: a Lua script
+/// unpacks a command's arguments onto its stack, which holds about 8,000.
+pub const MAX_EFFECT_ARGS: usize = 4096;
+
+/// Checks a fenced write before anything is sent, so that nothing the
+/// server could refuse halfway is ever written in part.
+pub(crate) fn check_record(resource: &str, record: &Record<'_>) -> Result<()> {
+    if resource.is_empty() {
+        return Err(LockError::invalid("resource", "must not be empty"));
+    }
+    if let Some(ttl) = record.ttl
+        && !(Duration::from_millis(1)..=MAX_RECORD_TTL).contains(&ttl)
+    {
+        return Err(LockError::invalid(
+            "ttl",
+            format!("must be between 1 ms and {MAX_RECORD_TTL:?}, got {ttl:?}"),
+        ));
+    }
+    for effect in record.effects {
+        if effect.is_empty() {
+            return Err(LockError::invalid("effects", "a command has no name"));
+        }
+        if effect.len() > MAX_EFFECT_ARGS {
+            return Err(LockError::invalid(
+                "effects",
+                format!(
+                    "a command has {} arguments; at most {MAX_EFFECT_ARGS} fit one effect",
+                    effect.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The outcome of [`LockClient::fenced_set`](crate::LockClient::fenced_set).
 ///
 /// ```

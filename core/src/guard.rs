@@ -7,10 +7,11 @@ use tokio::time::Instant;
 use crate::backend::{Record, Renewal};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
-use crate::fence::FencedWrite;
+use crate::fence::{FencedWrite, check_record};
 use crate::lease::Lease;
 use crate::metrics;
 use crate::request::{MAX_TTL, MIN_TTL};
+use crate::token::new_token;
 
 /// Proof of holding a lock. While it lives the watchdog renews the lease
 /// (unless the request turned it off); [`release`](LockGuard::release) gives
@@ -153,13 +154,28 @@ impl LockGuard {
     /// A holder whose lease ended unnoticed gets [`FencedWrite::NotHeld`]
     /// (or `Rejected`, if a later holder wrote first) and changes nothing,
     /// so effects committed this way by successive holders of a key are
-    /// applied once. `ttl` expires the record.
+    /// applied once. `ttl` expires the record (at least 1 ms, at most
+    /// [`MAX_RECORD_TTL`](crate::MAX_RECORD_TTL)).
     ///
-    /// The record is written before the effects run; an effect that fails
-    /// (a wrong type, say) is reported as an error, and the effects before
-    /// it stay applied. Effects need a single Redis node: the memory backend
-    /// has no Redis to apply them to, and a Redlock cannot apply them
-    /// atomically across nodes; both refuse with
+    /// Everything is checked before anything is sent: an empty `resource`,
+    /// an out-of-range `ttl`, or an effect without a name or with more than
+    /// [`MAX_EFFECT_ARGS`](crate::MAX_EFFECT_ARGS) arguments is an
+    /// [`LockError::InvalidArgument`] and writes nothing.
+    ///
+    /// A commit whose reply is lost or late (a timeout, a broken
+    /// connection, a server failing over) is sent again, for as long as the
+    /// lease is held; each commit carries an id of its own, so a second
+    /// delivery finds the first applied and applies nothing again. When the
+    /// lease ends first, the last error is returned, and whether the commit
+    /// took effect is unknown until [`LockClient::fenced_get`] says.
+    ///
+    /// Effects that Redis refuses at run time (a `WRONGTYPE`, an unknown
+    /// command) do not undo the commit: the record is written first, every
+    /// effect is then run in order, a refused one changes nothing and the
+    /// ones after it still run, and the call returns
+    /// [`LockError::Protocol`] with the first refusal. Effects need a single
+    /// Redis node: the memory backend has no Redis to apply them to, and a
+    /// Redlock cannot apply them atomically across nodes; both refuse with
     /// [`LockError::InvalidArgument`].
     ///
     /// ```no_run
@@ -179,28 +195,30 @@ impl LockGuard {
         ttl: Option<Duration>,
         effects: &[redis::Cmd],
     ) -> Result<FencedWrite> {
-        if resource.is_empty() {
-            return Err(LockError::invalid("resource", "must not be empty"));
-        }
-        if ttl.is_some_and(|ttl| ttl.is_zero()) {
-            return Err(LockError::invalid("ttl", "must not be zero"));
-        }
         let effects: Vec<Vec<Vec<u8>>> = effects.iter().map(command_args).collect();
-        if effects.iter().any(Vec::is_empty) {
-            return Err(LockError::invalid("effects", "a command has no name"));
-        }
         let cell = &self.lease.cell;
+        let commit = new_token();
         let record = Record {
             value: value.as_ref(),
             ttl,
             effects: &effects,
             owner: Some((&cell.key, &cell.token)),
+            commit: Some(&commit),
         };
-        self.client
-            .inner
-            .backend
-            .fenced_set(resource, cell.fence, record)
-            .await
+        check_record(resource, &record)?;
+        let backend = &self.client.inner.backend;
+        let mut pause = COMMIT_RETRY_FIRST;
+        loop {
+            match backend.fenced_set(resource, cell.fence, record).await {
+                Err(err) if err.is_transient() && cell.is_held() => {
+                    tracing::debug!(key = %cell.key, error = %err, "commit undecided; sending it again");
+                    let jitter = pause.mul_f64(rand::random::<f64>() / 2.0);
+                    tokio::time::sleep((pause + jitter).min(cell.remaining())).await;
+                    pause = (pause * 2).min(COMMIT_RETRY_MAX);
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     fn lost_error(&self) -> LockError {
@@ -209,6 +227,11 @@ impl LockGuard {
         }
     }
 }
+
+/// The first pause before a commit is sent again; it doubles up to
+/// [`COMMIT_RETRY_MAX`], with jitter, while the lease lasts.
+const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(20);
+const COMMIT_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// A command's arguments, its name first.
 fn command_args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {

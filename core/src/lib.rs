@@ -98,7 +98,7 @@ mod watchdog;
 
 pub use client::{ClientBuilder, LockClient};
 pub use error::{LockError, Result};
-pub use fence::{FencedValue, FencedWrite};
+pub use fence::{FencedValue, FencedWrite, MAX_EFFECT_ARGS, MAX_RECORD_TTL};
 pub use guard::LockGuard;
 pub use lease::Lease;
 /// The redis crate this one speaks through, for [`LockGuard::commit`]'s effects.

@@ -345,6 +345,7 @@ impl RedisNode {
             .arg(record.value)
             .arg(record.ttl.map_or(0, millis))
             .arg(record.owner.map_or("", |(_, token)| token))
+            .arg(record.commit.unwrap_or(""))
             .arg(record.effects.len());
         for effect in record.effects {
             invocation.arg(effect.len());

@@ -725,12 +725,14 @@ impl Emit<'_> {
             // Spanned on the parameter, where a type without `Display` is
             // reported.
             let span = at(args[index].pat.span());
-            if single {
+            let arg = if single {
                 quote_spanned!(span=> args)
             } else {
                 let field = syn::Index::from(index);
                 quote_spanned!(span=> &args.#field)
-            }
+            };
+            // Escaped, so that different arguments never render one key.
+            quote_spanned!(span=> ::soloist::__private::KeyPart(#arg))
         });
         let call_args = if single {
             quote!(args)

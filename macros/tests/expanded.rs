@@ -87,6 +87,11 @@ async fn ship(
     Ok(format!("{tenant}/{order}/{}", note.unwrap_or_default()))
 }
 
+#[exclusive_job(key = "{a}:{b}", dedupe = "1h")]
+async fn pair(_ctx: JobContext, a: String, b: String) -> Result<String, std::io::Error> {
+    Ok(format!("{a}|{b}"))
+}
+
 mod jobs {
     use soloist::{JobContext, exclusive_job};
 
@@ -154,6 +159,30 @@ fn keys_render_from_the_arguments() {
     let args = ("acme".to_owned(), 7, Some("fragile".to_owned()));
     assert_eq!(ship.key(&args), "acme/{literal}/7:acme");
     assert_eq!(jobs::notify.key(&3), "user:3");
+    // Arguments are escaped: a separator inside one cannot move it.
+    let first = ("x:y".to_owned(), "z".to_owned());
+    let second = ("x".to_owned(), "y:z".to_owned());
+    assert_eq!(pair.key(&first), "x%3Ay:z");
+    assert_eq!(pair.key(&second), "x:y%3Az");
+}
+
+#[tokio::test]
+async fn arguments_that_differ_never_share_a_dedupe_record() {
+    let handle = Worker::builder(LockClient::memory())
+        .job(pair)
+        .build()
+        .unwrap()
+        .handle();
+    let first = handle.run(pair, ("x:y".into(), "z".into())).await.unwrap();
+    assert!(
+        matches!(&first, RunOutcome::Completed(text) if text == "x:y|z"),
+        "{first:?}"
+    );
+    let second = handle.run(pair, ("x".into(), "y:z".into())).await.unwrap();
+    assert!(
+        matches!(&second, RunOutcome::Completed(text) if text == "x|y:z"),
+        "{second:?}"
+    );
 }
 
 #[tokio::test]

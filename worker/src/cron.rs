@@ -33,6 +33,7 @@ use tracing::Instrument;
 
 use crate::context::JobContext;
 use crate::job::CronJob;
+use crate::key::escaped;
 use crate::metrics;
 use crate::run::{Ended, attempts};
 use crate::schedule::CronSchedule;
@@ -107,7 +108,7 @@ async fn last_claimed(shared: &Shared, spec: &JobSpec) -> Option<DateTime<Utc>> 
 }
 
 fn last_record(spec: &JobSpec) -> String {
-    format!("cron:{}:last", spec.name)
+    format!("cron:{}:last", escaped(&spec.name))
 }
 
 /// Applies the missed-tick policy to the ticks in `(last, before]`.
@@ -172,7 +173,7 @@ fn recover_missed(
 async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_end: DateTime<Utc>) {
     let spec = &entry.spec;
     let tick_ms = tick.timestamp_millis();
-    let key = format!("cron:{}:{tick_ms}", spec.name);
+    let key = format!("cron:{}:{tick_ms}", escaped(&spec.name));
     let span = tracing::info_span!("soloist.job", job = %spec.name, tick = %tick, fence = tracing::field::Empty);
     async {
         loop {
@@ -293,10 +294,17 @@ async fn run_tick(
         let keep = spec.misfire.saturating_add(MARKER_MARGIN + spec.ttl);
         // Only while this run still holds the tick: a run whose lease ended
         // unnoticed must not mark the tick done (or apply its effects).
+        // `commit` sends the marker again while the lease lasts. Without
+        // it the tick is not done: a peer still inside the grace runs it.
         match guard.commit(key, marker, Some(keep), &effects).await {
             Ok(write) if write.is_accepted() => {}
             Ok(_) => outcome = "lost",
-            Err(err) => tracing::warn!(error = %err, "cannot record the tick's outcome"),
+            Err(err) if err.is_transient() => {
+                tracing::warn!(error = %err, "cannot record the tick's outcome; the tick is not done");
+                outcome = "unrecorded";
+            }
+            // Marked done; an effect was refused.
+            Err(err) => tracing::warn!(error = %err, "an effect of the tick failed"),
         }
     }
     metrics::run(&spec.name, outcome);

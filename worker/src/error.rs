@@ -42,6 +42,19 @@ pub enum WorkerError {
     /// The worker is shutting down and starts no new runs.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// A run's body succeeded, but the record of its success (the dedupe
+    /// record, with its committed effects) could not be written while its
+    /// lease lasted: the backend kept failing. Nothing marks the key done,
+    /// so a later request, or a redelivery, runs it again; whether the
+    /// committed effects were applied is known from the record alone.
+    #[error("job `{job}` succeeded, but its success could not be recorded while its lease lasted")]
+    Unrecorded {
+        /// The job's name.
+        job: String,
+        /// The last error writing the record.
+        #[source]
+        source: LockError,
+    },
 }
 
 /// `Result` with [`WorkerError`] as the default error.

@@ -156,12 +156,16 @@ where
 /// A keyed job built at run time from a spec, a key function and an async
 /// closure.
 ///
+/// The key function should render each argument with
+/// [`KeyPart`](crate::KeyPart), as the template does, so that different
+/// arguments never share a key (a lock and a dedupe record).
+///
 /// ```
-/// use soloist::{JobContext, JobSpec, keyed_job};
+/// use soloist::{JobContext, JobSpec, KeyPart, keyed_job};
 /// let spec = JobSpec::keyed("charge", "invoice:{id}").unwrap();
 /// let charge = keyed_job(
 ///     spec,
-///     |id: &u64| format!("invoice:{id}"),
+///     |id: &u64| format!("invoice:{}", KeyPart(id)),
 ///     |ctx: JobContext, id: u64| async move { Ok::<_, std::io::Error>(id * 100) },
 /// );
 /// # let _ = charge;

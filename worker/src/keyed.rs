@@ -4,7 +4,9 @@
 //! Under the prefix of the worker's lock client, the run's lock is
 //! `lock:job:{name}:{key}`, and its dedupe record, written with the run's
 //! fence, is the fenced record `job:{name}:{key}`: a run whose lease ended
-//! unnoticed cannot overwrite the record of the run that followed it.
+//! unnoticed cannot overwrite the record of the run that followed it. The
+//! name is escaped like the key's arguments (see `key.rs`), so a `:` in a
+//! job's name cannot make two jobs share a key.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use tracing::Instrument;
 use crate::context::JobContext;
 use crate::error::{Result, WorkerError};
 use crate::job::KeyedJob;
+use crate::key::escaped;
 use crate::metrics;
 use crate::outcome::RunOutcome;
 use crate::run::{Ended, attempts};
@@ -30,7 +33,7 @@ pub(crate) async fn run<J: KeyedJob>(
     let spec = job.spec()?;
     spec.validate()?;
     let key = job.key(&args);
-    let record = format!("job:{}:{key}", spec.name);
+    let record = format!("job:{}:{key}", escaped(&spec.name));
     let span = tracing::info_span!("soloist.job", job = %spec.name, key = %key, fence = tracing::field::Empty);
     let outcome = async {
         if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
@@ -41,11 +44,20 @@ pub(crate) async fn run<J: KeyedJob>(
         if let Some(max_hold) = spec.max_hold {
             request = request.max_hold(max_hold);
         }
-        let guard = match request.acquire().await {
+        // A shutdown ends the wait: no run starts once it has begun.
+        let acquired = tokio::select! {
+            acquired = request.acquire() => acquired,
+            () = shared.stop_claiming.cancelled() => return Err(WorkerError::ShuttingDown),
+        };
+        let guard = match acquired {
             Ok(guard) => guard,
             Err(LockError::Busy { .. } | LockError::Timeout { .. }) => return Ok(RunOutcome::Busy),
             Err(err) => return Err(err.into()),
         };
+        if shared.stop_claiming.is_cancelled() {
+            let _ = guard.release().await;
+            return Err(WorkerError::ShuttingDown);
+        }
         metrics::claim_time(&spec.name, requested.elapsed());
         tracing::Span::current().record("fence", guard.fence());
         // The record may have appeared while we waited for the lock.
@@ -145,7 +157,18 @@ async fn execute<J: KeyedJob>(
             if let Some((encoded, keep)) = kept {
                 // Only while this run still holds the key: a run whose lease
                 // ended unnoticed records nothing and applies no effect.
-                let write = guard.commit(record, encoded, Some(keep), &effects).await?;
+                // `commit` sends the record again while the lease lasts; an
+                // error still undecided after that is no success.
+                let write = guard
+                    .commit(record, encoded, Some(keep), &effects)
+                    .await
+                    .map_err(|source| match source {
+                        source if source.is_transient() => WorkerError::Unrecorded {
+                            job: spec.name.clone(),
+                            source,
+                        },
+                        source => source.into(),
+                    })?;
                 if !write.is_accepted() {
                     return Ok(RunOutcome::Lost);
                 }

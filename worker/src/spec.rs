@@ -26,7 +26,14 @@ pub struct KeyTemplate {
 
 impl KeyTemplate {
     /// Parses `template`; an empty template, an empty or unclosed
-    /// placeholder, or a stray `}` is an error.
+    /// placeholder, a stray `}`, or a placeholder followed by anything but
+    /// the end of the key or a separator (a character other than a letter,
+    /// digit, `_`, `-`, `.` or `%`) is an error.
+    ///
+    /// Each placeholder is rendered escaped ([`KeyPart`](crate::KeyPart)),
+    /// so that keys rendered from different arguments always differ: with
+    /// `{a}:{b}`, the arguments `("x:y", "z")` render `x%3Ay:z` and
+    /// `("x", "y:z")` render `x:y%3Az`.
     ///
     /// ```
     /// use soloist::KeyTemplate;
@@ -62,6 +69,24 @@ impl KeyTemplate {
                     if !valid {
                         return Err(format!(
                             "`{{{name}}}` in `{template}` is not an argument name"
+                        ));
+                    }
+                    // An argument is rendered escaped (see `KeyPart`): it
+                    // ends where a character it never contains begins, so
+                    // different arguments never render the same key.
+                    let mut after = chars.clone();
+                    let next = after.next();
+                    let separated = match next {
+                        None => true,
+                        Some('{') => after.next() == Some('{'),
+                        Some(c) => !crate::key::is_plain(c) && c != '%',
+                    };
+                    if !separated {
+                        return Err(format!(
+                            "`{{{name}}}` in `{template}` must be followed by the end of the key \
+                             or a separator such as `:` or `/` (not a letter, digit, `_`, `-`, \
+                             `.`, `%` or another placeholder), so that different arguments \
+                             never render the same key"
                         ));
                     }
                     placeholders.push(name);
@@ -385,7 +410,12 @@ mod tests {
                 .len(),
             0
         );
-        for bad in ["", "a:{", "a:{}", "a:}", "a:{1x}", "a:{b-c}"] {
+        for good in ["{a}:{b}", "{a}/{b}", "{a}{{x}}", "x{a}"] {
+            assert!(KeyTemplate::parse(good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            "", "a:{", "a:{}", "a:}", "a:{1x}", "a:{b-c}", "{a}{b}", "{a}x{b}", "{a}-{b}", "{a}%",
+        ] {
             assert!(KeyTemplate::parse(bad).is_err(), "{bad:?} parsed");
         }
     }

@@ -341,3 +341,128 @@ async fn effects_commit_with_the_success_record() {
         ))
     ));
 }
+
+/// Job names are escaped in the keys they run under: a `:` in one name
+/// cannot make its keys those of another job.
+#[tokio::test]
+async fn jobs_whose_names_and_keys_join_alike_keep_apart() {
+    let server = RedisServer::start();
+    let locks = LockClient::connect(&server.url()).await.unwrap();
+    let worker = handle(locks, "a");
+    let job = |name: &str, template: &str, prefix: &'static str| {
+        keyed_job(
+            JobSpec::keyed(name, template).unwrap().dedupe(60 * SECOND),
+            move |part: &String| format!("{prefix}{}", soloist::KeyPart(part)),
+            |ctx: JobContext, _part: String| async move {
+                Ok::<_, std::io::Error>(ctx.job().to_owned())
+            },
+        )
+    };
+    // Unescaped, both would run under the record `job:a:b:c`.
+    let first = worker
+        .run(job("a:b", "{part}", ""), "c".into())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&first, RunOutcome::Completed(job) if job == "a:b"),
+        "{first:?}"
+    );
+    let second = worker
+        .run(job("a", "b:{part}", "b:"), "c".into())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&second, RunOutcome::Completed(job) if job == "a"),
+        "{second:?}"
+    );
+}
+
+/// Redis stops answering just as a run succeeds: the dedupe record is
+/// written once Redis is back (the lease still holds), the run counts as a
+/// success, and the next request for the key gets its recorded result.
+#[tokio::test]
+async fn a_success_record_delayed_by_a_stalled_redis_is_still_written() {
+    let server = Arc::new(RedisServer::start());
+    let locks = LockClient::builder()
+        .op_timeout(Duration::from_millis(200))
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let worker = handle(locks, "a");
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = keyed_job(
+        JobSpec::keyed("charge", "invoice:{invoice}")
+            .unwrap()
+            .ttl(10 * SECOND)
+            .dedupe(60 * SECOND),
+        |invoice: &u64| format!("invoice:{invoice}"),
+        {
+            let (server, runs) = (server.clone(), runs.clone());
+            move |_ctx: JobContext, invoice: u64| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                // Redis freezes as the body returns, for longer than the
+                // operation timeout.
+                server.pause();
+                let server = server.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(SECOND);
+                    server.resume();
+                });
+                async move { Ok::<_, std::io::Error>(invoice) }
+            }
+        },
+    );
+    let first = worker.run(&job, 7).await.unwrap();
+    assert!(matches!(first, RunOutcome::Completed(7)), "{first:?}");
+    let second = worker.run(&job, 7).await.unwrap();
+    assert!(matches!(second, RunOutcome::Duplicate(7)), "{second:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A request waiting for a key held elsewhere ends when shutdown begins:
+/// `run_until` returns within its grace, and the body never starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_keyed_wait_and_starts_no_run() {
+    let server = RedisServer::start();
+    let locks = LockClient::connect(&server.url()).await.unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let spec = JobSpec::keyed("charge", "invoice:{invoice}")
+        .unwrap()
+        .wait(60 * SECOND);
+    let job = charge_job(spec, runs.clone(), Duration::ZERO);
+    // Another replica runs invoice 1 for a long while.
+    let _held = locks
+        .lock("job:charge:invoice:1")
+        .ttl(60 * SECOND)
+        .acquire()
+        .await
+        .unwrap();
+    let worker = Worker::builder(locks)
+        .shutdown_grace(SECOND)
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    let waiting = tokio::spawn(async move { handle.run(&job, 1).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = std::time::Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(5 * SECOND, running)
+        .await
+        .expect("run_until waited past its grace for a keyed wait")
+        .unwrap()
+        .unwrap();
+    assert!(began.elapsed() < 5 * SECOND);
+    let outcome = tokio::time::timeout(SECOND, waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(outcome, Err(soloist::WorkerError::ShuttingDown)),
+        "{outcome:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
