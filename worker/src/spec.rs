@@ -169,6 +169,11 @@ pub struct JobSpec {
     pub(crate) wait: Duration,
 }
 
+/// The longest any duration setting of a job (or a worker) may be.
+pub(crate) const MAX_SETTING: Duration = Duration::from_secs(365 * 86_400);
+/// The most retries a job may ask for.
+const MAX_RETRIES: u32 = 1000;
+
 /// The lease length unless set.
 pub const DEFAULT_JOB_TTL: Duration = Duration::from_secs(30);
 /// How late a cron tick may still start, unless set.
@@ -238,7 +243,7 @@ impl JobSpec {
     }
 
     /// How many times a failed run is retried, under the same lease;
-    /// default 0.
+    /// default 0, at most 1000.
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
@@ -292,15 +297,19 @@ impl JobSpec {
         if !(soloist_core::MIN_TTL..=soloist_core::MAX_TTL).contains(&self.ttl) {
             return invalid("ttl", "must be between 10 ms and 24 h");
         }
-        let year = Duration::from_secs(365 * 86_400);
         for (name, value) in [
             ("max_hold", self.max_hold),
             ("dedupe", self.dedupe),
             ("misfire", Some(self.misfire)),
+            ("backoff", Some(self.backoff)),
+            ("wait", Some(self.wait)),
         ] {
-            if value.is_some_and(|value| value > year) {
+            if value.is_some_and(|value| value > MAX_SETTING) {
                 return invalid(name, "must be at most a year");
             }
+        }
+        if self.retries > MAX_RETRIES {
+            return invalid("retries", "must be at most 1000");
         }
         if self.max_hold.is_some_and(|max_hold| max_hold.is_zero()) {
             return invalid("max_hold", "must not be zero");
@@ -430,6 +439,9 @@ mod tests {
         assert!(cron().max_hold(Duration::ZERO).validate().is_err());
         assert!(cron().misfire(Duration::MAX).validate().is_err());
         assert!(cron().max_hold(Duration::MAX).validate().is_err());
+        assert!(cron().backoff(Duration::MAX).validate().is_err());
+        assert!(cron().retries(u32::MAX).validate().is_err());
+        assert!(cron().retries(1000).validate().is_ok());
         assert!(matches!(
             JobSpec::cron("j", "* * * * * *", "Nowhere/Land"),
             Err(WorkerError::InvalidJob { name: "tz", .. })

@@ -20,7 +20,10 @@ use crate::job::{IntoJob, KeyedJob, Kind, Registration};
 use crate::keyed;
 use crate::outcome::RunOutcome;
 use crate::source::Source;
-use crate::spec::{JobSpec, Trigger};
+use crate::spec::{JobSpec, MAX_SETTING, Trigger};
+
+/// The most deliveries per source a replica may run at once.
+const MAX_IN_FLIGHT: usize = 10_000;
 
 /// What every part of a running worker shares.
 pub(crate) struct Shared {
@@ -219,7 +222,7 @@ impl WorkerBuilder {
     }
 
     /// How many deliveries per source may run at once on this replica;
-    /// default 16. A source is read only when a slot is free.
+    /// default 16, at most 10,000. A source is read only when a slot is free.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.in_flight = max;
         self
@@ -269,11 +272,25 @@ impl WorkerBuilder {
                 });
             }
         }
-        if self.in_flight == 0 {
+        if !(1..=MAX_IN_FLIGHT).contains(&self.in_flight) {
             return Err(WorkerError::invalid(
                 "-",
                 "max_in_flight",
-                "must be at least 1",
+                format!("must be between 1 and {MAX_IN_FLIGHT}"),
+            ));
+        }
+        if self.local_clock_error.abs() > TimeDelta::days(365) {
+            return Err(WorkerError::invalid(
+                "-",
+                "local_clock_error",
+                "must be at most a year",
+            ));
+        }
+        if self.shutdown_grace > MAX_SETTING {
+            return Err(WorkerError::invalid(
+                "-",
+                "shutdown_grace",
+                "must be at most a year",
             ));
         }
         let mut consumers: Vec<Consumer> = Vec::new();
