@@ -12,7 +12,9 @@
 //!   again;
 //! - the fenced record `cron:{name}:last` holds the latest claimed tick
 //!   (its fence is the tick itself, so it only moves forward); it is how a
-//!   replica that starts learns which ticks the whole fleet missed.
+//!   replica that starts learns which ticks the whole fleet missed. A tick
+//!   runs only after this record holds it (or a later tick), so recovery
+//!   never runs a tick that ran.
 //!
 //! A replica that finds the tick's lock held waits on it until the grace
 //! ends. When the holder finishes, the waiter finds the done-marker and
@@ -203,7 +205,12 @@ async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_en
                 Ok(guard) => {
                     metrics::claim_time(&spec.name, requested.elapsed());
                     tracing::Span::current().record("fence", guard.fence());
-                    return run_tick(shared, entry, tick, &key, guard).await;
+                    match run_tick(shared, entry, tick, &key, guard).await {
+                        Handled::Yes => return,
+                        // Not run: the claim could not be recorded. Try
+                        // again while the grace lasts.
+                        Handled::No => tokio::time::sleep(retry_pause()).await,
+                    }
                 }
                 Err(LockError::Busy { .. } | LockError::Timeout { .. }) => {
                     // Waited out the grace behind another holder.
@@ -211,8 +218,7 @@ async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_en
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "claim failed; retrying");
-                    let pause = Duration::from_millis(100 + u64::from(rand::random::<u8>()));
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(retry_pause()).await;
                 }
             }
         }
@@ -221,18 +227,52 @@ async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_en
     .await;
 }
 
+/// A jittered pause before a claim is tried again.
+fn retry_pause() -> Duration {
+    Duration::from_millis(100 + u64::from(rand::random::<u8>()))
+}
+
+/// Whether a claimed tick was dealt with: run, or found done.
+enum Handled {
+    Yes,
+    No,
+}
+
+/// Records `tick` as the job's latest claimed tick, asking again while the
+/// lease holds. A tick already recorded as later is no error.
+async fn record_claim(shared: &Shared, spec: &JobSpec, tick_ms: u64, guard: &LockGuard) -> bool {
+    loop {
+        let written = shared
+            .locks
+            .fenced_set(&last_record(spec), tick_ms, tick_ms.to_string())
+            .await;
+        match written {
+            Ok(_) => return true,
+            Err(err) if err.is_transient() && guard.is_held() => {
+                tracing::debug!(error = %err, "cannot record the claimed tick; asking again");
+                tokio::time::sleep(retry_pause()).await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot record the claimed tick; not running it");
+                return false;
+            }
+        }
+    }
+}
+
 async fn done(shared: &Shared, key: &str) -> soloist_core::Result<bool> {
     Ok(shared.locks.fenced_get(key).await?.is_some())
 }
 
-/// Runs the claimed tick and records how it ended.
+/// Runs the claimed tick and records how it ended; `Handled::No` when it
+/// could not run because its claim could not be recorded.
 async fn run_tick(
     shared: &Shared,
     entry: &CronEntry,
     tick: DateTime<Utc>,
     key: &str,
     guard: LockGuard,
-) {
+) -> Handled {
     let spec = &entry.spec;
     // Finished by another holder while we waited for the lock? Not knowing
     // is not "no": ask again while the lease lasts.
@@ -243,20 +283,24 @@ async fn run_tick(
                 tracing::debug!(error = %err, "cannot read the done-marker; asking again");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(_) => return metrics::run(&spec.name, "lost"),
+            Err(_) => {
+                metrics::run(&spec.name, "lost");
+                return Handled::Yes;
+            }
         }
     };
     if finished {
         let _ = guard.release().await;
-        return metrics::run(&spec.name, "skipped_by_peer");
+        metrics::run(&spec.name, "skipped_by_peer");
+        return Handled::Yes;
     }
+    // A tick runs only once it is recorded as claimed: a replica that
+    // starts after a fleet-wide outage runs only ticks after that record,
+    // so no tick that ran here is run again, however long ago it was.
     let tick_ms = u64::try_from(tick.timestamp_millis()).unwrap_or(0);
-    if let Err(err) = shared
-        .locks
-        .fenced_set(&last_record(spec), tick_ms, tick_ms.to_string())
-        .await
-    {
-        tracing::debug!(error = %err, "cannot record the last claimed tick");
+    if !record_claim(shared, spec, tick_ms, &guard).await {
+        let _ = guard.release().await;
+        return Handled::No;
     }
     let started = Instant::now();
     let mut last_ctx = None;
@@ -311,4 +355,5 @@ async fn run_tick(
     if let Err(err) = guard.release().await {
         tracing::debug!(error = %err, "releasing the tick");
     }
+    Handled::Yes
 }

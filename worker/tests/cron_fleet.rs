@@ -388,3 +388,69 @@ async fn shutdown_waits_for_runs_then_cancels_them() {
         );
     }
 }
+
+/// How long from now until `at`, or zero.
+fn until(at: DateTime<Utc>) -> Duration {
+    (at - Utc::now()).to_std().unwrap_or_default()
+}
+
+/// A tick runs only once its claim is recorded, so a fleet that restarts
+/// after the tick's done-marker expired never runs it a second time: here
+/// the claim record cannot be written at first (its key holds a string),
+/// the fleet stops, the markers go, and the fleet restarts just after the
+/// tick's grace, when recovery runs the latest missed tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_that_ran_never_runs_again_after_a_fleet_restart() {
+    let server = RedisServer::start();
+    let last_key = "soloist:fenced:cron:every-3s:last";
+    server.cli(&["SET", last_key, "not a record"]);
+    let runs: Runs = Arc::default();
+    let worker = |locks: LockClient| {
+        let recorder = runs.clone();
+        let job = cron_job(
+            JobSpec::cron("every-3s", "*/3 * * * * *", "UTC")
+                .unwrap()
+                .misfire(SECOND)
+                .missed(MissedTicks::RunOnce),
+            move |ctx: JobContext| {
+                let recorder = recorder.clone();
+                async move {
+                    record(&recorder, &ctx);
+                    Ok::<_, std::io::Error>(())
+                }
+            },
+        );
+        Worker::builder(locks).job(job).build().unwrap()
+    };
+    let first = Replica::start(worker(client(&server).await));
+    // The next tick at least 300 ms away: the replica is up to claim it.
+    let soon = Utc::now() + TimeDelta::milliseconds(300);
+    let tick_ms = (soon.timestamp_millis() / 3000 + 1) * 3000;
+    let tick = DateTime::from_timestamp_millis(tick_ms).unwrap();
+    tokio::time::sleep(until(tick + TimeDelta::milliseconds(500))).await;
+    first.stop().await;
+
+    // The markers expire; the claim record is readable again and older.
+    for marker in server
+        .cli(&["KEYS", "soloist:fenced:cron:every-3s:*"])
+        .lines()
+    {
+        server.cli(&["DEL", marker.trim()]);
+    }
+    let locks = client(&server).await;
+    let old_ms = u64::try_from(tick_ms - 60_000).unwrap();
+    locks
+        .fenced_set("cron:every-3s:last", old_ms, old_ms.to_string())
+        .await
+        .unwrap();
+    // Past the tick's grace, before the next tick's: recovery's latest
+    // missed tick is the tick.
+    tokio::time::sleep(until(tick + TimeDelta::milliseconds(1500))).await;
+    let second = Replica::start(worker(locks));
+    tokio::time::sleep(until(tick + TimeDelta::milliseconds(2500))).await;
+    second.stop().await;
+
+    let runs = runs.lock().unwrap();
+    let of_tick = runs.iter().filter(|run| run.0 == tick).count();
+    assert_eq!(of_tick, 1, "the tick ran {of_tick} times: {runs:?}");
+}
