@@ -67,12 +67,14 @@ pub(crate) struct Renewal<'a> {
 }
 
 pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
-    /// Takes `key` for `token` if free, issuing a fence atomically with it.
+    /// Takes `key` for `token` if free, issuing a fence from the counter
+    /// named `counter` (usually the key itself) atomically with it.
     /// A `waiting` caller that finds it held joins the key's queue, to be
     /// woken by the holder's release.
     fn try_acquire<'a>(
         &'a self,
         key: &'a str,
+        counter: &'a str,
         token: &'a str,
         ttl: Duration,
         waiting: Option<Waiting>,

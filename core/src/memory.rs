@@ -116,6 +116,7 @@ impl Backend for MemoryBackend {
     fn try_acquire<'a>(
         &'a self,
         key: &'a str,
+        counter: &'a str,
         token: &'a str,
         ttl: Duration,
         _waiting: Option<Waiting>,
@@ -135,7 +136,7 @@ impl Backend for MemoryBackend {
                         expires: now + ttl,
                     },
                 );
-                Attempt::Acquired(state.next_fence(key, now))
+                Attempt::Acquired(state.next_fence(counter, now))
             }
         };
         futures::future::ready(Ok(attempt)).boxed()

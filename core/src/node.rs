@@ -202,15 +202,19 @@ fn unexpected(what: &'static str) -> LockError {
 }
 
 impl RedisNode {
-    /// Takes `key` for `token` if free, issuing a fence atomically with it.
+    /// Takes `key` for `token` if free, issuing a fence from `counter`
+    /// atomically with it.
     pub(crate) async fn try_acquire(
         &self,
         key: &str,
+        counter: &str,
         token: &str,
         ttl: Duration,
         waiting: Option<Waiting>,
     ) -> Result<Attempt> {
-        let (acquired, value) = self.take(key, token, ttl, waiting, "fence").await?;
+        let (acquired, value) = self
+            .take(key, counter, token, ttl, waiting, "fence")
+            .await?;
         Ok(if acquired {
             Attempt::Acquired(value.ok_or_else(|| unexpected("negative fence"))?)
         } else {
@@ -220,15 +224,18 @@ impl RedisNode {
         })
     }
 
-    /// Redlock's first phase: takes `key` here and reads this node's counter.
+    /// Redlock's first phase: takes `key` here and reads this node's `counter`.
     pub(crate) async fn grant(
         &self,
         key: &str,
+        counter: &str,
         token: &str,
         ttl: Duration,
         waiting: Option<Waiting>,
     ) -> Result<Grant> {
-        let (granted, value) = self.take(key, token, ttl, waiting, "counter").await?;
+        let (granted, value) = self
+            .take(key, counter, token, ttl, waiting, "counter")
+            .await?;
         Ok(if granted {
             Grant::Granted {
                 counter: value.ok_or_else(|| unexpected("negative fence counter"))?,
@@ -246,6 +253,7 @@ impl RedisNode {
     async fn take(
         &self,
         key: &str,
+        counter: &str,
         token: &str,
         ttl: Duration,
         waiting: Option<Waiting>,
@@ -254,7 +262,7 @@ impl RedisNode {
         let mut invocation = ACQUIRE.prepare_invoke();
         invocation
             .key(self.keys.lock(key))
-            .key(self.keys.fence(key))
+            .key(self.keys.fence(counter))
             .key(self.keys.waiters(key))
             .arg(token)
             .arg(millis(ttl))
@@ -269,13 +277,19 @@ impl RedisNode {
         Ok((taken == 1, u64::try_from(value).ok()))
     }
 
-    /// Redlock's second phase: raises this node's counter to `fence` while
-    /// it still holds `key` for `token`.
-    pub(crate) async fn commit_fence(&self, key: &str, token: &str, fence: u64) -> Result<bool> {
+    /// Redlock's second phase: raises this node's `counter` to `fence`
+    /// while it still holds `key` for `token`.
+    pub(crate) async fn commit_fence(
+        &self,
+        key: &str,
+        counter: &str,
+        token: &str,
+        fence: u64,
+    ) -> Result<bool> {
         let mut invocation = COMMIT_FENCE.prepare_invoke();
         invocation
             .key(self.keys.lock(key))
-            .key(self.keys.fence(key))
+            .key(self.keys.fence(counter))
             .arg(token)
             .arg(fence.to_string());
         let committed: i64 = self.script("commit_fence", &invocation).await?;

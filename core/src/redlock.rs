@@ -134,8 +134,8 @@ impl RedlockBackend {
 
     /// Phase two: raises the counters to `fence` on every node still ours;
     /// `true` once a majority acknowledged.
-    async fn commit_fence(&self, key: &str, token: &str, fence: u64) -> bool {
-        let mut commits = self.fan_out(|node| node.commit_fence(key, token, fence));
+    async fn commit_fence(&self, key: &str, counter: &str, token: &str, fence: u64) -> bool {
+        let mut commits = self.fan_out(|node| node.commit_fence(key, counter, token, fence));
         let (mut acked, mut answered) = (0, 0);
         while let Some(outcome) = commits.next().await {
             answered += 1;
@@ -166,13 +166,14 @@ impl Backend for RedlockBackend {
     fn try_acquire<'a>(
         &'a self,
         key: &'a str,
+        counter: &'a str,
         token: &'a str,
         ttl: Duration,
         waiting: Option<Waiting>,
     ) -> BoxFuture<'a, Result<Attempt>> {
         async move {
             let started = Instant::now();
-            let mut grants = self.fan_out(|node| node.grant(key, token, ttl, waiting));
+            let mut grants = self.fan_out(|node| node.grant(key, counter, token, ttl, waiting));
             let mut tally = Tally::default();
             let mut highest = 0;
             let mut expires_in: Option<Duration> = None;
@@ -199,7 +200,7 @@ impl Backend for RedlockBackend {
             drop(grants);
             if tally.granted >= self.quorum {
                 let fence = highest + 1;
-                let committed = self.commit_fence(key, token, fence).await;
+                let committed = self.commit_fence(key, counter, token, fence).await;
                 let validity = ttl.saturating_sub(started.elapsed() + drift(ttl));
                 if committed && !validity.is_zero() {
                     return Ok(Attempt::Acquired(fence));

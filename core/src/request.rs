@@ -55,6 +55,7 @@ pub struct LockRequest {
     wait: Duration,
     watchdog: bool,
     max_hold: Option<Duration>,
+    fence_counter: Option<String>,
 }
 
 impl LockRequest {
@@ -66,6 +67,7 @@ impl LockRequest {
             wait: Duration::ZERO,
             watchdog: true,
             max_hold: None,
+            fence_counter: None,
         }
     }
 
@@ -102,9 +104,38 @@ impl LockRequest {
         self
     }
 
+    /// Issues this lock's fences from the counter named `name` instead of
+    /// the key's own (the counter of the lock whose key is `name`). Fences drawn from one counter increase across every
+    /// key that shares it, not only per key; and one counter, not one per
+    /// key, stays behind (a week, as every counter does). Meant for a family
+    /// of short-lived keys, such as one lock per scheduled run of a job.
+    ///
+    /// On a single node (and the memory backend) every fence from a shared
+    /// counter is distinct and later acquisitions get higher ones. On a
+    /// Redlock, acquisitions of *different* keys that overlap in time may
+    /// draw the same fence; each key's fences still strictly increase.
+    ///
+    /// ```
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let first = locks.lock("report:monday").fence_counter("report").acquire().await?;
+    /// let second = locks.lock("report:tuesday").fence_counter("report").acquire().await?;
+    /// assert!(second.fence() > first.fence());
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn fence_counter(mut self, name: impl Into<String>) -> Self {
+        self.fence_counter = Some(name.into());
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         if self.key.is_empty() {
             return Err(LockError::invalid("key", "must not be empty"));
+        }
+        if self.fence_counter.as_ref().is_some_and(String::is_empty) {
+            return Err(LockError::invalid("fence_counter", "must not be empty"));
         }
         if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
             return Err(LockError::invalid(
@@ -259,7 +290,13 @@ impl LockRequest {
             .client
             .inner
             .backend
-            .try_acquire(&self.key, &token, self.ttl, waiting)
+            .try_acquire(
+                &self.key,
+                self.fence_counter.as_deref().unwrap_or(&self.key),
+                &token,
+                self.ttl,
+                waiting,
+            )
             .await?;
         pending.armed = false;
         drop(pending);

@@ -33,11 +33,14 @@ impl Backend for RedisBackend {
     fn try_acquire<'a>(
         &'a self,
         key: &'a str,
+        counter: &'a str,
         token: &'a str,
         ttl: Duration,
         waiting: Option<Waiting>,
     ) -> BoxFuture<'a, Result<Attempt>> {
-        self.node.try_acquire(key, token, ttl, waiting).boxed()
+        self.node
+            .try_acquire(key, counter, token, ttl, waiting)
+            .boxed()
     }
 
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>> {

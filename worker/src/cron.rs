@@ -4,7 +4,9 @@
 //! For each tick `T` of job `name`, under the prefix of the worker's lock
 //! client:
 //! - the lock `lock:cron:{name}:{T}` (T in Unix milliseconds) admits one
-//!   run of the tick at a time, renewed by the watchdog while it runs;
+//!   run of the tick at a time, renewed by the watchdog while it runs; its
+//!   fence comes from the job's one counter, `fence:cron:{name}`, so fences
+//!   increase from tick to tick and no counter is kept per tick;
 //! - the fenced record `cron:{name}:{T}`, the tick's done-marker, is
 //!   written with the run's fence when the run ends for good (success,
 //!   failure after its retries, or `max_hold`), and kept for the misfire
@@ -109,6 +111,11 @@ async fn last_claimed(shared: &Shared, spec: &JobSpec) -> Option<DateTime<Utc>> 
     DateTime::from_timestamp_millis(i64::try_from(stored.fence).ok()?)
 }
 
+/// The counter every tick's fence comes from.
+fn fence_counter(spec: &JobSpec) -> String {
+    format!("cron:{}", escaped(&spec.name))
+}
+
 fn last_record(spec: &JobSpec) -> String {
     format!("cron:{}:last", escaped(&spec.name))
 }
@@ -193,7 +200,14 @@ async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_en
                 return metrics::run(&spec.name, "skipped_by_peer");
             };
             let requested = Instant::now();
-            let mut request = shared.locks.lock(&key).ttl(spec.ttl).wait(left);
+            // One fence counter per job, not one per tick: fences increase
+            // from tick to tick, and no counter is left behind per tick.
+            let mut request = shared
+                .locks
+                .lock(&key)
+                .fence_counter(fence_counter(spec))
+                .ttl(spec.ttl)
+                .wait(left);
             if let Some(max_hold) = spec.max_hold {
                 request = request.max_hold(max_hold);
             }

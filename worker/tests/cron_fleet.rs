@@ -454,3 +454,64 @@ async fn a_tick_that_ran_never_runs_again_after_a_fleet_restart() {
     let of_tick = runs.iter().filter(|run| run.0 == tick).count();
     assert_eq!(of_tick, 1, "the tick ran {of_tick} times: {runs:?}");
 }
+
+/// Every tick's fence comes from one counter per job: fences increase from
+/// tick to tick, and no key is left behind per tick once its run is over
+/// but the done-marker, which lasts no longer than the tick's grace, a
+/// lease and a margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_draw_fences_from_one_counter_per_job() {
+    let server = RedisServer::start();
+    let runs: Runs = Arc::default();
+    let mut replicas = Vec::new();
+    for name in ["a", "b"] {
+        let recorder = runs.clone();
+        let job = cron_job(
+            JobSpec::cron("every-second", "* * * * * *", "UTC")
+                .unwrap()
+                .ttl(SECOND)
+                .misfire(SECOND),
+            move |ctx: JobContext| {
+                let recorder = recorder.clone();
+                async move {
+                    record(&recorder, &ctx);
+                    Ok::<_, std::io::Error>(())
+                }
+            },
+        );
+        replicas.push(Replica::named(&server, name, job).await);
+    }
+    tokio::time::sleep(3 * SECOND).await;
+    for replica in replicas {
+        replica.stop().await;
+    }
+    let ticks = assert_each_tick_once(&runs);
+    assert!(ticks.len() >= 2, "ran {ticks:?}");
+    let mut by_tick: Vec<_> = runs.lock().unwrap().iter().map(|r| (r.0, r.3)).collect();
+    by_tick.sort();
+    assert!(
+        by_tick.windows(2).all(|w| w[1].1 > w[0].1),
+        "fences increase from tick to tick: {by_tick:?}"
+    );
+    let counters = server.cli(&["KEYS", "soloist:fence:*"]);
+    assert_eq!(counters.trim(), "soloist:fence:cron:every-second");
+    let left: Vec<String> = server
+        .cli(&["KEYS", "soloist:*"])
+        .lines()
+        .map(str::trim)
+        .filter(|key| !key.is_empty() && key.ends_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect();
+    // One key per tick remains: its done-marker, which expires.
+    for key in &left {
+        assert!(
+            key.starts_with("soloist:fenced:cron:every-second:"),
+            "{key} left behind"
+        );
+        let ttl: u64 = server.cli(&["PTTL", key]).trim().parse().unwrap();
+        assert!(
+            ttl <= (SECOND + SECOND + 300 * SECOND).as_millis() as u64,
+            "{key}: {ttl} ms"
+        );
+    }
+}
