@@ -6,6 +6,11 @@
 //! trip. Ours marks a connection broken when a command on it fails at the
 //! transport level, and the pool discards it; check-outs cost nothing.
 //!
+//! A connection that answers `READONLY` or `MASTERDOWN` is retired too: it
+//! reaches a server that was demoted (a failover moved the primary), and
+//! a fresh connection to the same address (a virtual IP, a DNS name, a
+//! proxy) reaches the new primary, where the old one never would.
+//!
 //! A redis-rs multiplexed connection pipelines any number of concurrent
 //! requests, so requests share the connection last checked out, cached
 //! here, and go back to the pool only when it breaks: a check-out per
@@ -38,10 +43,12 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Records the outcome of a command; a transport failure retires the connection.
+    /// Records the outcome of a command; a transport failure, or a reply
+    /// from a server that is no longer a writable primary, retires the
+    /// connection.
     pub(crate) fn observe<T>(&self, result: &Result<T, RedisError>) {
         if let Err(err) = result
-            && is_transport_error(err)
+            && (is_transport_error(err) || is_demoted(err))
         {
             self.broken.store(true, Ordering::Relaxed);
         }
@@ -60,14 +67,32 @@ pub(crate) fn is_transport_error(err: &RedisError) -> bool {
         || err.is_unrecoverable_error()
 }
 
+/// Whether the server answered as a replica or a primary cut off from its
+/// replicas: this connection will keep getting that answer.
+pub(crate) fn is_demoted(err: &RedisError) -> bool {
+    matches!(err.code(), Some("READONLY" | "MASTERDOWN"))
+}
+
 impl Pool {
+    /// A pool of up to `size` connections; connecting and every reply get
+    /// `op_timeout`.
     pub(crate) fn new(client: redis::Client, size: u32, op_timeout: Duration) -> Self {
+        Self::with_timeouts(client, size, op_timeout, op_timeout)
+    }
+
+    /// A pool whose replies may take `response_timeout` (blocking reads).
+    pub(crate) fn with_timeouts(
+        client: redis::Client,
+        size: u32,
+        op_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
         let pool = bb8::Pool::builder()
             .max_size(size)
             .test_on_check_out(false)
             .retry_connection(false)
             .connection_timeout(op_timeout)
-            .build_unchecked(ConnectionManager::new(client, op_timeout));
+            .build_unchecked(ConnectionManager::new(client, op_timeout, response_timeout));
         Pool {
             pool,
             current: Mutex::new(None),
@@ -129,10 +154,10 @@ struct ConnectionManager {
 }
 
 impl ConnectionManager {
-    fn new(client: redis::Client, op_timeout: Duration) -> Self {
+    fn new(client: redis::Client, op_timeout: Duration, response_timeout: Duration) -> Self {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(op_timeout));
+            .set_response_timeout(Some(response_timeout));
         ConnectionManager { client, config }
     }
 }
@@ -158,5 +183,47 @@ impl bb8::ManageConnection for ConnectionManager {
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
         conn.is_broken()
+    }
+}
+
+/// A connection to one Redis server that replaces itself: a command that
+/// fails at the transport level (server restarted, connection dropped or
+/// timed out) or is answered `READONLY` / `MASTERDOWN` retires it, and the
+/// next command opens a fresh one. The error of the failed command is
+/// returned to its caller, who decides whether and when to retry.
+///
+/// The lock client runs on the same mechanism; this handle lets the
+/// worker's queue sources share it.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SharedConnection {
+    pool: Pool,
+}
+
+impl SharedConnection {
+    /// Connects lazily to `url`: nothing is sent before the first command.
+    /// Connecting gets `connect_timeout`, each reply `response_timeout`.
+    pub fn open(
+        url: &str,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self, LockError> {
+        let client = redis::Client::open(url)
+            .map_err(|err| LockError::invalid("url", format!("`{url}`: {err}")))?;
+        Ok(SharedConnection {
+            pool: Pool::with_timeouts(client, 1, connect_timeout, response_timeout),
+        })
+    }
+
+    /// Runs `work` on the current connection, retiring it if the outcome
+    /// says it is no longer usable.
+    pub async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
+    ) -> Result<T, LockError> {
+        let mut conn = self.pool.get().await?;
+        let result = work(&mut conn.conn).await;
+        conn.observe(&result);
+        Ok(result?)
     }
 }

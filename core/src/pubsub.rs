@@ -169,9 +169,12 @@ async fn run(core: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Ensure>) {
                     core.board.notify_all();
                 }
                 None => {
-                    retry_at = Instant::now() + backoff;
+                    // Jittered, so that clients cut off together do not all
+                    // reconnect in the same instant.
+                    let pause = backoff.mul_f64(rand::random_range(0.5..=1.0));
+                    retry_at = Instant::now() + pause;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    tracing::debug!("wake-up connection unavailable, retrying in {backoff:?}");
+                    tracing::debug!("wake-up connection unavailable, retrying in {pause:?}");
                 }
             }
         }
