@@ -30,7 +30,8 @@ pub(crate) enum Handled {
     Busy,
     /// The run failed; the reason, for the dead letters.
     Failed(String),
-    /// The run did not end (lease lost, max_hold, shutdown): leave it.
+    /// The run did not end (lease lost, max_hold, shutdown); how, by its
+    /// outcome's label.
     Unfinished(&'static str),
     /// The payload does not decode into the job's arguments.
     Malformed(String),
@@ -69,14 +70,28 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
     }
 }
 
-/// Checks that a job can be consumed: without dedupe, a redelivered
-/// message would run its job again.
-pub(crate) fn check(spec: &JobSpec) -> Result<()> {
-    if spec.dedupe.is_none() {
+/// Checks that a job can be consumed from `source`: without dedupe, a
+/// redelivered message would run its job again; with a window shorter than
+/// the visibility timeout, the success record could be gone by the time a
+/// message whose acknowledgement was lost comes back.
+pub(crate) fn check(spec: &JobSpec, source: &dyn Source) -> Result<()> {
+    let Some(window) = spec.dedupe else {
         return Err(WorkerError::invalid(
             &spec.name,
             "dedupe",
             "a job consumed from a queue needs `dedupe`, or redeliveries would run it again",
+        ));
+    };
+    let visibility = source.visibility_timeout();
+    if window < visibility {
+        return Err(WorkerError::invalid(
+            &spec.name,
+            "dedupe",
+            format!(
+                "the window ({window:?}) must be at least the visibility timeout of source `{}` \
+                 ({visibility:?}), or a redelivered message could run again",
+                source.name()
+            ),
         ));
     }
     Ok(())
@@ -84,6 +99,9 @@ pub(crate) fn check(spec: &JobSpec) -> Result<()> {
 
 /// How often a consumer reports its source's lag.
 const LAG_EVERY: Duration = Duration::from_secs(5);
+/// The first and the longest pause after a failed read.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Consumes `source` until the worker stops claiming, with at most
 /// `in_flight` deliveries running at once.
@@ -95,6 +113,7 @@ pub(crate) async fn consume(
 ) {
     let slots = Arc::new(Semaphore::new(in_flight));
     let mut lag_reported: Option<tokio::time::Instant> = None;
+    let mut backoff = MIN_BACKOFF;
     loop {
         if lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
             lag_reported = Some(tokio::time::Instant::now());
@@ -117,11 +136,21 @@ pub(crate) async fn consume(
             () = shared.stop_claiming.cancelled() => return,
         };
         let deliveries = match received {
-            Ok(deliveries) => deliveries,
+            Ok(deliveries) => {
+                backoff = MIN_BACKOFF;
+                deliveries
+            }
             Err(err) => {
-                tracing::warn!(source = source.name(), error = %err, "receiving failed; retrying");
+                // The source reconnects on its next call; the jitter keeps a
+                // fleet cut off together from coming back in one instant.
+                let pause = backoff.mul_f64(rand::random_range(0.5..=1.0));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tracing::warn!(source = source.name(), error = %err, retry_in = ?pause, "receiving failed; retrying");
                 drop(first);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shared.stop_claiming.cancelled() => return,
+                }
                 continue;
             }
         };
@@ -186,34 +215,53 @@ async fn handle(
                 }
             }
         }
-        Ok(Handled::Failed(reason)) if delivery.deliveries >= source.max_deliveries() => {
-            dead_letter(
-                source,
-                &delivery,
-                &format!("failed {} times: {reason}", delivery.deliveries),
-            )
-            .await;
-        }
         Ok(Handled::Malformed(reason)) => dead_letter(source, &delivery, &reason).await,
-        Ok(Handled::Failed(reason)) => {
-            tracing::info!(source = name, id = %delivery.id, deliveries = delivery.deliveries, reason = %reason, "run failed; left for redelivery");
-        }
+        Ok(Handled::Failed(reason)) => ran_without_success(source, &delivery, &reason).await,
         Ok(Handled::Busy) => {
             tracing::debug!(source = name, id = %delivery.id, "key still busy; left for redelivery")
         }
+        // Shutdown is not the job's doing: the run is not held against it.
+        Ok(Handled::Unfinished(how @ "cancelled")) => {
+            tracing::info!(source = name, id = %delivery.id, outcome = how, "run cancelled; left for redelivery")
+        }
+        // It ran, to its max_hold or past its lease: a job that always does
+        // would otherwise come back forever.
         Ok(Handled::Unfinished(how)) => {
-            tracing::info!(source = name, id = %delivery.id, outcome = how, "run did not finish; left for redelivery")
+            ran_without_success(source, &delivery, &format!("run ended {how}")).await;
         }
-        // A run that cannot even start (a record that no longer decodes, a
-        // failing effect) counts toward the limit too, or it would come back
-        // forever.
-        Err(err) if delivery.deliveries >= source.max_deliveries() => {
-            let reason = format!("could not run {} times: {err}", delivery.deliveries);
-            dead_letter(source, &delivery, &reason).await;
-        }
-        Err(err) => {
+        // The lock backend is unreachable: nothing ran, and the message
+        // waits for it to come back, however long that takes.
+        Err(WorkerError::Lock(err)) if err.is_backend() => {
             tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot run; left for redelivery")
         }
+        // Anything else that keeps the run from starting (a record that no
+        // longer decodes) would keep doing so: it counts.
+        Err(err) => {
+            ran_without_success(source, &delivery, &format!("could not run: {err}")).await;
+        }
+    }
+}
+
+/// Counts a run that did not succeed, and dead-letters the message once
+/// it has had `max_deliveries` of them; otherwise it is left for redelivery.
+async fn ran_without_success(source: &dyn Source, delivery: &Delivery, reason: &str) {
+    let name = source.name();
+    let attempts = match source.record_attempt(delivery).await {
+        Ok(attempts) => attempts,
+        Err(err) => {
+            tracing::warn!(source = name, id = %delivery.id, error = %err, reason, "cannot count the attempt; left for redelivery");
+            return;
+        }
+    };
+    if attempts >= source.max_deliveries() {
+        dead_letter(
+            source,
+            delivery,
+            &format!("failed {attempts} times: {reason}"),
+        )
+        .await;
+    } else {
+        tracing::info!(source = name, id = %delivery.id, attempts, reason, "run did not succeed; left for redelivery");
     }
 }
 

@@ -46,8 +46,13 @@ impl Delivery {
 /// delivery's job, and only once the run's outcome is recorded (a success,
 /// or a duplicate of one) calls [`ack`](Source::ack). A run that fails is not
 /// acknowledged; the source delivers it again (after its own visibility
-/// timeout), and once [`max_deliveries`](Source::max_deliveries) is reached
+/// timeout). A run that started and did not succeed (failed, timed out,
+/// lost its lease) is counted with [`record_attempt`](Source::record_attempt),
+/// and once that count reaches [`max_deliveries`](Source::max_deliveries)
 /// the worker calls [`dead_letter`](Source::dead_letter) with the last error.
+/// A delivery that could not run (its key busy with another consumer's run,
+/// the lock backend unreachable) or a run cancelled by shutdown is not
+/// counted.
 /// A message whose job is unknown or whose payload does not decode goes to
 /// the dead letters at once.
 ///
@@ -110,6 +115,18 @@ pub trait Source: Send + Sync + 'static {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), BoxError>>;
 
+    /// Counts one more run of the delivery's job that started and did not
+    /// succeed, and returns how many it has had, this one included. The
+    /// default counts deliveries instead, returning
+    /// [`Delivery::deliveries`]: a source that can keep a counter per
+    /// message should, so that deliveries that could not run do not count.
+    fn record_attempt<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<u32, BoxError>> {
+        Box::pin(async move { Ok(delivery.deliveries) })
+    }
+
     /// Queues a run of `job` with its JSON `payload`; `key` is the run's
     /// rendered key, for the record. Returns the message's id.
     fn enqueue<'a>(
@@ -125,8 +142,9 @@ pub trait Source: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
-    /// After how many deliveries a failing message goes to the dead
-    /// letters; default 5.
+    /// After how many runs that did not succeed (as counted by
+    /// [`record_attempt`](Source::record_attempt)) a message goes to the
+    /// dead letters; default 5.
     fn max_deliveries(&self) -> u32 {
         5
     }
