@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -39,10 +40,12 @@ pub(crate) enum Handled {
 
 /// A keyed job with its arguments' types erased, run from a payload.
 pub(crate) trait Consumed: Send + Sync {
+    /// Runs the job; `started` is awaited once its body is about to run.
     fn run_payload<'a>(
         &'a self,
         shared: Arc<Shared>,
         payload: &'a [u8],
+        started: BoxFuture<'a, ()>,
     ) -> BoxFuture<'a, Result<Handled>>;
 }
 
@@ -53,19 +56,22 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
         &'a self,
         shared: Arc<Shared>,
         payload: &'a [u8],
+        started: BoxFuture<'a, ()>,
     ) -> BoxFuture<'a, Result<Handled>> {
         Box::pin(async move {
             let args: J::Args = match serde_json::from_slice(payload) {
                 Ok(args) => args,
                 Err(err) => return Ok(Handled::Malformed(format!("bad arguments: {err}"))),
             };
-            Ok(match keyed::run(shared, &self.0, args).await? {
-                RunOutcome::Completed(_) => Handled::Done { duplicate: false },
-                RunOutcome::Duplicate(_) => Handled::Done { duplicate: true },
-                RunOutcome::Busy => Handled::Busy,
-                RunOutcome::Failed(error) => Handled::Failed(error.to_string()),
-                other => Handled::Unfinished(other.label()),
-            })
+            Ok(
+                match keyed::run_noting_start(shared, &self.0, args, started).await? {
+                    RunOutcome::Completed(_) => Handled::Done { duplicate: false },
+                    RunOutcome::Duplicate(_) => Handled::Done { duplicate: true },
+                    RunOutcome::Busy => Handled::Busy,
+                    RunOutcome::Failed(error) => Handled::Failed(error.to_string()),
+                    other => Handled::Unfinished(other.label()),
+                },
+            )
         })
     }
 }
@@ -189,13 +195,37 @@ async fn handle(
         };
         return dead_letter(source, &delivery, &reason).await;
     };
+    // Runs that started and were never heard of again: their consumer
+    // died during each (a job that crashes its process, say).
+    if delivery.attempts >= source.max_deliveries() {
+        let reason = format!(
+            "failed {} times: started and never finished",
+            delivery.attempts
+        );
+        return dead_letter(source, &delivery, &reason).await;
+    }
+    // The runs of this message so far, once this one has started.
+    let counted = AtomicU32::new(0);
+    let count = || -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            match source.record_attempt(&delivery).await {
+                Ok(attempts) => counted.store(attempts, Ordering::Relaxed),
+                Err(err) => {
+                    tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot count the attempt")
+                }
+            }
+        })
+    };
     // A busy key is waited for (its run may well end as the success this
     // message duplicates), for at most half the visibility timeout.
     let patience = source.visibility_timeout() / 2;
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(50);
     let handled = loop {
-        match job.run_payload(shared.clone(), &delivery.payload).await {
+        match job
+            .run_payload(shared.clone(), &delivery.payload, count())
+            .await
+        {
             Ok(Handled::Busy) if started.elapsed() + pause < patience => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
@@ -216,43 +246,49 @@ async fn handle(
             }
         }
         Ok(Handled::Malformed(reason)) => dead_letter(source, &delivery, &reason).await,
-        Ok(Handled::Failed(reason)) => ran_without_success(source, &delivery, &reason).await,
         Ok(Handled::Busy) => {
             tracing::debug!(source = name, id = %delivery.id, "key still busy; left for redelivery")
         }
-        // Shutdown is not the job's doing: the run is not held against it.
-        Ok(Handled::Unfinished(how @ "cancelled")) => {
-            tracing::info!(source = name, id = %delivery.id, outcome = how, "run cancelled; left for redelivery")
+        Ok(Handled::Failed(reason)) => {
+            ran_without_success(source, &delivery, &counted, &reason).await;
         }
-        // It ran, to its max_hold or past its lease: a job that always does
-        // would otherwise come back forever.
+        // It ran, to its max_hold, past its lease or into shutdown: a job
+        // that always does would otherwise come back forever.
         Ok(Handled::Unfinished(how)) => {
-            ran_without_success(source, &delivery, &format!("run ended {how}")).await;
+            ran_without_success(source, &delivery, &counted, &format!("run ended {how}")).await;
         }
         // The lock backend is unreachable: nothing ran, and the message
         // waits for it to come back, however long that takes.
         Err(WorkerError::Lock(err)) if err.is_backend() => {
             tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot run; left for redelivery")
         }
-        // Anything else that keeps the run from starting (a record that no
-        // longer decodes) would keep doing so: it counts.
+        // Anything else that keeps a run from starting or finishing (a
+        // record that no longer decodes) would keep doing so: it counts.
         Err(err) => {
-            ran_without_success(source, &delivery, &format!("could not run: {err}")).await;
+            if counted.load(Ordering::Relaxed) == 0 {
+                count().await;
+            }
+            ran_without_success(
+                source,
+                &delivery,
+                &counted,
+                &format!("could not run: {err}"),
+            )
+            .await;
         }
     }
 }
 
-/// Counts a run that did not succeed, and dead-letters the message once
-/// it has had `max_deliveries` of them; otherwise it is left for redelivery.
-async fn ran_without_success(source: &dyn Source, delivery: &Delivery, reason: &str) {
+/// Dead-letters a message whose run did not succeed once it has had
+/// `max_deliveries` runs; otherwise it is left for redelivery.
+async fn ran_without_success(
+    source: &dyn Source,
+    delivery: &Delivery,
+    counted: &AtomicU32,
+    reason: &str,
+) {
     let name = source.name();
-    let attempts = match source.record_attempt(delivery).await {
-        Ok(attempts) => attempts,
-        Err(err) => {
-            tracing::warn!(source = name, id = %delivery.id, error = %err, reason, "cannot count the attempt; left for redelivery");
-            return;
-        }
-    };
+    let attempts = counted.load(Ordering::Relaxed);
     if attempts >= source.max_deliveries() {
         dead_letter(
             source,

@@ -27,6 +27,18 @@ pub(crate) async fn run<J: KeyedJob>(
     job: J,
     args: J::Args,
 ) -> Result<RunOutcome<J::Output>> {
+    run_noting_start(shared, job, args, std::future::ready(())).await
+}
+
+/// [`run`], awaiting `started` once the key is held and the body is about
+/// to run (not for a duplicate or a busy key): a queue consumer counts the
+/// message's attempts there.
+pub(crate) async fn run_noting_start<J: KeyedJob>(
+    shared: Arc<Shared>,
+    job: J,
+    args: J::Args,
+    started: impl Future<Output = ()>,
+) -> Result<RunOutcome<J::Output>> {
     let spec = job.spec()?;
     spec.validate()?;
     let key = job.key(&args);
@@ -53,6 +65,7 @@ pub(crate) async fn run<J: KeyedJob>(
             let _ = guard.release().await;
             return Ok(RunOutcome::Duplicate(recorded));
         }
+        started.await;
         let outcome = execute(&shared, &job, args, &spec, (&key, &record), &guard).await?;
         if let Err(err) = guard.release().await {
             tracing::debug!(error = %err, "releasing after the run");

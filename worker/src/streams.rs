@@ -39,11 +39,11 @@ use crate::source::{Delivery, Source};
 /// dead-letter stream is capped at about
 /// [`dead_letter_limit`](StreamSourceBuilder::dead_letter_limit) entries.
 ///
-/// Toward `max_deliveries` count the runs that started and did not succeed
-/// (failed, timed out at `max_hold`, lost their lease), kept per entry in
-/// the hash `{stream}:attempts`; a delivery that could not run (the key
-/// busy with a peer's run, the lock backend unreachable) or a run cancelled
-/// by shutdown does not count.
+/// Toward `max_deliveries` count the runs that started (the key's lock held,
+/// the job's body about to run), kept per entry in the hash
+/// `{stream}:attempts` until the entry is acknowledged or dead-lettered; a
+/// delivery that could not run (the key busy with a peer's run, the lock
+/// backend unreachable) does not count.
 ///
 /// ```no_run
 /// use soloist::{LockClient, StreamSource, Worker};
@@ -177,7 +177,8 @@ impl StreamSourceBuilder {
     }
 
     /// After how many runs that started and did not succeed an entry is
-    /// dead-lettered; default 5, between 1 and 1000.
+    /// dead-lettered; default 5, between 1 and 1000. Deliveries that could
+    /// not run (a busy key, an unreachable lock backend) do not count.
     pub fn max_deliveries(mut self, max: u32) -> Self {
         self.max_deliveries = max;
         self
@@ -374,16 +375,30 @@ impl Inner {
             .writer
             .run(async |conn| claim.query_async(conn).await)
             .await?;
+        if claimed.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut counts = redis::cmd("HMGET");
+        counts.arg(&self.attempts);
+        for entry in &claimed.ids {
+            counts.arg(&entry.id);
+        }
+        let attempts: Vec<Option<u32>> = self
+            .writer
+            .run(async |conn| counts.query_async(conn).await)
+            .await?;
         Ok(claimed
             .ids
             .iter()
-            .map(|entry| {
+            .zip(attempts)
+            .map(|(entry, attempts)| {
                 let before = pending
                     .ids
                     .iter()
                     .find(|id| id.id == entry.id)
                     .map_or(0, |id| id.times_delivered);
                 delivery(entry, u32::try_from(before + 1).unwrap_or(u32::MAX))
+                    .with_attempts(attempts.unwrap_or(0))
             })
             .collect())
     }

@@ -36,11 +36,13 @@ fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// The job's effect, `effects[id] += 1`, committed with its success record:
-/// applied once however often the run is repeated.
+/// applied once however often the run is repeated. A short ttl, so that a
+/// lock whose holder lost its server frees the key soon after.
 fn apply() -> impl KeyedJob<Args = String, Output = u64> + use<> {
     keyed_job(
         JobSpec::keyed("apply", "order:{id}")
             .expect("spec")
+            .ttl(SECOND)
             .dedupe(3600 * SECOND),
         |id: &String| format!("order:{id}"),
         move |ctx: JobContext, id: String| async move {
@@ -326,6 +328,80 @@ fn a_peer_re_claiming_a_busy_key_does_not_dead_letter_it() {
     );
     let deliveries = server.cli(&["XLEN", "orders:dead"]);
     assert_eq!(deliveries, "0", "re-claims of the busy key did not count");
+}
+
+#[test]
+fn a_message_whose_consumer_dies_during_every_run_is_dead_lettered() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let client = redis::Client::open(url.as_str()).expect("url");
+    // Counts its runs, then never returns: its consumer dies meanwhile.
+    let fatal = || {
+        let client = client.clone();
+        keyed_job(
+            JobSpec::keyed("fatal", "fatal:{id}")
+                .expect("spec")
+                .ttl(SECOND)
+                .dedupe(3600 * SECOND),
+            |id: &String| format!("fatal:{id}"),
+            move |_ctx: JobContext, id: String| {
+                let client = client.clone();
+                async move {
+                    let mut conn = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("HINCRBY")
+                        .arg("runs")
+                        .arg(&id)
+                        .arg(1)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                    std::future::pending::<()>().await;
+                    Ok::<_, BoxError>(())
+                }
+            },
+        )
+    };
+    enqueue(&server, "fatal", "a");
+    for life in 1..=3 {
+        let runtime = runtime();
+        let source = runtime
+            .block_on(
+                builder()
+                    .consumer(&format!("doomed-{life}"))
+                    .max_deliveries(3)
+                    .connect(&url),
+            )
+            .expect("source");
+        let _stop = start(&runtime, &url, source, fatal());
+        assert!(
+            eventually(10 * SECOND, || server.cli(&["HGET", "runs", "a"])
+                == life.to_string()),
+            "run {life} started"
+        );
+        // The consumer dies mid-run: no outcome, no acknowledgement.
+        runtime.shutdown_background();
+    }
+    let runtime = runtime();
+    let source = runtime
+        .block_on(
+            builder()
+                .consumer("survivor")
+                .max_deliveries(3)
+                .connect(&url),
+        )
+        .expect("source");
+    let _stop = start(&runtime, &url, source, fatal());
+    assert!(
+        eventually(10 * SECOND, || server.cli(&["XLEN", "orders:dead"]) == "1"),
+        "dead-lettered after three runs that never finished"
+    );
+    assert_eq!(
+        server.cli(&["HGET", "runs", "a"]),
+        "3",
+        "not run a fourth time"
+    );
+    let dead = server.cli(&["XRANGE", "orders:dead", "-", "+"]);
+    assert!(dead.contains("started and never finished"), "{dead}");
+    assert_eq!(pending(&server), "0");
 }
 
 /// The setting an invalid builder is refused for.
