@@ -18,7 +18,7 @@
 //! connection for a request's length would cap concurrency at the pool
 //! size for nothing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub(crate) struct Pool {
     /// The connection requests share while it works.
     current: Mutex<Option<Connection>>,
     op_timeout: Duration,
+    /// Shared with every connection, which counts its own retirement here.
+    demotions: Arc<AtomicU64>,
 }
 
 /// A connection to run commands on, and the flag that retires it.
@@ -40,6 +42,8 @@ pub(crate) struct Pool {
 pub(crate) struct Connection {
     pub(crate) conn: MultiplexedConnection,
     broken: Arc<AtomicBool>,
+    /// The pool's count of connections retired for reaching a demoted server.
+    demotions: Arc<AtomicU64>,
 }
 
 impl Connection {
@@ -47,10 +51,14 @@ impl Connection {
     /// from a server that is no longer a writable primary, retires the
     /// connection.
     pub(crate) fn observe<T>(&self, result: &Result<T, RedisError>) {
-        if let Err(err) = result
-            && (is_transport_error(err) || is_demoted(err))
-        {
-            self.broken.store(true, Ordering::Relaxed);
+        if let Err(err) = result {
+            let demoted = is_demoted(err);
+            if demoted || is_transport_error(err) {
+                let retired_now = !self.broken.swap(true, Ordering::Relaxed);
+                if demoted && retired_now {
+                    self.demotions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -87,17 +95,32 @@ impl Pool {
         op_timeout: Duration,
         response_timeout: Duration,
     ) -> Self {
+        let demotions = Arc::new(AtomicU64::new(0));
         let pool = bb8::Pool::builder()
             .max_size(size)
             .test_on_check_out(false)
             .retry_connection(false)
             .connection_timeout(op_timeout)
-            .build_unchecked(ConnectionManager::new(client, op_timeout, response_timeout));
+            .build_unchecked(ConnectionManager {
+                client,
+                config: AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(op_timeout))
+                    .set_response_timeout(Some(response_timeout)),
+                demotions: demotions.clone(),
+            });
         Pool {
             pool,
             current: Mutex::new(None),
             op_timeout,
+            demotions,
         }
+    }
+
+    /// How many connections were retired for reaching a server that was
+    /// demoted: other connections to the same address (the wake-up
+    /// subscription) reconnect when this changes.
+    pub(crate) fn demotions(&self) -> u64 {
+        self.demotions.load(Ordering::Relaxed)
     }
 
     /// A working connection: the shared one, or a fresh one from the pool
@@ -151,15 +174,7 @@ impl Pool {
 struct ConnectionManager {
     client: redis::Client,
     config: AsyncConnectionConfig,
-}
-
-impl ConnectionManager {
-    fn new(client: redis::Client, op_timeout: Duration, response_timeout: Duration) -> Self {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(response_timeout));
-        ConnectionManager { client, config }
-    }
+    demotions: Arc<AtomicU64>,
 }
 
 impl bb8::ManageConnection for ConnectionManager {
@@ -174,6 +189,7 @@ impl bb8::ManageConnection for ConnectionManager {
         Ok(Connection {
             conn,
             broken: Arc::new(AtomicBool::new(false)),
+            demotions: self.demotions.clone(),
         })
     }
 
