@@ -73,7 +73,7 @@ struct Inner {
     group: String,
     consumer: String,
     dead_letters: String,
-    /// Runs that started and did not succeed, by entry id.
+    /// The hash of runs started, by entry id.
     attempts: String,
     visibility: Duration,
     max_deliveries: u32,
@@ -93,11 +93,11 @@ static TRIM: LazyLock<Script> =
 /// entries.
 const TRIM_EVERY: u64 = 100;
 
-/// Bounds of the settings: a read that blocks longer than this holds up
-/// shutdown for nothing.
+/// A read that blocks longer than this holds up shutdown for nothing.
 const MAX_BLOCK: Duration = Duration::from_secs(60);
 /// Longer than any run a queue should hand out; keeps the arithmetic on it finite.
 const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// More runs than this is retrying forever by another name.
 const MAX_DELIVERIES: u32 = 1000;
 /// Retention and dead-letter counts; beyond this the bound is no bound.
 const MAX_ENTRIES: u64 = 100_000_000;
@@ -192,9 +192,11 @@ impl StreamSourceBuilder {
     }
 
     /// How many entries that every group has finished with stay in the
-    /// stream, newest first, for inspection; default 1000. Older ones are
-    /// trimmed (every 100 acknowledgements), so the stream's length stays
-    /// about this plus the entries pending or not yet delivered.
+    /// stream, newest first, for inspection; default 1000, at most 10^8.
+    /// Older ones are trimmed (every 100 acknowledgements): the stream keeps
+    /// this many, then everything from the oldest entry still pending (or
+    /// not yet delivered) on, so one entry left pending for long holds the
+    /// stream at its length from there.
     pub fn retain_acknowledged(mut self, entries: u64) -> Self {
         self.retain = entries;
         self
