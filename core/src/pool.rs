@@ -243,3 +243,32 @@ impl SharedConnection {
         Ok(result?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_error(reply: &str) -> RedisError {
+        match redis::parse_redis_value(reply.as_bytes()).and_then(redis::Value::extract_error) {
+            Err(err) => err,
+            Ok(value) => panic!("{reply:?} parsed as {value:?}, not an error"),
+        }
+    }
+
+    #[test]
+    fn readonly_and_masterdown_mean_a_demoted_server() {
+        for reply in [
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+        ] {
+            assert!(is_demoted(&reply_error(reply)), "{reply}");
+        }
+        for reply in [
+            "-ERR unknown command\r\n",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-BUSYGROUP Consumer Group name already exists\r\n",
+        ] {
+            assert!(!is_demoted(&reply_error(reply)), "{reply}");
+        }
+    }
+}
