@@ -47,6 +47,14 @@ pub(crate) trait Consumed: Send + Sync {
         payload: &'a [u8],
         started: BoxFuture<'a, ()>,
     ) -> BoxFuture<'a, Result<Handled>>;
+
+    /// Whether a run with this payload succeeded within the dedupe window;
+    /// `None` if the payload does not decode.
+    fn succeeded<'a>(
+        &'a self,
+        shared: &'a Shared,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<bool>>>;
 }
 
 pub(crate) struct Erased<J>(pub(crate) J);
@@ -72,6 +80,19 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
                     other => Handled::Unfinished(other.label()),
                 },
             )
+        })
+    }
+
+    fn succeeded<'a>(
+        &'a self,
+        shared: &'a Shared,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<bool>>> {
+        Box::pin(async move {
+            let Ok(args) = serde_json::from_slice::<J::Args>(payload) else {
+                return Ok(None);
+            };
+            keyed::succeeded(shared, &self.0, &args).await.map(Some)
         })
     }
 }
@@ -195,14 +216,24 @@ async fn handle(
         };
         return dead_letter(source, &delivery, &reason).await;
     };
-    // Runs that started and were never heard of again: their consumer
-    // died during each (a job that crashes its process, say).
+    // As many runs started as are allowed, and the last never reported
+    // back: its consumer died (a job that crashes its process, say), or
+    // died between the run's success and the acknowledgement.
     if delivery.attempts >= source.max_deliveries() {
-        let reason = format!(
-            "failed {} times: started and never finished",
-            delivery.attempts
-        );
-        return dead_letter(source, &delivery, &reason).await;
+        return match job.succeeded(shared, &delivery.payload).await {
+            Ok(Some(true)) => acknowledge(source, &delivery, true).await,
+            Ok(Some(false)) => {
+                let reason = format!(
+                    "failed {} times: started and never finished",
+                    delivery.attempts
+                );
+                dead_letter(source, &delivery, &reason).await;
+            }
+            Ok(None) => dead_letter(source, &delivery, "bad arguments").await,
+            Err(err) => {
+                tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot read the run's record; left for redelivery")
+            }
+        };
     }
     // The runs of this message so far, once this one has started.
     let counted = AtomicU32::new(0);
@@ -234,17 +265,7 @@ async fn handle(
         }
     };
     match handled {
-        Ok(Handled::Done { duplicate }) => {
-            if duplicate {
-                metrics::duplicate_skipped(name);
-            }
-            match source.ack(&delivery).await {
-                Ok(()) => metrics::acked(name),
-                Err(err) => {
-                    tracing::warn!(source = name, id = %delivery.id, error = %err, "ack failed; the message will come back as a duplicate")
-                }
-            }
-        }
+        Ok(Handled::Done { duplicate }) => acknowledge(source, &delivery, duplicate).await,
         Ok(Handled::Malformed(reason)) => dead_letter(source, &delivery, &reason).await,
         Ok(Handled::Busy) => {
             tracing::debug!(source = name, id = %delivery.id, "key still busy; left for redelivery")
@@ -298,6 +319,19 @@ async fn ran_without_success(
         .await;
     } else {
         tracing::info!(source = name, id = %delivery.id, attempts, reason, "run did not succeed; left for redelivery");
+    }
+}
+
+async fn acknowledge(source: &dyn Source, delivery: &Delivery, duplicate: bool) {
+    let name = source.name();
+    if duplicate {
+        metrics::duplicate_skipped(name);
+    }
+    match source.ack(delivery).await {
+        Ok(()) => metrics::acked(name),
+        Err(err) => {
+            tracing::warn!(source = name, id = %delivery.id, error = %err, "ack failed; the message will come back as a duplicate")
+        }
     }
 }
 

@@ -80,6 +80,21 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
     outcome
 }
 
+/// Whether a run of `job` with `args` succeeded within the dedupe window: a
+/// queue consumer asks before giving up on a message whose last run never
+/// reported back.
+pub(crate) async fn succeeded<J: KeyedJob>(
+    shared: &Shared,
+    job: &J,
+    args: &J::Args,
+) -> Result<bool> {
+    let spec = job.spec()?;
+    let record = format!("job:{}:{}", spec.name, job.key(args));
+    Ok(recorded::<J::Output>(shared, &spec, &record)
+        .await?
+        .is_some())
+}
+
 /// The result a successful run recorded within the dedupe window.
 async fn recorded<T: DeserializeOwned>(
     shared: &Shared,
