@@ -616,6 +616,11 @@ fn a_consumed_stream_stays_small() {
             .parse()
             .expect("memory usage");
         assert_eq!(drain(&source).await, MESSAGES);
+        assert_eq!(
+            source.lag().await.expect("lag"),
+            Some(0),
+            "the group's lag still reads after trimming"
+        );
         let length: u64 = server.cli(&["XLEN", "orders"]).parse().expect("xlen");
         let memory: u64 = server
             .cli(&["MEMORY", "USAGE", "orders"])
