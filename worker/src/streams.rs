@@ -114,7 +114,24 @@ impl fmt::Debug for StreamSource {
     }
 }
 
-/// Settings of a [`StreamSource`]; see [`StreamSource::builder`].
+/// Settings of a [`StreamSource`]; see [`StreamSource::builder`]. Every
+/// setting is checked by [`connect`](StreamSourceBuilder::connect), which
+/// refuses one out of range with an error naming it.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use soloist::StreamSource;
+/// # async fn demo() -> Result<(), soloist::WorkerError> {
+/// let orders = StreamSource::builder("orders")
+///     .visibility_timeout(Duration::from_secs(60)) // the jobs' dedupe windows are longer
+///     .max_deliveries(3)
+///     .retain_acknowledged(10_000)
+///     .dead_letter_limit(1_000)
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # let _ = orders;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct StreamSourceBuilder {
