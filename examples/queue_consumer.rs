@@ -138,6 +138,13 @@ impl Source for Observed {
         })
     }
 
+    fn record_attempt<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<u32, BoxError>> {
+        self.stream.record_attempt(delivery)
+    }
+
     fn enqueue<'a>(
         &'a self,
         job: &'a str,

@@ -101,6 +101,8 @@ pub use error::{LockError, Result};
 pub use fence::{FencedValue, FencedWrite, MAX_EFFECT_ARGS, MAX_RECORD_TTL};
 pub use guard::LockGuard;
 pub use lease::Lease;
+#[doc(hidden)]
+pub use pool::SharedConnection;
 /// The redis crate this one speaks through, for [`LockGuard::commit`]'s effects.
 #[doc(no_inline)]
 pub use redis;

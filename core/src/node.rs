@@ -112,6 +112,12 @@ impl RedisNode {
         &self.client
     }
 
+    /// How many of this node's connections were retired for reaching a
+    /// demoted server; see `Pool::demotions`.
+    pub(crate) fn demotions(&self) -> u64 {
+        self.pool.demotions()
+    }
+
     /// The channel this client's wake-ups arrive on.
     pub(crate) fn wake_channel(&self) -> String {
         format!("{}{}", self.wake_prefix, self.client_id)

@@ -6,6 +6,11 @@
 //! trip. Ours marks a connection broken when a command on it fails at the
 //! transport level, and the pool discards it; check-outs cost nothing.
 //!
+//! A connection that answers `READONLY` or `MASTERDOWN` is retired too: it
+//! reaches a server that was demoted (a failover moved the primary), and
+//! a fresh connection to the same address (a virtual IP, a DNS name, a
+//! proxy) reaches the new primary, where the old one never would.
+//!
 //! A redis-rs multiplexed connection pipelines any number of concurrent
 //! requests, so requests share the connection last checked out, cached
 //! here, and go back to the pool only when it breaks: a check-out per
@@ -13,7 +18,7 @@
 //! connection for a request's length would cap concurrency at the pool
 //! size for nothing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -28,6 +33,8 @@ pub(crate) struct Pool {
     /// The connection requests share while it works.
     current: Mutex<Option<Connection>>,
     op_timeout: Duration,
+    /// Shared with every connection, which counts its own retirement here.
+    demotions: Arc<AtomicU64>,
 }
 
 /// A connection to run commands on, and the flag that retires it.
@@ -35,15 +42,23 @@ pub(crate) struct Pool {
 pub(crate) struct Connection {
     pub(crate) conn: MultiplexedConnection,
     broken: Arc<AtomicBool>,
+    /// The pool's count of connections retired for reaching a demoted server.
+    demotions: Arc<AtomicU64>,
 }
 
 impl Connection {
-    /// Records the outcome of a command; a transport failure retires the connection.
+    /// Records the outcome of a command; a transport failure, or a reply
+    /// from a server that is no longer a writable primary, retires the
+    /// connection.
     pub(crate) fn observe<T>(&self, result: &Result<T, RedisError>) {
-        if let Err(err) = result
-            && is_transport_error(err)
-        {
-            self.broken.store(true, Ordering::Relaxed);
+        if let Err(err) = result {
+            let demoted = is_demoted(err);
+            if demoted || is_transport_error(err) {
+                let retired_now = !self.broken.swap(true, Ordering::Relaxed);
+                if demoted && retired_now {
+                    self.demotions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -60,19 +75,52 @@ pub(crate) fn is_transport_error(err: &RedisError) -> bool {
         || err.is_unrecoverable_error()
 }
 
+/// Whether the server answered as a replica or a primary cut off from its
+/// replicas: this connection will keep getting that answer.
+pub(crate) fn is_demoted(err: &RedisError) -> bool {
+    matches!(err.code(), Some("READONLY" | "MASTERDOWN"))
+}
+
 impl Pool {
+    /// A pool of up to `size` connections; connecting and every reply get
+    /// `op_timeout`.
     pub(crate) fn new(client: redis::Client, size: u32, op_timeout: Duration) -> Self {
+        Self::with_timeouts(client, size, op_timeout, op_timeout)
+    }
+
+    /// A pool whose replies may take `response_timeout` (blocking reads).
+    pub(crate) fn with_timeouts(
+        client: redis::Client,
+        size: u32,
+        op_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
+        let demotions = Arc::new(AtomicU64::new(0));
         let pool = bb8::Pool::builder()
             .max_size(size)
             .test_on_check_out(false)
             .retry_connection(false)
             .connection_timeout(op_timeout)
-            .build_unchecked(ConnectionManager::new(client, op_timeout));
+            .build_unchecked(ConnectionManager {
+                client,
+                config: AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(op_timeout))
+                    .set_response_timeout(Some(response_timeout)),
+                demotions: demotions.clone(),
+            });
         Pool {
             pool,
             current: Mutex::new(None),
             op_timeout,
+            demotions,
         }
+    }
+
+    /// How many connections were retired for reaching a server that was
+    /// demoted: other connections to the same address (the wake-up
+    /// subscription) reconnect when this changes.
+    pub(crate) fn demotions(&self) -> u64 {
+        self.demotions.load(Ordering::Relaxed)
     }
 
     /// A working connection: the shared one, or a fresh one from the pool
@@ -126,15 +174,7 @@ impl Pool {
 struct ConnectionManager {
     client: redis::Client,
     config: AsyncConnectionConfig,
-}
-
-impl ConnectionManager {
-    fn new(client: redis::Client, op_timeout: Duration) -> Self {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(op_timeout));
-        ConnectionManager { client, config }
-    }
+    demotions: Arc<AtomicU64>,
 }
 
 impl bb8::ManageConnection for ConnectionManager {
@@ -149,6 +189,7 @@ impl bb8::ManageConnection for ConnectionManager {
         Ok(Connection {
             conn,
             broken: Arc::new(AtomicBool::new(false)),
+            demotions: self.demotions.clone(),
         })
     }
 
@@ -158,5 +199,76 @@ impl bb8::ManageConnection for ConnectionManager {
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
         conn.is_broken()
+    }
+}
+
+/// A connection to one Redis server that replaces itself: a command that
+/// fails at the transport level (server restarted, connection dropped or
+/// timed out) or is answered `READONLY` / `MASTERDOWN` retires it, and the
+/// next command opens a fresh one. The error of the failed command is
+/// returned to its caller, who decides whether and when to retry.
+///
+/// The lock client runs on the same mechanism; this handle lets the
+/// worker's queue sources share it.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SharedConnection {
+    pool: Pool,
+}
+
+impl SharedConnection {
+    /// Connects lazily to `url`: nothing is sent before the first command.
+    /// Connecting gets `connect_timeout`, each reply `response_timeout`.
+    pub fn open(
+        url: &str,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self, LockError> {
+        let client = redis::Client::open(url)
+            .map_err(|err| LockError::invalid("url", format!("`{url}`: {err}")))?;
+        Ok(SharedConnection {
+            pool: Pool::with_timeouts(client, 1, connect_timeout, response_timeout),
+        })
+    }
+
+    /// Runs `work` on the current connection, retiring it if the outcome
+    /// says it is no longer usable.
+    pub async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
+    ) -> Result<T, LockError> {
+        let mut conn = self.pool.get().await?;
+        let result = work(&mut conn.conn).await;
+        conn.observe(&result);
+        Ok(result?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_error(reply: &str) -> RedisError {
+        match redis::parse_redis_value(reply.as_bytes()).and_then(redis::Value::extract_error) {
+            Err(err) => err,
+            Ok(value) => panic!("{reply:?} parsed as {value:?}, not an error"),
+        }
+    }
+
+    #[test]
+    fn readonly_and_masterdown_mean_a_demoted_server() {
+        for reply in [
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+        ] {
+            assert!(is_demoted(&reply_error(reply)), "{reply}");
+        }
+        for reply in [
+            "-ERR unknown command\r\n",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-BUSYGROUP Consumer Group name already exists\r\n",
+        ] {
+            assert!(!is_demoted(&reply_error(reply)), "{reply}");
+        }
     }
 }

@@ -117,6 +117,7 @@ impl PubSubHub {
 impl Core {
     /// Opens a subscriber connection and subscribes to this client's channel.
     async fn connect(&self) -> Option<Subscription> {
+        let demotions = self.node.demotions();
         let pubsub = timeout(self.op_timeout, self.node.client().get_async_pubsub())
             .await
             .ok()?
@@ -130,6 +131,7 @@ impl Core {
             _sink: sink,
             stream,
             since: Instant::now(),
+            demotions,
         })
     }
 
@@ -153,6 +155,11 @@ struct Subscription {
     _sink: PubSubSink,
     stream: PubSubStream,
     since: Instant,
+    /// The node's demotion count when this subscription was made: once it
+    /// moves, a failover has happened behind the node's address, and this
+    /// connection may be listening on the old primary, where releases no
+    /// longer publish.
+    demotions: u64,
 }
 
 async fn run(core: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Ensure>) {
@@ -169,9 +176,12 @@ async fn run(core: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Ensure>) {
                     core.board.notify_all();
                 }
                 None => {
-                    retry_at = Instant::now() + backoff;
+                    // Jittered, so that clients cut off together do not all
+                    // reconnect in the same instant.
+                    let pause = backoff.mul_f64(rand::random_range(0.5..=1.0));
+                    retry_at = Instant::now() + pause;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    tracing::debug!("wake-up connection unavailable, retrying in {backoff:?}");
+                    tracing::debug!("wake-up connection unavailable, retrying in {pause:?}");
                 }
             }
         }
@@ -179,6 +189,14 @@ async fn run(core: Arc<Core>, mut commands: mpsc::UnboundedReceiver<Ensure>) {
             command = commands.recv() => match command {
                 None => return,
                 Some(Ensure(done)) => {
+                    if conn.as_ref().is_some_and(|c| c.demotions != core.node.demotions()) {
+                        // Subscribe again, at the address's new primary; the
+                        // waiter polls meanwhile.
+                        conn = None;
+                        retry_at = Instant::now();
+                        backoff = MIN_BACKOFF;
+                        core.board.notify_all();
+                    }
                     let _ = done.send(conn.as_ref().map(|c| c.since));
                 }
             },

@@ -25,7 +25,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// - [`stall`](Self::stall): connections stay open but no byte moves in either direction (a
 ///   partition where packets are silently dropped); bytes sent meanwhile are delivered after
 ///   [`restore`](Self::restore);
-/// - [`restore`](Self::restore): normal forwarding again.
+/// - [`restore`](Self::restore): normal forwarding again;
+/// - [`retarget`](Self::retarget): new connections go to another port, open ones stay where
+///   they are (a virtual IP or DNS name moved to a new primary after a failover).
 ///
 /// Dropping the proxy stops accepting and closes every connection.
 ///
@@ -65,6 +67,8 @@ struct Shared {
 #[derive(Debug)]
 struct State {
     mode: Mode,
+    /// Where new connections are forwarded.
+    target: SocketAddr,
     /// Clones of both sockets of every open connection, to shut them down from outside the
     /// pump threads (which may be blocked in a read or write).
     conns: HashMap<u64, [TcpStream; 2]>,
@@ -89,20 +93,21 @@ impl Proxy {
         listener
             .set_nonblocking(true)
             .expect("make the proxy listener nonblocking");
+        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, target_port));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 mode: Mode::Normal,
+                target,
                 conns: HashMap::new(),
                 next_id: 0,
             }),
             stop: AtomicBool::new(false),
         });
-        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, target_port));
         let accept = thread::Builder::new()
             .name(format!("proxy-{port}-accept"))
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || accept_loop(&listener, target, &shared)
+                move || accept_loop(&listener, &shared)
             })
             .expect("spawn the proxy accept thread");
         Proxy {
@@ -142,6 +147,12 @@ impl Proxy {
     pub fn restore(&self) {
         self.shared.lock().mode = Mode::Normal;
     }
+
+    /// Forwards connections accepted from now on to `127.0.0.1:target_port`; open ones keep
+    /// talking to the old target.
+    pub fn retarget(&self, target_port: u16) {
+        self.shared.lock().target = SocketAddr::from((Ipv4Addr::LOCALHOST, target_port));
+    }
 }
 
 impl Drop for Proxy {
@@ -177,10 +188,13 @@ impl Shared {
     }
 }
 
-fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>) {
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     while !shared.stopped() {
         match listener.accept() {
-            Ok((client, _)) => connect(client, target, shared),
+            Ok((client, _)) => {
+                let target = shared.lock().target;
+                connect(client, target, shared);
+            }
             // WouldBlock, or a transient error such as running out of file descriptors.
             Err(_) => thread::sleep(POLL),
         }

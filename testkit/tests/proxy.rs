@@ -152,3 +152,33 @@ fn drop_closes_everything() {
         TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect_err("a dropped proxy accepted");
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
 }
+
+/// Sends an inline command and reads one reply line.
+fn ask(stream: &TcpStream, command: &str) -> String {
+    (&*stream)
+        .write_all(format!("{command}\r\n").as_bytes())
+        .expect("send");
+    read_reply(stream, ANSWER).expect("reply")
+}
+
+#[test]
+fn retarget_sends_new_connections_elsewhere_and_leaves_open_ones() {
+    let first = RedisServer::start();
+    let second = RedisServer::start();
+    second.cli(&["SET", "on", "second"]);
+    let proxy = Proxy::start(first.port());
+    let old = connect(proxy.port());
+    assert_eq!(ask(&old, "DBSIZE"), ":0");
+    proxy.retarget(second.port());
+    let new = connect(proxy.port());
+    assert_eq!(
+        ask(&new, "DBSIZE"),
+        ":1",
+        "a new connection reaches the second server"
+    );
+    assert_eq!(
+        ask(&old, "DBSIZE"),
+        ":0",
+        "an open one stays with the first"
+    );
+}

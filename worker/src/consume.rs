@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -30,7 +31,8 @@ pub(crate) enum Handled {
     Busy,
     /// The run failed; the reason, for the dead letters.
     Failed(String),
-    /// The run did not end (lease lost, max_hold, shutdown): leave it.
+    /// The run did not end (lease lost, max_hold, shutdown); how, by its
+    /// outcome's label.
     Unfinished(&'static str),
     /// The payload does not decode into the job's arguments.
     Malformed(String),
@@ -38,11 +40,21 @@ pub(crate) enum Handled {
 
 /// A keyed job with its arguments' types erased, run from a payload.
 pub(crate) trait Consumed: Send + Sync {
+    /// Runs the job; `started` is awaited once its body is about to run.
     fn run_payload<'a>(
         &'a self,
         shared: Arc<Shared>,
         payload: &'a [u8],
+        started: BoxFuture<'a, ()>,
     ) -> BoxFuture<'a, Result<Handled>>;
+
+    /// Whether a run with this payload succeeded within the dedupe window;
+    /// `None` if the payload does not decode.
+    fn succeeded<'a>(
+        &'a self,
+        shared: &'a Shared,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<bool>>>;
 }
 
 pub(crate) struct Erased<J>(pub(crate) J);
@@ -52,31 +64,61 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
         &'a self,
         shared: Arc<Shared>,
         payload: &'a [u8],
+        started: BoxFuture<'a, ()>,
     ) -> BoxFuture<'a, Result<Handled>> {
         Box::pin(async move {
             let args: J::Args = match serde_json::from_slice(payload) {
                 Ok(args) => args,
                 Err(err) => return Ok(Handled::Malformed(format!("bad arguments: {err}"))),
             };
-            Ok(match keyed::run(shared, &self.0, args).await? {
-                RunOutcome::Completed(_) => Handled::Done { duplicate: false },
-                RunOutcome::Duplicate(_) => Handled::Done { duplicate: true },
-                RunOutcome::Busy => Handled::Busy,
-                RunOutcome::Failed(error) => Handled::Failed(error.to_string()),
-                other => Handled::Unfinished(other.label()),
-            })
+            Ok(
+                match keyed::run_noting_start(shared, &self.0, args, started).await? {
+                    RunOutcome::Completed(_) => Handled::Done { duplicate: false },
+                    RunOutcome::Duplicate(_) => Handled::Done { duplicate: true },
+                    RunOutcome::Busy => Handled::Busy,
+                    RunOutcome::Failed(error) => Handled::Failed(error.to_string()),
+                    other => Handled::Unfinished(other.label()),
+                },
+            )
+        })
+    }
+
+    fn succeeded<'a>(
+        &'a self,
+        shared: &'a Shared,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<bool>>> {
+        Box::pin(async move {
+            let Ok(args) = serde_json::from_slice::<J::Args>(payload) else {
+                return Ok(None);
+            };
+            keyed::succeeded(shared, &self.0, &args).await.map(Some)
         })
     }
 }
 
-/// Checks that a job can be consumed: without dedupe, a redelivered
-/// message would run its job again.
-pub(crate) fn check(spec: &JobSpec) -> Result<()> {
-    if spec.dedupe.is_none() {
+/// Checks that a job can be consumed from `source`: without dedupe, a
+/// redelivered message would run its job again; with a window shorter than
+/// the visibility timeout, the success record could be gone by the time a
+/// message whose acknowledgement was lost comes back.
+pub(crate) fn check(spec: &JobSpec, source: &dyn Source) -> Result<()> {
+    let Some(window) = spec.dedupe else {
         return Err(WorkerError::invalid(
             &spec.name,
             "dedupe",
             "a job consumed from a queue needs `dedupe`, or redeliveries would run it again",
+        ));
+    };
+    let visibility = source.visibility_timeout();
+    if window < visibility {
+        return Err(WorkerError::invalid(
+            &spec.name,
+            "dedupe",
+            format!(
+                "the window ({window:?}) must be at least the visibility timeout of source `{}` \
+                 ({visibility:?}), or a redelivered message could run again",
+                source.name()
+            ),
         ));
     }
     Ok(())
@@ -84,6 +126,9 @@ pub(crate) fn check(spec: &JobSpec) -> Result<()> {
 
 /// How often a consumer reports its source's lag.
 const LAG_EVERY: Duration = Duration::from_secs(5);
+/// The first and the longest pause after a failed read.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Consumes `source` until the worker stops claiming, with at most
 /// `in_flight` deliveries running at once.
@@ -95,6 +140,7 @@ pub(crate) async fn consume(
 ) {
     let slots = Arc::new(Semaphore::new(in_flight));
     let mut lag_reported: Option<tokio::time::Instant> = None;
+    let mut backoff = MIN_BACKOFF;
     loop {
         if lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
             lag_reported = Some(tokio::time::Instant::now());
@@ -117,11 +163,21 @@ pub(crate) async fn consume(
             () = shared.stop_claiming.cancelled() => return,
         };
         let deliveries = match received {
-            Ok(deliveries) => deliveries,
+            Ok(deliveries) => {
+                backoff = MIN_BACKOFF;
+                deliveries
+            }
             Err(err) => {
-                tracing::warn!(source = source.name(), error = %err, "receiving failed; retrying");
+                // The source reconnects on its next call; the jitter keeps a
+                // fleet cut off together from coming back in one instant.
+                let pause = backoff.mul_f64(rand::random_range(0.5..=1.0));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tracing::warn!(source = source.name(), error = %err, retry_in = ?pause, "receiving failed; retrying");
                 drop(first);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shared.stop_claiming.cancelled() => return,
+                }
                 continue;
             }
         };
@@ -160,59 +216,135 @@ async fn handle(
         };
         return dead_letter(source, &delivery, &reason).await;
     };
+    // As many runs started as are allowed, and the last never reported
+    // back: its consumer died (a job that crashes its process, say), or
+    // died between the run's success and the acknowledgement.
+    if delivery.attempts >= source.max_deliveries() {
+        return match job.succeeded(shared, &delivery.payload).await {
+            Ok(Some(true)) => acknowledge(source, &delivery, true).await,
+            Ok(Some(false)) => {
+                let reason = format!(
+                    "failed {} times: started and never finished",
+                    delivery.attempts
+                );
+                dead_letter(source, &delivery, &reason).await;
+            }
+            Ok(None) => dead_letter(source, &delivery, "bad arguments").await,
+            Err(err) => {
+                tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot read the run's record; left for redelivery")
+            }
+        };
+    }
+    // The runs of this message so far, once this one has started.
+    let counted = AtomicU32::new(0);
+    let count = || -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            match source.record_attempt(&delivery).await {
+                Ok(attempts) => counted.store(attempts, Ordering::Relaxed),
+                Err(err) => {
+                    tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot count the attempt")
+                }
+            }
+        })
+    };
     // A busy key is waited for (its run may well end as the success this
     // message duplicates), for at most half the visibility timeout.
     let patience = source.visibility_timeout() / 2;
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(50);
     let handled = loop {
-        match job.run_payload(shared.clone(), &delivery.payload).await {
+        match job
+            .run_payload(shared.clone(), &delivery.payload, count())
+            .await
+        {
             Ok(Handled::Busy) if started.elapsed() + pause < patience => {
-                tokio::time::sleep(pause).await;
+                // Shutdown ends the wait: the message is left for redelivery.
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shared.stop_claiming.cancelled() => break Ok(Handled::Busy),
+                }
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             other => break other,
         }
     };
     match handled {
-        Ok(Handled::Done { duplicate }) => {
-            if duplicate {
-                metrics::duplicate_skipped(name);
-            }
-            match source.ack(&delivery).await {
-                Ok(()) => metrics::acked(name),
-                Err(err) => {
-                    tracing::warn!(source = name, id = %delivery.id, error = %err, "ack failed; the message will come back as a duplicate")
-                }
-            }
-        }
-        Ok(Handled::Failed(reason)) if delivery.deliveries >= source.max_deliveries() => {
-            dead_letter(
-                source,
-                &delivery,
-                &format!("failed {} times: {reason}", delivery.deliveries),
-            )
-            .await;
-        }
+        Ok(Handled::Done { duplicate }) => acknowledge(source, &delivery, duplicate).await,
         Ok(Handled::Malformed(reason)) => dead_letter(source, &delivery, &reason).await,
-        Ok(Handled::Failed(reason)) => {
-            tracing::info!(source = name, id = %delivery.id, deliveries = delivery.deliveries, reason = %reason, "run failed; left for redelivery");
-        }
         Ok(Handled::Busy) => {
             tracing::debug!(source = name, id = %delivery.id, "key still busy; left for redelivery")
         }
+        Ok(Handled::Failed(reason)) => {
+            ran_without_success(source, &delivery, &counted, &reason).await;
+        }
+        // It ran, to its max_hold, past its lease or into shutdown: a job
+        // that always does would otherwise come back forever.
         Ok(Handled::Unfinished(how)) => {
-            tracing::info!(source = name, id = %delivery.id, outcome = how, "run did not finish; left for redelivery")
+            ran_without_success(source, &delivery, &counted, &format!("run ended {how}")).await;
         }
-        // A run that cannot even start (a record that no longer decodes, a
-        // failing effect) counts toward the limit too, or it would come back
-        // forever.
-        Err(err) if delivery.deliveries >= source.max_deliveries() => {
-            let reason = format!("could not run {} times: {err}", delivery.deliveries);
-            dead_letter(source, &delivery, &reason).await;
-        }
-        Err(err) => {
+        // The lock backend is unreachable: nothing ran, and the message
+        // waits for it to come back, however long that takes.
+        Err(WorkerError::Lock(err)) if err.is_backend() => {
             tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot run; left for redelivery")
+        }
+        // Shutdown began before the run could start: nothing ran.
+        Err(WorkerError::ShuttingDown) => {
+            tracing::debug!(source = name, id = %delivery.id, "shutting down; left for redelivery")
+        }
+        // It ran (and was counted when it started) and succeeded, but the
+        // backend kept its success from being recorded: a redelivery finds
+        // out whether the record made it after all.
+        Err(err @ WorkerError::Unrecorded { .. }) => {
+            tracing::warn!(source = name, id = %delivery.id, error = %err, "success unrecorded; left for redelivery")
+        }
+        // Anything else that keeps a run from starting or finishing (a
+        // record that no longer decodes) would keep doing so: it counts.
+        Err(err) => {
+            if counted.load(Ordering::Relaxed) == 0 {
+                count().await;
+            }
+            ran_without_success(
+                source,
+                &delivery,
+                &counted,
+                &format!("could not run: {err}"),
+            )
+            .await;
+        }
+    }
+}
+
+/// Dead-letters a message whose run did not succeed once it has had
+/// `max_deliveries` runs; otherwise it is left for redelivery.
+async fn ran_without_success(
+    source: &dyn Source,
+    delivery: &Delivery,
+    counted: &AtomicU32,
+    reason: &str,
+) {
+    let name = source.name();
+    let attempts = counted.load(Ordering::Relaxed);
+    if attempts >= source.max_deliveries() {
+        dead_letter(
+            source,
+            delivery,
+            &format!("failed {attempts} times: {reason}"),
+        )
+        .await;
+    } else {
+        tracing::info!(source = name, id = %delivery.id, attempts, reason, "run did not succeed; left for redelivery");
+    }
+}
+
+async fn acknowledge(source: &dyn Source, delivery: &Delivery, duplicate: bool) {
+    let name = source.name();
+    if duplicate {
+        metrics::duplicate_skipped(name);
+    }
+    match source.ack(delivery).await {
+        Ok(()) => metrics::acked(name),
+        Err(err) => {
+            tracing::warn!(source = name, id = %delivery.id, error = %err, "ack failed; the message will come back as a duplicate")
         }
     }
 }

@@ -30,10 +30,22 @@ pub(crate) async fn run<J: KeyedJob>(
     job: J,
     args: J::Args,
 ) -> Result<RunOutcome<J::Output>> {
+    run_noting_start(shared, job, args, std::future::ready(())).await
+}
+
+/// [`run`], awaiting `started` once the key is held and the body is about
+/// to run (not for a duplicate or a busy key): a queue consumer counts the
+/// message's attempts there.
+pub(crate) async fn run_noting_start<J: KeyedJob>(
+    shared: Arc<Shared>,
+    job: J,
+    args: J::Args,
+    started: impl Future<Output = ()>,
+) -> Result<RunOutcome<J::Output>> {
     let spec = job.spec()?;
     spec.validate()?;
     let key = job.key(&args);
-    let record = format!("job:{}:{key}", escaped(&spec.name));
+    let record = record_name(&spec, &key);
     let span = tracing::info_span!("soloist.job", job = %spec.name, key = %key, fence = tracing::field::Empty);
     let outcome = async {
         if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
@@ -65,6 +77,7 @@ pub(crate) async fn run<J: KeyedJob>(
             let _ = guard.release().await;
             return Ok(RunOutcome::Duplicate(recorded));
         }
+        started.await;
         let outcome = execute(&shared, &job, args, &spec, (&key, &record), &guard).await?;
         if let Err(err) = guard.release().await {
             tracing::debug!(error = %err, "releasing after the run");
@@ -77,6 +90,26 @@ pub(crate) async fn run<J: KeyedJob>(
         metrics::run(&spec.name, outcome.label());
     }
     outcome
+}
+
+/// Whether a run of `job` with `args` succeeded within the dedupe window: a
+/// queue consumer asks before giving up on a message whose last run never
+/// reported back.
+pub(crate) async fn succeeded<J: KeyedJob>(
+    shared: &Shared,
+    job: &J,
+    args: &J::Args,
+) -> Result<bool> {
+    let spec = job.spec()?;
+    let record = record_name(&spec, &job.key(args));
+    Ok(recorded::<J::Output>(shared, &spec, &record)
+        .await?
+        .is_some())
+}
+
+/// The dedupe record (and lock) of the run of `spec` with the rendered `key`.
+fn record_name(spec: &JobSpec, key: &str) -> String {
+    format!("job:{}:{key}", escaped(&spec.name))
 }
 
 /// The result a successful run recorded within the dedupe window.

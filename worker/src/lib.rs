@@ -56,9 +56,12 @@
 //! message whose key already succeeded is acknowledged without running:
 //! each message's job completes once, and its effects apply exactly once
 //! when committed with [`JobContext::commit_on_success`] (otherwise with
-//! the same caveat as above). Messages that
-//! keep failing go to the dead letters after the source's
-//! `max_deliveries`; messages that cannot be decoded, at once.
+//! the same caveat as above). Messages whose runs keep failing (or timing
+//! out, or dying with their consumer) go to the dead letters after the
+//! source's `max_deliveries` runs; deliveries that could not run (a busy
+//! key, an unreachable lock backend) do not count. Messages that cannot be
+//! decoded go at once. The job's dedupe window must be at least the
+//! source's visibility timeout.
 //!
 //! # Losing a lease
 //! When a run's lease is lost (Redis unreachable past the lease's

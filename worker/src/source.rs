@@ -20,6 +20,12 @@ pub struct Delivery {
     pub payload: Vec<u8>,
     /// How many times this message has been delivered, this time included.
     pub deliveries: u32,
+    /// How many runs of this message started before this delivery, as
+    /// counted by [`Source::record_attempt`]; 0 if the source does not keep
+    /// the count. A message whose runs never finished (its consumer died
+    /// during each) is dead-lettered once this reaches
+    /// [`Source::max_deliveries`], without running again.
+    pub attempts: u32,
 }
 
 impl Delivery {
@@ -35,7 +41,15 @@ impl Delivery {
             job: job.into(),
             payload,
             deliveries,
+            attempts: 0,
         }
+    }
+
+    /// The delivery, with the number of runs that started before it.
+    #[must_use]
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts;
+        self
     }
 }
 
@@ -46,8 +60,15 @@ impl Delivery {
 /// delivery's job, and only once the run's outcome is recorded (a success,
 /// or a duplicate of one) calls [`ack`](Source::ack). A run that fails is not
 /// acknowledged; the source delivers it again (after its own visibility
-/// timeout), and once [`max_deliveries`](Source::max_deliveries) is reached
-/// the worker calls [`dead_letter`](Source::dead_letter) with the last error.
+/// timeout). Every run that starts (the key's lock is held and the job's
+/// body is about to run) is counted with
+/// [`record_attempt`](Source::record_attempt); once a run that did not
+/// succeed (failed, timed out at `max_hold`, lost its lease, cancelled by
+/// shutdown, or never finished because its consumer died) brings that count
+/// to [`max_deliveries`](Source::max_deliveries), the worker calls
+/// [`dead_letter`](Source::dead_letter) with the last error. A delivery
+/// that could not run (its key busy with another consumer's run, the lock
+/// backend unreachable) is not counted.
 /// A message whose job is unknown or whose payload does not decode goes to
 /// the dead letters at once.
 ///
@@ -110,6 +131,20 @@ pub trait Source: Send + Sync + 'static {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), BoxError>>;
 
+    /// Counts a run of the delivery's job that is starting, and returns how
+    /// many the message has had, this one included; forgotten on
+    /// [`ack`](Source::ack) or [`dead_letter`](Source::dead_letter). The
+    /// default counts deliveries instead, returning
+    /// [`Delivery::deliveries`]: a source that can keep a counter per
+    /// message should (and report it in [`Delivery::attempts`]), so that
+    /// deliveries that could not run do not count.
+    fn record_attempt<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<u32, BoxError>> {
+        Box::pin(async move { Ok(delivery.deliveries) })
+    }
+
     /// Queues a run of `job` with its JSON `payload`; `key` is the run's
     /// rendered key, for the record. Returns the message's id.
     fn enqueue<'a>(
@@ -125,8 +160,9 @@ pub trait Source: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
-    /// After how many deliveries a failing message goes to the dead
-    /// letters; default 5.
+    /// After how many runs that did not succeed (as counted by
+    /// [`record_attempt`](Source::record_attempt)) a message goes to the
+    /// dead letters; default 5.
     fn max_deliveries(&self) -> u32 {
         5
     }

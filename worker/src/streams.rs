@@ -1,15 +1,16 @@
 //! A [`Source`] on a Redis Stream and a consumer group.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use redis::aio::MultiplexedConnection;
 use redis::streams::{
     StreamClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
 };
-use redis::{AsyncConnectionConfig, Value};
+use redis::{Script, Value};
+use soloist_core::SharedConnection;
 
 use crate::error::{BoxError, Result, WorkerError};
 use crate::source::{Delivery, Source};
@@ -24,6 +25,25 @@ use crate::source::{Delivery, Source};
 /// An entry has the fields `job` (the job's name), `key` (the run's
 /// rendered key, for the record) and `args` (the arguments as JSON); the
 /// dead-letter entry adds `id`, `deliveries` and `reason`.
+///
+/// Both connections (one for blocking reads, one for everything else)
+/// replace themselves after a transport error or a `READONLY` /
+/// `MASTERDOWN` reply, so the source carries on after a Redis restart or a
+/// failover behind the same address; the worker retries a failed read with
+/// a jittered backoff.
+///
+/// Memory stays bounded under `noeviction`: every so many acknowledgements
+/// the stream is trimmed of the entries every consumer group has finished
+/// with, keeping the newest [`retain_acknowledged`](StreamSourceBuilder::retain_acknowledged)
+/// of them (never an entry still pending or not yet delivered), and the
+/// dead-letter stream is capped at about
+/// [`dead_letter_limit`](StreamSourceBuilder::dead_letter_limit) entries.
+///
+/// Toward `max_deliveries` count the runs that started (the key's lock held,
+/// the job's body about to run), kept per entry in the hash
+/// `{stream}:attempts` until the entry is acknowledged or dead-lettered; a
+/// delivery that could not run (the key busy with a peer's run, the lock
+/// backend unreachable) does not count.
 ///
 /// ```no_run
 /// use soloist::{LockClient, StreamSource, Worker};
@@ -47,16 +67,42 @@ pub struct StreamSource {
 
 struct Inner {
     /// For blocking reads only: a blocked read holds up a connection's replies.
-    reader: MultiplexedConnection,
-    writer: MultiplexedConnection,
+    reader: SharedConnection,
+    writer: SharedConnection,
     stream: String,
     group: String,
     consumer: String,
     dead_letters: String,
+    /// The hash of runs started, by entry id.
+    attempts: String,
     visibility: Duration,
     max_deliveries: u32,
     block: Duration,
+    retain: u64,
+    dead_letter_limit: u64,
+    /// Acknowledgements since the source started, to trim every so many.
+    acked: AtomicU64,
 }
+
+/// Trims the entries every group has finished with.
+static TRIM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/trim_stream.lua")));
+
+/// The stream is trimmed once per this many acknowledgements (by this
+/// consumer), not per message: a trim walks the groups and their pending
+/// entries.
+const TRIM_EVERY: u64 = 100;
+
+/// A read that blocks longer than this holds up shutdown for nothing.
+const MAX_BLOCK: Duration = Duration::from_secs(60);
+/// Longer than any run a queue should hand out; keeps the arithmetic on it finite.
+const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// More runs than this is retrying forever by another name.
+const MAX_DELIVERIES: u32 = 1000;
+/// Retention and dead-letter counts; beyond this the bound is no bound.
+const MAX_ENTRIES: u64 = 100_000_000;
+/// Connecting, and every reply but a blocking read's.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl fmt::Debug for StreamSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -68,7 +114,24 @@ impl fmt::Debug for StreamSource {
     }
 }
 
-/// Settings of a [`StreamSource`]; see [`StreamSource::builder`].
+/// Settings of a [`StreamSource`]; see [`StreamSource::builder`]. Every
+/// setting is checked by [`connect`](StreamSourceBuilder::connect), which
+/// refuses one out of range with an error naming it.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use soloist::StreamSource;
+/// # async fn demo() -> Result<(), soloist::WorkerError> {
+/// let orders = StreamSource::builder("orders")
+///     .visibility_timeout(Duration::from_secs(60)) // the jobs' dedupe windows are longer
+///     .max_deliveries(3)
+///     .retain_acknowledged(10_000)
+///     .dead_letter_limit(1_000)
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # let _ = orders;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct StreamSourceBuilder {
@@ -79,6 +142,8 @@ pub struct StreamSourceBuilder {
     visibility: Duration,
     max_deliveries: u32,
     block: Duration,
+    retain: u64,
+    dead_letter_limit: u64,
 }
 
 impl StreamSource {
@@ -92,6 +157,8 @@ impl StreamSource {
             visibility: Duration::from_secs(30),
             max_deliveries: 5,
             block: Duration::from_secs(1),
+            retain: 1000,
+            dead_letter_limit: 10_000,
         }
     }
 }
@@ -118,68 +185,82 @@ impl StreamSourceBuilder {
     }
 
     /// How long an unacknowledged entry stays with its consumer before
-    /// another may claim it; default 30 s. Longer than the slowest run.
+    /// another may claim it; default 30 s, between 10 ms and 7 days. Longer
+    /// than the slowest run; a consumed job's dedupe window must be at least
+    /// this long.
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
         self.visibility = timeout;
         self
     }
 
-    /// After how many deliveries a failing entry is dead-lettered; default 5.
+    /// After how many runs that started and did not succeed an entry is
+    /// dead-lettered; default 5, between 1 and 1000. Deliveries that could
+    /// not run (a busy key, an unreachable lock backend) do not count.
     pub fn max_deliveries(mut self, max: u32) -> Self {
         self.max_deliveries = max;
         self
     }
 
-    /// How long one read waits for new entries; default 1 s.
+    /// How long one read waits for new entries; default 1 s, between 1 ms
+    /// and 60 s.
     pub fn block(mut self, block: Duration) -> Self {
         self.block = block;
         self
     }
 
+    /// How many entries that every group has finished with stay in the
+    /// stream, newest first, for inspection; default 1000, at most 10^8.
+    /// Older ones are trimmed (every 100 acknowledgements): the stream keeps
+    /// this many, then everything from the oldest entry still pending (or
+    /// not yet delivered) on, so one entry left pending for long holds the
+    /// stream at its length from there.
+    pub fn retain_acknowledged(mut self, entries: u64) -> Self {
+        self.retain = entries;
+        self
+    }
+
+    /// About how many entries the dead-letter stream keeps, the oldest
+    /// dropped first (`XADD MAXLEN ~`, so it can exceed this by up to one
+    /// stream node, 100 entries by default); default 10,000, at least 1.
+    pub fn dead_letter_limit(mut self, entries: u64) -> Self {
+        self.dead_letter_limit = entries;
+        self
+    }
+
     /// Connects, and creates the stream and group if they do not exist
     /// (the group then starts from the stream's first entry).
+    ///
+    /// # Errors
+    /// [`WorkerError::InvalidJob`] naming the setting that is out of range
+    /// (`stream`, `group`, `consumer`, `visibility_timeout`, `block`,
+    /// `max_deliveries`, `retain_acknowledged`, `dead_letter_limit`) or the
+    /// `url`; [`WorkerError::Lock`] if Redis cannot be reached.
     pub async fn connect(self, url: &str) -> Result<StreamSource> {
+        self.validate()?;
         let invalid = |name, reason: String| WorkerError::invalid(&self.stream, name, reason);
-        if self.stream.is_empty() {
-            return Err(invalid("stream", "must not be empty".to_owned()));
-        }
-        if self.max_deliveries == 0 {
-            return Err(invalid("max_deliveries", "must be at least 1".to_owned()));
-        }
-        if self.visibility < Duration::from_millis(10) || self.block.is_zero() {
-            return Err(invalid(
-                "visibility_timeout",
-                "and block must be positive".to_owned(),
-            ));
-        }
-        let client =
-            redis::Client::open(url).map_err(|err| invalid("url", format!("`{url}`: {err}")))?;
-        let timeout = Duration::from_secs(5);
-        let config = |response| {
-            AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(response))
+        let open = |response| {
+            SharedConnection::open(url, OP_TIMEOUT, response).map_err(|err| match err {
+                soloist_core::LockError::InvalidArgument { reason, .. } => invalid("url", reason),
+                other => WorkerError::Lock(other),
+            })
         };
-        let reader = client
-            .get_multiplexed_async_connection_with_config(&config(self.block + timeout))
-            .await
-            .map_err(source_error)?;
-        let mut writer = client
-            .get_multiplexed_async_connection_with_config(&config(timeout))
-            .await
-            .map_err(source_error)?;
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        // A blocking read may take the block time before its reply starts.
+        let reader = open(self.block + OP_TIMEOUT)?;
+        let writer = open(OP_TIMEOUT)?;
+        let mut create = redis::cmd("XGROUP");
+        create
             .arg("CREATE")
             .arg(&self.stream)
             .arg(&self.group)
             .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut writer)
+            .arg("MKSTREAM");
+        let created = writer
+            .run(async |conn| create.query_async::<()>(conn).await)
             .await;
-        if let Err(err) = created
-            && err.code() != Some("BUSYGROUP")
-        {
-            return Err(source_error(err));
+        match created {
+            Ok(()) => {}
+            Err(soloist_core::LockError::Protocol(err)) if err.code() == Some("BUSYGROUP") => {}
+            Err(err) => return Err(WorkerError::Lock(err)),
         }
         let consumer = self
             .consumer
@@ -191,19 +272,76 @@ impl StreamSourceBuilder {
                 dead_letters: self
                     .dead_letters
                     .unwrap_or_else(|| format!("{}:dead", self.stream)),
+                attempts: format!("{}:attempts", self.stream),
                 stream: self.stream,
                 group: self.group,
                 consumer,
                 visibility: self.visibility,
                 max_deliveries: self.max_deliveries,
                 block: self.block,
+                retain: self.retain,
+                dead_letter_limit: self.dead_letter_limit,
+                acked: AtomicU64::new(0),
             }),
         })
     }
-}
 
-fn source_error(err: redis::RedisError) -> WorkerError {
-    WorkerError::Lock(err.into())
+    /// Every setting in range, or the first that is not.
+    fn validate(&self) -> Result<()> {
+        let invalid = |name, reason: String| Err(WorkerError::invalid(&self.stream, name, reason));
+        if self.stream.is_empty() {
+            return invalid("stream", "must not be empty".to_owned());
+        }
+        if self.group.is_empty() {
+            return invalid("group", "must not be empty".to_owned());
+        }
+        if self.consumer.as_deref() == Some("") {
+            return invalid("consumer", "must not be empty".to_owned());
+        }
+        if !(Duration::from_millis(10)..=MAX_VISIBILITY).contains(&self.visibility) {
+            return invalid(
+                "visibility_timeout",
+                format!(
+                    "must be between 10ms and {MAX_VISIBILITY:?}, got {:?}",
+                    self.visibility
+                ),
+            );
+        }
+        if !(Duration::from_millis(1)..=MAX_BLOCK).contains(&self.block) {
+            return invalid(
+                "block",
+                format!(
+                    "must be between 1ms and {MAX_BLOCK:?}, got {:?}",
+                    self.block
+                ),
+            );
+        }
+        if !(1..=MAX_DELIVERIES).contains(&self.max_deliveries) {
+            return invalid(
+                "max_deliveries",
+                format!(
+                    "must be between 1 and {MAX_DELIVERIES}, got {}",
+                    self.max_deliveries
+                ),
+            );
+        }
+        if self.retain > MAX_ENTRIES {
+            return invalid(
+                "retain_acknowledged",
+                format!("must be at most {MAX_ENTRIES}, got {}", self.retain),
+            );
+        }
+        if !(1..=MAX_ENTRIES).contains(&self.dead_letter_limit) {
+            return invalid(
+                "dead_letter_limit",
+                format!(
+                    "must be between 1 and {MAX_ENTRIES}, got {}",
+                    self.dead_letter_limit
+                ),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A delivery from a stream entry; a missing field leaves `job` empty,
@@ -226,18 +364,19 @@ fn delivery(entry: &StreamId, deliveries: u32) -> Delivery {
 impl Inner {
     /// Entries idle past the visibility timeout in any consumer's hands,
     /// claimed for this consumer.
-    async fn reclaim(&self, max: usize) -> redis::RedisResult<Vec<Delivery>> {
-        let mut writer = self.writer.clone();
+    async fn reclaim(&self, max: usize) -> Result<Vec<Delivery>, BoxError> {
         let idle = u64::try_from(self.visibility.as_millis()).unwrap_or(u64::MAX);
-        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(&self.stream)
+        let mut list = redis::cmd("XPENDING");
+        list.arg(&self.stream)
             .arg(&self.group)
             .arg("IDLE")
             .arg(idle)
             .arg("-")
             .arg("+")
-            .arg(max)
-            .query_async(&mut writer)
+            .arg(max);
+        let pending: StreamPendingCountReply = self
+            .writer
+            .run(async |conn| list.query_async(conn).await)
             .await?;
         if pending.ids.is_empty() {
             return Ok(Vec::new());
@@ -251,27 +390,61 @@ impl Inner {
         for id in &pending.ids {
             claim.arg(&id.id);
         }
-        let claimed: StreamClaimReply = claim.query_async(&mut writer).await?;
+        let claimed: StreamClaimReply = self
+            .writer
+            .run(async |conn| claim.query_async(conn).await)
+            .await?;
+        if claimed.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut counts = redis::cmd("HMGET");
+        counts.arg(&self.attempts);
+        for entry in &claimed.ids {
+            counts.arg(&entry.id);
+        }
+        let attempts: Vec<Option<u32>> = self
+            .writer
+            .run(async |conn| counts.query_async(conn).await)
+            .await?;
         Ok(claimed
             .ids
             .iter()
-            .map(|entry| {
+            .zip(attempts)
+            .map(|(entry, attempts)| {
                 let before = pending
                     .ids
                     .iter()
                     .find(|id| id.id == entry.id)
                     .map_or(0, |id| id.times_delivered);
                 delivery(entry, u32::try_from(before + 1).unwrap_or(u32::MAX))
+                    .with_attempts(attempts.unwrap_or(0))
             })
             .collect())
     }
 
+    /// Counts an acknowledgement, and every so many trims the stream.
+    async fn acknowledged(&self) {
+        if !(self.acked.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(TRIM_EVERY) {
+            return;
+        }
+        let mut trim = TRIM.key(&self.stream);
+        trim.arg(self.retain);
+        let trimmed = self
+            .writer
+            .run(async |conn| trim.invoke_async::<u64>(conn).await)
+            .await;
+        match trimmed {
+            Ok(removed) => tracing::debug!(stream = %self.stream, removed, "trimmed"),
+            // The next trim catches up.
+            Err(err) => tracing::debug!(stream = %self.stream, error = %err, "trimming failed"),
+        }
+    }
+
     /// New entries, waiting up to the block time.
-    async fn read_new(&self, max: usize) -> redis::RedisResult<Vec<Delivery>> {
-        let mut reader = self.reader.clone();
+    async fn read_new(&self, max: usize) -> Result<Vec<Delivery>, BoxError> {
         let block = u64::try_from(self.block.as_millis()).unwrap_or(u64::MAX);
-        let read: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
             .arg(&self.group)
             .arg(&self.consumer)
             .arg("COUNT")
@@ -280,8 +453,10 @@ impl Inner {
             .arg(block)
             .arg("STREAMS")
             .arg(&self.stream)
-            .arg(">")
-            .query_async(&mut reader)
+            .arg(">");
+        let read: Option<StreamReadReply> = self
+            .reader
+            .run(async |conn| read.query_async(conn).await)
             .await?;
         Ok(read
             .into_iter()
@@ -313,13 +488,22 @@ impl Source for StreamSource {
         delivery: &'a Delivery,
     ) -> BoxFuture<'a, std::result::Result<(), BoxError>> {
         Box::pin(async move {
-            let mut writer = self.inner.writer.clone();
-            redis::cmd("XACK")
-                .arg(&self.inner.stream)
-                .arg(&self.inner.group)
+            let inner = &self.inner;
+            let mut ack = redis::pipe();
+            ack.cmd("XACK")
+                .arg(&inner.stream)
+                .arg(&inner.group)
                 .arg(&delivery.id)
-                .query_async::<()>(&mut writer)
+                .ignore()
+                .cmd("HDEL")
+                .arg(&inner.attempts)
+                .arg(&delivery.id)
+                .ignore();
+            inner
+                .writer
+                .run(async |conn| ack.query_async::<()>(conn).await)
                 .await?;
+            inner.acknowledged().await;
             Ok(())
         })
     }
@@ -331,17 +515,20 @@ impl Source for StreamSource {
     ) -> BoxFuture<'a, std::result::Result<(), BoxError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let mut writer = inner.writer.clone();
             // The original entry's fields travel along, however malformed.
-            let original: Option<StreamClaimReply> = redis::cmd("XRANGE")
-                .arg(&inner.stream)
-                .arg(&delivery.id)
-                .arg(&delivery.id)
-                .query_async(&mut writer)
+            let mut range = redis::cmd("XRANGE");
+            range.arg(&inner.stream).arg(&delivery.id).arg(&delivery.id);
+            let original: Option<StreamClaimReply> = inner
+                .writer
+                .run(async |conn| range.query_async(conn).await)
                 .await
                 .ok();
             let mut add = redis::cmd("XADD");
-            add.arg(&inner.dead_letters).arg("*");
+            add.arg(&inner.dead_letters)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(inner.dead_letter_limit)
+                .arg("*");
             if let Some(entry) = original.and_then(|reply| reply.ids.into_iter().next()) {
                 for (field, value) in entry.map {
                     let value = match value {
@@ -369,9 +556,33 @@ impl Source for StreamSource {
                 .arg(&inner.stream)
                 .arg(&inner.group)
                 .arg(&delivery.id)
+                .ignore()
+                .cmd("HDEL")
+                .arg(&inner.attempts)
+                .arg(&delivery.id)
                 .ignore();
-            atomically.query_async::<()>(&mut writer).await?;
+            inner
+                .writer
+                .run(async |conn| atomically.query_async::<()>(conn).await)
+                .await?;
+            inner.acknowledged().await;
             Ok(())
+        })
+    }
+
+    fn record_attempt<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, std::result::Result<u32, BoxError>> {
+        Box::pin(async move {
+            let mut count = redis::cmd("HINCRBY");
+            count.arg(&self.inner.attempts).arg(&delivery.id).arg(1);
+            let attempts: u64 = self
+                .inner
+                .writer
+                .run(async |conn| count.query_async(conn).await)
+                .await?;
+            Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
         })
     }
 
@@ -382,17 +593,19 @@ impl Source for StreamSource {
         payload: Vec<u8>,
     ) -> BoxFuture<'a, std::result::Result<String, BoxError>> {
         Box::pin(async move {
-            let mut writer = self.inner.writer.clone();
-            let id: String = redis::cmd("XADD")
-                .arg(&self.inner.stream)
+            let mut add = redis::cmd("XADD");
+            add.arg(&self.inner.stream)
                 .arg("*")
                 .arg("job")
                 .arg(job)
                 .arg("key")
                 .arg(key)
                 .arg("args")
-                .arg(payload)
-                .query_async(&mut writer)
+                .arg(payload);
+            let id: String = self
+                .inner
+                .writer
+                .run(async |conn| add.query_async(conn).await)
                 .await?;
             Ok(id)
         })
@@ -401,11 +614,12 @@ impl Source for StreamSource {
     /// The group's `lag` from `XINFO GROUPS` (entries not yet delivered).
     fn lag(&self) -> BoxFuture<'_, std::result::Result<Option<u64>, BoxError>> {
         Box::pin(async move {
-            let mut writer = self.inner.writer.clone();
-            let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&self.inner.stream)
-                .query_async(&mut writer)
+            let mut info = redis::cmd("XINFO");
+            info.arg("GROUPS").arg(&self.inner.stream);
+            let groups: StreamInfoGroupsReply = self
+                .inner
+                .writer
+                .run(async |conn| info.query_async(conn).await)
                 .await?;
             Ok(groups
                 .groups

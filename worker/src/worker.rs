@@ -298,7 +298,7 @@ impl WorkerBuilder {
         for Consumption { source, spec, job } in self.consumed {
             let spec = spec?;
             spec.validate()?;
-            check_consumable(&spec)?;
+            check_consumable(&spec, source.as_ref())?;
             if queues.insert(spec.name.clone(), source.clone()).is_some() {
                 return Err(WorkerError::DuplicateJob(spec.name));
             }

@@ -153,6 +153,13 @@ impl Source for NeverAcks {
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         self.0.dead_letter(delivery, reason)
     }
+    fn record_attempt<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<u32, BoxError>> {
+        self.0.record_attempt(delivery)
+    }
+
     fn enqueue<'a>(
         &'a self,
         job: &'a str,

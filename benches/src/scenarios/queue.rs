@@ -603,6 +603,13 @@ impl Source for Counted {
         })
     }
 
+    fn record_attempt<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<u32, BoxError>> {
+        self.inner.record_attempt(delivery)
+    }
+
     fn enqueue<'a>(
         &'a self,
         job: &'a str,
