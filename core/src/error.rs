@@ -76,6 +76,17 @@ pub enum LockError {
     /// The backend answered with an error or an unexpected reply.
     #[error("the lock backend answered with an error")]
     Protocol(#[source] redis::RedisError),
+    /// [`LockGuard::commit`](crate::LockGuard::commit): the record was
+    /// written (the commit counts as done), but Redis refused one of its
+    /// effects at run time, e.g. with `WRONGTYPE`; the refused effect
+    /// changed nothing, and the others were applied.
+    #[error("`{resource}` was recorded, but Redis refused one of its effects: {error}")]
+    EffectRefused {
+        /// The record's resource.
+        resource: String,
+        /// Redis' error for the first refused effect.
+        error: String,
+    },
     /// The backend did not answer within the operation timeout.
     #[error("the lock backend did not answer `{op}` within {after:?}")]
     Unresponsive {

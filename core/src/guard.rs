@@ -150,8 +150,8 @@ impl LockGuard {
     /// Stores `value` for `resource` with this guard's fence, as
     /// [`LockClient::fenced_set`] does, but only while this guard still
     /// holds its lock, and applies the Redis `effects` in the same atomic
-    /// step: the record and the effects happen together or not at all.
-    /// A holder whose lease ended unnoticed gets [`FencedWrite::NotHeld`]
+    /// step: a commit that is refused (not held, a higher fence) writes
+    /// nothing and applies nothing. A holder whose lease ended unnoticed gets [`FencedWrite::NotHeld`]
     /// (or `Rejected`, if a later holder wrote first) and changes nothing,
     /// so effects committed this way by successive holders of a key are
     /// applied once. `ttl` expires the record (at least 1 ms, at most
@@ -163,17 +163,19 @@ impl LockGuard {
     /// [`LockError::InvalidArgument`] and writes nothing.
     ///
     /// A commit whose reply is lost or late (a timeout, a broken
-    /// connection, a server failing over) is sent again, for as long as the
-    /// lease is held; each commit carries an id of its own, so a second
-    /// delivery finds the first applied and applies nothing again. When the
-    /// lease ends first, the last error is returned, and whether the commit
-    /// took effect is unknown until [`LockClient::fenced_get`] says.
+    /// connection, a server failing over) is sent again while the lease is
+    /// held and, for a record with a `ttl`, during the first half of it;
+    /// each commit carries an id that the record keeps, so a later copy
+    /// finds the first applied and applies nothing again (the record must
+    /// still exist for that: hence the bound). When the retries end first,
+    /// the last error is returned, and whether the commit took effect is
+    /// unknown until [`LockClient::fenced_get`] says.
     ///
     /// Effects that Redis refuses at run time (a `WRONGTYPE`, an unknown
     /// command) do not undo the commit: the record is written first, every
     /// effect is then run in order, a refused one changes nothing and the
     /// ones after it still run, and the call returns
-    /// [`LockError::Protocol`] with the first refusal. Effects need a single
+    /// [`LockError::EffectRefused`] with the first refusal. Effects need a single
     /// Redis node: the memory backend has no Redis to apply them to, and a
     /// Redlock cannot apply them atomically across nodes; both refuse with
     /// [`LockError::InvalidArgument`].
@@ -207,10 +209,16 @@ impl LockGuard {
         };
         check_record(resource, &record)?;
         let backend = &self.client.inner.backend;
+        // A copy must reach Redis while the first one's record (and so its
+        // commit id) still exists; half the record's life leaves a margin
+        // for a copy that is slow on its way.
+        let retry_until = ttl.map(|ttl| Instant::now() + ttl / 2);
         let mut pause = COMMIT_RETRY_FIRST;
         loop {
+            let may_retry =
+                || cell.is_held() && retry_until.is_none_or(|until| Instant::now() + pause < until);
             match backend.fenced_set(resource, cell.fence, record).await {
-                Err(err) if err.is_transient() && cell.is_held() => {
+                Err(err) if err.is_transient() && may_retry() => {
                     tracing::debug!(key = %cell.key, error = %err, "commit undecided; sending it again");
                     let jitter = pause.mul_f64(rand::random::<f64>() / 2.0);
                     tokio::time::sleep((pause + jitter).min(cell.remaining())).await;

@@ -379,13 +379,10 @@ impl RedisNode {
             reply.get(1),
             reply.get(2),
         ) {
-            (Some("1"), _, Some(failed)) if !failed.is_empty() => {
-                Err(LockError::Protocol(RedisError::from((
-                    redis::ErrorKind::Extension,
-                    "an effect failed after the record was written",
-                    failed.clone(),
-                ))))
-            }
+            (Some("1"), _, Some(failed)) if !failed.is_empty() => Err(LockError::EffectRefused {
+                resource: resource.to_owned(),
+                error: failed.clone(),
+            }),
             (Some("1"), _, _) => Ok(FencedWrite::Accepted),
             (Some("2"), _, _) => Ok(FencedWrite::NotHeld),
             (_, Some(highest), _) => Ok(FencedWrite::Rejected {

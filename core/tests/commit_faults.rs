@@ -132,10 +132,11 @@ async fn an_effect_refused_at_run_time_leaves_the_record_and_the_other_effects()
     let outcome = guard
         .commit("r", "v", None, &[incr("first"), wrong_type, incr("last")])
         .await;
-    let Err(LockError::Protocol(err)) = outcome else {
+    let Err(LockError::EffectRefused { resource, error }) = outcome else {
         panic!("expected the refusal, got {outcome:?}");
     };
-    assert!(format!("{err:?}").contains("WRONGTYPE"), "{err:?}");
+    assert_eq!(resource, "r");
+    assert!(error.contains("WRONGTYPE"), "{error}");
     assert!(locks.fenced_get("r").await.unwrap().is_some());
     assert_eq!(server.cli(&["GET", "first"]).trim(), "1");
     assert_eq!(server.cli(&["GET", "text"]).trim(), "not a list");

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use soloist_core::LockError;
 use tokio::sync::Semaphore;
 
 use crate::error::{Result, WorkerError};
@@ -284,8 +285,14 @@ async fn handle(
         }
         // The lock backend is unreachable: nothing ran, and the message
         // waits for it to come back, however long that takes.
-        Err(WorkerError::Lock(err)) if err.is_backend() => {
+        Err(WorkerError::Lock(err)) if err.is_transient() => {
             tracing::warn!(source = name, id = %delivery.id, error = %err, "cannot run; left for redelivery")
+        }
+        // Recorded as a success; Redis refused one of its effects, which a
+        // rerun would not change.
+        Err(WorkerError::Lock(err @ LockError::EffectRefused { .. })) => {
+            tracing::warn!(source = name, id = %delivery.id, error = %err, "an effect was refused");
+            acknowledge(source, &delivery, false).await;
         }
         // Shutdown began before the run could start: nothing ran.
         Err(WorkerError::ShuttingDown) => {

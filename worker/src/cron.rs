@@ -69,16 +69,18 @@ pub(crate) async fn schedule(shared: Arc<Shared>, entry: CronEntry) {
     let entry = Arc::new(entry);
     let now = shared.clock.now();
     let misfire = TimeDelta::from_std(entry.spec.misfire).unwrap_or(TimeDelta::MAX);
-    // After the last tick the fleet claimed, ticks still inside their grace
-    // are claimed as usual; older ones, which the whole fleet missed, are
-    // the job's missed-tick policy's. A job the fleet never ran starts now.
+    // Ticks still inside their grace are claimed as usual, claimed by a
+    // peer or not: one whose runner dies is taken over, one that is done
+    // is skipped. Older ticks after the last one the fleet claimed, which
+    // the whole fleet missed, are the job's missed-tick policy's. A job the
+    // fleet never ran starts now.
     let grace_start = now - misfire;
     let recent_start = match last_claimed(&shared, &entry.spec).await {
         Some(last) if last < grace_start => {
             recover_missed(&shared, &entry, last, grace_start, now);
             grace_start
         }
-        Some(last) => last,
+        Some(_) => grace_start,
         None => now,
     };
     let mut after = recent_start;
@@ -357,12 +359,14 @@ async fn run_tick(
         match guard.commit(key, marker, Some(keep), &effects).await {
             Ok(write) if write.is_accepted() => {}
             Ok(_) => outcome = "lost",
-            Err(err) if err.is_transient() => {
+            // Marked done; an effect was refused.
+            Err(err @ LockError::EffectRefused { .. }) => {
+                tracing::warn!(error = %err, "an effect of the tick was refused");
+            }
+            Err(err) => {
                 tracing::warn!(error = %err, "cannot record the tick's outcome; the tick is not done");
                 outcome = "unrecorded";
             }
-            // Marked done; an effect was refused.
-            Err(err) => tracing::warn!(error = %err, "an effect of the tick failed"),
         }
     }
     metrics::run(&spec.name, outcome);

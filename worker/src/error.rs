@@ -43,11 +43,12 @@ pub enum WorkerError {
     #[error("the worker is shutting down")]
     ShuttingDown,
     /// A run's body succeeded, but the record of its success (the dedupe
-    /// record, with its committed effects) could not be written while its
-    /// lease lasted: the backend kept failing. Nothing marks the key done,
-    /// so a later request, or a redelivery, runs it again; whether the
-    /// committed effects were applied is known from the record alone.
-    #[error("job `{job}` succeeded, but its success could not be recorded while its lease lasted")]
+    /// record, with its committed effects) could not be confirmed written:
+    /// the backend kept failing while the lease lasted, or refused the
+    /// record. The key may not be marked done, so a later request, or a
+    /// redelivery, may run it again; whether the committed effects were
+    /// applied is known from the record alone.
+    #[error("job `{job}` succeeded, but its success could not be recorded")]
     Unrecorded {
         /// The job's name.
         job: String,

@@ -9,6 +9,7 @@
 //! job's name cannot make two jobs share a key.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use soloist_core::{LockError, LockGuard};
@@ -174,8 +175,8 @@ async fn execute<J: KeyedJob>(
                 .map(|ctx| ctx.take_on_success())
                 .unwrap_or_default();
             // The success record: the result for duplicates, kept for the
-            // dedupe window; without dedupe, only as long as a lease, to
-            // carry the effects.
+            // dedupe window; without dedupe, only for a while, to carry the
+            // effects.
             let kept = match spec.dedupe {
                 Some(window) => Some((
                     serde_json::to_vec(&value).map_err(|source| WorkerError::Serde {
@@ -184,7 +185,11 @@ async fn execute<J: KeyedJob>(
                     })?,
                     window,
                 )),
-                None if !effects.is_empty() => Some((Vec::new(), spec.ttl)),
+                // At least a minute: a commit is sent again only while its
+                // record lives (see `LockGuard::commit`).
+                None if !effects.is_empty() => {
+                    Some((Vec::new(), spec.ttl.max(Duration::from_secs(60))))
+                }
                 None => None,
             };
             if let Some((encoded, keep)) = kept {
@@ -196,11 +201,16 @@ async fn execute<J: KeyedJob>(
                     .commit(record, encoded, Some(keep), &effects)
                     .await
                     .map_err(|source| match source {
-                        source if source.is_transient() => WorkerError::Unrecorded {
+                        // Recorded, an effect refused: the run counts as
+                        // done. Or refused before anything was sent: a
+                        // mistake in the job, not the backend's doing.
+                        LockError::EffectRefused { .. } | LockError::InvalidArgument { .. } => {
+                            source.into()
+                        }
+                        source => WorkerError::Unrecorded {
                             job: spec.name.clone(),
                             source,
                         },
-                        source => source.into(),
                     })?;
                 if !write.is_accepted() {
                     return Ok(RunOutcome::Lost);

@@ -28,10 +28,11 @@
 //!   if its run outlives the grace and then dies (no waiter is left to take
 //!   it over); ticks the whole fleet missed then follow the job's
 //!   [`MissedTicks`] policy when a replica comes back;
-//! - **a tick that ran is never run again**: a tick runs only once it is
-//!   recorded as the job's latest claimed tick, and a replica that starts
-//!   after a fleet-wide outage runs only ticks after that record, however
-//!   long ago their done-markers expired.
+//! - **past its grace, a tick that ran is never run again**: a tick runs
+//!   only once it is recorded as the job's latest claimed tick (or a later
+//!   one is), and a replica that starts after a fleet-wide outage recovers
+//!   only ticks after that record, however long ago their done-markers
+//!   expired.
 //!
 //! Each tick has its own lock, so runs of *different* ticks may overlap
 //! when a run outlasts the schedule's interval; bound runs with

@@ -41,7 +41,7 @@ use crate::source::{Delivery, Source};
 ///
 /// Toward `max_deliveries` count the runs that started (the key's lock held,
 /// the job's body about to run), kept per entry in the hash
-/// `{stream}:attempts` until the entry is acknowledged or dead-lettered; a
+/// `{stream}:{group}:attempts` until the entry is acknowledged or dead-lettered; a
 /// delivery that could not run (the key busy with a peer's run, the lock
 /// backend unreachable) does not count.
 ///
@@ -272,7 +272,8 @@ impl StreamSourceBuilder {
                 dead_letters: self
                     .dead_letters
                     .unwrap_or_else(|| format!("{}:dead", self.stream)),
-                attempts: format!("{}:attempts", self.stream),
+                // Per group: each group runs every entry on its own.
+                attempts: format!("{}:{}:attempts", self.stream, self.group),
                 stream: self.stream,
                 group: self.group,
                 consumer,
@@ -422,9 +423,12 @@ impl Inner {
             .collect())
     }
 
-    /// Counts an acknowledgement, and every so many trims the stream.
+    /// Counts an acknowledgement, and on the first and every so many
+    /// after it trims the stream: a consumer that restarts often still
+    /// trims once per start.
     async fn acknowledged(&self) {
-        if !(self.acked.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(TRIM_EVERY) {
+        let acked = self.acked.fetch_add(1, Ordering::Relaxed) + 1;
+        if acked != 1 && !acked.is_multiple_of(TRIM_EVERY) {
             return;
         }
         let mut trim = TRIM.key(&self.stream);
@@ -518,18 +522,19 @@ impl Source for StreamSource {
             // The original entry's fields travel along, however malformed.
             let mut range = redis::cmd("XRANGE");
             range.arg(&inner.stream).arg(&delivery.id).arg(&delivery.id);
-            let original: Option<StreamClaimReply> = inner
+            // Not read, not dead-lettered: the entry stays pending rather
+            // than reach the dead letters without its payload.
+            let original: StreamClaimReply = inner
                 .writer
                 .run(async |conn| range.query_async(conn).await)
-                .await
-                .ok();
+                .await?;
             let mut add = redis::cmd("XADD");
             add.arg(&inner.dead_letters)
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(inner.dead_letter_limit)
                 .arg("*");
-            if let Some(entry) = original.and_then(|reply| reply.ids.into_iter().next()) {
+            if let Some(entry) = original.ids.into_iter().next() {
                 for (field, value) in entry.map {
                     let value = match value {
                         Value::BulkString(bytes) => bytes,

@@ -394,13 +394,14 @@ fn until(at: DateTime<Utc>) -> Duration {
     (at - Utc::now()).to_std().unwrap_or_default()
 }
 
-/// A tick runs only once its claim is recorded, so a fleet that restarts
-/// after the tick's done-marker expired never runs it a second time: here
-/// the claim record cannot be written at first (its key holds a string),
-/// the fleet stops, the markers go, and the fleet restarts just after the
-/// tick's grace, when recovery runs the latest missed tick.
+/// A tick runs only once its claim is recorded (so that a fleet restart
+/// after its done-marker expired cannot run it again): here the claim
+/// record cannot be written at first (its key holds a string), so the tick
+/// does not run; the fleet stops, the markers go, the record is readable
+/// again with an older tick, and the fleet restarts just after the tick's
+/// grace: recovery runs the tick, for the first time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tick_that_ran_never_runs_again_after_a_fleet_restart() {
+async fn a_tick_runs_only_once_its_claim_is_recorded() {
     let server = RedisServer::start();
     let last_key = "soloist:fenced:cron:every-3s:last";
     server.cli(&["SET", last_key, "not a record"]);
@@ -514,4 +515,61 @@ async fn ticks_draw_fences_from_one_counter_per_job() {
             "{key}: {ttl} ms"
         );
     }
+}
+
+/// A replica that starts while a peer runs a tick still stands by for it:
+/// when the peer stops mid-run inside the grace, the new replica takes the
+/// tick over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_during_a_ticks_grace_takes_it_over() {
+    let server = RedisServer::start();
+    let runs: Runs = Arc::default();
+    let job = || {
+        let recorder = runs.clone();
+        cron_job(
+            JobSpec::cron("every-4s", "*/4 * * * * *", "UTC")
+                .unwrap()
+                .ttl(SECOND)
+                .misfire(3 * SECOND),
+            move |ctx: JobContext| {
+                let recorder = recorder.clone();
+                async move {
+                    let first = recorder.lock().unwrap().is_empty();
+                    record(&recorder, &ctx);
+                    if first {
+                        tokio::time::sleep(60 * SECOND).await;
+                    }
+                    Ok::<_, std::io::Error>(())
+                }
+            },
+        )
+    };
+    let first = Replica::start(
+        Worker::builder(client(&server).await)
+            .replica_id("first")
+            .shutdown_grace(Duration::from_millis(100))
+            .job(job())
+            .build()
+            .unwrap(),
+    );
+    while runs.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tick = runs.lock().unwrap()[0].0;
+    let second = Replica::named(&server, "second", job()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.stop().await;
+    let deadline = std::time::Instant::now() + 3 * SECOND;
+    while !runs.lock().unwrap().iter().any(|run| run.1 == "second") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tick was not taken over: {:?}",
+            runs.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.stop().await;
+    let runs = runs.lock().unwrap();
+    let taken_over = runs.iter().find(|run| run.1 == "second").unwrap();
+    assert_eq!(taken_over.0, tick, "{runs:?}");
 }

@@ -13,9 +13,12 @@
 -- Fences are compared as decimal strings so the comparison stays exact for any u64.
 -- A commit sent again after its reply was lost finds its id on the record:
 -- it was applied once, and is not applied again, even if the lock has
--- since expired.
-if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'commit') == ARGV[5] then
-  return {1, ARGV[1], ''}
+-- since expired; it gets the first delivery's answer.
+if ARGV[5] ~= '' then
+  local applied = redis.call('HMGET', KEYS[1], 'commit', 'failed')
+  if applied[1] == ARGV[5] then
+    return {1, ARGV[1], applied[2] or ''}
+  end
 end
 if ARGV[4] ~= '' then
   -- A trailing '+' marks a lock with waiting clients (see acquire.lua).
@@ -49,4 +52,5 @@ for _ = 1, tonumber(ARGV[6]) do
   end
   at = at + count + 1
 end
+redis.call('HSET', KEYS[1], 'failed', failed)
 return {1, ARGV[1], failed}
