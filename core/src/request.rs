@@ -169,9 +169,19 @@ impl LockRequest {
             .await
             .ok_or_else(timed_out)?;
         // A listener handed on by the previous head comes with this process
-        // already queued for the holder's release: wait for it, no attempt.
-        let mut listener = head.take_handed_on();
-        let mut wait_first = listener.is_some();
+        // already queued for the holder's release, and subscribed: wait for
+        // it, no attempt.
+        let handed_on = head.take_handed_on();
+        let mut wait_first = handed_on.is_some();
+        let mut subscribed = handed_on.is_some();
+        // Otherwise listening starts before the first attempt, which queues
+        // this process for the holder's release: the wake-up of a release
+        // that comes before the attempt's reply is dealt with finds the
+        // listener here, and is not passed over.
+        let mut listener = match handed_on {
+            Some(listener) => listener,
+            None => inner.backend.listen(&self.key),
+        };
         loop {
             let mut expires_in = None;
             // `no_quorum`: neither granted nor held. A wait that ends on it
@@ -180,45 +190,40 @@ impl LockRequest {
             if !wait_first {
                 // Marked before each attempt, so a release that lands between
                 // the attempt and the wait below still wakes us.
-                if let Some(listener) = listener.as_mut() {
-                    listener.mark_seen();
-                }
+                listener.mark_seen();
                 // Queued for the next release on behalf of the tasks behind,
-                // if there is a listener to hand them.
+                // if there is a subscribed listener to hand them.
                 let waiting = Waiting {
-                    more: listener.is_some() && head.others_waiting(),
+                    more: subscribed && head.others_waiting(),
                 };
                 let sent_at = Instant::now();
                 match self.attempt(Some(waiting)).await? {
                     Attempt::Acquired(guard) => {
-                        match listener {
-                            Some(listener) if waiting.more => head.hand_on(listener),
-                            Some(listener) => listener.finish(),
-                            None => {}
+                        if waiting.more {
+                            head.hand_on(listener);
+                        } else {
+                            listener.finish();
                         }
                         return Ok(guard);
                     }
                     Attempt::Held { expires_in: left } => expires_in = left,
                     Attempt::NoQuorum(tally) => no_quorum = Some(tally),
                 }
-                if listener.is_none() {
+                if !subscribed {
                     // Held, and this process is now queued for its release:
-                    // listen for the wake-up. Try again at once only if a
-                    // release since the attempt could have gone unheard.
-                    let subscribed = within(deadline, inner.backend.listen(&self.key))
+                    // make sure the wake-up can reach it. Try again at once
+                    // only if a release since the attempt could have gone
+                    // unheard.
+                    within(deadline, inner.backend.subscribe(&mut listener))
                         .await
                         .ok_or_else(timed_out)?;
-                    let heard = subscribed.hears_since(sent_at);
-                    listener = Some(subscribed);
-                    if !heard {
+                    subscribed = true;
+                    if !listener.hears_since(sent_at) {
                         continue;
                     }
                 }
             }
             wait_first = false;
-            let Some(listener) = listener.as_mut() else {
-                continue;
-            };
             // Fallback for a missed notice and for a holder that dies: no
             // notice comes when a key expires, so wake when it does. A
             // quorum failure is retried after a short random delay.
