@@ -125,7 +125,8 @@ impl LockGuard {
 
     /// Gives the lock back now. Fails with [`LockError::Lost`] if the key
     /// was no longer ours (it expired, and perhaps another owner took it;
-    /// theirs is left untouched), or with a backend error, in which case
+    /// theirs is left untouched; on a Redlock, unless a majority of the
+    /// nodes still held it for us), or with a backend error, in which case
     /// the key expires within its ttl.
     pub async fn release(mut self) -> Result<()> {
         self.released = true;

@@ -14,6 +14,15 @@
 //! from the moment the first request was sent and `drift = ttl/100 + 2 ms`;
 //! an acquisition whose validity is used up counts as failed.
 //!
+//! # Renewal and release
+//! A renewal counts once a majority renewed the lease, and finds it lost
+//! once so many nodes no longer hold it for this owner that no majority
+//! can. A release is the same: released once a majority released the key,
+//! [`LockError::Lost`] once too many nodes found it gone or taken, and
+//! [`LockError::NoQuorum`] when the nodes that did not answer leave it open.
+//! A release that found the key on a minority only does not count: the
+//! lease had already ended.
+//!
 //! # Fencing across nodes
 //! No node sees every acquisition, so a per-node counter and "take the
 //! largest" is not enough: two majorities can each see a different node's
@@ -261,6 +270,11 @@ impl Backend for RedlockBackend {
                     let _ = answers.send(answer);
                 }
             });
+            // Released once a majority released it: the lease was still
+            // ours. Lost once so many nodes found it gone (or another
+            // owner's) that no majority could still hold it for us. Neither
+            // with every answer in: some node did not answer either way.
+            let lost_at = self.nodes.len() - self.quorum + 1;
             let mut tally = Tally::default();
             while let Some(answer) = answered.recv().await {
                 match answer {
@@ -269,13 +283,13 @@ impl Backend for RedlockBackend {
                     Err(_) => tally.unreachable += 1,
                 }
                 if tally.granted >= self.quorum {
-                    break;
+                    return Ok(true);
+                }
+                if tally.refused >= lost_at {
+                    return Ok(false);
                 }
             }
-            if tally.unreachable >= self.quorum {
-                return Err(LockError::no_quorum(key, tally));
-            }
-            Ok(tally.granted > 0)
+            Err(LockError::no_quorum(key, tally))
         }
         .boxed()
     }
