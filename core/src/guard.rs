@@ -2,15 +2,13 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::backend::{Record, Renewal};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
 use crate::fence::FencedWrite;
 use crate::lease::Lease;
 use crate::metrics;
-use crate::request::{MAX_TTL, MIN_TTL};
+use crate::request::{check_record_ttl, check_ttl};
 
 /// Proof of holding a lock. While it lives the watchdog renews the lease
 /// (unless the request turned it off); [`release`](LockGuard::release) gives
@@ -83,40 +81,45 @@ impl LockGuard {
     }
 
     /// Sets the lease to `ttl` from now, if it is still ours; the watchdog
-    /// renews to `ttl` from then on. Fails with [`LockError::Lost`] if the
-    /// lease already ended or another owner holds the key, and marks the
-    /// lease lost.
+    /// renews to `ttl` from then on. `ttl` counts in whole milliseconds, as
+    /// [`LockRequest::ttl`](crate::LockRequest::ttl) does. Fails with
+    /// [`LockError::Lost`] if the lease already ended or another owner holds
+    /// the key, and marks the lease lost.
+    ///
+    /// From the moment it is sent the lease counts as no longer than the
+    /// extension makes it, and a renewal sent before it that is answered
+    /// after it changes nothing: Redis applied that renewal first.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
-        if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-            return Err(LockError::invalid(
-                "ttl",
-                format!("must be between {MIN_TTL:?} and {MAX_TTL:?}, got {ttl:?}"),
-            ));
-        }
+        let ttl = check_ttl(ttl)?;
         let cell = &self.lease.cell;
         if !cell.is_held() {
             cell.mark_lost();
             return Err(self.lost_error());
         }
-        let sent_at = Instant::now();
+        let sent = cell.extension(ttl);
+        let watchdog = cell.watched.then_some(&self.client.inner.watchdog);
+        if let Some(watchdog) = watchdog {
+            // The next renewal may now be due sooner than scheduled.
+            watchdog.rescheduled(cell.clone());
+        }
         let renewal = [Renewal {
             key: &cell.key,
             token: &cell.token,
-            ttl,
+            ttl: sent.ttl(),
         }];
         let renewed = self.client.inner.backend.extend(&renewal).await?;
         match renewed.first() {
             Some(Ok(true)) => {
-                cell.confirm(sent_at, ttl);
-                if cell.watched {
-                    // The next renewal may now be due sooner than scheduled.
-                    let watchdog = &self.client.inner.watchdog;
-                    watchdog.rescheduled(cell.clone(), sent_at, ttl);
+                if sent.confirm()
+                    && let Some(watchdog) = watchdog
+                {
+                    watchdog.rescheduled(cell.clone());
                 }
                 Ok(())
             }
             Some(Err(tally)) => Err(LockError::no_quorum(self.key(), *tally)),
             Some(Ok(false)) | None => {
+                drop(sent);
                 cell.mark_lost();
                 Err(self.lost_error())
             }
@@ -154,7 +157,8 @@ impl LockGuard {
     /// A holder whose lease ended unnoticed gets [`FencedWrite::NotHeld`]
     /// (or `Rejected`, if a later holder wrote first) and changes nothing,
     /// so effects committed this way by successive holders of a key are
-    /// applied once. `ttl` expires the record.
+    /// applied once. `ttl` expires the record; it is from 1 ns to a century,
+    /// as for [`LockClient::fenced_set_expiring`].
     ///
     /// The record is written before the effects run; an effect that fails
     /// (a wrong type, say) is reported as an error, and the effects before
@@ -183,9 +187,7 @@ impl LockGuard {
         if resource.is_empty() {
             return Err(LockError::invalid("resource", "must not be empty"));
         }
-        if ttl.is_some_and(|ttl| ttl.is_zero()) {
-            return Err(LockError::invalid("ttl", "must not be zero"));
-        }
+        check_record_ttl(ttl)?;
         let effects: Vec<Vec<Vec<u8>>> = effects.iter().map(command_args).collect();
         if effects.iter().any(Vec::is_empty) {
             return Err(LockError::invalid("effects", "a command has no name"));

@@ -219,7 +219,8 @@ impl Backend for MemoryBackend {
                 let record = Stored {
                     fence,
                     value: value.to_vec(),
-                    expires: ttl.map(|ttl| now + ttl),
+                    // A ttl past what the clock can count keeps the record.
+                    expires: ttl.and_then(|ttl| now.checked_add(ttl)),
                 };
                 state.sweep(now);
                 state.fenced.insert(resource.to_owned(), record);

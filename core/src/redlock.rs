@@ -11,8 +11,18 @@
 //! delete a later attempt's grant.
 //!
 //! The lease's validity is `ttl - elapsed - drift`, with `elapsed` measured
-//! from the moment the first request was sent and `drift = ttl/100 + 2 ms`;
-//! an acquisition whose validity is used up counts as failed.
+//! from the moment the first request was sent and `drift = ttl/100 + 3 ms`
+//! (see `lease.rs`); an acquisition whose validity is used up counts as
+//! failed.
+//!
+//! # Renewal and release
+//! A renewal counts once a majority renewed the lease, and finds it lost
+//! once so many nodes no longer hold it for this owner that no majority
+//! can. A release is the same: released once a majority released the key,
+//! [`LockError::Lost`] once too many nodes found it gone or taken, and
+//! [`LockError::NoQuorum`] when the nodes that did not answer leave it open.
+//! A release that found the key on a minority only does not count: the
+//! lease had already ended.
 //!
 //! # Renewal and release
 //! A renewal counts once a majority renewed the lease, and finds it lost

@@ -10,7 +10,7 @@ use crate::backend::{Attempt, Waiting};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
-use crate::lease::{Lease, LeaseCell};
+use crate::lease::{Lease, LeaseCell, whole_millis};
 use crate::metrics;
 use crate::token::new_token;
 
@@ -20,6 +20,33 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 pub const MIN_TTL: Duration = Duration::from_millis(10);
 /// The longest lease accepted; hold longer with the watchdog, not a long ttl.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest `max_hold` and record ttl accepted: a century, as good as
+/// forever, and far from where adding it to a clock reading could overflow.
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Checks a lease ttl, and returns it in whole milliseconds, as it is sent.
+pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration> {
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(LockError::invalid(
+            "ttl",
+            format!("must be between {MIN_TTL:?} and {MAX_TTL:?}, got {ttl:?}"),
+        ));
+    }
+    Ok(whole_millis(ttl))
+}
+
+/// Checks the ttl of a fenced record: none (kept), or from 1 ns (sent as
+/// 1 ms) to [`LONGEST`].
+pub(crate) fn check_record_ttl(ttl: Option<Duration>) -> Result<()> {
+    match ttl {
+        Some(ttl) if ttl.is_zero() => Err(LockError::invalid("ttl", "must not be zero")),
+        Some(ttl) if ttl > LONGEST => Err(LockError::invalid(
+            "ttl",
+            format!("must be at most a century ({LONGEST:?}), got {ttl:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// How often a waiter with a confirmed release-notice subscription checks
 /// anyway, for a notice lost in transit.
@@ -71,6 +98,8 @@ impl LockRequest {
 
     /// The lease length, from [`MIN_TTL`] to [`MAX_TTL`]; default
     /// [`DEFAULT_TTL`]. If the holder dies, others wait at most this long.
+    /// Redis counts it in whole milliseconds, and so does the lease: a
+    /// fraction of a millisecond is cut off.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -78,7 +107,9 @@ impl LockRequest {
 
     /// How long to wait while another owner holds the key; default zero:
     /// fail at once with [`LockError::Busy`]. A waiter is woken by the
-    /// holder's release notice, not by polling.
+    /// holder's release notice, not by polling. Any duration is accepted:
+    /// one too long for the clock to count ([`Duration::MAX`], say) waits
+    /// without a limit.
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
@@ -93,32 +124,32 @@ impl LockRequest {
     }
 
     /// An upper bound on how long the watchdog renews this lease, counted
-    /// from acquisition; default none. Past it the lease runs out within one
-    /// ttl and [`LockGuard::lost`] fires. This is also the only defence
-    /// against a guard that is leaked (`std::mem::forget`) rather than
-    /// dropped: a leaked guard is indistinguishable from one held on purpose.
+    /// from acquisition, from 1 ns to a century; default none. Past it the
+    /// lease runs out within one ttl and [`LockGuard::lost`] fires. This is
+    /// also the only defence against a guard that is leaked
+    /// (`std::mem::forget`) rather than dropped: a leaked guard is
+    /// indistinguishable from one held on purpose.
     pub fn max_hold(mut self, max_hold: Duration) -> Self {
         self.max_hold = Some(max_hold);
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every setting, and puts the ttl in whole milliseconds.
+    fn validate(&mut self) -> Result<()> {
         if self.key.is_empty() {
             return Err(LockError::invalid("key", "must not be empty"));
         }
-        if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
-            return Err(LockError::invalid(
-                "ttl",
-                format!(
-                    "must be between {MIN_TTL:?} and {MAX_TTL:?}, got {:?}",
-                    self.ttl
-                ),
-            ));
+        self.ttl = check_ttl(self.ttl)?;
+        match self.max_hold {
+            Some(max_hold) if max_hold.is_zero() => {
+                Err(LockError::invalid("max_hold", "must not be zero"))
+            }
+            Some(max_hold) if max_hold > LONGEST => Err(LockError::invalid(
+                "max_hold",
+                format!("must be at most a century ({LONGEST:?}), got {max_hold:?}"),
+            )),
+            _ => Ok(()),
         }
-        if self.max_hold.is_some_and(|max_hold| max_hold.is_zero()) {
-            return Err(LockError::invalid("max_hold", "must not be zero"));
-        }
-        Ok(())
     }
 
     /// Takes the lock, waiting up to the configured [`wait`](Self::wait).
@@ -126,8 +157,9 @@ impl LockRequest {
     /// Fails with [`LockError::Busy`] if the key is held and the request does
     /// not wait, [`LockError::Timeout`] if it stayed held for the whole wait,
     /// [`LockError::InvalidArgument`] for an empty key or an out-of-range
-    /// ttl, and with a backend error if the backend fails meanwhile.
-    pub async fn acquire(self) -> Result<LockGuard> {
+    /// ttl or `max_hold`, and with a backend error if the backend fails
+    /// meanwhile.
+    pub async fn acquire(mut self) -> Result<LockGuard> {
         self.validate()?;
         let span =
             tracing::debug_span!("soloist.acquire", key = %self.key, fence = tracing::field::Empty);
@@ -342,6 +374,7 @@ mod tests {
             ),
             (locks.lock("k").ttl(Duration::MAX), "ttl"),
             (locks.lock("k").max_hold(Duration::ZERO), "max_hold"),
+            (locks.lock("k").max_hold(Duration::MAX), "max_hold"),
         ] {
             match request.acquire().await {
                 Err(LockError::InvalidArgument { name: got, .. }) => assert_eq!(got, name),
