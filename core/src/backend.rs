@@ -86,8 +86,14 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Deletes `key` if `token` still owns it and wakes its waiters; `false` if not ours.
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>>;
 
-    /// Starts listening for the wake-ups of `key`'s waiters.
-    fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener>;
+    /// Starts listening for the wake-ups of `key`'s waiters, at once: a
+    /// wake-up that reaches this process from now on reaches the listener.
+    /// A waiter listens before the attempt that queues it.
+    fn listen(&self, key: &str) -> Listener;
+
+    /// Makes sure wake-ups can reach this process (a Redis backend
+    /// subscribes), and records on `listener` since when they can.
+    fn subscribe<'a>(&'a self, listener: &'a mut Listener) -> BoxFuture<'a, ()>;
 
     /// Stores `record` under `resource` unless a higher fence was seen there.
     fn fenced_set<'a>(

@@ -166,7 +166,7 @@ impl LockClient {
     /// [`fenced_set`](Self::fenced_set) for a record that expires `ttl` after
     /// the write; with it expires the memory of the highest fence, so use
     /// it for records that matter only for a window (a dedupe record, a
-    /// done-marker). `ttl` is at least 1 ms and at most
+    /// done-marker). `ttl` is from 1 ns (kept for at least 1 ms) to
     /// [`MAX_RECORD_TTL`](crate::MAX_RECORD_TTL).
     ///
     /// ```
@@ -279,14 +279,14 @@ impl ClientBuilder {
     }
 
     /// How long one request to one Redis server may take before it fails
-    /// with [`LockError::Unresponsive`]; default 2 s for a single node and
-    /// 200 ms per node for a Redlock.
+    /// with [`LockError::Unresponsive`], from 1 ms to 1 h; default 2 s for a
+    /// single node and 200 ms per node for a Redlock.
     pub fn op_timeout(mut self, op_timeout: Duration) -> Self {
         self.op_timeout = Some(op_timeout);
         self
     }
 
-    /// How many connections the pool keeps; default 4. Each connection
+    /// How many connections the pool keeps, from 1 to 1024; default 4. Each connection
     /// pipelines concurrent requests, so a few serve many tasks.
     pub fn pool_size(mut self, pool_size: u32) -> Self {
         self.pool_size = pool_size;
@@ -323,7 +323,9 @@ impl ClientBuilder {
 
     fn settings(self, default_op_timeout: Duration) -> Result<RedisSettings> {
         let op_timeout = self.op_timeout.unwrap_or(default_op_timeout);
-        if op_timeout.is_zero() || op_timeout > Duration::from_secs(3600) {
+        // Under a millisecond no request can be answered in time: every
+        // operation would fail.
+        if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&op_timeout) {
             return Err(LockError::invalid(
                 "op_timeout",
                 format!("must be between 1 ms and 1 h, got {op_timeout:?}"),

@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::backend::Record;
 use crate::error::{LockError, Result};
 
-/// The longest a fenced record may be kept before it expires: ten years.
-pub const MAX_RECORD_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// The longest a fenced record may be kept before it expires: a century.
+pub const MAX_RECORD_TTL: Duration = crate::request::LONGEST;
 
 /// The most arguments (the command's name included) one effect of
 /// [`LockGuard::commit`](crate::LockGuard::commit) may have: a Lua script
@@ -25,12 +25,13 @@ pub(crate) fn check_record(resource: &str, record: &Record<'_>) -> Result<()> {
     if resource.is_empty() {
         return Err(LockError::invalid("resource", "must not be empty"));
     }
+    // A ttl under a millisecond is kept for one: Redis counts whole ones.
     if let Some(ttl) = record.ttl
-        && !(Duration::from_millis(1)..=MAX_RECORD_TTL).contains(&ttl)
+        && (ttl.is_zero() || ttl > MAX_RECORD_TTL)
     {
         return Err(LockError::invalid(
             "ttl",
-            format!("must be between 1 ms and {MAX_RECORD_TTL:?}, got {ttl:?}"),
+            format!("must be from 1 ns to a century ({MAX_RECORD_TTL:?}), got {ttl:?}"),
         ));
     }
     for effect in record.effects {

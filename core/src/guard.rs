@@ -10,7 +10,7 @@ use crate::error::{LockError, Result};
 use crate::fence::{FencedWrite, check_record};
 use crate::lease::Lease;
 use crate::metrics;
-use crate::request::{MAX_TTL, MIN_TTL};
+use crate::request::check_ttl;
 use crate::token::new_token;
 
 /// Proof of holding a lock. While it lives the watchdog renews the lease
@@ -84,40 +84,45 @@ impl LockGuard {
     }
 
     /// Sets the lease to `ttl` from now, if it is still ours; the watchdog
-    /// renews to `ttl` from then on. Fails with [`LockError::Lost`] if the
-    /// lease already ended or another owner holds the key, and marks the
-    /// lease lost.
+    /// renews to `ttl` from then on. `ttl` counts in whole milliseconds, as
+    /// [`LockRequest::ttl`](crate::LockRequest::ttl) does. Fails with
+    /// [`LockError::Lost`] if the lease already ended or another owner holds
+    /// the key, and marks the lease lost.
+    ///
+    /// From the moment it is sent the lease counts as no longer than the
+    /// extension makes it, and a renewal sent before it that is answered
+    /// after it changes nothing: Redis applied that renewal first.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
-        if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-            return Err(LockError::invalid(
-                "ttl",
-                format!("must be between {MIN_TTL:?} and {MAX_TTL:?}, got {ttl:?}"),
-            ));
-        }
+        let ttl = check_ttl(ttl)?;
         let cell = &self.lease.cell;
         if !cell.is_held() {
             cell.mark_lost();
             return Err(self.lost_error());
         }
-        let sent_at = Instant::now();
+        let sent = cell.extension(ttl);
+        let watchdog = cell.watched.then_some(&self.client.inner.watchdog);
+        if let Some(watchdog) = watchdog {
+            // The next renewal may now be due sooner than scheduled.
+            watchdog.rescheduled(cell.clone());
+        }
         let renewal = [Renewal {
             key: &cell.key,
             token: &cell.token,
-            ttl,
+            ttl: sent.ttl(),
         }];
         let renewed = self.client.inner.backend.extend(&renewal).await?;
         match renewed.first() {
             Some(Ok(true)) => {
-                cell.confirm(sent_at, ttl);
-                if cell.watched {
-                    // The next renewal may now be due sooner than scheduled.
-                    let watchdog = &self.client.inner.watchdog;
-                    watchdog.rescheduled(cell.clone(), sent_at, ttl);
+                if sent.confirm()
+                    && let Some(watchdog) = watchdog
+                {
+                    watchdog.rescheduled(cell.clone());
                 }
                 Ok(())
             }
             Some(Err(tally)) => Err(LockError::no_quorum(self.key(), *tally)),
             Some(Ok(false)) | None => {
+                drop(sent);
                 cell.mark_lost();
                 Err(self.lost_error())
             }
@@ -126,7 +131,8 @@ impl LockGuard {
 
     /// Gives the lock back now. Fails with [`LockError::Lost`] if the key
     /// was no longer ours (it expired, and perhaps another owner took it;
-    /// theirs is left untouched), or with a backend error, in which case
+    /// theirs is left untouched; on a Redlock, unless a majority of the
+    /// nodes still held it for us), or with a backend error, in which case
     /// the key expires within its ttl.
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
@@ -154,8 +160,8 @@ impl LockGuard {
     /// nothing and applies nothing. A holder whose lease ended unnoticed gets [`FencedWrite::NotHeld`]
     /// (or `Rejected`, if a later holder wrote first) and changes nothing,
     /// so effects committed this way by successive holders of a key are
-    /// applied once. `ttl` expires the record (at least 1 ms, at most
-    /// [`MAX_RECORD_TTL`](crate::MAX_RECORD_TTL)).
+    /// applied once. `ttl` expires the record; it is from 1 ns (kept for at
+    /// least 1 ms) to [`MAX_RECORD_TTL`](crate::MAX_RECORD_TTL).
     ///
     /// Everything is checked before anything is sent: an empty `resource`,
     /// an out-of-range `ttl`, or an effect without a name or with more than

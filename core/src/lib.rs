@@ -30,9 +30,12 @@
 //!   pressure (the client warns about the latter on connect).
 //! - **The lost signal** ([`LockGuard::lost`]) fires before the server can
 //!   give the key away: its deadline counts from the *send* time of the last
-//!   confirmed renewal and keeps a drift margin (1 % of the ttl + 2 ms). It
-//!   cannot stop a process that is paused (GC, swap, SIGSTOP) from acting
-//!   after the deadline without looking.
+//!   confirmed renewal, with the ttl in whole milliseconds as Redis takes
+//!   it, and keeps a drift margin (1 % of the ttl + 3 ms). When an
+//!   [`extend`](LockGuard::extend) overlaps a renewal, only the newest
+//!   request sent moves the deadline. It cannot stop a process that is
+//!   paused (GC, swap, SIGSTOP) from acting after the deadline without
+//!   looking.
 //! - **Fencing tokens** ([`LockGuard::fence`]) are issued in the same atomic
 //!   step as the acquisition and strictly increase per key across all
 //!   holders, releases and expiries. They close the gap the lost signal

@@ -176,12 +176,16 @@ impl Backend for MemoryBackend {
         futures::future::ready(Ok(released)).boxed()
     }
 
-    fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener> {
+    fn listen(&self, key: &str) -> Listener {
         let notices = self.board.join(key);
         let mut listener = Listener::new(key, notices, true, self.board.clone());
         // Releases post to the board at once: every one from now on is heard.
-        listener.set_live_since(Some(tokio::time::Instant::now()));
-        futures::future::ready(listener).boxed()
+        listener.set_live_since(Some(Instant::now()));
+        listener
+    }
+
+    fn subscribe<'a>(&'a self, _listener: &'a mut Listener) -> BoxFuture<'a, ()> {
+        futures::future::ready(()).boxed()
     }
 
     fn fenced_set<'a>(
@@ -216,7 +220,8 @@ impl Backend for MemoryBackend {
                 let record = Stored {
                     fence,
                     value: value.to_vec(),
-                    expires: ttl.map(|ttl| now + ttl),
+                    // A ttl past what the clock can count keeps the record.
+                    expires: ttl.and_then(|ttl| now.checked_add(ttl)),
                 };
                 state.sweep(now);
                 state.fenced.insert(resource.to_owned(), record);

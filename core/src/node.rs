@@ -196,7 +196,8 @@ impl RedisNode {
     }
 }
 
-fn millis(ttl: Duration) -> u64 {
+/// A ttl as Redis takes it: whole milliseconds, at least one.
+pub(crate) fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 

@@ -88,8 +88,10 @@ pub(crate) struct Listener {
     notices: watch::Receiver<()>,
     /// Whether notices are known to arrive; if not, the waiter polls more often.
     live: bool,
-    /// Since when notices have been arriving without a gap, if known: a
-    /// release after this instant is not missed.
+    /// When the listener joined the board: no notice before reaches it.
+    joined: Instant,
+    /// Since when notices have been arriving without a gap, and reaching
+    /// this listener, if known: a release after this instant is not missed.
     live_since: Option<Instant>,
     /// Set once the waiter took the lock: nothing is left unheeded.
     done: bool,
@@ -107,6 +109,7 @@ impl Listener {
             key: key.to_owned(),
             notices,
             live,
+            joined: Instant::now(),
             live_since: None,
             done: false,
             owner,
@@ -117,10 +120,11 @@ impl Listener {
         self.live
     }
 
-    /// Records since when notices have been arriving (`None`: not at all).
+    /// Records since when notices have been arriving (`None`: not at all);
+    /// they reach this listener since it joined, if that was later.
     pub(crate) fn set_live_since(&mut self, since: Option<Instant>) {
         self.live = since.is_some();
-        self.live_since = since;
+        self.live_since = since.map(|since| since.max(self.joined));
     }
 
     /// Whether every release after `instant` is sure to be heard.

@@ -40,17 +40,20 @@ impl ReleaseNotices {
         Arc::new(ReleaseNotices { board, hubs })
     }
 
-    /// Listens for `key`'s wake-ups. The listener is live when at least one
-    /// node's subscription is confirmed; if none is, its waiter polls.
-    pub(crate) async fn listen(self: &Arc<Self>, key: &str) -> Listener {
-        // The listener exists before anything is awaited, so a waiter that
-        // gives up meanwhile still leaves the board (on drop).
-        let mut listener = Listener::new(key, self.board.join(key), false, self.clone());
+    /// Listens for `key`'s wake-ups that reach this process from now on;
+    /// not live until [`subscribe`](Self::subscribe) confirms they can.
+    pub(crate) fn listen(self: &Arc<Self>, key: &str) -> Listener {
+        Listener::new(key, self.board.join(key), false, self.clone())
+    }
+
+    /// Makes sure every node's subscription is up. The listener is live when
+    /// at least one node's subscription is confirmed; if none is, its waiter
+    /// polls.
+    pub(crate) async fn subscribe(&self, listener: &mut Listener) {
         let confirmed = futures::future::join_all(self.hubs.iter().map(PubSubHub::ensure)).await;
         // Every node must be heard from for a release anywhere not to be missed.
         let since = confirmed.iter().copied().flatten().max();
         listener.set_live_since(since);
-        listener
     }
 }
 

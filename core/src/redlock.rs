@@ -11,8 +11,27 @@
 //! delete a later attempt's grant.
 //!
 //! The lease's validity is `ttl - elapsed - drift`, with `elapsed` measured
-//! from the moment the first request was sent and `drift = ttl/100 + 2 ms`;
-//! an acquisition whose validity is used up counts as failed.
+//! from the moment the first request was sent and `drift = ttl/100 + 3 ms`
+//! (see `lease.rs`); an acquisition whose validity is used up counts as
+//! failed.
+//!
+//! # Renewal and release
+//! A renewal counts once a majority renewed the lease, and finds it lost
+//! once so many nodes no longer hold it for this owner that no majority
+//! can. A release is the same: released once a majority released the key,
+//! [`LockError::Lost`] once too many nodes found it gone or taken, and
+//! [`LockError::NoQuorum`] when the nodes that did not answer leave it open.
+//! A release that found the key on a minority only does not count: the
+//! lease had already ended.
+//!
+//! # Renewal and release
+//! A renewal counts once a majority renewed the lease, and finds it lost
+//! once so many nodes no longer hold it for this owner that no majority
+//! can. A release is the same: released once a majority released the key,
+//! [`LockError::Lost`] once too many nodes found it gone or taken, and
+//! [`LockError::NoQuorum`] when the nodes that did not answer leave it open.
+//! A release that found the key on a minority only does not count: the
+//! lease had already ended.
 //!
 //! # Fencing across nodes
 //! No node sees every acquisition, so a per-node counter and "take the
@@ -262,6 +281,11 @@ impl Backend for RedlockBackend {
                     let _ = answers.send(answer);
                 }
             });
+            // Released once a majority released it: the lease was still
+            // ours. Lost once so many nodes found it gone (or another
+            // owner's) that no majority could still hold it for us. Neither
+            // with every answer in: some node did not answer either way.
+            let lost_at = self.nodes.len() - self.quorum + 1;
             let mut tally = Tally::default();
             while let Some(answer) = answered.recv().await {
                 match answer {
@@ -270,19 +294,23 @@ impl Backend for RedlockBackend {
                     Err(_) => tally.unreachable += 1,
                 }
                 if tally.granted >= self.quorum {
-                    break;
+                    return Ok(true);
+                }
+                if tally.refused >= lost_at {
+                    return Ok(false);
                 }
             }
-            if tally.unreachable >= self.quorum {
-                return Err(LockError::no_quorum(key, tally));
-            }
-            Ok(tally.granted > 0)
+            Err(LockError::no_quorum(key, tally))
         }
         .boxed()
     }
 
-    fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener> {
-        self.notices.listen(key).boxed()
+    fn listen(&self, key: &str) -> Listener {
+        self.notices.listen(key)
+    }
+
+    fn subscribe<'a>(&'a self, listener: &'a mut Listener) -> BoxFuture<'a, ()> {
+        self.notices.subscribe(listener).boxed()
     }
 
     /// A quorum register: accepted once a majority accepted.

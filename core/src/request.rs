@@ -10,7 +10,7 @@ use crate::backend::{Attempt, Waiting};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
-use crate::lease::{Lease, LeaseCell};
+use crate::lease::{Lease, LeaseCell, whole_millis};
 use crate::metrics;
 use crate::token::new_token;
 
@@ -20,6 +20,20 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 pub const MIN_TTL: Duration = Duration::from_millis(10);
 /// The longest lease accepted; hold longer with the watchdog, not a long ttl.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest `max_hold` and record ttl accepted: a century, as good as
+/// forever, and far from where adding it to a clock reading could overflow.
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Checks a lease ttl, and returns it in whole milliseconds, as it is sent.
+pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration> {
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(LockError::invalid(
+            "ttl",
+            format!("must be between {MIN_TTL:?} and {MAX_TTL:?}, got {ttl:?}"),
+        ));
+    }
+    Ok(whole_millis(ttl))
+}
 
 /// How often a waiter with a confirmed release-notice subscription checks
 /// anyway, for a notice lost in transit.
@@ -73,6 +87,8 @@ impl LockRequest {
 
     /// The lease length, from [`MIN_TTL`] to [`MAX_TTL`]; default
     /// [`DEFAULT_TTL`]. If the holder dies, others wait at most this long.
+    /// Redis counts it in whole milliseconds, and so does the lease: a
+    /// fraction of a millisecond is cut off.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -80,7 +96,9 @@ impl LockRequest {
 
     /// How long to wait while another owner holds the key; default zero:
     /// fail at once with [`LockError::Busy`]. A waiter is woken by the
-    /// holder's release notice, not by polling.
+    /// holder's release notice, not by polling. Any duration is accepted:
+    /// one too long for the clock to count ([`Duration::MAX`], say) waits
+    /// without a limit.
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
@@ -95,10 +113,11 @@ impl LockRequest {
     }
 
     /// An upper bound on how long the watchdog renews this lease, counted
-    /// from acquisition; default none. Past it the lease runs out within one
-    /// ttl and [`LockGuard::lost`] fires. This is also the only defence
-    /// against a guard that is leaked (`std::mem::forget`) rather than
-    /// dropped: a leaked guard is indistinguishable from one held on purpose.
+    /// from acquisition, from 1 ns to a century; default none. Past it the
+    /// lease runs out within one ttl and [`LockGuard::lost`] fires. This is
+    /// also the only defence against a guard that is leaked
+    /// (`std::mem::forget`) rather than dropped: a leaked guard is
+    /// indistinguishable from one held on purpose.
     pub fn max_hold(mut self, max_hold: Duration) -> Self {
         self.max_hold = Some(max_hold);
         self
@@ -130,26 +149,25 @@ impl LockRequest {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every setting, and puts the ttl in whole milliseconds.
+    fn validate(&mut self) -> Result<()> {
         if self.key.is_empty() {
             return Err(LockError::invalid("key", "must not be empty"));
         }
         if self.fence_counter.as_ref().is_some_and(String::is_empty) {
             return Err(LockError::invalid("fence_counter", "must not be empty"));
         }
-        if !(MIN_TTL..=MAX_TTL).contains(&self.ttl) {
-            return Err(LockError::invalid(
-                "ttl",
-                format!(
-                    "must be between {MIN_TTL:?} and {MAX_TTL:?}, got {:?}",
-                    self.ttl
-                ),
-            ));
+        self.ttl = check_ttl(self.ttl)?;
+        match self.max_hold {
+            Some(max_hold) if max_hold.is_zero() => {
+                Err(LockError::invalid("max_hold", "must not be zero"))
+            }
+            Some(max_hold) if max_hold > LONGEST => Err(LockError::invalid(
+                "max_hold",
+                format!("must be at most a century ({LONGEST:?}), got {max_hold:?}"),
+            )),
+            _ => Ok(()),
         }
-        if self.max_hold.is_some_and(|max_hold| max_hold.is_zero()) {
-            return Err(LockError::invalid("max_hold", "must not be zero"));
-        }
-        Ok(())
     }
 
     /// Takes the lock, waiting up to the configured [`wait`](Self::wait).
@@ -157,8 +175,9 @@ impl LockRequest {
     /// Fails with [`LockError::Busy`] if the key is held and the request does
     /// not wait, [`LockError::Timeout`] if it stayed held for the whole wait,
     /// [`LockError::InvalidArgument`] for an empty key or an out-of-range
-    /// ttl, and with a backend error if the backend fails meanwhile.
-    pub async fn acquire(self) -> Result<LockGuard> {
+    /// ttl or `max_hold`, and with a backend error if the backend fails
+    /// meanwhile.
+    pub async fn acquire(mut self) -> Result<LockGuard> {
         self.validate()?;
         let span =
             tracing::debug_span!("soloist.acquire", key = %self.key, fence = tracing::field::Empty);
@@ -200,9 +219,19 @@ impl LockRequest {
             .await
             .ok_or_else(timed_out)?;
         // A listener handed on by the previous head comes with this process
-        // already queued for the holder's release: wait for it, no attempt.
-        let mut listener = head.take_handed_on();
-        let mut wait_first = listener.is_some();
+        // already queued for the holder's release, and subscribed: wait for
+        // it, no attempt.
+        let handed_on = head.take_handed_on();
+        let mut wait_first = handed_on.is_some();
+        let mut subscribed = handed_on.is_some();
+        // Otherwise listening starts before the first attempt, which queues
+        // this process for the holder's release: the wake-up of a release
+        // that comes before the attempt's reply is dealt with finds the
+        // listener here, and is not passed over.
+        let mut listener = match handed_on {
+            Some(listener) => listener,
+            None => inner.backend.listen(&self.key),
+        };
         loop {
             let mut expires_in = None;
             // `no_quorum`: neither granted nor held. A wait that ends on it
@@ -211,45 +240,40 @@ impl LockRequest {
             if !wait_first {
                 // Marked before each attempt, so a release that lands between
                 // the attempt and the wait below still wakes us.
-                if let Some(listener) = listener.as_mut() {
-                    listener.mark_seen();
-                }
+                listener.mark_seen();
                 // Queued for the next release on behalf of the tasks behind,
-                // if there is a listener to hand them.
+                // if there is a subscribed listener to hand them.
                 let waiting = Waiting {
-                    more: listener.is_some() && head.others_waiting(),
+                    more: subscribed && head.others_waiting(),
                 };
                 let sent_at = Instant::now();
                 match self.attempt(Some(waiting)).await? {
                     Attempt::Acquired(guard) => {
-                        match listener {
-                            Some(listener) if waiting.more => head.hand_on(listener),
-                            Some(listener) => listener.finish(),
-                            None => {}
+                        if waiting.more {
+                            head.hand_on(listener);
+                        } else {
+                            listener.finish();
                         }
                         return Ok(guard);
                     }
                     Attempt::Held { expires_in: left } => expires_in = left,
                     Attempt::NoQuorum(tally) => no_quorum = Some(tally),
                 }
-                if listener.is_none() {
+                if !subscribed {
                     // Held, and this process is now queued for its release:
-                    // listen for the wake-up. Try again at once only if a
-                    // release since the attempt could have gone unheard.
-                    let subscribed = within(deadline, inner.backend.listen(&self.key))
+                    // make sure the wake-up can reach it. Try again at once
+                    // only if a release since the attempt could have gone
+                    // unheard.
+                    within(deadline, inner.backend.subscribe(&mut listener))
                         .await
                         .ok_or_else(timed_out)?;
-                    let heard = subscribed.hears_since(sent_at);
-                    listener = Some(subscribed);
-                    if !heard {
+                    subscribed = true;
+                    if !listener.hears_since(sent_at) {
                         continue;
                     }
                 }
             }
             wait_first = false;
-            let Some(listener) = listener.as_mut() else {
-                continue;
-            };
             // Fallback for a missed notice and for a holder that dies: no
             // notice comes when a key expires, so wake when it does. A
             // quorum failure is retried after a short random delay.
@@ -374,6 +398,7 @@ mod tests {
             ),
             (locks.lock("k").ttl(Duration::MAX), "ttl"),
             (locks.lock("k").max_hold(Duration::ZERO), "max_hold"),
+            (locks.lock("k").max_hold(Duration::MAX), "max_hold"),
         ] {
             match request.acquire().await {
                 Err(LockError::InvalidArgument { name: got, .. }) => assert_eq!(got, name),

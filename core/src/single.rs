@@ -55,8 +55,12 @@ impl Backend for RedisBackend {
         self.node.release(key, token).boxed()
     }
 
-    fn listen<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Listener> {
-        self.notices.listen(key).boxed()
+    fn listen(&self, key: &str) -> Listener {
+        self.notices.listen(key)
+    }
+
+    fn subscribe<'a>(&'a self, listener: &'a mut Listener) -> BoxFuture<'a, ()> {
+        self.notices.subscribe(listener).boxed()
     }
 
     fn fenced_set<'a>(

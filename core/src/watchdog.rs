@@ -1,8 +1,9 @@
 //! The watchdog: renews every held lease of a client from one task, in batches.
 //!
-//! A lease is due for renewal a third of its ttl after the send time of its
-//! last confirmed renewal. When the earliest lease falls due, every lease due
-//! within the next sixth of its ttl is renewed with it, in calls of up to
+//! A lease is due for renewal a third of its ttl after the send time of the
+//! request that set its deadline (see `lease.rs`), the acquisition's to
+//! begin with. When the earliest lease falls due, every lease due within
+//! the next sixth of its ttl is renewed with it, in calls of up to
 //! [`BATCH`] leases. Leases renewed together stay due together, so after one
 //! period thousands of leases cost a handful of calls per period, not one each.
 //!
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, Renewal, Tally};
 use crate::background::Background;
-use crate::lease::LeaseCell;
+use crate::lease::{LeaseCell, period};
 use crate::metrics;
 
 /// The most leases renewed by one backend call.
@@ -102,16 +103,17 @@ impl Watchdog {
         self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts renewing `lease` a third of its ttl from now.
+    /// Starts renewing `lease`, a third of its ttl after its acquisition was sent.
     pub(crate) fn watch(&self, lease: Arc<LeaseCell>) {
-        let due = Instant::now() + period(lease.ttl());
+        let due = lease.renew_at();
         self.schedule_at(lease, due);
     }
 
-    /// Renews `lease` next a third of `ttl` after `sent_at`: its lease was
-    /// just set to `ttl` by a request sent then, perhaps shorter than before.
-    pub(crate) fn rescheduled(&self, lease: Arc<LeaseCell>, sent_at: Instant, ttl: Duration) {
-        self.schedule_at(lease, sent_at + period(ttl));
+    /// Renews `lease` when it says: a request just changed its ttl, or its
+    /// deadline, perhaps sooner than scheduled.
+    pub(crate) fn rescheduled(&self, lease: Arc<LeaseCell>) {
+        let due = lease.renew_at();
+        self.schedule_at(lease, due);
     }
 
     fn schedule_at(&self, lease: Arc<LeaseCell>, due: Instant) {
@@ -133,10 +135,6 @@ impl Watchdog {
     pub(crate) fn forget(&self, lease: &LeaseCell) {
         self.schedule().remove(lease.id);
     }
-}
-
-fn period(ttl: Duration) -> Duration {
-    ttl / 3
 }
 
 /// How long after a failed renewal to try again.
@@ -195,15 +193,15 @@ async fn sleep_until(due: Option<Instant>) {
 
 /// Renews one batch; returns the leases to schedule again with their next due time.
 async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Rescheduled {
-    let sent_at = Instant::now();
-    let ttls: Vec<Duration> = leases.iter().map(|lease| lease.ttl()).collect();
+    let mut again = Vec::with_capacity(leases.len());
+    let sent: Vec<_> = leases.iter().map(|lease| lease.renewal()).collect();
     let renewals: Vec<Renewal<'_>> = leases
         .iter()
-        .zip(&ttls)
-        .map(|(lease, &ttl)| Renewal {
+        .zip(&sent)
+        .map(|(lease, sent)| Renewal {
             key: &lease.key,
             token: &lease.token,
-            ttl,
+            ttl: sent.ttl(),
         })
         .collect();
     metrics::renewal_call();
@@ -217,24 +215,29 @@ async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Resche
             vec![Err(Tally::default()); leases.len()]
         }
     };
-    let mut again = Vec::with_capacity(leases.len());
-    for ((lease, ttl), outcome) in leases.into_iter().zip(ttls).zip(outcomes) {
+    for ((lease, sent), outcome) in leases.iter().zip(sent).zip(outcomes) {
         match outcome {
             Ok(true) => {
                 metrics::renewal("renewed");
-                lease.confirm(sent_at, ttl);
-                again.push((lease, sent_at + period(ttl)));
+                // A renewal overtaken by a later request (an extension)
+                // leaves the deadline and the schedule to that one.
+                sent.confirm();
+                again.push((lease.clone(), lease.renew_at()));
             }
             Ok(false) => {
+                drop(sent);
                 metrics::renewal("lost");
                 lease.mark_lost();
             }
-            // Undecided: try again soon, while the lease's deadline allows.
+            // Undecided: try again soon, while the lease's deadline allows,
+            // unless a later request (an extension) took over.
             Err(_) => {
+                let retry_at = now + retry_delay(sent.ttl());
                 metrics::renewal("error");
-                let retry_at = now + retry_delay(ttl);
-                if retry_at < lease.deadline() {
-                    again.push((lease, retry_at));
+                if !sent.fail() {
+                    again.push((lease.clone(), lease.renew_at()));
+                } else if retry_at < lease.deadline() {
+                    again.push((lease.clone(), retry_at));
                 } else {
                     lease.mark_lost();
                 }

@@ -399,3 +399,116 @@ fn a_frozen_waiter_holds_up_the_queue_for_one_poll_only() {
         assert!(got > fence);
     });
 }
+
+/// A current-thread runtime on a thread of its own, running until `stop` is
+/// sent or dropped: tasks spawned there can be held up as a whole.
+fn side_runtime() -> (tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            let _ = stopped.await;
+        });
+    });
+    (handle, stop)
+}
+
+/// Holds up every task of `runtime` until the returned sender is used or
+/// dropped; returns once they are held.
+async fn hold_up(runtime: &tokio::runtime::Handle) -> std::sync::mpsc::Sender<()> {
+    let (held, holding) = tokio::sync::oneshot::channel();
+    let (thaw, thawed) = std::sync::mpsc::channel::<()>();
+    runtime.spawn(async move {
+        let _ = held.send(());
+        // Blocks the runtime's only thread: nothing else there runs meanwhile.
+        let _ = thawed.recv();
+    });
+    holding.await.expect("the runtime is held up");
+    thaw
+}
+
+/// The watchdog's renewal R (the lease's ttl) reaches Redis just before an
+/// `extend` E to a shorter ttl, but R's reply is handled after E's. Redis
+/// applied R, then E, so the key dies at E's ttl: the late reply must not
+/// put R's longer deadline back, and `lost` must fire before another client
+/// can take the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_renewal_reply_does_not_undo_a_shorter_extend() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    // The connection, and the task that reads its replies, live on this runtime.
+    let locks = connect(&proxy.url(), 2 * SECOND).await;
+    // The watchdog runs on the runtime its first lease was taken on: here
+    // one of its own, which the test can hold up while the connection's
+    // replies keep arriving.
+    let (watchdog_runtime, _stop) = side_runtime();
+    // Long enough that a busy machine still keeps to the steps below.
+    let ttl = 3 * SECOND;
+    let guard = watchdog_runtime
+        .spawn({
+            let locks = locks.clone();
+            async move { locks.lock("k").ttl(ttl).acquire().await }
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    // Loads the renewal script, so that each renewal below is one call; the
+    // next renewal is due a third of the ttl after it.
+    let acquired_at = Instant::now();
+    guard.extend(ttl).await.unwrap();
+    // Awaited from the start: a deadline that moves closer must wake it.
+    let lease = guard.lease();
+    let lost = tokio::spawn(async move {
+        lease.lost().await;
+        Instant::now()
+    });
+    // The first renewal is due a third of the ttl in; it goes out into the
+    // stalled network, and the watchdog is held up before its reply comes.
+    tokio::time::sleep_until(acquired_at + ttl / 6).await;
+    proxy.stall();
+    let calls = command_calls(&server, "evalsha");
+    tokio::time::sleep_until(acquired_at + ttl / 2).await;
+    let thaw = hold_up(&watchdog_runtime).await;
+    let short = Duration::from_millis(200);
+    let (extended, ()) = tokio::join!(guard.extend(short), async {
+        sleep(Duration::from_millis(50)).await;
+        proxy.restore();
+    });
+    extended.expect("extend");
+    assert_eq!(
+        command_calls(&server, "evalsha") - calls,
+        2,
+        "the renewal and the extension both reached Redis"
+    );
+    // No renewal gets through from here on; the watchdog now handles the
+    // renewal's reply, which Redis sent before the extension's.
+    proxy.stall();
+    drop(thaw);
+
+    let other = connect(&server.url(), SECOND).await;
+    let taken = tokio::time::timeout(5 * SECOND, async {
+        loop {
+            if let Ok(guard) = other.lock("k").acquire().await {
+                return (Instant::now(), guard);
+            }
+        }
+    })
+    .await
+    .expect("the key expires");
+    let (taken_at, _taken) = taken;
+    assert!(
+        !guard.is_held(),
+        "another client took the key while is_held() was true"
+    );
+    assert!(
+        lost.is_finished(),
+        "another client took the key before lost() fired"
+    );
+    let lost_at = lost.await.unwrap();
+    assert!(lost_at < taken_at);
+    proxy.restore();
+}

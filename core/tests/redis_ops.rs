@@ -507,3 +507,57 @@ async fn a_waiter_dropped_with_its_wake_up_unheeded_passes_it_on() {
     // One wake-up for the first client, one passed on to the second.
     assert_eq!(command_calls(&server, "publish") - publish, 2);
 }
+
+/// A waiter whose first attempt queued it is woken by the release that
+/// comes next, even when that release lands before the waiter has gone on
+/// from its attempt (a task the scheduler has not got back to yet): the
+/// wake-up must not be passed over for lack of a listener, leaving the
+/// waiter to its poll a second later while the lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_right_after_the_first_attempt_queued_wakes_the_waiter() {
+    let server = RedisServer::start();
+    let holder = connect(&server).await;
+    let waiter = connect(&server).await;
+    // An earlier wait leaves the waiter's client subscribed to its wake-ups,
+    // so the first attempt of each wait below needs no second one.
+    let warm = holder.lock("warm").acquire().await.unwrap();
+    let task = tokio::spawn({
+        let waiter = waiter.clone();
+        async move {
+            let guard = waiter.lock("warm").wait(30 * SECOND).acquire().await?;
+            guard.release().await
+        }
+    });
+    until("the warm-up waiter queued", || queued(&server, "warm") == 1).await;
+    warm.release().await.unwrap();
+    finished(task).await.unwrap();
+
+    for round in 0..5 {
+        let key = format!("prompt:{round}");
+        let held = holder.lock(&key).acquire().await.unwrap();
+        let mut acquire = Box::pin(waiter.lock(&key).wait(30 * SECOND).acquire());
+        // One poll sends the first attempt; the waiter is then left unpolled
+        // until the release has come and gone.
+        assert!(futures::poll!(&mut acquire).is_pending());
+        until("the first attempt queued", || queued(&server, &key) == 1).await;
+        let publish = command_calls(&server, "publish");
+        let released_at = Instant::now();
+        held.release().await.unwrap();
+        until("the release published the wake-up", || {
+            command_calls(&server, "publish") > publish
+        })
+        .await;
+        // Time for the wake-up to reach the waiter's client.
+        sleep(Duration::from_millis(50)).await;
+        let guard = tokio::time::timeout(5 * SECOND, acquire)
+            .await
+            .expect("the waiter got the lock")
+            .unwrap();
+        let latency = released_at.elapsed();
+        assert!(
+            latency < Duration::from_millis(300),
+            "round {round}: the waiter took the free lock {latency:?} after its release"
+        );
+        guard.release().await.unwrap();
+    }
+}

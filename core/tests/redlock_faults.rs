@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::eventually;
-use soloist::{LockClient, LockError};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use soloist::{LockClient, LockError, metrics as names};
 use soloist_testkit::RedisServer;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -324,4 +325,104 @@ async fn the_fence_is_committed_to_a_majority() {
         "{} <= {first_fence}",
         second.fence()
     );
+}
+
+/// Releases counted since the last look (a snapshot resets the counts), as
+/// `(released, lost)`.
+fn releases(snapshotter: &Snapshotter) -> (u64, u64) {
+    let snapshot = snapshotter.snapshot().into_vec();
+    let count = |outcome: &str| {
+        snapshot
+            .iter()
+            .find_map(|(key, _, _, value)| {
+                let key = key.key();
+                let labelled = key
+                    .labels()
+                    .any(|label| label.key() == "outcome" && label.value() == outcome);
+                match value {
+                    DebugValue::Counter(count) if key.name() == names::RELEASES && labelled => {
+                        Some(*count)
+                    }
+                    _ => None,
+                }
+            })
+            .unwrap_or(0)
+    };
+    (count("released"), count("lost"))
+}
+
+/// A release is a release only where it found the lease still ours: unless
+/// a majority of the nodes released it, the lease was already lost, and
+/// both the caller and the release metric hear so.
+#[tokio::test]
+async fn release_reports_lost_unless_a_majority_released() {
+    // The test runs on one thread, so a recorder local to it sees every release.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recording = metrics::set_default_local_recorder(&recorder);
+    let nodes = servers(3);
+    let locks = redlock(&nodes).await;
+    let key = "soloist:lock:k";
+    // The nodes where the key is held: a majority at least, and perhaps the
+    // third, whose grant the acquisition did not wait for. Asked after a
+    // pause, so that such a grant has landed (or never will: one cut short
+    // while it loaded the script).
+    let settle = || tokio::time::sleep(Duration::from_millis(100));
+    let holders = || -> Vec<usize> {
+        (0..nodes.len())
+            .filter(|&node| nodes[node].cli(&["EXISTS", key]) == "1")
+            .collect()
+    };
+    let delete = |node: usize| nodes[node].cli(&["DEL", key]);
+
+    // Gone from one node: a majority still held it, and released it.
+    let guard = locks.lock("k").acquire().await.unwrap();
+    settle().await;
+    let held = holders();
+    assert!(held.len() >= 2, "held on {held:?}");
+    if held.len() == 3 {
+        delete(held[2]);
+    }
+    guard.release().await.expect("a majority released");
+    assert_eq!(releases(&snapshotter), (1, 0));
+
+    // Gone from all but one: the node that still had it is no majority.
+    let guard = locks.lock("k").acquire().await.unwrap();
+    settle().await;
+    let held = holders();
+    let kept = held[0];
+    for &node in &held[1..] {
+        delete(node);
+    }
+    match guard.release().await {
+        Err(LockError::Lost { key }) => assert_eq!(key, "k"),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert_eq!(releases(&snapshotter), (0, 1));
+    assert!(holders().is_empty(), "the stale key on node {kept} stayed");
+
+    // Lapsed on all but one node, and another owner took the other two: the
+    // old holder's release deletes its stale key on the one, leaves the new
+    // owner's keys alone, and reports the loss.
+    let old = locks.lock("k").watchdog(false).acquire().await.unwrap();
+    settle().await;
+    let held = holders();
+    let kept = held[0];
+    for &node in &held[1..] {
+        delete(node);
+    }
+    let others = redlock(&nodes).await;
+    let new = others
+        .lock("k")
+        .acquire()
+        .await
+        .expect("a majority is free");
+    settle().await;
+    assert!(matches!(old.release().await, Err(LockError::Lost { .. })));
+    assert_eq!(releases(&snapshotter), (0, 1));
+    let taken: Vec<usize> = (0..nodes.len()).filter(|&node| node != kept).collect();
+    assert_eq!(holders(), taken, "the new owner's keys, and only those");
+    assert!(new.is_held());
+    new.release().await.expect("the new owner releases");
+    assert_eq!(releases(&snapshotter), (1, 0));
 }
