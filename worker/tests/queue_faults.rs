@@ -5,14 +5,16 @@
 
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use soloist::{
-    BoxError, Delivery, JobContext, JobSpec, KeyedJob, LockClient, Source, StreamSource, Worker,
-    WorkerError, keyed_job,
+    BoxError, JobContext, JobSpec, KeyedJob, LockClient, Source, StreamSource, Worker, WorkerError,
+    keyed_job,
 };
 use soloist_testkit::{Proxy, RedisServer};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
+
+mod common;
+use common::NeverAcks;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -405,49 +407,6 @@ fn a_message_whose_consumer_dies_during_every_run_is_dead_lettered() {
     assert_eq!(pending(&server), "0");
 }
 
-/// A stream source whose acknowledgements never complete, so that its
-/// consumer can be killed between a run's success and its acknowledgement.
-struct NeverAcks(StreamSource);
-
-impl Source for NeverAcks {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn receive(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BoxError>> {
-        self.0.receive(max)
-    }
-    fn ack<'a>(&'a self, _delivery: &'a Delivery) -> BoxFuture<'a, Result<(), BoxError>> {
-        Box::pin(std::future::pending())
-    }
-    fn dead_letter<'a>(
-        &'a self,
-        delivery: &'a Delivery,
-        reason: &'a str,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.0.dead_letter(delivery, reason)
-    }
-    fn record_attempt<'a>(
-        &'a self,
-        delivery: &'a Delivery,
-    ) -> BoxFuture<'a, Result<u32, BoxError>> {
-        self.0.record_attempt(delivery)
-    }
-    fn enqueue<'a>(
-        &'a self,
-        job: &'a str,
-        key: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<String, BoxError>> {
-        self.0.enqueue(job, key, payload)
-    }
-    fn max_deliveries(&self) -> u32 {
-        self.0.max_deliveries()
-    }
-    fn visibility_timeout(&self) -> Duration {
-        self.0.visibility_timeout()
-    }
-}
-
 #[test]
 fn a_last_run_that_succeeded_but_was_never_acknowledged_is_not_dead_lettered() {
     let server = RedisServer::start();
@@ -457,7 +416,7 @@ fn a_last_run_that_succeeded_but_was_never_acknowledged_is_not_dead_lettered() {
     let source = doomed
         .block_on(builder().consumer("doomed").max_deliveries(1).connect(&url))
         .expect("source");
-    let _stop = start(&doomed, &url, NeverAcks(source), apply());
+    let _stop = start(&doomed, &url, NeverAcks::new(source), apply());
     assert!(
         eventually(10 * SECOND, || server.cli(&["HGET", "effects", "a"]) == "1"),
         "the one allowed run succeeded"

@@ -4,13 +4,15 @@
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use soloist::{
     BoxError, Delivery, JobContext, JobSpec, KeyedJob, LockClient, Source, StreamSource, Worker,
     keyed_job,
 };
 use soloist_testkit::{ChildProcess, RedisServer, child_role, send_to_parent};
 use tokio::sync::oneshot;
+
+mod common;
+use common::NeverAcks;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -131,51 +133,6 @@ async fn duplicates_poison_and_malformed_entries() {
     assert_eq!(probe.lag().await.unwrap(), Some(0));
 }
 
-/// Acknowledging never returns: the consumer is killed right after the
-/// run's success was recorded and before the entry was acknowledged.
-struct NeverAcks(StreamSource);
-
-impl Source for NeverAcks {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn receive(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BoxError>> {
-        self.0.receive(max)
-    }
-    fn ack<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), BoxError>> {
-        send_to_parent(&format!("acking {}", delivery.id));
-        Box::pin(std::future::pending())
-    }
-    fn dead_letter<'a>(
-        &'a self,
-        delivery: &'a Delivery,
-        reason: &'a str,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.0.dead_letter(delivery, reason)
-    }
-    fn record_attempt<'a>(
-        &'a self,
-        delivery: &'a Delivery,
-    ) -> BoxFuture<'a, Result<u32, BoxError>> {
-        self.0.record_attempt(delivery)
-    }
-
-    fn enqueue<'a>(
-        &'a self,
-        job: &'a str,
-        key: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<String, BoxError>> {
-        self.0.enqueue(job, key, payload)
-    }
-    fn visibility_timeout(&self) -> Duration {
-        self.0.visibility_timeout()
-    }
-    fn max_deliveries(&self) -> u32 {
-        self.0.max_deliveries()
-    }
-}
-
 #[test]
 fn a_consumer_killed_before_acking_does_not_run_the_job_twice() {
     const TEST: &str = "a_consumer_killed_before_acking_does_not_run_the_job_twice";
@@ -191,7 +148,15 @@ fn a_consumer_killed_before_acking_does_not_run_the_job_twice() {
         runtime().block_on(async {
             let locks = LockClient::connect(&url).await.expect("connect");
             let worker = Worker::builder(locks)
-                .consume(NeverAcks(source(&url, "doomed").await), charge(&url))
+                .consume(
+                    NeverAcks {
+                        source: source(&url, "doomed").await,
+                        on_ack: |delivery: &Delivery| {
+                            send_to_parent(&format!("acking {}", delivery.id));
+                        },
+                    },
+                    charge(&url),
+                )
                 .build()
                 .expect("worker");
             worker

@@ -1,0 +1,66 @@
+//! What several worker test files share.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use soloist::{BoxError, Delivery, Source, StreamSource};
+
+/// A stream source whose acknowledgements never complete, so that its
+/// consumer can be killed between a run's success and its acknowledgement;
+/// `on_ack` hears of each acknowledgement it holds up.
+pub struct NeverAcks<F = fn(&Delivery)> {
+    pub source: StreamSource,
+    pub on_ack: F,
+}
+
+impl NeverAcks {
+    /// Holds up every acknowledgement of `source`, silently.
+    pub fn new(source: StreamSource) -> Self {
+        NeverAcks {
+            source,
+            on_ack: |_| {},
+        }
+    }
+}
+
+impl<F: Fn(&Delivery) + Send + Sync + 'static> Source for NeverAcks<F> {
+    fn name(&self) -> &str {
+        self.source.name()
+    }
+    fn receive(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BoxError>> {
+        self.source.receive(max)
+    }
+    fn ack<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), BoxError>> {
+        (self.on_ack)(delivery);
+        Box::pin(std::future::pending())
+    }
+    fn dead_letter<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.source.dead_letter(delivery, reason)
+    }
+    fn record_attempt<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<u32, BoxError>> {
+        self.source.record_attempt(delivery)
+    }
+    fn enqueue<'a>(
+        &'a self,
+        job: &'a str,
+        key: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<String, BoxError>> {
+        self.source.enqueue(job, key, payload)
+    }
+    fn max_deliveries(&self) -> u32 {
+        self.source.max_deliveries()
+    }
+    fn visibility_timeout(&self) -> Duration {
+        self.source.visibility_timeout()
+    }
+}
