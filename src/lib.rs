@@ -61,6 +61,7 @@
 //! that fires before the server can hand the key to someone else, and
 //! fencing tokens that let the resource itself refuse a stale holder's
 //! writes.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use soloist_core::{
     ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError, LockGuard,
