@@ -55,7 +55,8 @@ pub struct RedisServer {
     /// `None` once killed. A `Mutex` so `&self` methods can reap a server that died on its own.
     child: Mutex<Option<Child>>,
     dir: TempDir,
-    tls: Option<TlsListener>,
+    /// Boxed: the certificates would more than double the size of every server.
+    tls: Option<Box<TlsListener>>,
 }
 
 /// The TLS side of a server started with [`RedisServerBuilder::tls`].
@@ -149,7 +150,7 @@ impl RedisServerBuilder {
                         dir,
                         tls: tls_port
                             .zip(certs)
-                            .map(|(port, certs)| TlsListener { port, certs }),
+                            .map(|(port, certs)| Box::new(TlsListener { port, certs })),
                     };
                 }
                 Err(failure) => failures.push(format!("port {port}: {failure}")),
