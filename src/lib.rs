@@ -61,6 +61,16 @@
 //! that fires before the server can hand the key to someone else, and
 //! fencing tokens that let the resource itself refuse a stale holder's
 //! writes.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `tls-rustls` | no | `rediss://` URLs, and `tls_root_certificate` / `tls_client_identity` on [`ClientBuilder`] and [`StreamSourceBuilder`] for private CAs and mutual TLS; rustls with the `ring` crypto provider, which builds with a C compiler alone (aws-lc-rs also needs cmake) |
+//!
+//! Without `tls-rustls` a `rediss://` URL is refused at connect with
+//! [`LockError::InvalidArgument`] naming `url`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use soloist_core::{
     ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError, LockGuard,

@@ -13,6 +13,7 @@ use crate::queue::LocalQueues;
 use crate::redlock::RedlockBackend;
 use crate::request::LockRequest;
 use crate::single::RedisBackend;
+use crate::tls::TlsOptions;
 use crate::watchdog::Watchdog;
 
 /// A handle to a lock backend; cheap to clone, and every clone shares one
@@ -252,6 +253,7 @@ pub struct ClientBuilder {
     prefix: String,
     op_timeout: Option<Duration>,
     pool_size: u32,
+    tls: TlsOptions,
 }
 
 impl Default for ClientBuilder {
@@ -260,6 +262,7 @@ impl Default for ClientBuilder {
             prefix: "soloist:".to_owned(),
             op_timeout: None,
             pool_size: 4,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -293,7 +296,60 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to the Redis server at `url` (`redis://[user:pass@]host:port[/db]`).
+    /// Trusts the CA certificates in `pem` (one or more PEM blocks) for
+    /// `rediss://` servers, instead of the system's trust store: for a
+    /// private CA. A server whose certificate does not chain to them is
+    /// refused at connect with [`LockError::Connection`].
+    ///
+    /// ```no_run
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/ca.pem")?;
+    /// let locks = LockClient::builder()
+    ///     .tls_root_certificate(ca)
+    ///     .connect("rediss://redis.internal:6380")
+    ///     .await?;
+    /// # let _ = locks; Ok(()) }
+    /// ```
+    #[cfg(feature = "tls-rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls-rustls")))]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls = self.tls.root_certificates(pem);
+        self
+    }
+
+    /// Presents this client certificate chain and its private key (both
+    /// PEM) to `rediss://` servers that require mutual TLS
+    /// (`tls-auth-clients yes`).
+    ///
+    /// ```no_run
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let locks = LockClient::builder()
+    ///     .tls_root_certificate(std::fs::read("ca.pem")?)
+    ///     .tls_client_identity(std::fs::read("client.pem")?, std::fs::read("client.key")?)
+    ///     .connect("rediss://redis.internal:6380")
+    ///     .await?;
+    /// # let _ = locks; Ok(()) }
+    /// ```
+    #[cfg(feature = "tls-rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls-rustls")))]
+    pub fn tls_client_identity(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls = self.tls.client_identity(certificate_pem, key_pem);
+        self
+    }
+
+    /// Connects to the Redis server at `url` (`redis://[user:pass@]host:port[/db]`,
+    /// or `rediss://` for TLS with the `tls-rustls` feature).
+    ///
+    /// Fails with [`LockError::InvalidArgument`] naming `url` for a
+    /// malformed URL or a `rediss://` one without the `tls-rustls` feature,
+    /// and naming `tls_root_certificate` / `tls_client_identity` for PEM
+    /// that does not parse.
     pub async fn connect(self, url: &str) -> Result<LockClient> {
         let settings = self.settings(DEFAULT_OP_TIMEOUT)?;
         let backend = RedisBackend::connect(url, &settings).await?;
@@ -342,6 +398,7 @@ impl ClientBuilder {
             op_timeout,
             pool_size: self.pool_size,
             client_id: crate::token::new_token(),
+            tls: self.tls,
         })
     }
 }

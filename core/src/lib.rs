@@ -78,6 +78,7 @@
 //! # Ok(()) }
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod background;
@@ -96,6 +97,7 @@ mod queue;
 mod redlock;
 mod request;
 mod single;
+mod tls;
 mod token;
 mod watchdog;
 
@@ -110,3 +112,5 @@ pub use pool::SharedConnection;
 #[doc(no_inline)]
 pub use redis;
 pub use request::{DEFAULT_TTL, LockRequest, MAX_TTL, MIN_TTL};
+#[doc(hidden)]
+pub use tls::TlsOptions;

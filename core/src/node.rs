@@ -12,6 +12,7 @@ use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::metrics;
 use crate::pool::{Connection, Pool};
+use crate::tls::{TlsOptions, open_client};
 
 static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
@@ -34,6 +35,8 @@ pub(crate) struct RedisSettings {
     /// Names this client in the queues of waiting clients and in its wake
     /// channel; fresh for every client.
     pub(crate) client_id: String,
+    /// The private CA and client identity, if any, for `rediss://` URLs.
+    pub(crate) tls: TlsOptions,
 }
 
 /// Where each kind of key lives under the configured prefix. The namespaces
@@ -96,8 +99,7 @@ pub(crate) struct RedisNode {
 impl RedisNode {
     /// Parses `url` and sets up a lazily connecting pool; nothing is sent yet.
     pub(crate) fn new(url: &str, settings: &RedisSettings) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|err| LockError::invalid("url", format!("`{url}`: {err}")))?;
+        let client = open_client(url, &settings.tls)?;
         Ok(RedisNode {
             pool: Pool::new(client.clone(), settings.pool_size, settings.op_timeout),
             client,

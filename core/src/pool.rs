@@ -26,6 +26,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 
 use crate::error::LockError;
+use crate::tls::{TlsOptions, open_client};
 
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -217,15 +218,16 @@ pub struct SharedConnection {
 }
 
 impl SharedConnection {
-    /// Connects lazily to `url`: nothing is sent before the first command.
-    /// Connecting gets `connect_timeout`, each reply `response_timeout`.
+    /// Connects lazily to `url` with the TLS settings `tls`: nothing is sent
+    /// before the first command. Connecting gets `connect_timeout`, each
+    /// reply `response_timeout`.
     pub fn open(
         url: &str,
+        tls: &TlsOptions,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Self, LockError> {
-        let client = redis::Client::open(url)
-            .map_err(|err| LockError::invalid("url", format!("`{url}`: {err}")))?;
+        let client = open_client(url, tls)?;
         Ok(SharedConnection {
             pool: Pool::with_timeouts(client, 1, connect_timeout, response_timeout),
         })

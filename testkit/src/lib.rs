@@ -44,11 +44,13 @@
 //! The servers run without persistence (`--save "" --appendonly no`), so a restarted server has
 //! lost every key: exactly the failure Redlock has to survive.
 
+mod certs;
 mod child;
 mod proxy;
 mod server;
 mod signal;
 
+pub use certs::TestCertificates;
 pub use child::{ChildProcess, child_role, read_from_parent, send_to_parent};
 pub use proxy::Proxy;
 pub use server::{RedisServer, RedisServerBuilder};

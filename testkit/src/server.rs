@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
+use crate::TestCertificates;
 use crate::signal;
 
 /// How long a freshly spawned server may take to answer.
@@ -54,6 +55,15 @@ pub struct RedisServer {
     /// `None` once killed. A `Mutex` so `&self` methods can reap a server that died on its own.
     child: Mutex<Option<Child>>,
     dir: TempDir,
+    /// Boxed: the certificates would more than double the size of every server.
+    tls: Option<Box<TlsListener>>,
+}
+
+/// The TLS side of a server started with [`RedisServerBuilder::tls`].
+#[derive(Debug)]
+struct TlsListener {
+    port: u16,
+    certs: TestCertificates,
 }
 
 /// Configures a [`RedisServer`] before starting it; get one from [`RedisServer::builder`].
@@ -61,6 +71,8 @@ pub struct RedisServer {
 #[must_use]
 pub struct RedisServerBuilder {
     args: Vec<String>,
+    /// `Some(auth_clients)` once TLS is asked for.
+    tls: Option<bool>,
 }
 
 impl RedisServerBuilder {
@@ -71,6 +83,34 @@ impl RedisServerBuilder {
     /// `.arg("--maxmemory-policy").arg("allkeys-lru")`.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Also listens for TLS on a second free port, with a fresh private CA and a server
+    /// certificate for `127.0.0.1` ([`TestCertificates`], written to the server's temp dir).
+    /// Clients need not present a certificate unless
+    /// [`tls_auth_clients`](Self::tls_auth_clients) says so.
+    ///
+    /// The plain port stays open: the readiness probe, [`RedisServer::cli`] and
+    /// [`RedisServer::url`] use it; the code under test uses [`RedisServer::tls_url`].
+    ///
+    /// ```no_run
+    /// use soloist_testkit::RedisServer;
+    ///
+    /// let server = RedisServer::builder().tls().start();
+    /// let ca = server.certificates().ca_pem();
+    /// assert!(server.tls_url().starts_with("rediss://127.0.0.1:"));
+    /// # let _ = ca;
+    /// ```
+    pub fn tls(mut self) -> Self {
+        self.tls.get_or_insert(false);
+        self
+    }
+
+    /// TLS ([`tls`](Self::tls)) where the server requires (`true`) or does not ask for
+    /// (`false`) a client certificate signed by its CA: `--tls-auth-clients yes|no`.
+    pub fn tls_auth_clients(mut self, required: bool) -> Self {
+        self.tls = Some(required);
         self
     }
 
@@ -89,18 +129,28 @@ impl RedisServerBuilder {
             .prefix("soloist-redis-")
             .tempdir()
             .expect("create a temp dir for redis-server");
+        let certs = self.tls.map(|_| write_certificates(dir.path()));
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
+            let tls_port = certs.as_ref().map(|_| free_port());
+            let mut args = Vec::new();
+            if let (Some(tls_port), Some(auth_clients)) = (tls_port, self.tls) {
+                args.extend(tls_args(dir.path(), tls_port, auth_clients));
+            }
+            args.extend(self.args.iter().cloned());
             let deadline = Instant::now() + READY_TIMEOUT;
-            match launch(&bin, port, dir.path(), &self.args, deadline) {
+            match launch(&bin, port, dir.path(), &args, deadline) {
                 Ok(child) => {
                     return RedisServer {
                         port,
                         bin,
-                        args: self.args,
+                        args,
                         child: Mutex::new(Some(child)),
                         dir,
+                        tls: tls_port
+                            .zip(certs)
+                            .map(|(port, certs)| Box::new(TlsListener { port, certs })),
                     };
                 }
                 Err(failure) => failures.push(format!("port {port}: {failure}")),
@@ -135,6 +185,33 @@ impl RedisServer {
     /// [`restart`](Self::restart).
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS URL, `rediss://127.0.0.1:TLS_PORT`; valid across [`restart`](Self::restart).
+    ///
+    /// # Panics
+    ///
+    /// If the server was not built with [`RedisServerBuilder::tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_listener().port)
+    }
+
+    /// The CA, server and client certificates of a TLS server.
+    ///
+    /// # Panics
+    ///
+    /// If the server was not built with [`RedisServerBuilder::tls`].
+    pub fn certificates(&self) -> &TestCertificates {
+        &self.tls_listener().certs
+    }
+
+    fn tls_listener(&self) -> &TlsListener {
+        self.tls.as_ref().unwrap_or_else(|| {
+            panic!(
+                "redis-server on port {} has no TLS port: build it with RedisServer::builder().tls()",
+                self.port
+            )
+        })
     }
 
     /// The TCP port the server listens on; the same for the server's whole life.
@@ -278,6 +355,38 @@ impl Drop for RedisServer {
         // SIGKILL works on a paused (SIGSTOPped) process too.
         self.kill();
     }
+}
+
+/// Generates certificates and writes the server's files to `dir`.
+fn write_certificates(dir: &Path) -> TestCertificates {
+    let certs = TestCertificates::generate();
+    for (name, pem) in [
+        ("ca.pem", certs.ca_pem()),
+        ("server.pem", certs.server_cert_pem()),
+        ("server.key", certs.server_key_pem()),
+    ] {
+        fs::write(dir.join(name), pem)
+            .unwrap_or_else(|e| panic!("write {name} to {}: {e}", dir.display()));
+    }
+    certs
+}
+
+/// The arguments that make the server listen for TLS on `port` with the files of
+/// [`write_certificates`].
+fn tls_args(dir: &Path, port: u16, auth_clients: bool) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    vec![
+        "--tls-port".to_owned(),
+        port.to_string(),
+        "--tls-cert-file".to_owned(),
+        file("server.pem"),
+        "--tls-key-file".to_owned(),
+        file("server.key"),
+        "--tls-ca-cert-file".to_owned(),
+        file("ca.pem"),
+        "--tls-auth-clients".to_owned(),
+        if auth_clients { "yes" } else { "no" }.to_owned(),
+    ]
 }
 
 /// The child if it is still alive; reaps and forgets it if it has exited.

@@ -177,3 +177,35 @@ fn start_again_while_running_panics() {
     let mut server = RedisServer::start();
     server.start_again();
 }
+
+#[test]
+fn tls_server_listens_with_its_certificates_across_restarts() {
+    let mut server = RedisServer::builder().tls_auth_clients(true).start();
+    let url = server.tls_url();
+    let tls_port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(tls_port, server.port());
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "tls-auth-clients"]),
+        "tls-auth-clients\nyes"
+    );
+    let ca = server.certificates().ca_pem().to_owned();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+    // A TLS port answers a plain-text command with nothing (it waits for a handshake) or
+    // by closing, never with a RESP reply.
+    let stream = connect(tls_port).expect("the TLS port accepts connections");
+    let reply = ping(&stream, Duration::from_millis(300));
+    assert!(
+        !matches!(reply, Ok(ref r) if r.starts_with('+')),
+        "{reply:?}"
+    );
+    server.restart();
+    assert_eq!(server.tls_url(), url);
+    assert_eq!(server.certificates().ca_pem(), ca);
+    connect(tls_port).expect("the TLS port is back after restart");
+}
+
+#[test]
+#[should_panic(expected = "no TLS port")]
+fn plain_server_has_no_tls_url() {
+    let _ = RedisServer::start().tls_url();
+}

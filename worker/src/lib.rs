@@ -77,6 +77,7 @@
 //! [`Worker::run_until`] stops claiming when its shutdown future resolves,
 //! lets running jobs finish within the grace period, then cancels them and
 //! releases their leases; every run's outcome is recorded before it returns.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
 mod consume;

@@ -10,7 +10,7 @@ use redis::streams::{
     StreamClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
 };
 use redis::{Script, Value};
-use soloist_core::SharedConnection;
+use soloist_core::{SharedConnection, TlsOptions};
 
 use crate::error::{BoxError, Result, WorkerError};
 use crate::source::{Delivery, Source};
@@ -144,6 +144,7 @@ pub struct StreamSourceBuilder {
     block: Duration,
     retain: u64,
     dead_letter_limit: u64,
+    tls: TlsOptions,
 }
 
 impl StreamSource {
@@ -159,6 +160,7 @@ impl StreamSource {
             block: Duration::from_secs(1),
             retain: 1000,
             dead_letter_limit: 10_000,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -227,20 +229,67 @@ impl StreamSourceBuilder {
         self
     }
 
+    /// Trusts the CA certificates in `pem` for a `rediss://` server instead
+    /// of the system's trust store, as
+    /// [`ClientBuilder::tls_root_certificate`](soloist_core::ClientBuilder::tls_root_certificate)
+    /// does for locks.
+    ///
+    /// ```no_run
+    /// use soloist::StreamSource;
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let orders = StreamSource::builder("orders")
+    ///     .tls_root_certificate(std::fs::read("ca.pem")?)
+    ///     .connect("rediss://redis.internal:6380")
+    ///     .await?;
+    /// # let _ = orders; Ok(()) }
+    /// ```
+    #[cfg(feature = "tls-rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls-rustls")))]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls = self.tls.root_certificates(pem);
+        self
+    }
+
+    /// Presents this client certificate chain and private key (both PEM)
+    /// to a `rediss://` server that requires mutual TLS.
+    ///
+    /// ```no_run
+    /// use soloist::StreamSource;
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let orders = StreamSource::builder("orders")
+    ///     .tls_root_certificate(std::fs::read("ca.pem")?)
+    ///     .tls_client_identity(std::fs::read("client.pem")?, std::fs::read("client.key")?)
+    ///     .connect("rediss://redis.internal:6380")
+    ///     .await?;
+    /// # let _ = orders; Ok(()) }
+    /// ```
+    #[cfg(feature = "tls-rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls-rustls")))]
+    pub fn tls_client_identity(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls = self.tls.client_identity(certificate_pem, key_pem);
+        self
+    }
+
     /// Connects, and creates the stream and group if they do not exist
     /// (the group then starts from the stream's first entry).
     ///
     /// # Errors
     /// [`WorkerError::InvalidJob`] naming the setting that is out of range
     /// (`stream`, `group`, `consumer`, `visibility_timeout`, `block`,
-    /// `max_deliveries`, `retain_acknowledged`, `dead_letter_limit`) or the
-    /// `url`; [`WorkerError::Lock`] if Redis cannot be reached.
+    /// `max_deliveries`, `retain_acknowledged`, `dead_letter_limit`), the
+    /// `url` (also a `rediss://` one without the `tls-rustls` feature) or
+    /// the TLS certificates; [`WorkerError::Lock`] if Redis cannot be
+    /// reached.
     pub async fn connect(self, url: &str) -> Result<StreamSource> {
         self.validate()?;
         let invalid = |name, reason: String| WorkerError::invalid(&self.stream, name, reason);
         let open = |response| {
-            SharedConnection::open(url, OP_TIMEOUT, response).map_err(|err| match err {
-                soloist_core::LockError::InvalidArgument { reason, .. } => invalid("url", reason),
+            SharedConnection::open(url, &self.tls, OP_TIMEOUT, response).map_err(|err| match err {
+                soloist_core::LockError::InvalidArgument { name, reason } => invalid(name, reason),
                 other => WorkerError::Lock(other),
             })
         };

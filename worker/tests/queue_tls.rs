@@ -1,0 +1,152 @@
+//! A stream consumer over TLS with mutual TLS, and as an ACL user, against
+//! real redis-server processes.
+
+use std::time::Duration;
+
+use soloist::{
+    BoxError, JobContext, JobSpec, KeyedJob, LockClient, Source, StreamSource, StreamSourceBuilder,
+    Worker, WorkerError, keyed_job,
+};
+use soloist_testkit::RedisServer;
+use tokio::sync::mpsc;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A job that reports each run's key and fence.
+fn charge(
+    runs: mpsc::UnboundedSender<(String, u64)>,
+) -> impl KeyedJob<Args = String, Output = String> + use<> {
+    keyed_job(
+        JobSpec::keyed("charge", "order:{id}")
+            .expect("spec")
+            .dedupe(3600 * SECOND),
+        |id: &String| format!("order:{id}"),
+        move |ctx: JobContext, id: String| {
+            let runs = runs.clone();
+            async move {
+                runs.send((id.clone(), ctx.fence()))
+                    .map_err(|_| BoxError::from("test gone"))?;
+                Ok::<_, BoxError>(format!("receipt:{id}"))
+            }
+        },
+    )
+}
+
+/// A server whose default user is off and whose only user is `soloist`;
+/// `redis-cli` without credentials cannot talk to it afterwards.
+fn acl_server(builder: soloist_testkit::RedisServerBuilder) -> RedisServer {
+    let server = builder.start();
+    assert_eq!(
+        server.cli(&[
+            "ACL", "SETUSER", "soloist", "on", ">secret", "~*", "&*", "+@all"
+        ]),
+        "OK"
+    );
+    assert_eq!(server.cli(&["ACL", "SETUSER", "default", "off"]), "OK");
+    server
+}
+
+fn with_user(url: &str) -> String {
+    url.replacen("://", "://soloist:secret@", 1)
+}
+
+/// Enqueues three orders through `source`, runs a worker until each ran
+/// once, and checks nothing is left to deliver.
+async fn consume_three(locks: LockClient, source: impl Fn() -> StreamSourceBuilder, url: &str) {
+    let (runs, mut ran) = mpsc::unbounded_channel();
+    let worker = Worker::builder(locks)
+        .consume(
+            source().consumer("one").connect(url).await.expect("source"),
+            charge(runs.clone()),
+        )
+        .build()
+        .expect("worker");
+    let handle = worker.handle();
+    for id in ["a", "b", "c"] {
+        handle
+            .enqueue(charge(runs.clone()), id.to_owned())
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    worker
+        .run_until(async {
+            while seen.len() < 3 {
+                match tokio::time::timeout(10 * SECOND, ran.recv()).await {
+                    Ok(Some((id, fence))) => seen.push((id, fence)),
+                    _ => break,
+                }
+            }
+        })
+        .await
+        .expect("worker ran");
+    let mut ids: Vec<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a", "b", "c"], "each order ran once");
+    assert!(seen.iter().all(|&(_, fence)| fence > 0));
+    let probe = source()
+        .consumer("probe")
+        .connect(url)
+        .await
+        .expect("probe");
+    assert_eq!(probe.lag().await.unwrap(), Some(0), "all delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_consumer_over_mutual_tls_as_an_acl_user() {
+    let server = acl_server(RedisServer::builder().tls_auth_clients(true));
+    let url = with_user(&server.tls_url());
+    let certs = server.certificates().clone();
+    let locks = LockClient::builder()
+        .tls_root_certificate(certs.ca_pem())
+        .tls_client_identity(certs.client_cert_pem(), certs.client_key_pem())
+        .connect(&url)
+        .await
+        .expect("locks over mutual TLS");
+    let source = || {
+        StreamSource::builder("orders")
+            .block(Duration::from_millis(100))
+            .tls_root_certificate(certs.ca_pem())
+            .tls_client_identity(certs.client_cert_pem(), certs.client_key_pem())
+    };
+    consume_three(locks, source, &url).await;
+
+    // Without the client identity the server refuses the handshake.
+    let refused = StreamSource::builder("orders")
+        .tls_root_certificate(certs.ca_pem())
+        .connect(&url);
+    match tokio::time::timeout(10 * SECOND, refused).await {
+        Ok(Err(WorkerError::Lock(soloist::LockError::Connection(_)))) => {}
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_consumer_as_an_acl_user_over_plain_tcp() {
+    let server = acl_server(RedisServer::builder());
+    let url = with_user(&server.url());
+    let locks = LockClient::connect(&url)
+        .await
+        .expect("locks as the ACL user");
+    let source = || StreamSource::builder("orders").block(Duration::from_millis(100));
+    consume_three(locks, source, &url).await;
+}
+
+#[tokio::test]
+async fn bad_tls_settings_name_the_setting() {
+    let err = StreamSource::builder("orders")
+        .tls_root_certificate("not pem")
+        .connect("rediss://127.0.0.1:1")
+        .await
+        .expect_err("not a certificate");
+    assert!(
+        matches!(
+            err,
+            WorkerError::InvalidJob {
+                name: "tls_root_certificate",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
