@@ -302,7 +302,9 @@ impl ClientBuilder {
     /// `timeout` from 1 ms to 1 min and shorter than the
     /// [`op_timeout`](Self::op_timeout). `WAIT` goes in one pipeline with
     /// the script, so the check adds no round trip, but it holds the
-    /// connection it runs on for up to `timeout`.
+    /// connection it runs on for up to `timeout`: requests pipelined on the
+    /// same connection (other tasks' acquisitions and renewals) wait behind
+    /// it.
     ///
     /// Too few acknowledgements fail the call with
     /// [`LockError::ReplicasUnconfirmed`]: an acquisition gives the key

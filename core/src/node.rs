@@ -212,30 +212,30 @@ impl RedisNode {
     async fn script_replicated<T: FromRedisValue>(
         &self,
         op: &'static str,
-        script: &Script,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<(T, Option<u32>)> {
         let Some(replicas) = self.replicas else {
             return Ok((self.script(op, invocation).await?, None));
         };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas.count).arg(millis(replicas.timeout));
         let mut pipe = redis::pipe();
-        pipe.invoke_script(invocation)
-            .cmd("WAIT")
-            .arg(replicas.count)
-            .arg(millis(replicas.timeout));
+        pipe.invoke_script(invocation).add_command(wait.clone());
         self.with_connection(op, async |conn| {
-            // A pipelined EVALSHA does not load its script on NOSCRIPT
-            // (after a restart or SCRIPT FLUSH): load it and send again.
-            let (reply, acknowledged) = match pipe.query_async(&mut conn.conn).await {
+            match pipe.query_async(&mut conn.conn).await {
+                // A pipelined EVALSHA does not load its script on NOSCRIPT
+                // (a new server, a restart, SCRIPT FLUSH): this once, run
+                // it the usual way, which loads it, then `WAIT`.
                 Err(err)
                     if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    script.load_async(&mut conn.conn).await?;
-                    pipe.query_async(&mut conn.conn).await?
+                    let reply = invocation.invoke_async(&mut conn.conn).await?;
+                    let acknowledged = wait.query_async(&mut conn.conn).await?;
+                    Ok((reply, Some(acknowledged)))
                 }
-                other => other?,
-            };
-            Ok((reply, Some(acknowledged)))
+                Err(err) => Err(err),
+                Ok((reply, acknowledged)) => Ok((reply, Some(acknowledged))),
+            }
         })
         .await
     }
@@ -331,9 +331,8 @@ impl RedisNode {
                 "0"
             })
             .arg(mode);
-        let ((taken, value), acknowledged): ((i64, i64), _) = self
-            .script_replicated("acquire", &ACQUIRE, &invocation)
-            .await?;
+        let ((taken, value), acknowledged): ((i64, i64), _) =
+            self.script_replicated("acquire", &invocation).await?;
         Ok((taken == 1, u64::try_from(value).ok(), acknowledged))
     }
 
@@ -380,9 +379,8 @@ impl RedisNode {
                 .arg(lease.token)
                 .arg(millis(lease.ttl));
         }
-        let (renewed, acknowledged): (Vec<i64>, _) = self
-            .script_replicated("extend", &EXTEND, &invocation)
-            .await?;
+        let (renewed, acknowledged): (Vec<i64>, _) =
+            self.script_replicated("extend", &invocation).await?;
         if let Some(first) = leases.first()
             && let Some(err) = self.unconfirmed(first.key, acknowledged)
         {

@@ -6,10 +6,12 @@ use soloist::{LockClient, LockError};
 use soloist_testkit::{RedisServer, ReplicaSet};
 use tokio::time::{Instant, sleep, timeout};
 
-const WAIT: Duration = Duration::from_millis(500);
+/// Generous: on a loaded machine a live replica can take a while to answer.
+const WAIT: Duration = Duration::from_millis(1500);
 
 async fn connect(set: &ReplicaSet) -> LockClient {
     LockClient::builder()
+        .op_timeout(Duration::from_secs(5))
         .min_replicas(1, WAIT)
         .connect(&set.primary().url())
         .await
@@ -99,7 +101,7 @@ async fn an_unacknowledged_acquisition_fails_and_gives_the_key_back() {
 async fn unacknowledged_renewals_do_not_move_the_deadline() {
     let set = ReplicaSet::start();
     let locks = connect(&set).await;
-    let ttl = Duration::from_millis(2000);
+    let ttl = Duration::from_millis(4000);
     let acquired_at = Instant::now();
     let guard = locks
         .lock("report")
@@ -126,7 +128,7 @@ async fn unacknowledged_renewals_do_not_move_the_deadline() {
 async fn an_unacknowledged_extension_fails_and_does_not_move_the_deadline() {
     let set = ReplicaSet::start();
     let locks = connect(&set).await;
-    let ttl = Duration::from_millis(2000);
+    let ttl = Duration::from_millis(4000);
     let acquired_at = Instant::now();
     let guard = locks
         .lock("extended")
@@ -135,6 +137,13 @@ async fn an_unacknowledged_extension_fails_and_does_not_move_the_deadline() {
         .await
         .expect("acquire");
     set.replica().pause();
+    // Watched beside the extension: a `WAIT` holds its connection, so the
+    // extension may answer only after the deadline.
+    let lease = guard.lease();
+    let lost = tokio::spawn(async move {
+        lease.lost().await;
+        acquired_at.elapsed()
+    });
     match guard.extend(Duration::from_secs(60)).await {
         Err(LockError::ReplicasUnconfirmed {
             key,
@@ -145,15 +154,42 @@ async fn an_unacknowledged_extension_fails_and_does_not_move_the_deadline() {
         }
         other => panic!("expected ReplicasUnconfirmed, got {other:?}"),
     }
-    timeout(ttl * 3, guard.lost())
+    let lost_after = timeout(ttl * 3, lost)
         .await
-        .expect("lost fired after an unacknowledged extension");
-    let lost_after = acquired_at.elapsed();
+        .expect("lost fired after an unacknowledged extension")
+        .expect("lost task");
     assert!(
         lost_after <= ttl,
         "lost fired {lost_after:?} after acquiring"
     );
     set.replica().resume();
+}
+
+/// The script and `WAIT` share a pipeline, where Redis does not load a
+/// missing script by itself: one flushed (a restart, `SCRIPT FLUSH`) is
+/// loaded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_script_is_loaded_again() {
+    let set = ReplicaSet::start();
+    let locks = connect(&set).await;
+    let guard = locks
+        .lock("flushed")
+        .ttl(Duration::from_secs(3))
+        .acquire()
+        .await
+        .expect("acquire");
+    assert_eq!(set.primary().cli(&["SCRIPT", "FLUSH"]), "OK");
+    // The watchdog's next renewal (EXTEND) finds its script gone.
+    sleep(Duration::from_millis(1500)).await;
+    assert!(guard.is_held(), "renewal failed after SCRIPT FLUSH");
+    guard.release().await.expect("release");
+    assert_eq!(set.primary().cli(&["SCRIPT", "FLUSH"]), "OK");
+    let guard = locks
+        .lock("flushed")
+        .acquire()
+        .await
+        .expect("acquire after SCRIPT FLUSH");
+    guard.release().await.expect("release");
 }
 
 #[tokio::test]

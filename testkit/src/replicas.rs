@@ -10,7 +10,7 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A primary and one replica (`--replicaof`), both [`RedisServer`]s on free loopback ports,
 /// killed on `Drop`. [`start`](Self::start) returns once the replica's link to the primary is
-/// up, so a write to the primary from then on is replicated.
+/// up and the primary counts it as online, so `WAIT` on the primary counts it from then on.
 ///
 /// The fault verbs are those of [`RedisServer`]: pause the replica
 /// ([`RedisServer::pause`], `SIGSTOP`) and the primary's writes stay unacknowledged until it
@@ -35,7 +35,7 @@ pub struct ReplicaSet {
 
 impl ReplicaSet {
     /// Starts the primary, then the replica, and waits until the replica reports
-    /// `master_link_status:up`.
+    /// `master_link_status:up` and the primary lists it with `state=online`.
     ///
     /// # Panics
     ///
@@ -57,16 +57,23 @@ impl ReplicaSet {
         let deadline = Instant::now() + SYNC_TIMEOUT;
         loop {
             let info = replica.cli(&["INFO", "replication"]);
-            if info
+            // The primary counts a replica in `WAIT` only once it is
+            // `online`, which after a diskless sync waits for the replica's
+            // first acknowledgement, up to a second after its link is up.
+            let primary_info = primary.cli(&["INFO", "replication"]);
+            let linked = info
                 .lines()
-                .any(|line| line.trim() == "master_link_status:up")
-            {
+                .any(|line| line.trim() == "master_link_status:up");
+            let online = primary_info
+                .lines()
+                .any(|line| line.starts_with("slave0:") && line.contains("state=online"));
+            if linked && online {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
                 "replica on port {} did not sync with the primary on port {} within \
-                 {SYNC_TIMEOUT:?}: {info}",
+                 {SYNC_TIMEOUT:?}: replica: {info} primary: {primary_info}",
                 replica.port(),
                 primary.port(),
             );
