@@ -8,7 +8,7 @@ use crate::error::{LockError, Result};
 use crate::fence::check_record;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::memory::MemoryBackend;
-use crate::node::RedisSettings;
+use crate::node::{RedisSettings, Replicas};
 use crate::queue::LocalQueues;
 use crate::redlock::RedlockBackend;
 use crate::request::LockRequest;
@@ -254,6 +254,7 @@ pub struct ClientBuilder {
     op_timeout: Option<Duration>,
     pool_size: u32,
     tls: TlsOptions,
+    min_replicas: (u32, Duration),
 }
 
 impl Default for ClientBuilder {
@@ -263,6 +264,7 @@ impl Default for ClientBuilder {
             op_timeout: None,
             pool_size: 4,
             tls: TlsOptions::default(),
+            min_replicas: (0, Duration::ZERO),
         }
     }
 }
@@ -343,6 +345,48 @@ impl ClientBuilder {
         self
     }
 
+    /// Counts an acquisition, a watchdog renewal or a
+    /// [`LockGuard::extend`](crate::LockGuard::extend) only once `n`
+    /// replicas of the server acknowledged it, as Redis' `WAIT n timeout`
+    /// reports; `n` from 1 to 64, or 0 (the default) for no check;
+    /// `timeout` from 1 ms to 1 min and shorter than the
+    /// [`op_timeout`](Self::op_timeout). `WAIT` goes in one pipeline with
+    /// the script, so the check adds no round trip, but it holds the
+    /// connection it runs on for up to `timeout`: requests pipelined on the
+    /// same connection (other tasks' acquisitions and renewals) wait behind
+    /// it.
+    ///
+    /// Too few acknowledgements fail the call with
+    /// [`LockError::ReplicasUnconfirmed`]: an acquisition gives the key
+    /// back first; a renewal or an extension does not move the lease's
+    /// deadline, and the watchdog retries it until the deadline passes,
+    /// when the lease counts as lost.
+    ///
+    /// This narrows one window: a failover to a replica that never received
+    /// the lock key, after which a second owner could take it. It does not
+    /// make Redis strongly consistent. Replication stays asynchronous; a
+    /// replica that acknowledged can still lose the write if another
+    /// replica is promoted, or in a later failover. Redisson's lock does
+    /// the same check (`WAIT` after the lock script). Only a single node
+    /// takes it: [`redlock`](Self::redlock) fails with
+    /// [`LockError::InvalidArgument`], as its nodes are meant to be
+    /// independent masters.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::builder()
+    ///     .min_replicas(1, Duration::from_millis(500))
+    ///     .connect("redis://127.0.0.1:6379")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn min_replicas(mut self, n: u32, timeout: Duration) -> Self {
+        self.min_replicas = (n, timeout);
+        self
+    }
+
     /// Connects to the Redis server at `url` (`redis://[user:pass@]host:port[/db]`,
     /// or `rediss://` for TLS with the `tls-rustls` feature).
     ///
@@ -368,6 +412,12 @@ impl ClientBuilder {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
+        if self.min_replicas.0 > 0 {
+            return Err(LockError::invalid(
+                "min_replicas",
+                "a Redlock's nodes are independent masters; replica acknowledgement needs a single node",
+            ));
+        }
         let settings = self.settings(DEFAULT_NODE_TIMEOUT)?;
         let urls: Vec<String> = urls
             .into_iter()
@@ -393,12 +443,37 @@ impl ClientBuilder {
                 format!("must be between 1 and 1024, got {}", self.pool_size),
             ));
         }
+        let replicas = match self.min_replicas {
+            (0, _) => None,
+            (count, timeout) => {
+                if count > 64 {
+                    return Err(LockError::invalid(
+                        "min_replicas",
+                        format!("must be between 0 and 64, got {count}"),
+                    ));
+                }
+                // `WAIT` with 0 ms blocks forever; one at least as long as
+                // the operation timeout would time the request out first.
+                if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&timeout)
+                    || timeout >= op_timeout
+                {
+                    return Err(LockError::invalid(
+                        "min_replicas timeout",
+                        format!(
+                            "must be between 1 ms and 1 min and shorter than op_timeout ({op_timeout:?}), got {timeout:?}"
+                        ),
+                    ));
+                }
+                Some(Replicas { count, timeout })
+            }
+        };
         Ok(RedisSettings {
             prefix: self.prefix,
             op_timeout,
             pool_size: self.pool_size,
             client_id: crate::token::new_token(),
             tls: self.tls,
+            replicas,
         })
     }
 }

@@ -87,6 +87,19 @@ pub enum LockError {
         /// Redis' error for the first refused effect.
         error: String,
     },
+    /// [`ClientBuilder::min_replicas`](crate::ClientBuilder::min_replicas):
+    /// fewer replicas than required acknowledged the write within the
+    /// timeout. An acquisition gave the key back; a renewal or an
+    /// extension did not move the lease's deadline.
+    #[error("lock `{key}`: {acknowledged} of {wanted} required replicas acknowledged the write")]
+    ReplicasUnconfirmed {
+        /// The key as the caller gave it (the first of a renewal batch).
+        key: String,
+        /// Replicas required.
+        wanted: u32,
+        /// Replicas that acknowledged within the timeout.
+        acknowledged: u32,
+    },
     /// The backend did not answer within the operation timeout.
     #[error("the lock backend did not answer `{op}` within {after:?}")]
     Unresponsive {

@@ -25,7 +25,9 @@
 //!   a lock key is never handed to a second owner while the first owner's
 //!   lease is valid. One Redis node cannot promise more than it keeps: with
 //!   asynchronous replication, a failover to a replica that had not yet
-//!   received the lock key can hand it to a second owner, and an eviction
+//!   received the lock key can hand it to a second owner
+//!   ([`ClientBuilder::min_replicas`] narrows that window, and says what it
+//!   cannot close), and an eviction
 //!   policy other than `noeviction` can delete a held key under memory
 //!   pressure (the client warns about the latter on connect).
 //! - **The lost signal** ([`LockGuard::lost`]) fires before the server can

@@ -37,6 +37,15 @@ pub(crate) struct RedisSettings {
     pub(crate) client_id: String,
     /// The private CA and client identity, if any, for `rediss://` URLs.
     pub(crate) tls: TlsOptions,
+    /// Replicas that must acknowledge a lock write before it counts.
+    pub(crate) replicas: Option<Replicas>,
+}
+
+/// `WAIT count timeout` after every acquisition and renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replicas {
+    pub(crate) count: u32,
+    pub(crate) timeout: Duration,
 }
 
 /// Where each kind of key lives under the configured prefix. The namespaces
@@ -94,6 +103,7 @@ pub(crate) struct RedisNode {
     wake_prefix: String,
     client_id: String,
     op_timeout: Duration,
+    replicas: Option<Replicas>,
 }
 
 impl RedisNode {
@@ -107,6 +117,7 @@ impl RedisNode {
             wake_prefix: format!("{}wake:", settings.prefix),
             client_id: settings.client_id.clone(),
             op_timeout: settings.op_timeout,
+            replicas: settings.replicas,
         })
     }
 
@@ -196,6 +207,40 @@ impl RedisNode {
         })
         .await
     }
+
+    /// Runs a script that writes, then `WAIT`s for the configured replicas
+    /// in the same pipeline, so the check costs no extra round trip. Returns
+    /// the reply and, with replicas configured, how many acknowledged.
+    async fn script_replicated<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<(T, Option<u32>)> {
+        let Some(replicas) = self.replicas else {
+            return Ok((self.script(op, invocation).await?, None));
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas.count).arg(millis(replicas.timeout));
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(invocation).add_command(wait.clone());
+        self.with_connection(op, async |conn| {
+            match pipe.query_async(&mut conn.conn).await {
+                // A pipelined EVALSHA does not load its script on NOSCRIPT
+                // (a new server, a restart, SCRIPT FLUSH): this once, run
+                // it the usual way, which loads it, then `WAIT`.
+                Err(err)
+                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let reply = invocation.invoke_async(&mut conn.conn).await?;
+                    let acknowledged = wait.query_async(&mut conn.conn).await?;
+                    Ok((reply, Some(acknowledged)))
+                }
+                Err(err) => Err(err),
+                Ok((reply, acknowledged)) => Ok((reply, Some(acknowledged))),
+            }
+        })
+        .await
+    }
 }
 
 /// A ttl as Redis takes it: whole milliseconds, at least one.
@@ -221,9 +266,15 @@ impl RedisNode {
         ttl: Duration,
         waiting: Option<Waiting>,
     ) -> Result<Attempt> {
-        let (acquired, value) = self
+        let (acquired, value, acknowledged) = self
             .take(key, counter, token, ttl, waiting, "fence")
             .await?;
+        if acquired && let Some(err) = self.unconfirmed(key, acknowledged) {
+            // Not replicated enough to count: give the key back rather than
+            // hold a lock a failover could hand to someone else.
+            self.release(key, token).await?;
+            return Err(err);
+        }
         Ok(if acquired {
             Attempt::Acquired(value.ok_or_else(|| unexpected("negative fence"))?)
         } else {
@@ -242,7 +293,7 @@ impl RedisNode {
         ttl: Duration,
         waiting: Option<Waiting>,
     ) -> Result<Grant> {
-        let (granted, value) = self
+        let (granted, value, _) = self
             .take(key, counter, token, ttl, waiting, "counter")
             .await?;
         Ok(if granted {
@@ -258,7 +309,7 @@ impl RedisNode {
 
     /// Runs the acquire script: `true` and the fence (or the counter) when
     /// taken, `false` and the holder's remaining ttl when held; a negative
-    /// number comes back as `None`.
+    /// number comes back as `None`; then how many replicas acknowledged.
     async fn take(
         &self,
         key: &str,
@@ -267,7 +318,7 @@ impl RedisNode {
         ttl: Duration,
         waiting: Option<Waiting>,
         mode: &str,
-    ) -> Result<(bool, Option<u64>)> {
+    ) -> Result<(bool, Option<u64>, Option<u32>)> {
         let mut invocation = ACQUIRE.prepare_invoke();
         invocation
             .key(self.keys.lock(key))
@@ -282,8 +333,9 @@ impl RedisNode {
                 "0"
             })
             .arg(mode);
-        let (taken, value): (i64, i64) = self.script("acquire", &invocation).await?;
-        Ok((taken == 1, u64::try_from(value).ok()))
+        let ((taken, value), acknowledged): ((i64, i64), _) =
+            self.script_replicated("acquire", &invocation).await?;
+        Ok((taken == 1, u64::try_from(value).ok(), acknowledged))
     }
 
     /// Redlock's second phase: raises this node's `counter` to `fence`
@@ -305,7 +357,22 @@ impl RedisNode {
         Ok(committed == 1)
     }
 
+    /// The error for a write that fewer replicas than configured
+    /// acknowledged; `None` when it counts.
+    fn unconfirmed(&self, key: &str, acknowledged: Option<u32>) -> Option<LockError> {
+        let wanted = self.replicas?.count;
+        let acknowledged = acknowledged.unwrap_or(0);
+        (acknowledged < wanted).then(|| LockError::ReplicasUnconfirmed {
+            key: key.to_owned(),
+            wanted,
+            acknowledged,
+        })
+    }
+
     /// Renews every lease still owned by its token; one flag per lease.
+    /// Fails with [`LockError::ReplicasUnconfirmed`] (naming the first
+    /// lease) when too few replicas acknowledged: none of the renewals
+    /// counts, although the primary applied them.
     pub(crate) async fn extend(&self, leases: &[Renewal<'_>]) -> Result<Vec<bool>> {
         let mut invocation = EXTEND.prepare_invoke();
         for lease in leases {
@@ -314,7 +381,13 @@ impl RedisNode {
                 .arg(lease.token)
                 .arg(millis(lease.ttl));
         }
-        let renewed: Vec<i64> = self.script("extend", &invocation).await?;
+        let (renewed, acknowledged): (Vec<i64>, _) =
+            self.script_replicated("extend", &invocation).await?;
+        if let Some(first) = leases.first()
+            && let Some(err) = self.unconfirmed(first.key, acknowledged)
+        {
+            return Err(err);
+        }
         if renewed.len() != leases.len() {
             return Err(unexpected(
                 "extend returned a flag count that does not match the lease count",

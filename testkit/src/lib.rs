@@ -14,6 +14,8 @@
 //!   reconnect to the same URL.
 //! - [`Proxy`] sits between a client and a server and can [`cut`](Proxy::cut) every connection
 //!   or [`stall`](Proxy::stall) the traffic without touching the server (a network partition).
+//! - [`ReplicaSet`] is a primary and a replica synchronised with it, for tests of replica
+//!   acknowledgement; pause or kill its replica to leave writes unacknowledged.
 //! - [`ChildProcess`] re-runs the current test binary to execute one test function as a
 //!   separate process, so a test can kill or freeze a lock holder that is a real other process.
 //!
@@ -47,10 +49,12 @@
 mod certs;
 mod child;
 mod proxy;
+mod replicas;
 mod server;
 mod signal;
 
 pub use certs::TestCertificates;
 pub use child::{ChildProcess, child_role, read_from_parent, send_to_parent};
 pub use proxy::Proxy;
+pub use replicas::ReplicaSet;
 pub use server::{RedisServer, RedisServerBuilder};
