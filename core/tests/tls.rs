@@ -206,16 +206,11 @@ async fn tls_settings_are_checked_by_name() {
     }
 }
 
-/// A server whose default user is off and whose only user is `soloist`.
+/// A server whose default user is off and whose only user is `soloist`,
+/// with the least privileges of the README's recipe.
 fn acl_server() -> RedisServer {
     let server = RedisServer::builder().tls().start();
-    assert_eq!(
-        server.cli(&[
-            "ACL", "SETUSER", "soloist", "on", ">secret", "~*", "&*", "+@all"
-        ]),
-        "OK"
-    );
-    assert_eq!(server.cli(&["ACL", "SETUSER", "default", "off"]), "OK");
+    server.only_user("soloist", "secret");
     server
 }
 

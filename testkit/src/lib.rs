@@ -57,4 +57,4 @@ pub use certs::TestCertificates;
 pub use child::{ChildProcess, child_role, read_from_parent, send_to_parent};
 pub use proxy::Proxy;
 pub use replicas::ReplicaSet;
-pub use server::{RedisServer, RedisServerBuilder};
+pub use server::{RedisServer, RedisServerBuilder, SOLOIST_ACL_RULES};

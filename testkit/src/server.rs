@@ -29,6 +29,27 @@ const LOG_TAIL_LINES: usize = 25;
 const NOT_FOUND: &str = "redis-server not found on PATH: install it (e.g. `sudo apt-get install -y \
                          redis-server`) or run `bash .ci/test`, which installs it";
 
+/// The least privileges soloist needs, as `ACL SETUSER` rules: its own keys
+/// (the default prefix `soloist:`) and those of the streams the tests use
+/// (`orders*`), its own wake-up channels, and the command categories its
+/// scripts, streams and wake-ups use, without the dangerous ones.
+pub const SOLOIST_ACL_RULES: &[&str] = &[
+    "resetkeys",
+    "~soloist:*",
+    "~orders*",
+    "resetchannels",
+    "&soloist:*",
+    "-@all",
+    "+@read",
+    "+@write",
+    "+@scripting",
+    "+@pubsub",
+    "+@stream",
+    "+@connection",
+    "+time",
+    "-@dangerous",
+];
+
 /// A `redis-server` child process on a free loopback port, in its own temp dir, killed on
 /// `Drop`.
 ///
@@ -329,6 +350,22 @@ impl RedisServer {
             stdout.trim(),
         );
         stdout.trim().to_owned()
+    }
+
+    /// Creates the ACL user `user` with `password` and the least privileges
+    /// soloist needs ([`SOLOIST_ACL_RULES`], the README's recipe), then
+    /// turns the default user off: from here on only `user` can talk to the
+    /// server, and [`cli`](Self::cli) no longer can.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-cli` refuses either command.
+    pub fn only_user(&self, user: &str, password: &str) {
+        let password = format!(">{password}");
+        let mut args = vec!["ACL", "SETUSER", user, "on", password.as_str()];
+        args.extend_from_slice(SOLOIST_ACL_RULES);
+        assert_eq!(self.cli(&args), "OK", "ACL SETUSER {user}");
+        assert_eq!(self.cli(&["ACL", "SETUSER", "default", "off"]), "OK");
     }
 
     fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {

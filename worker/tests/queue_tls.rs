@@ -36,13 +36,7 @@ fn charge(
 /// `redis-cli` without credentials cannot talk to it afterwards.
 fn acl_server(builder: soloist_testkit::RedisServerBuilder) -> RedisServer {
     let server = builder.start();
-    assert_eq!(
-        server.cli(&[
-            "ACL", "SETUSER", "soloist", "on", ">secret", "~*", "&*", "+@all"
-        ]),
-        "OK"
-    );
-    assert_eq!(server.cli(&["ACL", "SETUSER", "default", "off"]), "OK");
+    server.only_user("soloist", "secret");
     server
 }
 
