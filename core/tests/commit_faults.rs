@@ -2,7 +2,6 @@
 //! reply is lost is sent again and applied once, and a commit that Redis
 //! could only half-apply is refused before anything is written.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use soloist::{FencedWrite, LockClient, LockError, MAX_EFFECT_ARGS, MAX_RECORD_TTL, redis};
@@ -21,7 +20,7 @@ fn incr(key: &str) -> redis::Cmd {
 /// effect is applied exactly once, though Redis receives every copy.
 #[tokio::test]
 async fn a_commit_whose_reply_is_late_is_sent_again_and_applied_once() {
-    let server = Arc::new(RedisServer::start());
+    let server = RedisServer::start();
     let locks = LockClient::builder()
         .op_timeout(Duration::from_millis(200))
         .connect(&server.url())
@@ -35,23 +34,49 @@ async fn a_commit_whose_reply_is_late_is_sent_again_and_applied_once() {
         .unwrap();
     // Loads the script, so that every copy sent later runs it.
     guard.commit("warm-up", "", None, &[]).await.unwrap();
-    server.pause();
-    let resume = tokio::spawn({
-        let server = server.clone();
-        async move {
-            tokio::time::sleep(SECOND).await;
-            server.resume();
-        }
-    });
+    server.pause_for(SECOND);
     let effects = [incr("charges")];
     let write = guard
         .commit("charged:1", "receipt", Some(60 * SECOND), &effects)
         .await;
-    resume.await.unwrap();
     assert_eq!(write.unwrap(), FencedWrite::Accepted);
     assert_eq!(server.cli(&["GET", "charges"]).trim(), "1");
     let stored = locks.fenced_get("charged:1").await.unwrap().unwrap();
     assert_eq!(stored.value, b"receipt");
+    guard.release().await.unwrap();
+}
+
+/// A copy is sent only while the first one's record surely still exists
+/// (half its ttl): past that, a copy could find the record expired and apply
+/// the effects again, so the commit gives up with the undecided error.
+#[tokio::test]
+async fn a_short_lived_record_is_not_sent_again_past_half_its_ttl() {
+    let server = RedisServer::start();
+    let locks = LockClient::builder()
+        .op_timeout(Duration::from_millis(200))
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let guard = locks
+        .lock("invoice:2")
+        .ttl(10 * SECOND)
+        .acquire()
+        .await
+        .unwrap();
+    guard.commit("warm-up", "", None, &[]).await.unwrap();
+    server.pause_for(SECOND);
+    let effects = [incr("charges")];
+    let ttl = Duration::from_millis(300);
+    let write = guard
+        .commit("charged:2", "receipt", Some(ttl), &effects)
+        .await;
+    assert!(
+        matches!(&write, Err(err) if err.is_transient()),
+        "gave up undecided: {write:?}"
+    );
+    // The one copy sent reaches Redis once it continues: applied once.
+    tokio::time::sleep(2 * SECOND).await;
+    assert_eq!(server.cli(&["GET", "charges"]).trim(), "1");
     guard.release().await.unwrap();
 }
 

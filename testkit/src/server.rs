@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,8 @@ pub struct RedisServer {
     bin: PathBuf,
     args: Vec<String>,
     /// `None` once killed. A `Mutex` so `&self` methods can reap a server that died on its own.
-    child: Mutex<Option<Child>>,
+    /// Shared with the thread of [`pause_for`](RedisServer::pause_for).
+    child: Arc<Mutex<Option<Child>>>,
     dir: TempDir,
     /// Boxed: the certificates would more than double the size of every server.
     tls: Option<Box<TlsListener>>,
@@ -167,7 +168,7 @@ impl RedisServerBuilder {
                         port,
                         bin,
                         args,
-                        child: Mutex::new(Some(child)),
+                        child: Arc::new(Mutex::new(Some(child))),
                         dir,
                         tls: tls_port
                             .zip(certs)
@@ -269,6 +270,30 @@ impl RedisServer {
     /// If the server is not running.
     pub fn pause(&self) {
         self.signal(Signal::SIGSTOP, "pause");
+    }
+
+    /// Freezes the server now, as [`pause`](Self::pause) does, and continues it `frozen`
+    /// later from a thread of its own: for freezing it from code the test does not drive (a
+    /// job's body) or while the test awaits the request the freeze holds up. Nothing is
+    /// continued if the server was killed meanwhile.
+    ///
+    /// # Panics
+    ///
+    /// If the server is not running.
+    pub fn pause_for(&self, frozen: Duration) {
+        self.pause();
+        let (child, port) = (self.child.clone(), self.port);
+        thread::spawn(move || {
+            thread::sleep(frozen);
+            let mut child = child.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(pid) = running(&mut child).map(|child| child.id()) {
+                signal::send(
+                    pid,
+                    Signal::SIGCONT,
+                    &format!("redis-server on port {port}"),
+                );
+            }
+        });
     }
 
     /// Continues a server frozen by [`pause`](Self::pause) with `SIGCONT`; it then answers

@@ -68,6 +68,18 @@ impl Replica {
     }
 }
 
+/// A cron job that records each run and succeeds.
+fn recording(spec: JobSpec, runs: &Runs) -> impl IntoJob + use<> {
+    let recorder = runs.clone();
+    cron_job(spec, move |ctx: JobContext| {
+        let recorder = recorder.clone();
+        async move {
+            record(&recorder, &ctx);
+            Ok::<_, std::io::Error>(())
+        }
+    })
+}
+
 async fn client(server: &RedisServer) -> LockClient {
     LockClient::connect(&server.url()).await.expect("connect")
 }
@@ -313,19 +325,12 @@ async fn missed_ticks_follow_the_policy() {
             .await
             .unwrap();
         let runs: Runs = Arc::default();
-        let recorder = runs.clone();
-        let job = cron_job(
+        let job = recording(
             JobSpec::cron("hourly-ish", "*/2 * * * * *", "UTC")
                 .unwrap()
                 .misfire(SECOND)
                 .missed(policy),
-            move |ctx: JobContext| {
-                let recorder = recorder.clone();
-                async move {
-                    record(&recorder, &ctx);
-                    Ok::<_, std::io::Error>(())
-                }
-            },
+            &runs,
         );
         let started = Utc::now();
         let worker = Worker::builder(locks).job(job).build().unwrap();
@@ -407,19 +412,12 @@ async fn a_tick_runs_only_once_its_claim_is_recorded() {
     server.cli(&["SET", last_key, "not a record"]);
     let runs: Runs = Arc::default();
     let worker = |locks: LockClient| {
-        let recorder = runs.clone();
-        let job = cron_job(
+        let job = recording(
             JobSpec::cron("every-3s", "*/3 * * * * *", "UTC")
                 .unwrap()
                 .misfire(SECOND)
                 .missed(MissedTicks::RunOnce),
-            move |ctx: JobContext| {
-                let recorder = recorder.clone();
-                async move {
-                    record(&recorder, &ctx);
-                    Ok::<_, std::io::Error>(())
-                }
-            },
+            &runs,
         );
         Worker::builder(locks).job(job).build().unwrap()
     };
@@ -466,19 +464,12 @@ async fn ticks_draw_fences_from_one_counter_per_job() {
     let runs: Runs = Arc::default();
     let mut replicas = Vec::new();
     for name in ["a", "b"] {
-        let recorder = runs.clone();
-        let job = cron_job(
+        let job = recording(
             JobSpec::cron("every-second", "* * * * * *", "UTC")
                 .unwrap()
                 .ttl(SECOND)
                 .misfire(SECOND),
-            move |ctx: JobContext| {
-                let recorder = recorder.clone();
-                async move {
-                    record(&recorder, &ctx);
-                    Ok::<_, std::io::Error>(())
-                }
-            },
+            &runs,
         );
         replicas.push(Replica::named(&server, name, job).await);
     }

@@ -402,12 +402,7 @@ async fn a_success_record_delayed_by_a_stalled_redis_is_still_written() {
                 runs.fetch_add(1, Ordering::SeqCst);
                 // Redis freezes as the body returns, for longer than the
                 // operation timeout.
-                server.pause();
-                let server = server.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(SECOND);
-                    server.resume();
-                });
+                server.pause_for(SECOND);
                 async move { Ok::<_, std::io::Error>(invoice) }
             }
         },

@@ -36,7 +36,7 @@ if highest then
 end
 -- The record first: an effect that fails cannot leave the success unrecorded
 -- (and so the run to be repeated and the earlier effects applied twice).
-redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'value', ARGV[2], 'commit', ARGV[5])
+redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'value', ARGV[2], 'commit', ARGV[5], 'failed', '')
 if ARGV[3] ~= '0' then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 else
@@ -52,5 +52,7 @@ for _ = 1, tonumber(ARGV[6]) do
   end
   at = at + count + 1
 end
-redis.call('HSET', KEYS[1], 'failed', failed)
+if failed ~= '' then
+  redis.call('HSET', KEYS[1], 'failed', failed)
+end
 return {1, ARGV[1], failed}
