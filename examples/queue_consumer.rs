@@ -187,7 +187,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let run = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
     let prefix = format!("soloist-queue-demo:{run}:");
     let stream = format!("{prefix}invoices");
-    println!("queue: stream {stream} on {url}, dead letters on {stream}:dead");
+    println!("queue: stream {stream} on {url}, dead letters on {{{stream}}}:dead");
 
     let tally = Arc::new(Tally::default());
     // Every replica, producer or consumer, registers the job on the same

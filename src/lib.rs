@@ -73,8 +73,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use soloist_core::{
-    ClientBuilder, DEFAULT_TTL, FencedValue, FencedWrite, Lease, LockClient, LockError, LockGuard,
-    LockRequest, MAX_EFFECT_ARGS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, Result, metrics, redis,
+    ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient, LockError,
+    LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, Result, colocated,
+    hash_slot, metrics, redis,
 };
 pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).

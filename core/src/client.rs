@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::backend::{Backend, Record};
+use crate::deployment::Deployment;
 use crate::error::{LockError, Result};
 use crate::fence::check_record;
 use crate::fence::{FencedValue, FencedWrite};
@@ -13,7 +14,6 @@ use crate::queue::LocalQueues;
 use crate::redlock::RedlockBackend;
 use crate::request::LockRequest;
 use crate::single::RedisBackend;
-use crate::tls::TlsOptions;
 use crate::watchdog::Watchdog;
 
 /// A handle to a lock backend; cheap to clone, and every clone shares one
@@ -82,9 +82,54 @@ impl LockClient {
     pub async fn redlock<I>(urls: I) -> Result<Self>
     where
         I: IntoIterator,
-        I::Item: AsRef<str>,
+        I::Item: Into<Deployment>,
     {
         Self::builder().redlock(urls).await
+    }
+
+    /// Connects to the primary that the sentinels at `sentinel_urls` report
+    /// for the master named `master`, with default settings; the client
+    /// follows the primary through failovers (see [`Deployment::sentinel`]).
+    ///
+    /// ```no_run
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::sentinel(
+    ///     ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    ///     "jobs",
+    /// )
+    /// .await?;
+    /// let guard = locks.lock("nightly-report").acquire().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn sentinel<I>(sentinel_urls: I, master: &str) -> Result<Self>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        Self::builder()
+            .open(Deployment::sentinel(sentinel_urls, master))
+            .await
+    }
+
+    /// Connects to the Redis Cluster reachable through any of `node_urls`,
+    /// with default settings (see [`Deployment::cluster`]). Every lock
+    /// keeps its keys in the hash slot of its key; see the
+    /// [key layout](crate#key-layout).
+    ///
+    /// ```no_run
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::cluster(["redis://10.0.1.1:6379", "redis://10.0.1.2:6379"]).await?;
+    /// let guard = locks.lock("orders:42").acquire().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn cluster<I>(node_urls: I) -> Result<Self>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        Self::builder().open(Deployment::cluster(node_urls)).await
     }
 
     /// An in-process backend with the same semantics as Redis (ttl, tokens,
@@ -253,7 +298,6 @@ pub struct ClientBuilder {
     prefix: String,
     op_timeout: Option<Duration>,
     pool_size: u32,
-    tls: TlsOptions,
     min_replicas: (u32, Duration),
 }
 
@@ -263,7 +307,6 @@ impl Default for ClientBuilder {
             prefix: "soloist:".to_owned(),
             op_timeout: None,
             pool_size: 4,
-            tls: TlsOptions::default(),
             min_replicas: (0, Duration::ZERO),
         }
     }
@@ -295,53 +338,6 @@ impl ClientBuilder {
     /// pipelines concurrent requests, so a few serve many tasks.
     pub fn pool_size(mut self, pool_size: u32) -> Self {
         self.pool_size = pool_size;
-        self
-    }
-
-    /// Trusts the CA certificates in `pem` (one or more PEM blocks) for
-    /// `rediss://` servers, instead of the system's trust store: for a
-    /// private CA. A server whose certificate does not chain to them is
-    /// refused at connect with [`LockError::Connection`].
-    ///
-    /// ```no_run
-    /// use soloist::LockClient;
-    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    /// let ca = std::fs::read("/etc/redis/ca.pem")?;
-    /// let locks = LockClient::builder()
-    ///     .tls_root_certificate(ca)
-    ///     .connect("rediss://redis.internal:6380")
-    ///     .await?;
-    /// # let _ = locks; Ok(()) }
-    /// ```
-    #[cfg(feature = "tls-rustls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls-rustls")))]
-    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls = self.tls.root_certificates(pem);
-        self
-    }
-
-    /// Presents this client certificate chain and its private key (both
-    /// PEM) to `rediss://` servers that require mutual TLS
-    /// (`tls-auth-clients yes`).
-    ///
-    /// ```no_run
-    /// use soloist::LockClient;
-    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    /// let locks = LockClient::builder()
-    ///     .tls_root_certificate(std::fs::read("ca.pem")?)
-    ///     .tls_client_identity(std::fs::read("client.pem")?, std::fs::read("client.key")?)
-    ///     .connect("rediss://redis.internal:6380")
-    ///     .await?;
-    /// # let _ = locks; Ok(()) }
-    /// ```
-    #[cfg(feature = "tls-rustls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls-rustls")))]
-    pub fn tls_client_identity(
-        mut self,
-        certificate_pem: impl Into<Vec<u8>>,
-        key_pem: impl Into<Vec<u8>>,
-    ) -> Self {
-        self.tls = self.tls.client_identity(certificate_pem, key_pem);
         self
     }
 
@@ -388,15 +384,44 @@ impl ClientBuilder {
     }
 
     /// Connects to the Redis server at `url` (`redis://[user:pass@]host:port[/db]`,
-    /// or `rediss://` for TLS with the `tls-rustls` feature).
+    /// or `rediss://` for TLS with the `tls-rustls` feature); the same as
+    /// [`open`](Self::open) with [`Deployment::server`].
+    pub async fn connect(self, url: &str) -> Result<LockClient> {
+        self.open(Deployment::server(url)).await
+    }
+
+    /// Connects to `deployment`: one server, a Sentinel-managed primary or a
+    /// Redis Cluster, with its TLS settings.
     ///
     /// Fails with [`LockError::InvalidArgument`] naming `url` for a
     /// malformed URL or a `rediss://` one without the `tls-rustls` feature,
-    /// and naming `tls_root_certificate` / `tls_client_identity` for PEM
-    /// that does not parse.
-    pub async fn connect(self, url: &str) -> Result<LockClient> {
+    /// naming `tls_root_certificate` / `tls_client_identity` for PEM that
+    /// does not parse, and naming `prefix` for a prefix with `{` or `}` on a
+    /// cluster (it would decide every key's hash slot); with a connection
+    /// error when no server (no sentinel, no cluster node) can be reached.
+    ///
+    /// ```no_run
+    /// use soloist::{Deployment, LockClient};
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::builder()
+    ///     .prefix("billing:")
+    ///     .open(Deployment::cluster(["redis://10.0.1.1:6379", "redis://10.0.1.2:6379"]))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(self, deployment: impl Into<Deployment>) -> Result<LockClient> {
+        let deployment = deployment.into();
+        if deployment.is_cluster() && self.prefix.contains(['{', '}']) {
+            return Err(LockError::invalid(
+                "prefix",
+                format!(
+                    "`{}` holds a brace; on a cluster it would put every key in one hash slot",
+                    self.prefix
+                ),
+            ));
+        }
         let settings = self.settings(DEFAULT_OP_TIMEOUT)?;
-        let backend = RedisBackend::connect(url, &settings).await?;
+        let backend = RedisBackend::connect(&deployment, &settings).await?;
         Ok(LockClient::from_backend(backend))
     }
 
@@ -410,7 +435,7 @@ impl ClientBuilder {
     pub async fn redlock<I>(self, urls: I) -> Result<LockClient>
     where
         I: IntoIterator,
-        I::Item: AsRef<str>,
+        I::Item: Into<Deployment>,
     {
         if self.min_replicas.0 > 0 {
             return Err(LockError::invalid(
@@ -419,11 +444,8 @@ impl ClientBuilder {
             ));
         }
         let settings = self.settings(DEFAULT_NODE_TIMEOUT)?;
-        let urls: Vec<String> = urls
-            .into_iter()
-            .map(|url| url.as_ref().to_owned())
-            .collect();
-        let backend = RedlockBackend::connect(&urls, &settings).await?;
+        let nodes: Vec<Deployment> = urls.into_iter().map(Into::into).collect();
+        let backend = RedlockBackend::connect(&nodes, &settings).await?;
         Ok(LockClient::from_backend(backend))
     }
 
@@ -472,7 +494,6 @@ impl ClientBuilder {
             op_timeout,
             pool_size: self.pool_size,
             client_id: crate::token::new_token(),
-            tls: self.tls,
             replicas,
         })
     }

@@ -61,6 +61,30 @@
 //!   or an expired key; tasks of one process queue locally, so a process
 //!   puts one contender on the wire per key.
 //!
+//! # Key layout
+//! Under the client's prefix (default `soloist:`), a lock on key `K` keeps
+//! `lock:T` (the owner token), `fence:T` (the fence counter, when `K` names
+//! its own), `waiters:T` (the queue of waiting clients) and the fenced
+//! records written under `K` as `fenced:T`, where `T` is `K` written so that
+//! every one of these keys lands in the Redis Cluster hash slot of `K`
+//! itself ([`hash_slot`]`(K)`):
+//! - `{K}` for a key without a hash tag: `orders:42` → `soloist:lock:{orders:42}`;
+//! - `=K` for a key with one, whose tag then decides: `{report}:monday` →
+//!   `soloist:lock:={report}:monday`, in the slot of `report`;
+//! - `{=K}` for a key with a `}` outside a hash tag, which gets a slot of
+//!   its own.
+//!
+//! So everything one lock needs is one slot, and keys meant to be used
+//! together are put in one slot by giving them one hash tag: a fence
+//! counter shared by several keys
+//! ([`LockRequest::fence_counter`]`("{report}")` for `{report}:monday`), a
+//! fenced record or an effect beside its lock
+//! ([`colocated`]`("orders:42", ":receipt")` names `{orders:42}:receipt`).
+//! On a Redis Cluster a request that would need two slots in one script is
+//! refused with [`LockError::InvalidArgument`] before anything is written;
+//! on a single server every name works. Wake-ups go over the channel
+//! `wake:<client id>` under the same prefix.
+//!
 //! What this is not: exactly-once execution. A lock gives "at most one
 //! holder at a time"; whether protected work runs once depends on what the
 //! work does when its lease is lost, which is what fencing is for.
@@ -85,6 +109,7 @@
 mod backend;
 mod background;
 mod client;
+mod deployment;
 mod error;
 mod fence;
 mod guard;
@@ -99,20 +124,21 @@ mod queue;
 mod redlock;
 mod request;
 mod single;
+mod slot;
 mod tls;
 mod token;
 mod watchdog;
 
 pub use client::{ClientBuilder, LockClient};
+pub use deployment::Deployment;
 pub use error::{LockError, Result};
 pub use fence::{FencedValue, FencedWrite, MAX_EFFECT_ARGS, MAX_RECORD_TTL};
 pub use guard::LockGuard;
 pub use lease::Lease;
 #[doc(hidden)]
-pub use pool::SharedConnection;
+pub use pool::{Conn, SharedConnection};
 /// The redis crate this one speaks through, for [`LockGuard::commit`]'s effects.
 #[doc(no_inline)]
 pub use redis;
 pub use request::{DEFAULT_TTL, LockRequest, MAX_TTL, MIN_TTL};
-#[doc(hidden)]
-pub use tls::TlsOptions;
+pub use slot::{colocated, hash_slot};

@@ -12,7 +12,8 @@ use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::metrics;
 use crate::pool::{Connection, Pool};
-use crate::tls::{TlsOptions, open_client};
+use crate::slot::{slot_of_tagged, tagged};
+use crate::tls::Target;
 
 static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
@@ -35,8 +36,6 @@ pub(crate) struct RedisSettings {
     /// Names this client in the queues of waiting clients and in its wake
     /// channel; fresh for every client.
     pub(crate) client_id: String,
-    /// The private CA and client identity, if any, for `rediss://` URLs.
-    pub(crate) tls: TlsOptions,
     /// Replicas that must acknowledge a lock write before it counts.
     pub(crate) replicas: Option<Replicas>,
 }
@@ -49,7 +48,9 @@ pub(crate) struct Replicas {
 }
 
 /// Where each kind of key lives under the configured prefix. The namespaces
-/// are disjoint, so no user key can collide with another key's fence counter.
+/// are disjoint, so no user key can collide with another key's fence
+/// counter; inside each, the user key is written [`tagged`], so every key
+/// of one lock shares the hash slot of the user key.
 #[derive(Debug)]
 struct KeySpace {
     lock: String,
@@ -69,19 +70,19 @@ impl KeySpace {
     }
 
     fn waiters(&self, key: &str) -> String {
-        format!("{}{key}", self.waiters)
+        format!("{}{}", self.waiters, tagged(key))
     }
 
     fn lock(&self, key: &str) -> String {
-        format!("{}{key}", self.lock)
+        format!("{}{}", self.lock, tagged(key))
     }
 
     fn fence(&self, key: &str) -> String {
-        format!("{}{key}", self.fence)
+        format!("{}{}", self.fence, tagged(key))
     }
 
     fn fenced(&self, resource: &str) -> String {
-        format!("{}{resource}", self.fenced)
+        format!("{}{}", self.fenced, tagged(resource))
     }
 }
 
@@ -96,7 +97,7 @@ pub(crate) enum Grant {
 
 #[derive(Debug)]
 pub(crate) struct RedisNode {
-    client: redis::Client,
+    target: Target,
     pool: Pool,
     keys: KeySpace,
     /// Where wake-ups are published; a client id completes the channel name.
@@ -107,22 +108,29 @@ pub(crate) struct RedisNode {
 }
 
 impl RedisNode {
-    /// Parses `url` and sets up a lazily connecting pool; nothing is sent yet.
-    pub(crate) fn new(url: &str, settings: &RedisSettings) -> Result<Self> {
-        let client = open_client(url, &settings.tls)?;
-        Ok(RedisNode {
-            pool: Pool::new(client.clone(), settings.pool_size, settings.op_timeout),
-            client,
+    /// Sets up a lazily connecting pool to `target`; nothing is sent yet.
+    pub(crate) fn new(target: Target, settings: &RedisSettings) -> Self {
+        RedisNode {
+            pool: Pool::new(target.clone(), settings.pool_size, settings.op_timeout),
+            target,
             keys: KeySpace::new(&settings.prefix),
             wake_prefix: format!("{}wake:", settings.prefix),
             client_id: settings.client_id.clone(),
             op_timeout: settings.op_timeout,
             replicas: settings.replicas,
-        })
+        }
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
+    /// A client for a connection of our own (the wake-up subscription): the
+    /// server, the primary the sentinels name, or a node of the cluster.
+    pub(crate) fn subscriber(&self) -> Result<redis::Client> {
+        self.target.server()
+    }
+
+    /// Whether this node is a Redis Cluster, where every script's keys must
+    /// share a hash slot.
+    fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
     }
 
     /// How many of this node's connections were retired for reaching a
@@ -134,11 +142,6 @@ impl RedisNode {
     /// The channel this client's wake-ups arrive on.
     pub(crate) fn wake_channel(&self) -> String {
         format!("{}{}", self.wake_prefix, self.client_id)
-    }
-
-    /// The server this node talks to, whatever the database or credentials.
-    pub(crate) fn server(&self) -> String {
-        self.client.get_connection_info().addr().to_string()
     }
 
     /// Eviction can delete a held lock key (or a fence counter) under memory
@@ -319,6 +322,14 @@ impl RedisNode {
         waiting: Option<Waiting>,
         mode: &str,
     ) -> Result<(bool, Option<u64>, Option<u32>)> {
+        if self.is_cluster() && slot_of_tagged(counter) != slot_of_tagged(key) {
+            return Err(LockError::invalid(
+                "fence_counter",
+                format!(
+                    "`{counter}` is in another hash slot than the key `{key}`; on a cluster give both the same hash tag, e.g. `{{report}}` and `{{report}}:monday`"
+                ),
+            ));
+        }
         let mut invocation = ACQUIRE.prepare_invoke();
         invocation
             .key(self.keys.lock(key))
@@ -373,7 +384,40 @@ impl RedisNode {
     /// Fails with [`LockError::ReplicasUnconfirmed`] (naming the first
     /// lease) when too few replicas acknowledged: none of the renewals
     /// counts, although the primary applied them.
+    ///
+    /// On a cluster the leases are renewed in one call per hash slot, the
+    /// calls sent together (the cluster connection pipelines those bound
+    /// for one node); the first failing call fails the whole renewal.
     pub(crate) async fn extend(&self, leases: &[Renewal<'_>]) -> Result<Vec<bool>> {
+        if !self.is_cluster() {
+            return self.extend_slot(leases).await;
+        }
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<(usize, Renewal<'_>)>> =
+            std::collections::BTreeMap::new();
+        for (at, lease) in leases.iter().enumerate() {
+            by_slot
+                .entry(slot_of_tagged(lease.key))
+                .or_default()
+                .push((at, *lease));
+        }
+        let groups: Vec<Vec<(usize, Renewal<'_>)>> = by_slot.into_values().collect();
+        let renewed = futures::future::try_join_all(groups.iter().map(|group| {
+            let leases: Vec<Renewal<'_>> = group.iter().map(|(_, lease)| *lease).collect();
+            async move { self.extend_slot(&leases).await }
+        }))
+        .await?;
+        let mut flags = vec![false; leases.len()];
+        for (group, renewed) in groups.iter().zip(renewed) {
+            for ((at, _), flag) in group.iter().zip(renewed) {
+                flags[*at] = flag;
+            }
+        }
+        Ok(flags)
+    }
+
+    /// [`extend`](Self::extend) in one script call: on a cluster, for
+    /// leases of one hash slot.
+    async fn extend_slot(&self, leases: &[Renewal<'_>]) -> Result<Vec<bool>> {
         let mut invocation = EXTEND.prepare_invoke();
         for lease in leases {
             invocation
@@ -431,10 +475,20 @@ impl RedisNode {
         fence: u64,
         record: Record<'_>,
     ) -> Result<FencedWrite> {
+        let effect_keys = if self.is_cluster() {
+            self.check_slots(resource, &record).await?
+        } else {
+            Vec::new()
+        };
         let mut invocation = FENCED_SET.prepare_invoke();
         invocation.key(self.keys.fenced(resource));
         if let Some((key, _)) = record.owner {
             invocation.key(self.keys.lock(key));
+        }
+        // Declared, so that the cluster checks them too; the script reads
+        // them from the effects' arguments.
+        for key in &effect_keys {
+            invocation.key(key.as_slice());
         }
         invocation
             .arg(fence.to_string())
@@ -468,6 +522,73 @@ impl RedisNode {
             }),
             _ => Err(unexpected("fenced write returned nothing")),
         }
+    }
+
+    /// On a cluster, a fenced write is one script, so the record, the lock
+    /// that owns it and every key its effects touch must share a hash slot:
+    /// refuses the write, before anything is written, when one does not.
+    /// Asks the server which keys each effect touches (`COMMAND GETKEYS`,
+    /// all in one pipeline) and returns them, to be declared to the script.
+    async fn check_slots(&self, resource: &str, record: &Record<'_>) -> Result<Vec<Vec<u8>>> {
+        let slot = slot_of_tagged(resource);
+        if let Some((key, _)) = record.owner
+            && slot_of_tagged(key) != slot
+        {
+            return Err(LockError::invalid(
+                "resource",
+                format!(
+                    "`{resource}` is in another hash slot than its lock `{key}`; on a cluster name it with the lock's hash tag, or the lock key itself"
+                ),
+            ));
+        }
+        if record.effects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for effect in record.effects {
+            let mut getkeys = redis::cmd("COMMAND");
+            getkeys.arg("GETKEYS");
+            for arg in effect {
+                getkeys.arg(arg.as_slice());
+            }
+            pipe.add_command(getkeys);
+        }
+        let replies: Vec<redis::RedisResult<Vec<Vec<u8>>>> = self
+            .with_connection("effect_keys", async |conn| {
+                pipe.query_async(&mut conn.conn).await
+            })
+            .await?;
+        let mut keys = Vec::new();
+        for (effect, reply) in record.effects.iter().zip(replies) {
+            let name = String::from_utf8_lossy(&effect[0]).into_owned();
+            let touched = match reply {
+                Ok(keys) => keys,
+                // "The command has no key arguments": nothing to check.
+                Err(err)
+                    if err.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                {
+                    Vec::new()
+                }
+                Err(err) => return Err(LockError::invalid("effects", format!("`{name}`: {err}"))),
+            };
+            for key in touched {
+                if crate::slot::slot_of_bytes(&key) != slot {
+                    let text = String::from_utf8_lossy(&key);
+                    return Err(LockError::invalid(
+                        "effects",
+                        format!(
+                            "`{name}` touches `{text}`, in another hash slot than `{resource}`; on a cluster an effect may only touch keys of its record's slot: give them the hash tag of the lock key (`{}`)",
+                            crate::slot::colocated(resource, "")
+                                .unwrap_or_else(|| resource.to_owned())
+                        ),
+                    ));
+                }
+                keys.push(key);
+            }
+        }
+        Ok(keys)
     }
 
     /// The server's clock, from `TIME`.

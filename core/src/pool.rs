@@ -22,29 +22,105 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use tokio::sync::OnceCell;
 
+use crate::deployment::Deployment;
 use crate::error::LockError;
-use crate::tls::{TlsOptions, open_client};
+use crate::tls::Target;
 
 #[derive(Debug)]
 pub(crate) struct Pool {
-    pool: bb8::Pool<ConnectionManager>,
-    /// The connection requests share while it works.
-    current: Mutex<Option<Connection>>,
+    kind: PoolKind,
     op_timeout: Duration,
     /// Shared with every connection, which counts its own retirement here.
     demotions: Arc<AtomicU64>,
 }
 
+enum PoolKind {
+    /// One server, or the primary the sentinels name.
+    Server {
+        pool: bb8::Pool<ConnectionManager>,
+        /// The connection requests share while it works.
+        current: Mutex<Option<Connection>>,
+    },
+    /// A Redis Cluster: redis-rs' cluster connection keeps a multiplexed
+    /// connection per node, routes each command by its key's slot, follows
+    /// redirections and reconnects by itself, so one is shared by all.
+    Cluster {
+        client: Box<ClusterClient>,
+        conn: OnceCell<ClusterConnection>,
+    },
+}
+
+impl std::fmt::Debug for PoolKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolKind::Server { pool, .. } => f.debug_struct("Server").field("pool", pool).finish(),
+            PoolKind::Cluster { conn, .. } => f
+                .debug_struct("Cluster")
+                .field("connected", &conn.initialized())
+                .finish(),
+        }
+    }
+}
+
 /// A connection to run commands on, and the flag that retires it.
 #[derive(Debug, Clone)]
 pub(crate) struct Connection {
-    pub(crate) conn: MultiplexedConnection,
+    pub(crate) conn: Conn,
     broken: Arc<AtomicBool>,
     /// The pool's count of connections retired for reaching a demoted server.
     demotions: Arc<AtomicU64>,
+}
+
+/// A connection to one server or to a whole cluster; commands and
+/// pipelines run on either the same way.
+#[doc(hidden)]
+#[derive(Clone)]
+pub enum Conn {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Server(_) => "Conn::Server",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
 }
 
 impl Connection {
@@ -83,35 +159,42 @@ pub(crate) fn is_demoted(err: &RedisError) -> bool {
 }
 
 impl Pool {
-    /// A pool of up to `size` connections; connecting and every reply get
-    /// `op_timeout`.
-    pub(crate) fn new(client: redis::Client, size: u32, op_timeout: Duration) -> Self {
-        Self::with_timeouts(client, size, op_timeout, op_timeout)
+    /// A pool of up to `size` connections to `target`; connecting and
+    /// every reply get `op_timeout`.
+    pub(crate) fn new(target: Target, size: u32, op_timeout: Duration) -> Self {
+        Self::with_timeouts(target, size, op_timeout, op_timeout)
     }
 
     /// A pool whose replies may take `response_timeout` (blocking reads).
     pub(crate) fn with_timeouts(
-        client: redis::Client,
+        target: Target,
         size: u32,
         op_timeout: Duration,
         response_timeout: Duration,
     ) -> Self {
         let demotions = Arc::new(AtomicU64::new(0));
-        let pool = bb8::Pool::builder()
-            .max_size(size)
-            .test_on_check_out(false)
-            .retry_connection(false)
-            .connection_timeout(op_timeout)
-            .build_unchecked(ConnectionManager {
-                client,
-                config: AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(op_timeout))
-                    .set_response_timeout(Some(response_timeout)),
-                demotions: demotions.clone(),
-            });
+        let kind = match target {
+            Target::Cluster { client, .. } => PoolKind::Cluster {
+                client: Box::new(client),
+                conn: OnceCell::new(),
+            },
+            target => PoolKind::Server {
+                pool: bb8::Pool::builder()
+                    .max_size(size)
+                    .test_on_check_out(false)
+                    .retry_connection(false)
+                    .connection_timeout(op_timeout)
+                    .build_unchecked(ConnectionManager {
+                        target,
+                        connect_timeout: op_timeout,
+                        response_timeout,
+                        demotions: demotions.clone(),
+                    }),
+                current: Mutex::new(None),
+            },
+        };
         Pool {
-            pool,
-            current: Mutex::new(None),
+            kind,
             op_timeout,
             demotions,
         }
@@ -127,16 +210,29 @@ impl Pool {
     /// A working connection: the shared one, or a fresh one from the pool
     /// when it broke.
     pub(crate) async fn get(&self) -> Result<Connection, LockError> {
-        let shared = self
-            .current
+        let (pool, current) = match &self.kind {
+            PoolKind::Server { pool, current } => (pool, current),
+            PoolKind::Cluster { client, conn } => {
+                let conn = conn
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await?;
+                return Ok(Connection {
+                    conn: Conn::Cluster(conn.clone()),
+                    // Never set: the cluster connection mends itself.
+                    broken: Arc::default(),
+                    demotions: self.demotions.clone(),
+                });
+            }
+        };
+        let shared = current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if let Some(conn) = shared.filter(|conn| !conn.is_broken()) {
             return Ok(conn);
         }
-        let conn = self.check_out().await?;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        let conn = self.check_out(pool).await?;
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)
     }
 
@@ -144,20 +240,23 @@ impl Pool {
     /// Opening it here rather than leaving it to bb8 makes a refused
     /// connection an error now: bb8 reports connect failures only by
     /// letting `get` time out.
-    async fn check_out(&self) -> Result<Connection, LockError> {
+    async fn check_out(
+        &self,
+        pool: &bb8::Pool<ConnectionManager>,
+    ) -> Result<Connection, LockError> {
         loop {
-            if self.pool.state().connections == 0 {
-                let fresh = self.pool.dedicated_connection().await?;
+            if pool.state().connections == 0 {
+                let fresh = pool.dedicated_connection().await?;
                 // At capacity the pool refuses it; use it for this request only.
-                match self.pool.add(fresh) {
+                match pool.add(fresh) {
                     Ok(()) => {}
                     Err(bb8::AddError::NoCapacity(fresh) | bb8::AddError::Broken(fresh)) => {
                         return Ok(fresh);
                     }
                 }
             }
-            let pooled = self.pool.get().await.map_err(|err| match err {
-                bb8::RunError::User(err) => LockError::from(err),
+            let pooled = pool.get().await.map_err(|err| match err {
+                bb8::RunError::User(err) => err,
                 bb8::RunError::TimedOut => LockError::Unresponsive {
                     op: "connect",
                     after: self.op_timeout,
@@ -173,29 +272,33 @@ impl Pool {
 
 #[derive(Debug)]
 struct ConnectionManager {
-    client: redis::Client,
-    config: AsyncConnectionConfig,
+    target: Target,
+    connect_timeout: Duration,
+    response_timeout: Duration,
     demotions: Arc<AtomicU64>,
 }
 
 impl bb8::ManageConnection for ConnectionManager {
     type Connection = Connection;
-    type Error = RedisError;
+    type Error = LockError;
 
-    async fn connect(&self) -> Result<Connection, RedisError> {
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
+    async fn connect(&self) -> Result<Connection, LockError> {
+        let client = self.target.server()?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
             .await?;
         Ok(Connection {
-            conn,
+            conn: Conn::Server(conn),
             broken: Arc::new(AtomicBool::new(false)),
             demotions: self.demotions.clone(),
         })
     }
 
-    async fn is_valid(&self, conn: &mut Connection) -> Result<(), RedisError> {
-        redis::cmd("PING").query_async(&mut conn.conn).await
+    async fn is_valid(&self, conn: &mut Connection) -> Result<(), LockError> {
+        Ok(redis::cmd("PING").query_async(&mut conn.conn).await?)
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
@@ -218,18 +321,17 @@ pub struct SharedConnection {
 }
 
 impl SharedConnection {
-    /// Connects lazily to `url` with the TLS settings `tls`: nothing is sent
-    /// before the first command. Connecting gets `connect_timeout`, each
-    /// reply `response_timeout`.
+    /// Connects lazily to `deployment`: nothing is sent before the first
+    /// command. Connecting gets `connect_timeout`, each reply
+    /// `response_timeout`.
     pub fn open(
-        url: &str,
-        tls: &TlsOptions,
+        deployment: &Deployment,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Self, LockError> {
-        let client = open_client(url, tls)?;
+        let target = Target::open(deployment, connect_timeout, response_timeout)?;
         Ok(SharedConnection {
-            pool: Pool::with_timeouts(client, 1, connect_timeout, response_timeout),
+            pool: Pool::with_timeouts(target, 1, connect_timeout, response_timeout),
         })
     }
 
@@ -237,7 +339,7 @@ impl SharedConnection {
     /// says it is no longer usable.
     pub async fn run<T>(
         &self,
-        work: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, RedisError>,
     ) -> Result<T, LockError> {
         let mut conn = self.pool.get().await?;
         let result = work(&mut conn.conn).await;

@@ -80,12 +80,14 @@ use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Tally, Waiting};
+use crate::deployment::Deployment;
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::lease::drift;
 use crate::node::{Grant, RedisNode, RedisSettings};
 use crate::notice::Listener;
 use crate::pubsub::ReleaseNotices;
+use crate::tls::Target;
 
 #[derive(Debug)]
 pub(crate) struct RedlockBackend {
@@ -97,27 +99,37 @@ pub(crate) struct RedlockBackend {
 impl RedlockBackend {
     /// Sets up every node and succeeds when a majority is reachable; the
     /// others join when they come back.
-    pub(crate) async fn connect(urls: &[String], settings: &RedisSettings) -> Result<Arc<Self>> {
-        if urls.is_empty() {
+    pub(crate) async fn connect(
+        deployments: &[Deployment],
+        settings: &RedisSettings,
+    ) -> Result<Arc<Self>> {
+        if deployments.is_empty() {
             return Err(LockError::invalid(
                 "urls",
                 "a Redlock needs at least one node",
             ));
         }
-        let nodes = urls
-            .iter()
-            .map(|url| RedisNode::new(url, settings).map(Arc::new))
-            .collect::<Result<Vec<_>>>()?;
+        let mut nodes = Vec::with_capacity(deployments.len());
         let mut servers = HashSet::new();
-        for (url, node) in urls.iter().zip(&nodes) {
-            if !servers.insert(node.server()) {
+        for deployment in deployments {
+            let target = Target::open(deployment, settings.op_timeout, settings.op_timeout)?;
+            let Some(server) = target.address() else {
                 return Err(LockError::invalid(
                     "urls",
                     format!(
-                        "`{url}` names a server already in the list; Redlock nodes must be independent"
+                        "{deployment:?} is not a single server; Redlock nodes are independent servers"
+                    ),
+                ));
+            };
+            if !servers.insert(server) {
+                return Err(LockError::invalid(
+                    "urls",
+                    format!(
+                        "{deployment:?} names a server already in the list; Redlock nodes must be independent"
                     ),
                 ));
             }
+            nodes.push(Arc::new(RedisNode::new(target, settings)));
         }
         let quorum = nodes.len() / 2 + 1;
         let checks =

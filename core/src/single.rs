@@ -7,11 +7,13 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Waiting};
+use crate::deployment::Deployment;
 use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::node::{RedisNode, RedisSettings};
 use crate::notice::Listener;
 use crate::pubsub::ReleaseNotices;
+use crate::tls::Target;
 
 #[derive(Debug)]
 pub(crate) struct RedisBackend {
@@ -21,8 +23,12 @@ pub(crate) struct RedisBackend {
 
 impl RedisBackend {
     /// Connects, and checks the server is reachable and safe to use.
-    pub(crate) async fn connect(url: &str, settings: &RedisSettings) -> Result<Arc<Self>> {
-        let node = Arc::new(RedisNode::new(url, settings)?);
+    pub(crate) async fn connect(
+        deployment: &Deployment,
+        settings: &RedisSettings,
+    ) -> Result<Arc<Self>> {
+        let target = Target::open(deployment, settings.op_timeout, settings.op_timeout)?;
+        let node = Arc::new(RedisNode::new(target, settings));
         node.check_eviction_policy().await?;
         let notices = ReleaseNotices::new(vec![node.clone()], settings.op_timeout);
         Ok(Arc::new(RedisBackend { node, notices }))

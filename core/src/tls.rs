@@ -1,14 +1,119 @@
-//! Turning a URL and the TLS settings of a builder into a `redis::Client`:
-//! the one place the lock client and the worker's stream sources open Redis.
+//! Turning a [`Deployment`] (URLs and TLS settings) into what connects to
+//! it: the one place the lock client and the worker's stream sources open
+//! Redis.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+
+use crate::deployment::{Deployment, Shape};
 use crate::error::{LockError, Result};
+
+/// What a connection pool connects to, parsed and checked; nothing is sent
+/// until the first connection.
+#[derive(Debug, Clone)]
+// Made once per client: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Target {
+    Server(redis::Client),
+    Cluster {
+        client: ClusterClient,
+        /// One client per listed node, for the connections the cluster
+        /// client does not make (the wake-up subscription), tried in turn.
+        seeds: Arc<[redis::Client]>,
+        next_seed: Arc<AtomicUsize>,
+    },
+}
+
+impl Target {
+    /// Parses and checks every URL of `deployment` and applies its TLS
+    /// settings; every refusal is an [`LockError::InvalidArgument`].
+    pub(crate) fn open(
+        deployment: &Deployment,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self> {
+        deployment.validate()?;
+        match &deployment.shape {
+            Shape::Server(url) => Ok(Target::Server(open_client(url, &deployment.tls)?)),
+            Shape::Sentinel { .. } => Err(LockError::invalid(
+                "deployment",
+                "Sentinel deployments are not supported yet",
+            )),
+            Shape::Cluster(urls) => {
+                let seeds = urls
+                    .iter()
+                    .map(|url| {
+                        let client = open_client(url, &deployment.tls)?;
+                        if client.get_connection_info().redis_settings().db() != 0 {
+                            return Err(LockError::invalid(
+                                "cluster",
+                                format!("`{}` names a database; a cluster has only 0", redact(url)),
+                            ));
+                        }
+                        Ok(client)
+                    })
+                    .collect::<Result<Arc<[_]>>>()?;
+                let builder = ClusterClientBuilder::new(
+                    seeds.iter().map(|seed| seed.get_connection_info().clone()),
+                )
+                .connection_timeout(connect_timeout)
+                // Also bounds a request as a whole, redirections and retries included.
+                .response_timeout(response_timeout);
+                let client = cluster_tls(builder, &deployment.tls)
+                    .build()
+                    .map_err(|err| LockError::invalid("cluster", err.to_string()))?;
+                Ok(Target::Cluster {
+                    client,
+                    seeds,
+                    next_seed: Arc::default(),
+                })
+            }
+        }
+    }
+
+    /// A client for one server to open a connection of our own to: the
+    /// server, or the next node of a cluster's list.
+    pub(crate) fn server(&self) -> Result<redis::Client> {
+        match self {
+            Target::Server(client) => Ok(client.clone()),
+            Target::Cluster {
+                seeds, next_seed, ..
+            } => Ok(seeds[next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len()].clone()),
+        }
+    }
+
+    /// The server a single-server target talks to, whatever the database or
+    /// credentials; `None` for other kinds.
+    pub(crate) fn address(&self) -> Option<String> {
+        match self {
+            Target::Server(client) => Some(client.get_connection_info().addr().to_string()),
+            Target::Cluster { .. } => None,
+        }
+    }
+}
+
+#[cfg(feature = "tls-rustls")]
+fn cluster_tls(builder: ClusterClientBuilder, tls: &TlsOptions) -> ClusterClientBuilder {
+    if tls.is_empty() {
+        builder
+    } else {
+        builder.certs(tls_certificates(tls))
+    }
+}
+
+#[cfg(not(feature = "tls-rustls"))]
+fn cluster_tls(builder: ClusterClientBuilder, _tls: &TlsOptions) -> ClusterClientBuilder {
+    builder
+}
 
 /// The TLS settings a builder collected: a private CA to trust and a client
 /// identity for mutual TLS. Empty without the `tls-rustls` feature, where
 /// only the check that refuses `rediss://` remains.
-#[doc(hidden)]
 #[derive(Clone, Default)]
-pub struct TlsOptions {
+pub(crate) struct TlsOptions {
     #[cfg(feature = "tls-rustls")]
     root_certificates: Option<Vec<u8>>,
     #[cfg(feature = "tls-rustls")]
@@ -29,13 +134,13 @@ impl std::fmt::Debug for TlsOptions {
 #[cfg(feature = "tls-rustls")]
 impl TlsOptions {
     /// Trusts the CA certificates in `pem` instead of the system's roots.
-    pub fn root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_certificates = Some(pem.into());
         self
     }
 
     /// Presents this certificate chain and private key to the server.
-    pub fn client_identity(
+    pub(crate) fn client_identity(
         mut self,
         certificate_pem: impl Into<Vec<u8>>,
         key_pem: impl Into<Vec<u8>>,
@@ -123,7 +228,12 @@ pub(crate) fn open_client(url: &str, tls: &TlsOptions) -> Result<redis::Client> 
             )
         })?;
     }
-    let certs = redis::TlsCertificates {
+    redis::Client::build_with_tls(url, tls_certificates(tls)).map_err(bad_url)
+}
+
+#[cfg(feature = "tls-rustls")]
+fn tls_certificates(tls: &TlsOptions) -> redis::TlsCertificates {
+    redis::TlsCertificates {
         client_tls: tls
             .client_identity
             .as_ref()
@@ -132,8 +242,7 @@ pub(crate) fn open_client(url: &str, tls: &TlsOptions) -> Result<redis::Client> 
                 client_key: key.clone(),
             }),
         root_cert: tls.root_certificates.clone(),
-    };
-    redis::Client::build_with_tls(url, certs).map_err(bad_url)
+    }
 }
 
 /// rustls needs a process-wide crypto provider. With only `ring` compiled in
@@ -150,7 +259,7 @@ fn install_crypto_provider() {
 }
 
 /// `url` without its password, for error messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

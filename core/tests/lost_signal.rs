@@ -62,7 +62,7 @@ fn take_when_free(url: &str, key: &str, lease: &Lease) -> (Instant, bool, Option
         let started = Instant::now();
         loop {
             let mut set = soloist::redis::cmd("SET");
-            set.arg(format!("soloist:lock:{key}"))
+            set.arg(format!("soloist:lock:{{{key}}}"))
                 .arg("the-other-client")
                 .arg("NX")
                 .arg("PX")

@@ -255,13 +255,13 @@ fn killed_holder_process_key_expires_within_ttl() {
     assert!(holder.read_line().starts_with("locked "));
     std::thread::sleep(ttl + ttl / 2);
     assert_eq!(
-        server.cli(&["EXISTS", "soloist:lock:job"]),
+        server.cli(&["EXISTS", "soloist:lock:{job}"]),
         "1",
         "a live holder renews"
     );
     holder.kill();
     let killed_at = std::time::Instant::now();
-    while server.cli(&["EXISTS", "soloist:lock:job"]) == "1" {
+    while server.cli(&["EXISTS", "soloist:lock:{job}"]) == "1" {
         assert!(
             killed_at.elapsed() < ttl + SECOND / 10,
             "key outlived its ttl"

@@ -28,7 +28,7 @@ async fn finished<T>(task: tokio::task::JoinHandle<T>) -> T {
 
 /// The lock key's owner token, read straight from Redis.
 fn token_of(server: &RedisServer, key: &str) -> String {
-    server.cli(&["GET", &format!("soloist:lock:{key}")])
+    server.cli(&["GET", &format!("soloist:lock:{{{key}}}")])
 }
 
 #[tokio::test]
@@ -136,7 +136,7 @@ async fn a_cycle_costs_two_round_trips() {
     assert_eq!(command_calls(&server, "publish") - publish, 0);
     // The fence counter does not outlive its week.
     let ttl: i64 = server
-        .cli(&["PTTL", "soloist:fence:cycle"])
+        .cli(&["PTTL", "soloist:fence:{cycle}"])
         .parse()
         .unwrap();
     assert!(
@@ -169,7 +169,7 @@ async fn renewals_are_batched() {
     );
     assert!(guards.iter().all(|guard| guard.is_held()));
     let pttl: i64 = server
-        .cli(&["PTTL", "soloist:lock:batch:0"])
+        .cli(&["PTTL", "soloist:lock:{batch:0}"])
         .parse()
         .unwrap();
     assert!(pttl > 1500, "lease not renewed: pttl {pttl}");
@@ -225,7 +225,7 @@ async fn lost_fires_when_a_renewal_finds_the_key_gone() {
     let locks = connect(&server).await;
     let ttl = 3 * SECOND;
     let held = locks.lock("taken").ttl(ttl).acquire().await.unwrap();
-    server.cli(&["DEL", "soloist:lock:taken"]);
+    server.cli(&["DEL", "soloist:lock:{taken}"]);
     let deleted_at = Instant::now();
     held.lost().await;
     let after = deleted_at.elapsed();
@@ -243,11 +243,20 @@ async fn lost_fires_when_a_renewal_finds_another_owner() {
     let server = RedisServer::start();
     let locks = connect(&server).await;
     let held = locks.lock("stolen").ttl(SECOND).acquire().await.unwrap();
-    server.cli(&["SET", "soloist:lock:stolen", "someone-else", "PX", "60000"]);
+    server.cli(&[
+        "SET",
+        "soloist:lock:{stolen}",
+        "someone-else",
+        "PX",
+        "60000",
+    ]);
     tokio::time::timeout(SECOND, held.lost())
         .await
         .expect("lost fired within a period");
-    assert_eq!(server.cli(&["GET", "soloist:lock:stolen"]), "someone-else");
+    assert_eq!(
+        server.cli(&["GET", "soloist:lock:{stolen}"]),
+        "someone-else"
+    );
 }
 
 /// Renewal ends with the guard: put the released key back with the old
@@ -268,11 +277,11 @@ async fn no_renewal_after_release_or_drop() {
             drop(guard);
             sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(server.cli(&["EXISTS", "soloist:lock:ended"]), "0");
-        server.cli(&["SET", "soloist:lock:ended", &token, "PX", "300"]);
+        assert_eq!(server.cli(&["EXISTS", "soloist:lock:{ended}"]), "0");
+        server.cli(&["SET", "soloist:lock:{ended}", &token, "PX", "300"]);
         sleep(Duration::from_millis(700)).await;
         assert_eq!(
-            server.cli(&["EXISTS", "soloist:lock:ended"]),
+            server.cli(&["EXISTS", "soloist:lock:{ended}"]),
             "0",
             "a renewal revived the lease after {}",
             if explicit { "release" } else { "drop" }
@@ -440,7 +449,7 @@ async fn a_wake_up_skips_clients_that_stopped_waiting() {
     until("both queued", || queued(&server, "skip") == 2).await;
     abandoned.abort();
     let _ = abandoned.await;
-    let gone_id = server.cli(&["LINDEX", "soloist:waiters:skip", "1"]);
+    let gone_id = server.cli(&["LINDEX", "soloist:waiters:{skip}", "1"]);
     until("the dropped client unsubscribed", || {
         server
             .cli(&["PUBSUB", "NUMSUB", &format!("soloist:wake:{gone_id}")])

@@ -311,7 +311,7 @@ async fn the_fence_is_committed_to_a_majority() {
     let locks = redlock(&nodes).await;
     // As if node 0 alone had seen a great many acquisitions.
     let ahead: u64 = 5_000_000_000_000_000;
-    nodes[0].cli(&["SET", "soloist:fence:c", &ahead.to_string()]);
+    nodes[0].cli(&["SET", "soloist:fence:{c}", &ahead.to_string()]);
     nodes[2].kill(); // the majority is {0, 1}
     let first = locks.lock("c").acquire().await.unwrap();
     let first_fence = first.fence();
@@ -362,7 +362,7 @@ async fn release_reports_lost_unless_a_majority_released() {
     let _recording = metrics::set_default_local_recorder(&recorder);
     let nodes = servers(3);
     let locks = redlock(&nodes).await;
-    let key = "soloist:lock:k";
+    let key = "soloist:lock:{k}";
     // The nodes where the key is held: a majority at least, and perhaps the
     // third, whose grant the acquisition did not wait for. Asked after a
     // pause, so that such a grant has landed (or never will: one cut short

@@ -19,7 +19,7 @@ async fn connect(set: &ReplicaSet) -> LockClient {
 }
 
 fn exists(server: &RedisServer, key: &str) -> bool {
-    server.cli(&["EXISTS", &format!("soloist:lock:{key}")]) == "1"
+    server.cli(&["EXISTS", &format!("soloist:lock:{{{key}}}")]) == "1"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

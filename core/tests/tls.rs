@@ -4,7 +4,7 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use soloist::{LockClient, LockError};
+use soloist::{Deployment, LockClient, LockError};
 use soloist_testkit::{RedisServer, TestCertificates};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -22,8 +22,8 @@ fn chain(err: &LockError) -> String {
 }
 
 /// Connects, failing the test if connecting takes more than 10 s (a hang).
-async fn connect(builder: soloist::ClientBuilder, url: &str) -> Result<LockClient, LockError> {
-    tokio::time::timeout(10 * SECOND, builder.connect(url))
+async fn connect(redis: Deployment) -> Result<LockClient, LockError> {
+    tokio::time::timeout(10 * SECOND, LockClient::builder().open(redis))
         .await
         .expect("connect hung instead of failing")
 }
@@ -78,12 +78,9 @@ async fn exercise(locks: &LockClient, key: &str) {
 async fn locks_over_tls_with_a_private_ca() {
     let server = RedisServer::builder().tls().start();
     let ca = server.certificates().ca_pem().to_owned();
-    let locks = connect(
-        LockClient::builder().tls_root_certificate(ca),
-        &server.tls_url(),
-    )
-    .await
-    .expect("connect over TLS");
+    let locks = connect(Deployment::server(server.tls_url()).tls_root_certificate(ca))
+        .await
+        .expect("connect over TLS");
     exercise(&locks, "tls").await;
     let clients = server.cli(&["CLIENT", "LIST"]);
     assert!(
@@ -100,25 +97,21 @@ async fn redlock_over_tls() {
     let servers: Vec<RedisServer> = (0..3)
         .map(|_| RedisServer::builder().tls().start())
         .collect();
-    // Three servers, three private CAs: trust all of them.
-    let cas: String = servers
-        .iter()
-        .map(|server| server.certificates().ca_pem())
-        .collect();
-    let locks = LockClient::builder()
-        .tls_root_certificate(cas)
-        .redlock(servers.iter().map(RedisServer::tls_url))
-        .await
-        .expect("redlock over TLS");
+    // Three servers, three private CAs: each node trusts its own.
+    let locks = LockClient::redlock(servers.iter().map(|server| {
+        Deployment::server(server.tls_url()).tls_root_certificate(server.certificates().ca_pem())
+    }))
+    .await
+    .expect("redlock over TLS");
     let guard = locks.lock("tls").acquire().await.expect("acquire");
     let holding = servers
         .iter()
-        .filter(|server| server.cli(&["EXISTS", "soloist:lock:tls"]) == "1")
+        .filter(|server| server.cli(&["EXISTS", "soloist:lock:{tls}"]) == "1")
         .count();
     assert!(holding >= 2, "a majority holds the key over TLS: {holding}");
     guard.release().await.expect("release");
     for server in &servers {
-        assert_eq!(server.cli(&["EXISTS", "soloist:lock:tls"]), "0");
+        assert_eq!(server.cli(&["EXISTS", "soloist:lock:{tls}"]), "0");
     }
 }
 
@@ -126,26 +119,27 @@ async fn redlock_over_tls() {
 async fn mutual_tls_needs_the_client_identity() {
     let server = RedisServer::builder().tls_auth_clients(true).start();
     let certs = server.certificates();
-    let with_identity = LockClient::builder()
+    let url = server.tls_url();
+    let with_identity = Deployment::server(&url)
         .tls_root_certificate(certs.ca_pem())
         .tls_client_identity(certs.client_cert_pem(), certs.client_key_pem());
-    let locks = connect(with_identity, &server.tls_url())
+    let locks = connect(with_identity)
         .await
         .expect("connect with a client certificate");
     exercise(&locks, "mtls").await;
 
-    let without = LockClient::builder().tls_root_certificate(certs.ca_pem());
-    let err = connect(without, &server.tls_url())
+    let without = Deployment::server(&url).tls_root_certificate(certs.ca_pem());
+    let err = connect(without)
         .await
         .expect_err("the server requires a client certificate");
     assert!(matches!(err, LockError::Connection(_)), "{}", chain(&err));
 
     // A certificate from another CA is no identity either.
     let stranger = TestCertificates::generate();
-    let foreign = LockClient::builder()
+    let foreign = Deployment::server(&url)
         .tls_root_certificate(certs.ca_pem())
         .tls_client_identity(stranger.client_cert_pem(), stranger.client_key_pem());
-    let err = connect(foreign, &server.tls_url())
+    let err = connect(foreign)
         .await
         .expect_err("a client certificate of another CA is refused");
     assert!(matches!(err, LockError::Connection(_)), "{}", chain(&err));
@@ -155,19 +149,16 @@ async fn mutual_tls_needs_the_client_identity() {
 async fn a_server_whose_ca_is_not_trusted_is_refused() {
     let server = RedisServer::builder().tls().start();
     let other = TestCertificates::generate();
-    let err = connect(
-        LockClient::builder().tls_root_certificate(other.ca_pem()),
-        &server.tls_url(),
-    )
-    .await
-    .expect_err("a server certificate of an untrusted CA");
+    let err = connect(Deployment::server(server.tls_url()).tls_root_certificate(other.ca_pem()))
+        .await
+        .expect_err("a server certificate of an untrusted CA");
     let text = chain(&err);
     assert!(matches!(err, LockError::Connection(_)), "{text}");
     assert!(text.contains("certificate"), "says why: {text}");
 
     // Without a root certificate only the system's roots count, which do
     // not include the test CA: refused too, no fallback to no verification.
-    let err = connect(LockClient::builder(), &server.tls_url())
+    let err = connect(Deployment::server(server.tls_url()))
         .await
         .expect_err("a private CA not in the system's roots");
     assert!(matches!(err, LockError::Connection(_)), "{}", chain(&err));
@@ -183,24 +174,26 @@ async fn tls_settings_are_checked_by_name() {
     let certs = TestCertificates::generate();
     let cases = [
         (
-            LockClient::builder().tls_root_certificate("not pem"),
-            "rediss://127.0.0.1:1",
+            Deployment::server("rediss://127.0.0.1:1").tls_root_certificate("not pem"),
             "tls_root_certificate",
         ),
         (
-            LockClient::builder().tls_client_identity(certs.client_cert_pem(), "no key here"),
-            "rediss://127.0.0.1:1",
+            Deployment::server("rediss://127.0.0.1:1")
+                .tls_client_identity(certs.client_cert_pem(), "no key here"),
             "tls_client_identity",
         ),
         (
-            LockClient::builder().tls_root_certificate(certs.ca_pem()),
-            "redis://127.0.0.1:1",
+            Deployment::server("redis://127.0.0.1:1").tls_root_certificate(certs.ca_pem()),
             "url",
         ),
+        (
+            Deployment::cluster(["rediss://127.0.0.1:1"]).tls_root_certificate("not pem"),
+            "tls_root_certificate",
+        ),
     ];
-    for (builder, url, expected) in cases {
-        match builder.connect(url).await {
-            Err(LockError::InvalidArgument { name, .. }) => assert_eq!(name, expected, "{url}"),
+    for (redis, expected) in cases {
+        match LockClient::builder().open(redis.clone()).await {
+            Err(LockError::InvalidArgument { name, .. }) => assert_eq!(name, expected, "{redis:?}"),
             other => panic!("expected InvalidArgument({expected}), got {other:?}"),
         }
     }
@@ -222,13 +215,11 @@ async fn an_acl_user_over_plain_and_tls_connections() {
         .tls_url()
         .replace("rediss://", "rediss://soloist:secret@");
     let ca = server.certificates().ca_pem().to_owned();
-    for (url, builder) in [
-        (plain.clone(), LockClient::builder()),
-        (tls, LockClient::builder().tls_root_certificate(ca)),
+    for redis in [
+        Deployment::server(&plain),
+        Deployment::server(tls).tls_root_certificate(ca),
     ] {
-        let locks = connect(builder, &url)
-            .await
-            .expect("connect as the ACL user");
+        let locks = connect(redis).await.expect("connect as the ACL user");
         exercise(&locks, "acl").await;
         // A waiter is woken over pub/sub, which the user may use (`&*`).
         let held = locks.lock("acl").acquire().await.unwrap();
@@ -247,7 +238,7 @@ async fn an_acl_user_over_plain_and_tls_connections() {
     }
 
     let wrong = plain.replace(":secret@", ":wrong@");
-    let err = connect(LockClient::builder(), &wrong)
+    let err = connect(Deployment::server(wrong))
         .await
         .expect_err("a wrong password");
     let text = chain(&err);

@@ -115,11 +115,11 @@ async fn last_claimed(shared: &Shared, spec: &JobSpec) -> Option<DateTime<Utc>> 
 
 /// The counter every tick's fence comes from.
 fn fence_counter(spec: &JobSpec) -> String {
-    format!("cron:{}", escaped(&spec.name))
+    format!("cron:{{{}}}", escaped(&spec.name))
 }
 
 fn last_record(spec: &JobSpec) -> String {
-    format!("cron:{}:last", escaped(&spec.name))
+    format!("cron:{{{}}}:last", escaped(&spec.name))
 }
 
 /// Applies the missed-tick policy to the ticks in `(last, before]`.
@@ -184,7 +184,7 @@ fn recover_missed(
 async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_end: DateTime<Utc>) {
     let spec = &entry.spec;
     let tick_ms = tick.timestamp_millis();
-    let key = format!("cron:{}:{tick_ms}", escaped(&spec.name));
+    let key = format!("cron:{{{}}}:{tick_ms}", escaped(&spec.name));
     let span = tracing::info_span!("soloist.job", job = %spec.name, tick = %tick, fence = tracing::field::Empty);
     async {
         loop {

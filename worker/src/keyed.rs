@@ -1,9 +1,10 @@
 //! Keyed jobs: one execution at a time per rendered key, and with dedupe,
 //! one success per key within the window.
 //!
-//! Under the prefix of the worker's lock client, the run's lock is
-//! `lock:job:{name}:{key}`, and its dedupe record, written with the run's
-//! fence, is the fenced record `job:{name}:{key}`: a run whose lease ended
+//! Under the prefix of the worker's lock client, the run's lock is the lock
+//! on `job:<name>:<key>` (Redis key `lock:{job:<name>:<key>}`), and its
+//! dedupe record, written with the run's fence, is the fenced record of the
+//! same name, in the same hash slot: a run whose lease ended
 //! unnoticed cannot overwrite the record of the run that followed it. The
 //! name is escaped like the key's arguments (see `key.rs`), so a `:` in a
 //! job's name cannot make two jobs share a key.

@@ -10,7 +10,7 @@ use redis::streams::{
     StreamClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
 };
 use redis::{Script, Value};
-use soloist_core::{SharedConnection, TlsOptions};
+use soloist_core::{Deployment, SharedConnection, colocated, hash_slot};
 
 use crate::error::{BoxError, Result, WorkerError};
 use crate::source::{Delivery, Source};
@@ -144,7 +144,6 @@ pub struct StreamSourceBuilder {
     block: Duration,
     retain: u64,
     dead_letter_limit: u64,
-    tls: TlsOptions,
 }
 
 impl StreamSource {
@@ -160,7 +159,6 @@ impl StreamSource {
             block: Duration::from_secs(1),
             retain: 1000,
             dead_letter_limit: 10_000,
-            tls: TlsOptions::default(),
         }
     }
 }
@@ -180,7 +178,11 @@ impl StreamSourceBuilder {
         self
     }
 
-    /// The dead-letter stream's key; default `{stream}:dead`.
+    /// The dead-letter stream's key; default the stream's key with `:dead`
+    /// after it, in a name that shares the stream's hash slot:
+    /// `{orders}:dead` for `orders`, `{shop}:orders:dead` for
+    /// `{shop}:orders` (see [`colocated`](soloist_core::colocated)). On a
+    /// cluster, a name given here must share the stream's hash slot too.
     pub fn dead_letters(mut self, stream: &str) -> Self {
         self.dead_letters = Some(stream.to_owned());
         self
@@ -229,53 +231,10 @@ impl StreamSourceBuilder {
         self
     }
 
-    /// Trusts the CA certificates in `pem` for a `rediss://` server instead
-    /// of the system's trust store, as
-    /// [`ClientBuilder::tls_root_certificate`](soloist_core::ClientBuilder::tls_root_certificate)
-    /// does for locks.
-    ///
-    /// ```no_run
-    /// use soloist::StreamSource;
-    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    /// let orders = StreamSource::builder("orders")
-    ///     .tls_root_certificate(std::fs::read("ca.pem")?)
-    ///     .connect("rediss://redis.internal:6380")
-    ///     .await?;
-    /// # let _ = orders; Ok(()) }
-    /// ```
-    #[cfg(feature = "tls-rustls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls-rustls")))]
-    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls = self.tls.root_certificates(pem);
-        self
-    }
-
-    /// Presents this client certificate chain and private key (both PEM)
-    /// to a `rediss://` server that requires mutual TLS.
-    ///
-    /// ```no_run
-    /// use soloist::StreamSource;
-    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    /// let orders = StreamSource::builder("orders")
-    ///     .tls_root_certificate(std::fs::read("ca.pem")?)
-    ///     .tls_client_identity(std::fs::read("client.pem")?, std::fs::read("client.key")?)
-    ///     .connect("rediss://redis.internal:6380")
-    ///     .await?;
-    /// # let _ = orders; Ok(()) }
-    /// ```
-    #[cfg(feature = "tls-rustls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls-rustls")))]
-    pub fn tls_client_identity(
-        mut self,
-        certificate_pem: impl Into<Vec<u8>>,
-        key_pem: impl Into<Vec<u8>>,
-    ) -> Self {
-        self.tls = self.tls.client_identity(certificate_pem, key_pem);
-        self
-    }
-
-    /// Connects, and creates the stream and group if they do not exist
-    /// (the group then starts from the stream's first entry).
+    /// Connects to the Redis server at `url`, and creates the stream and
+    /// group if they do not exist (the group then starts from the stream's
+    /// first entry); the same as [`open`](Self::open) with
+    /// [`Deployment::server`].
     ///
     /// # Errors
     /// [`WorkerError::InvalidJob`] naming the setting that is out of range
@@ -285,10 +244,45 @@ impl StreamSourceBuilder {
     /// the TLS certificates; [`WorkerError::Lock`] if Redis cannot be
     /// reached.
     pub async fn connect(self, url: &str) -> Result<StreamSource> {
+        self.open(Deployment::server(url)).await
+    }
+
+    /// Connects to `deployment` (one server, a Sentinel-managed primary or a
+    /// Redis Cluster, with its TLS settings), as
+    /// [`ClientBuilder::open`](soloist_core::ClientBuilder::open) does for
+    /// locks, and creates the stream and group if they do not exist. Errors
+    /// as for [`connect`](Self::connect), and a `dead_letters` stream
+    /// outside the stream's hash slot on a cluster.
+    ///
+    /// ```no_run
+    /// use soloist::{Deployment, StreamSource};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = Deployment::server("rediss://redis.internal:6380")
+    ///     .tls_root_certificate(std::fs::read("ca.pem")?);
+    /// let orders = StreamSource::builder("orders").open(redis).await?;
+    /// # let _ = orders; Ok(()) }
+    /// ```
+    pub async fn open(self, deployment: impl Into<Deployment>) -> Result<StreamSource> {
+        let deployment = deployment.into();
         self.validate()?;
         let invalid = |name, reason: String| WorkerError::invalid(&self.stream, name, reason);
+        let dead_letters = match &self.dead_letters {
+            Some(dead) if deployment.is_cluster() && hash_slot(dead) != hash_slot(&self.stream) => {
+                return Err(invalid(
+                    "dead_letters",
+                    format!(
+                        "`{dead}` is in another hash slot than the stream; on a cluster give it the stream's hash tag, e.g. `{}`",
+                        colocated(&self.stream, ":dead").unwrap_or_default()
+                    ),
+                ));
+            }
+            Some(dead) => dead.clone(),
+            None => self.beside(":dead")?,
+        };
+        // Per group: each group runs every entry on its own.
+        let attempts = self.beside(&format!(":{}:attempts", self.group))?;
         let open = |response| {
-            SharedConnection::open(url, &self.tls, OP_TIMEOUT, response).map_err(|err| match err {
+            SharedConnection::open(&deployment, OP_TIMEOUT, response).map_err(|err| match err {
                 soloist_core::LockError::InvalidArgument { name, reason } => invalid(name, reason),
                 other => WorkerError::Lock(other),
             })
@@ -318,11 +312,8 @@ impl StreamSourceBuilder {
             inner: Arc::new(Inner {
                 reader,
                 writer,
-                dead_letters: self
-                    .dead_letters
-                    .unwrap_or_else(|| format!("{}:dead", self.stream)),
-                // Per group: each group runs every entry on its own.
-                attempts: format!("{}:{}:attempts", self.stream, self.group),
+                dead_letters,
+                attempts,
                 stream: self.stream,
                 group: self.group,
                 consumer,
@@ -333,6 +324,17 @@ impl StreamSourceBuilder {
                 dead_letter_limit: self.dead_letter_limit,
                 acked: AtomicU64::new(0),
             }),
+        })
+    }
+
+    /// The name of a key kept beside the stream, in its hash slot.
+    fn beside(&self, suffix: &str) -> Result<String> {
+        colocated(&self.stream, suffix).ok_or_else(|| {
+            WorkerError::invalid(
+                &self.stream,
+                "stream",
+                "holds a `}` outside a hash tag, so no key can share its hash slot".to_owned(),
+            )
         })
     }
 

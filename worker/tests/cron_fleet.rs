@@ -284,7 +284,10 @@ async fn a_lost_lease_cancels_the_run_and_a_peer_takes_over() {
             break run;
         }
     };
-    let lock_key = format!("soloist:lock:cron:fragile:{}", first.0.timestamp_millis());
+    let lock_key = format!(
+        "soloist:lock:=cron:{{fragile}}:{}",
+        first.0.timestamp_millis()
+    );
     server.cli(&["DEL", &lock_key]);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     for replica in replicas {
@@ -321,7 +324,7 @@ async fn missed_ticks_follow_the_policy() {
         let last = Utc::now() - TimeDelta::seconds(20);
         let last_ms = u64::try_from(last.timestamp_millis()).unwrap();
         locks
-            .fenced_set("cron:hourly-ish:last", last_ms, last_ms.to_string())
+            .fenced_set("cron:{hourly-ish}:last", last_ms, last_ms.to_string())
             .await
             .unwrap();
         let runs: Runs = Arc::default();
@@ -385,7 +388,7 @@ async fn shutdown_waits_for_runs_then_cancels_them() {
         replica.stop().await;
         assert_eq!(*completed.lock().unwrap(), completes, "grace {grace:?}");
         let tick = runs.lock().unwrap()[0].0.timestamp_millis();
-        let lock_key = format!("soloist:lock:cron:long:{tick}");
+        let lock_key = format!("soloist:lock:=cron:{{long}}:{tick}");
         assert_eq!(
             server.cli(&["EXISTS", &lock_key]),
             "0",
@@ -408,7 +411,7 @@ fn until(at: DateTime<Utc>) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_runs_only_once_its_claim_is_recorded() {
     let server = RedisServer::start();
-    let last_key = "soloist:fenced:cron:every-3s:last";
+    let last_key = "soloist:fenced:=cron:{every-3s}:last";
     server.cli(&["SET", last_key, "not a record"]);
     let runs: Runs = Arc::default();
     let worker = |locks: LockClient| {
@@ -431,7 +434,7 @@ async fn a_tick_runs_only_once_its_claim_is_recorded() {
 
     // The markers expire; the claim record is readable again and older.
     for marker in server
-        .cli(&["KEYS", "soloist:fenced:cron:every-3s:*"])
+        .cli(&["KEYS", "soloist:fenced:=cron:{every-3s}:*"])
         .lines()
     {
         server.cli(&["DEL", marker.trim()]);
@@ -439,7 +442,7 @@ async fn a_tick_runs_only_once_its_claim_is_recorded() {
     let locks = client(&server).await;
     let old_ms = u64::try_from(tick_ms - 60_000).unwrap();
     locks
-        .fenced_set("cron:every-3s:last", old_ms, old_ms.to_string())
+        .fenced_set("cron:{every-3s}:last", old_ms, old_ms.to_string())
         .await
         .unwrap();
     // Past the tick's grace, before the next tick's: recovery's latest
@@ -486,7 +489,7 @@ async fn ticks_draw_fences_from_one_counter_per_job() {
         "fences increase from tick to tick: {by_tick:?}"
     );
     let counters = server.cli(&["KEYS", "soloist:fence:*"]);
-    assert_eq!(counters.trim(), "soloist:fence:cron:every-second");
+    assert_eq!(counters.trim(), "soloist:fence:=cron:{every-second}");
     let left: Vec<String> = server
         .cli(&["KEYS", "soloist:*"])
         .lines()
@@ -497,7 +500,7 @@ async fn ticks_draw_fences_from_one_counter_per_job() {
     // One key per tick remains: its done-marker, which expires.
     for key in &left {
         assert!(
-            key.starts_with("soloist:fenced:cron:every-second:"),
+            key.starts_with("soloist:fenced:=cron:{every-second}:"),
             "{key} left behind"
         );
         let ttl: u64 = server.cli(&["PTTL", key]).trim().parse().unwrap();

@@ -154,11 +154,11 @@ async fn a_lost_run_is_not_a_success() {
     let job = charge_job(spec, runs.clone(), 2 * SECOND);
     let (outcome, ()) = tokio::join!(a.run(&job, 5), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        server.cli(&["DEL", "soloist:lock:job:charge:invoice:5"]);
+        server.cli(&["DEL", "soloist:lock:{job:charge:invoice:5}"]);
     });
     assert!(matches!(outcome.unwrap(), RunOutcome::Lost));
     assert_eq!(
-        server.cli(&["EXISTS", "soloist:fenced:job:charge:invoice:5"]),
+        server.cli(&["EXISTS", "soloist:fenced:{job:charge:invoice:5}"]),
         "0"
     );
     let fast = charge_job(
@@ -277,7 +277,7 @@ async fn signal_on_lost_lets_the_body_finish_but_records_lost() {
     );
     let (outcome, ()) = tokio::join!(a.run(&job, 1), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        server.cli(&["DEL", "soloist:lock:job:careful:k:1"]);
+        server.cli(&["DEL", "soloist:lock:{job:careful:k:1}"]);
     });
     assert!(matches!(outcome.unwrap(), RunOutcome::Lost));
     assert_eq!(

@@ -172,7 +172,7 @@ fn consumption_resumes_after_redis_is_killed_and_restarted() {
         effects.lines().all(|count| count == "1"),
         "every key's effect applied exactly once: {effects}"
     );
-    assert_eq!(server.cli(&["XLEN", "orders:dead"]), "0");
+    assert_eq!(server.cli(&["XLEN", "{orders}:dead"]), "0");
 }
 
 #[test]
@@ -229,10 +229,11 @@ fn a_job_that_always_times_out_is_dead_lettered() {
     let _stop = start(&runtime, &url, source, slow);
     enqueue(&server, "slow", "a");
     assert!(
-        eventually(15 * SECOND, || server.cli(&["XLEN", "orders:dead"]) == "1"),
+        eventually(15 * SECOND, || server.cli(&["XLEN", "{orders}:dead"])
+            == "1"),
         "dead-lettered after three timed-out runs"
     );
-    let dead = server.cli(&["XRANGE", "orders:dead", "-", "+"]);
+    let dead = server.cli(&["XRANGE", "{orders}:dead", "-", "+"]);
     assert!(
         dead.contains("failed 3 times: run ended timed_out"),
         "{dead}"
@@ -263,7 +264,7 @@ fn a_lock_backend_down_for_a_while_dead_letters_nothing() {
     // Each entry is delivered many times over (visibility 300 ms) and
     // cannot run once.
     std::thread::sleep(3 * SECOND);
-    let dead_meanwhile = stream.cli(&["XLEN", "orders:dead"]);
+    let dead_meanwhile = stream.cli(&["XLEN", "{orders}:dead"]);
     locks.start_again();
     assert_eq!(
         dead_meanwhile, "0",
@@ -274,7 +275,7 @@ fn a_lock_backend_down_for_a_while_dead_letters_nothing() {
             && pending(&stream) == "0"),
         "every entry ran once the lock backend came back"
     );
-    assert_eq!(stream.cli(&["XLEN", "orders:dead"]), "0");
+    assert_eq!(stream.cli(&["XLEN", "{orders}:dead"]), "0");
 }
 
 #[test]
@@ -329,7 +330,7 @@ fn a_peer_re_claiming_a_busy_key_does_not_dead_letter_it() {
         server.cli(&["HGET", "runs", "a"]),
         pending(&server)
     );
-    let deliveries = server.cli(&["XLEN", "orders:dead"]);
+    let deliveries = server.cli(&["XLEN", "{orders}:dead"]);
     assert_eq!(deliveries, "0", "re-claims of the busy key did not count");
 }
 
@@ -394,7 +395,8 @@ fn a_message_whose_consumer_dies_during_every_run_is_dead_lettered() {
         .expect("source");
     let _stop = start(&runtime, &url, source, fatal());
     assert!(
-        eventually(10 * SECOND, || server.cli(&["XLEN", "orders:dead"]) == "1"),
+        eventually(10 * SECOND, || server.cli(&["XLEN", "{orders}:dead"])
+            == "1"),
         "dead-lettered after three runs that never finished"
     );
     assert_eq!(
@@ -402,7 +404,7 @@ fn a_message_whose_consumer_dies_during_every_run_is_dead_lettered() {
         "3",
         "not run a fourth time"
     );
-    let dead = server.cli(&["XRANGE", "orders:dead", "-", "+"]);
+    let dead = server.cli(&["XRANGE", "{orders}:dead", "-", "+"]);
     assert!(dead.contains("started and never finished"), "{dead}");
     assert_eq!(pending(&server), "0");
 }
@@ -439,7 +441,7 @@ fn a_last_run_that_succeeded_but_was_never_acknowledged_is_not_dead_lettered() {
         "the survivor settled the entry"
     );
     assert_eq!(
-        server.cli(&["XLEN", "orders:dead"]),
+        server.cli(&["XLEN", "{orders}:dead"]),
         "0",
         "acknowledged as the success it was, not dead-lettered"
     );
@@ -643,7 +645,10 @@ fn pending_and_undelivered_entries_are_never_trimmed() {
                 .await
                 .expect("dead letter");
         }
-        let dead: usize = server.cli(&["XLEN", "orders:dead"]).parse().expect("xlen");
+        let dead: usize = server
+            .cli(&["XLEN", "{orders}:dead"])
+            .parse()
+            .expect("xlen");
         assert!(dead <= 20 + 10, "{dead} dead letters kept of 100, limit 20");
     });
 }
@@ -695,5 +700,5 @@ fn shutdown_ends_a_consumer_waiting_for_a_busy_key() {
     });
     assert!(pending(&server).starts_with('1'), "left for redelivery");
     assert_eq!(server.cli(&["EXISTS", "effects"]), "0", "the job never ran");
-    assert_eq!(server.cli(&["XLEN", "orders:dead"]), "0");
+    assert_eq!(server.cli(&["XLEN", "{orders}:dead"]), "0");
 }

@@ -315,7 +315,7 @@ fn five_consumers_killed_at_random_apply_each_key_exactly_once() {
         .map(|(key, count)| {
             let record = server.cli(&[
                 "HGET",
-                &format!("soloist:fenced:job:apply:order:{key}"),
+                &format!("soloist:fenced:{{job:apply:order:{key}}}"),
                 "fence",
             ]);
             let applications = applied.get(key).map_or(&[][..], Vec::as_slice);
@@ -391,7 +391,7 @@ fn five_consumers_killed_at_random_apply_each_key_exactly_once() {
         length <= 1000 + 100 * incarnations,
         "{length} of {MESSAGES} entries left"
     );
-    assert_eq!(server.cli(&["XLEN", "orders:dead"]), "0", "dead letters");
+    assert_eq!(server.cli(&["XLEN", "{orders}:dead"]), "0", "dead letters");
     let missing: Vec<&String> = distinct
         .iter()
         .filter(|key| !effects.contains_key(*key))

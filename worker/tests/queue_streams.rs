@@ -120,7 +120,7 @@ async fn duplicates_poison_and_malformed_entries() {
         "3",
         "tried max_deliveries times"
     );
-    let dead = server.cli(&["XRANGE", "orders:dead", "-", "+"]);
+    let dead = server.cli(&["XRANGE", "{orders}:dead", "-", "+"]);
     assert!(
         dead.contains("failed 3 times: cannot charge poison"),
         "{dead}"
@@ -128,7 +128,7 @@ async fn duplicates_poison_and_malformed_entries() {
     assert!(dead.contains("malformed entry"), "{dead}");
     assert!(dead.contains("bad arguments"), "{dead}");
     assert!(dead.contains("no job named `refund`"), "{dead}");
-    assert_eq!(server.cli(&["XLEN", "orders:dead"]), "4");
+    assert_eq!(server.cli(&["XLEN", "{orders}:dead"]), "4");
     assert_eq!(pending(&server), "0", "everything was acknowledged");
     assert_eq!(probe.lag().await.unwrap(), Some(0));
 }
@@ -198,5 +198,5 @@ fn a_consumer_killed_before_acking_does_not_run_the_job_twice() {
         "the redelivered entry did not run the job again"
     );
     assert_eq!(pending(&server), "0", "and it was acknowledged");
-    assert_eq!(server.cli(&["XLEN", "orders:dead"]), "0");
+    assert_eq!(server.cli(&["XLEN", "{orders}:dead"]), "0");
 }

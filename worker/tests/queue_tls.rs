@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use soloist::{
-    BoxError, JobContext, JobSpec, KeyedJob, LockClient, Source, StreamSource, StreamSourceBuilder,
-    Worker, WorkerError, keyed_job,
+    BoxError, Deployment, JobContext, JobSpec, KeyedJob, LockClient, Source, StreamSource,
+    StreamSourceBuilder, Worker, WorkerError, keyed_job,
 };
 use soloist_testkit::RedisServer;
 use tokio::sync::mpsc;
@@ -46,11 +46,19 @@ fn with_user(url: &str) -> String {
 
 /// Enqueues three orders through `source`, runs a worker until each ran
 /// once, and checks nothing is left to deliver.
-async fn consume_three(locks: LockClient, source: impl Fn() -> StreamSourceBuilder, url: &str) {
+async fn consume_three(
+    locks: LockClient,
+    source: impl Fn() -> StreamSourceBuilder,
+    redis: Deployment,
+) {
     let (runs, mut ran) = mpsc::unbounded_channel();
     let worker = Worker::builder(locks)
         .consume(
-            source().consumer("one").connect(url).await.expect("source"),
+            source()
+                .consumer("one")
+                .open(redis.clone())
+                .await
+                .expect("source"),
             charge(runs.clone()),
         )
         .build()
@@ -78,11 +86,7 @@ async fn consume_three(locks: LockClient, source: impl Fn() -> StreamSourceBuild
     ids.sort_unstable();
     assert_eq!(ids, ["a", "b", "c"], "each order ran once");
     assert!(seen.iter().all(|&(_, fence)| fence > 0));
-    let probe = source()
-        .consumer("probe")
-        .connect(url)
-        .await
-        .expect("probe");
+    let probe = source().consumer("probe").open(redis).await.expect("probe");
     assert_eq!(probe.lag().await.unwrap(), Some(0), "all delivered");
 }
 
@@ -91,24 +95,19 @@ async fn a_stream_consumer_over_mutual_tls_as_an_acl_user() {
     let server = acl_server(RedisServer::builder().tls_auth_clients(true));
     let url = with_user(&server.tls_url());
     let certs = server.certificates().clone();
-    let locks = LockClient::builder()
+    let redis = Deployment::server(&url)
         .tls_root_certificate(certs.ca_pem())
-        .tls_client_identity(certs.client_cert_pem(), certs.client_key_pem())
-        .connect(&url)
+        .tls_client_identity(certs.client_cert_pem(), certs.client_key_pem());
+    let locks = LockClient::builder()
+        .open(redis.clone())
         .await
         .expect("locks over mutual TLS");
-    let source = || {
-        StreamSource::builder("orders")
-            .block(Duration::from_millis(100))
-            .tls_root_certificate(certs.ca_pem())
-            .tls_client_identity(certs.client_cert_pem(), certs.client_key_pem())
-    };
-    consume_three(locks, source, &url).await;
+    let source = || StreamSource::builder("orders").block(Duration::from_millis(100));
+    consume_three(locks, source, redis).await;
 
     // Without the client identity the server refuses the handshake.
     let refused = StreamSource::builder("orders")
-        .tls_root_certificate(certs.ca_pem())
-        .connect(&url);
+        .open(Deployment::server(&url).tls_root_certificate(certs.ca_pem()));
     match tokio::time::timeout(10 * SECOND, refused).await {
         Ok(Err(WorkerError::Lock(soloist::LockError::Connection(_)))) => {}
         other => panic!("expected a connection error, got {other:?}"),
@@ -123,14 +122,13 @@ async fn a_stream_consumer_as_an_acl_user_over_plain_tcp() {
         .await
         .expect("locks as the ACL user");
     let source = || StreamSource::builder("orders").block(Duration::from_millis(100));
-    consume_three(locks, source, &url).await;
+    consume_three(locks, source, Deployment::server(url)).await;
 }
 
 #[tokio::test]
 async fn bad_tls_settings_name_the_setting() {
     let err = StreamSource::builder("orders")
-        .tls_root_certificate("not pem")
-        .connect("rediss://127.0.0.1:1")
+        .open(Deployment::server("rediss://127.0.0.1:1").tls_root_certificate("not pem"))
         .await
         .expect_err("not a certificate");
     assert!(

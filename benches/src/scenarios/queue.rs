@@ -437,7 +437,8 @@ impl Queue {
             (0, Some(0)),
             "queue: {library} left entries pending or unread in {stream}"
         );
-        let dead_letters = format!("{stream}:dead");
+        let dead_letters =
+            soloist_core::colocated(stream, ":dead").expect("queue: a plain stream name");
         let dead_entries: u64 = redis::cmd("XLEN")
             .arg(&dead_letters)
             .query_async(&mut self.setup)

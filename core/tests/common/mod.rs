@@ -86,7 +86,7 @@ pub fn command_calls(server: &RedisServer, command: &str) -> u64 {
 /// How many clients queue for `key` on `server`.
 pub fn queued(server: &RedisServer, key: &str) -> usize {
     server
-        .cli(&["LLEN", &format!("soloist:waiters:{key}")])
+        .cli(&["LLEN", &format!("soloist:waiters:{{{key}}}")])
         .parse()
         .expect("LLEN is a number")
 }
