@@ -66,7 +66,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `tls-rustls` | no | `rediss://` URLs, and `tls_root_certificate` / `tls_client_identity` on [`ClientBuilder`] and [`StreamSourceBuilder`] for private CAs and mutual TLS; rustls with the `ring` crypto provider, which builds with a C compiler alone (aws-lc-rs also needs cmake) |
+//! | `tls-rustls` | no | `rediss://` URLs, and `tls_root_certificate` / `tls_client_identity` on [`Deployment`] for private CAs and mutual TLS; rustls with the `ring` crypto provider, which builds with a C compiler alone (aws-lc-rs also needs cmake) |
 //!
 //! Without `tls-rustls` a `rediss://` URL is refused at connect with
 //! [`LockError::InvalidArgument`] naming `url`.

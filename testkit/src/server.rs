@@ -36,7 +36,8 @@ const NOT_FOUND: &str = "redis-server not found on PATH: install it (e.g. `sudo 
 pub const SOLOIST_ACL_RULES: &[&str] = &[
     "resetkeys",
     "~soloist:*",
-    "~orders*",
+    "~orders",
+    "~{orders}:*",
     "resetchannels",
     "&soloist:*",
     "-@all",
@@ -46,6 +47,8 @@ pub const SOLOIST_ACL_RULES: &[&str] = &[
     "+@pubsub",
     "+@stream",
     "+@connection",
+    "+multi",
+    "+exec",
     "+time",
     "-@dangerous",
 ];

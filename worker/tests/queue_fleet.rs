@@ -13,9 +13,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
-use soloist::{
-    JobContext, JobSpec, KeyedJob, LockClient, Source, StreamSource, Worker, keyed_job,
-};
+use soloist::{JobContext, JobSpec, KeyedJob, LockClient, Source, StreamSource, Worker, keyed_job};
 use soloist_testkit::{ChildProcess, RedisServer, child_role, send_to_parent};
 
 const TEST: &str = "five_consumers_killed_at_random_apply_each_key_exactly_once";
@@ -391,7 +389,9 @@ fn five_consumers_killed_at_random_apply_each_key_exactly_once() {
     // until the next trim: a fresh consumer's first acknowledgement trims
     // to the 1000 finished entries retention keeps, and the newest entry,
     // from which the trim counts.
-    server.cli(&["XADD", "orders", "*", "job", "none", "key", "k", "payload", "0"]);
+    server.cli(&[
+        "XADD", "orders", "*", "job", "none", "key", "k", "payload", "0",
+    ]);
     runtime.block_on(async {
         let last = source(&url, "last").await;
         let deliveries = last.receive(10).await.expect("receive");

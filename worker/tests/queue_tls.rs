@@ -122,7 +122,40 @@ async fn a_stream_consumer_as_an_acl_user_over_plain_tcp() {
         .await
         .expect("locks as the ACL user");
     let source = || StreamSource::builder("orders").block(Duration::from_millis(100));
-    consume_three(locks, source, Deployment::server(url)).await;
+    consume_three(locks, source, Deployment::server(&url)).await;
+
+    // Attempt counts and dead letters live beside the stream, where the
+    // recipe's `~{orders}:*` lets the user write.
+    let failing = source()
+        .consumer("two")
+        .connect(&url)
+        .await
+        .expect("source");
+    failing
+        .enqueue("charge", "d", b"\"d\"".to_vec())
+        .await
+        .expect("enqueue");
+    let deliveries = failing.receive(10).await.expect("receive");
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(
+        failing.record_attempt(&deliveries[0]).await.expect("count"),
+        1
+    );
+    failing
+        .dead_letter(&deliveries[0], "given up")
+        .await
+        .expect("dead-letter as the ACL user");
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let dead: u64 = redis::cmd("XLEN")
+        .arg("{orders}:dead")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead, 1);
 }
 
 #[tokio::test]
