@@ -144,10 +144,47 @@ impl RedisNode {
         format!("{}{}", self.wake_prefix, self.client_id)
     }
 
+    /// Checks the server is reachable and safe to use: see
+    /// [`check_eviction_policy`](Self::check_eviction_policy) and
+    /// [`check_wake_permission`](Self::check_wake_permission).
+    pub(crate) async fn check_server(&self) -> Result<()> {
+        self.check_eviction_policy().await?;
+        self.check_wake_permission().await
+    }
+
+    /// Releases wake waiters over pub/sub, so an ACL user needs the wake
+    /// channels (`&<prefix>*`). Without them waiting would silently fall
+    /// back to polling: refuse at connect instead, saying what is missing.
+    async fn check_wake_permission(&self) -> Result<()> {
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.wake_channel()).arg("");
+        let reply: Result<i64> = self
+            .with_connection("publish", async |conn| {
+                publish.query_async(&mut conn.conn).await
+            })
+            .await;
+        match reply {
+            Err(LockError::Protocol(err)) if err.code() == Some("NOPERM") => {
+                Err(LockError::invalid(
+                    "acl",
+                    format!(
+                        "the user may not publish on `{}*`, where releases wake waiting clients: grant it `&{}*`",
+                        self.wake_prefix,
+                        self.wake_prefix
+                            .strip_suffix("wake:")
+                            .unwrap_or(&self.wake_prefix)
+                    ),
+                ))
+            }
+            Err(err) => Err(err),
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// Eviction can delete a held lock key (or a fence counter) under memory
     /// pressure, which silently breaks mutual exclusion; only `noeviction`
     /// is safe. Servers that refuse `CONFIG` are let through unchecked.
-    pub(crate) async fn check_eviction_policy(&self) -> Result<()> {
+    async fn check_eviction_policy(&self) -> Result<()> {
         let mut cmd = redis::cmd("CONFIG");
         cmd.arg("GET").arg("maxmemory-policy");
         let reply: Result<Vec<String>> = self

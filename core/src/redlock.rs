@@ -132,8 +132,17 @@ impl RedlockBackend {
             nodes.push(Arc::new(RedisNode::new(target, settings)));
         }
         let quorum = nodes.len() / 2 + 1;
-        let checks =
-            futures::future::join_all(nodes.iter().map(|node| node.check_eviction_policy())).await;
+        let mut checks =
+            futures::future::join_all(nodes.iter().map(|node| node.check_server())).await;
+        // A refusal that is not about reachability (an ACL without the wake
+        // channels) would hold on every node: report it.
+        if let Some(at) = checks
+            .iter()
+            .position(|check| matches!(check, Err(LockError::InvalidArgument { .. })))
+            && let Err(refusal) = checks.swap_remove(at)
+        {
+            return Err(refusal);
+        }
         let reachable = checks.iter().filter(|check| check.is_ok()).count();
         if reachable < quorum {
             let first_failure = checks.into_iter().find_map(Result::err);

@@ -29,7 +29,7 @@ impl RedisBackend {
     ) -> Result<Arc<Self>> {
         let target = Target::open(deployment, settings.op_timeout, settings.op_timeout)?;
         let node = Arc::new(RedisNode::new(target, settings));
-        node.check_eviction_policy().await?;
+        node.check_server().await?;
         let notices = ReleaseNotices::new(vec![node.clone()], settings.op_timeout);
         Ok(Arc::new(RedisBackend { node, notices }))
     }

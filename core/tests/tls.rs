@@ -5,7 +5,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use soloist::{Deployment, LockClient, LockError};
-use soloist_testkit::{RedisServer, TestCertificates};
+use soloist_testkit::{RedisServer, SOLOIST_ACL_RULES, TestCertificates};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -243,4 +243,60 @@ async fn an_acl_user_over_plain_and_tls_connections() {
         .expect_err("a wrong password");
     let text = chain(&err);
     assert!(!text.contains("wrong@"), "the password stays out: {text}");
+}
+
+/// The recipe's user without `&soloist:*`: refused at connect, saying what
+/// is missing; and a release whose wake-up the server refuses (the channel
+/// permission revoked while a client waits) still reports the key it
+/// deleted as released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wake_channel_permission() {
+    let server = RedisServer::start();
+    let mut rules = vec!["SETUSER", "soloist", "on", ">secret"];
+    rules.extend(
+        SOLOIST_ACL_RULES
+            .iter()
+            .copied()
+            .filter(|rule| !rule.starts_with('&')),
+    );
+    let mut command = vec!["ACL"];
+    command.extend(rules);
+    assert_eq!(server.cli(&command), "OK");
+    let url = server.url().replace("redis://", "redis://soloist:secret@");
+
+    match connect(Deployment::server(&url)).await {
+        Err(LockError::InvalidArgument {
+            name: "acl",
+            reason,
+        }) => {
+            assert!(reason.contains("&soloist:*"), "{reason}");
+        }
+        other => panic!("expected InvalidArgument(acl), got {other:?}"),
+    }
+
+    assert_eq!(
+        server.cli(&["ACL", "SETUSER", "soloist", "&soloist:*"]),
+        "OK"
+    );
+    let locks = connect(Deployment::server(&url)).await.expect("connect");
+    let held = locks.lock("k").acquire().await.expect("acquire");
+    let waiter = {
+        let other = connect(Deployment::server(&url)).await.expect("connect");
+        tokio::spawn(async move { other.lock("k").wait(20 * SECOND).acquire().await })
+    };
+    while server.cli(&["LLEN", "soloist:waiters:{k}"]) != "1" {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        server.cli(&["ACL", "SETUSER", "soloist", "resetchannels"]),
+        "OK"
+    );
+    held.release().await.expect("the key was deleted: released");
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{k}"]), "0");
+    let next = tokio::time::timeout(20 * SECOND, waiter)
+        .await
+        .expect("the waiter polls its way in")
+        .unwrap()
+        .expect("acquired");
+    assert!(next.fence() > 0);
 }

@@ -14,9 +14,16 @@ if value then
   end
   return 0
 end
+-- A refused PUBLISH (a user without the channel permission) ends the
+-- loop without failing the script: the key is gone either way, and the
+-- waiters find it at their next poll.
 while true do
   local client = redis.call('LPOP', KEYS[2])
-  if not client or redis.call('PUBLISH', ARGV[2] .. client, ARGV[3]) > 0 then
+  if not client then
+    break
+  end
+  local reached = redis.pcall('PUBLISH', ARGV[2] .. client, ARGV[3])
+  if type(reached) ~= 'number' or reached > 0 then
     break
   end
 end
