@@ -16,6 +16,13 @@
 //!   or [`stall`](Proxy::stall) the traffic without touching the server (a network partition).
 //! - [`ReplicaSet`] is a primary and a replica synchronised with it, for tests of replica
 //!   acknowledgement; pause or kill its replica to leave writes unacknowledged.
+//! - [`RedisCluster`] is a Redis Cluster of three primaries with one replica each, six servers
+//!   joined with `redis-cli --cluster create`, plain or TLS. It computes slots
+//!   ([`RedisCluster::slot_of`]), kills the primary of a slot and waits for its replica to take
+//!   over ([`RedisCluster::kill_primary_of`]), and moves slots with their keys while clients
+//!   write ([`RedisCluster::migrate_slot`], step by step with
+//!   [`RedisCluster::begin_migration`], or `redis-cli --cluster reshard` with
+//!   [`RedisCluster::reshard`]).
 //! - [`ChildProcess`] re-runs the current test binary to execute one test function as a
 //!   separate process, so a test can kill or freeze a lock holder that is a real other process.
 //!
@@ -48,13 +55,16 @@
 
 mod certs;
 mod child;
+mod cluster;
 mod proxy;
 mod replicas;
+mod resp;
 mod server;
 mod signal;
 
 pub use certs::TestCertificates;
 pub use child::{ChildProcess, child_role, read_from_parent, send_to_parent};
+pub use cluster::{Failover, RedisCluster, RedisClusterBuilder, SlotMigration};
 pub use proxy::Proxy;
 pub use replicas::ReplicaSet;
 pub use server::{RedisServer, RedisServerBuilder, SOLOIST_ACL_RULES};

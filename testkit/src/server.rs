@@ -98,6 +98,10 @@ pub struct RedisServerBuilder {
     args: Vec<String>,
     /// `Some(auth_clients)` once TLS is asked for.
     tls: Option<bool>,
+    /// Certificates to use instead of fresh ones ([`tls_certificates`](Self::tls_certificates)).
+    certs: Option<TestCertificates>,
+    /// A cluster node: `--cluster-enabled yes` with a bus port picked per start attempt.
+    cluster: bool,
 }
 
 impl RedisServerBuilder {
@@ -112,7 +116,8 @@ impl RedisServerBuilder {
     }
 
     /// Also listens for TLS on a second free port, with a fresh private CA and a server
-    /// certificate for `127.0.0.1` ([`TestCertificates`], written to the server's temp dir).
+    /// certificate for `127.0.0.1` ([`TestCertificates`], written to the server's temp dir;
+    /// [`tls_certificates`](Self::tls_certificates) passes a set instead).
     /// Clients need not present a certificate unless
     /// [`tls_auth_clients`](Self::tls_auth_clients) says so.
     ///
@@ -139,6 +144,27 @@ impl RedisServerBuilder {
         self
     }
 
+    /// TLS ([`tls`](Self::tls)) with `certs` instead of a fresh set, so that several servers
+    /// share one CA and trust each other (a TLS replica, the nodes of a TLS
+    /// [`RedisCluster`](crate::RedisCluster)).
+    ///
+    /// Every TLS server presents the client certificate of its set on the connections it opens
+    /// itself (`--tls-client-cert-file`): to its primary, to other cluster nodes, for
+    /// `MIGRATE`.
+    pub fn tls_certificates(mut self, certs: TestCertificates) -> Self {
+        self.tls.get_or_insert(false);
+        self.certs = Some(certs);
+        self
+    }
+
+    /// Makes the server a cluster node: `--cluster-enabled yes`, its `nodes.conf` in its temp
+    /// dir, and a cluster bus port picked freely on every start attempt (`--cluster-port`;
+    /// the default, port + 10000, overflows for ephemeral ports above 55535).
+    pub(crate) fn cluster_node(mut self) -> Self {
+        self.cluster = true;
+        self
+    }
+
     /// Starts the server and waits until it answers.
     ///
     /// If another process grabs the chosen port before the server binds it, a new free port is
@@ -154,7 +180,9 @@ impl RedisServerBuilder {
             .prefix("soloist-redis-")
             .tempdir()
             .expect("create a temp dir for redis-server");
-        let certs = self.tls.map(|_| write_certificates(dir.path()));
+        let certs = self
+            .tls
+            .map(|_| write_certificates(dir.path(), self.certs.clone()));
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
@@ -162,6 +190,9 @@ impl RedisServerBuilder {
             let mut args = Vec::new();
             if let (Some(tls_port), Some(auth_clients)) = (tls_port, self.tls) {
                 args.extend(tls_args(dir.path(), tls_port, auth_clients));
+            }
+            if self.cluster {
+                args.extend(cluster_args(dir.path(), free_port()));
             }
             args.extend(self.args.iter().cloned());
             let deadline = Instant::now() + READY_TIMEOUT;
@@ -242,6 +273,19 @@ impl RedisServer {
     /// The TCP port the server listens on; the same for the server's whole life.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS port; panics without TLS.
+    pub(crate) fn tls_port(&self) -> u16 {
+        self.tls_listener().port
+    }
+
+    /// A `redis-cli` command with no arguments yet and stdin closed; see [`cli`](Self::cli)
+    /// for how the binary is found.
+    pub(crate) fn cli_command(&self) -> Command {
+        let mut command = Command::new(redis_cli_bin(&self.bin));
+        command.stdin(Stdio::null());
+        command
     }
 
     /// The process id, or `None` when the server is not running (killed, or exited on its own).
@@ -361,13 +405,17 @@ impl RedisServer {
     ///
     /// If `redis-cli` cannot be run or exits unsuccessfully (the message includes its stderr).
     pub fn cli(&self, args: &[&str]) -> String {
-        let cli = redis_cli_bin(&self.bin);
-        let output = Command::new(&cli)
+        let mut command = self.cli_command();
+        let output = command
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
-            .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", cli.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e}",
+                    command.get_program().to_string_lossy()
+                )
+            });
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -422,13 +470,15 @@ impl Drop for RedisServer {
     }
 }
 
-/// Generates certificates and writes the server's files to `dir`.
-fn write_certificates(dir: &Path) -> TestCertificates {
-    let certs = TestCertificates::generate();
+/// Writes the server's files to `dir`: those of `certs`, or of freshly generated ones.
+fn write_certificates(dir: &Path, certs: Option<TestCertificates>) -> TestCertificates {
+    let certs = certs.unwrap_or_else(TestCertificates::generate);
     for (name, pem) in [
         ("ca.pem", certs.ca_pem()),
         ("server.pem", certs.server_cert_pem()),
         ("server.key", certs.server_key_pem()),
+        ("client.pem", certs.client_cert_pem()),
+        ("client.key", certs.client_key_pem()),
     ] {
         fs::write(dir.join(name), pem)
             .unwrap_or_else(|e| panic!("write {name} to {}: {e}", dir.display()));
@@ -449,8 +499,28 @@ fn tls_args(dir: &Path, port: u16, auth_clients: bool) -> Vec<String> {
         file("server.key"),
         "--tls-ca-cert-file".to_owned(),
         file("ca.pem"),
+        // Outgoing connections (replication, cluster bus, MIGRATE) present the client
+        // certificate: the server certificate is for server authentication only, and the
+        // cluster bus always asks for a client certificate.
+        "--tls-client-cert-file".to_owned(),
+        file("client.pem"),
+        "--tls-client-key-file".to_owned(),
+        file("client.key"),
         "--tls-auth-clients".to_owned(),
         if auth_clients { "yes" } else { "no" }.to_owned(),
+    ]
+}
+
+/// The arguments of a cluster node keeping its configuration in `dir` and its bus on
+/// `bus_port`.
+fn cluster_args(dir: &Path, bus_port: u16) -> Vec<String> {
+    vec![
+        "--cluster-enabled".to_owned(),
+        "yes".to_owned(),
+        "--cluster-config-file".to_owned(),
+        dir.join("nodes.conf").display().to_string(),
+        "--cluster-port".to_owned(),
+        bus_port.to_string(),
     ]
 }
 
