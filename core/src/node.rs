@@ -240,12 +240,15 @@ impl RedisNode {
     async fn script<T: FromRedisValue>(
         &self,
         op: &'static str,
+        script: &Script,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T> {
-        self.with_connection(op, async |conn| {
-            invocation.invoke_async(&mut conn.conn).await
-        })
-        .await
+        let (reply, _) = self
+            .with_connection(op, async |conn| {
+                run_script(&mut conn.conn, script, invocation, None).await
+            })
+            .await?;
+        Ok(reply)
     }
 
     /// Runs a script that writes, then `WAIT`s for the configured replicas
@@ -254,32 +257,64 @@ impl RedisNode {
     async fn script_replicated<T: FromRedisValue>(
         &self,
         op: &'static str,
+        script: &Script,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<(T, Option<u32>)> {
-        let Some(replicas) = self.replicas else {
-            return Ok((self.script(op, invocation).await?, None));
-        };
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas.count).arg(millis(replicas.timeout));
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(invocation).add_command(wait.clone());
+        let wait = self.replicas.map(|replicas| {
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(replicas.count).arg(millis(replicas.timeout));
+            wait
+        });
         self.with_connection(op, async |conn| {
-            match pipe.query_async(&mut conn.conn).await {
-                // A pipelined EVALSHA does not load its script on NOSCRIPT
-                // (a new server, a restart, SCRIPT FLUSH): this once, run
-                // it the usual way, which loads it, then `WAIT`.
-                Err(err)
-                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    let reply = invocation.invoke_async(&mut conn.conn).await?;
-                    let acknowledged = wait.query_async(&mut conn.conn).await?;
-                    Ok((reply, Some(acknowledged)))
-                }
-                Err(err) => Err(err),
-                Ok((reply, acknowledged)) => Ok((reply, Some(acknowledged))),
-            }
+            run_script(&mut conn.conn, script, invocation, wait.as_ref()).await
         })
         .await
+    }
+}
+
+/// Runs `invocation` of `script`, then `wait` if given, in one pipeline,
+/// returning the script's reply and what `WAIT` answered. A server that does
+/// not know the script (new, restarted, `SCRIPT FLUSH`) answers `NOSCRIPT`:
+/// then the pipeline is sent once more with `SCRIPT LOAD` in front, so on a
+/// cluster the script is loaded on the node that runs it (redis-rs' own
+/// fallback loads it on every node, and fails while one is down).
+async fn run_script<T: FromRedisValue>(
+    conn: &mut crate::pool::Conn,
+    script: &Script,
+    invocation: &ScriptInvocation<'_>,
+    wait: Option<&redis::Cmd>,
+) -> Result<(T, Option<u32>), RedisError> {
+    let pipeline = |load: bool| {
+        let mut pipe = redis::pipe();
+        if load {
+            pipe.load_script(script).ignore();
+        }
+        pipe.invoke_script(invocation);
+        if let Some(wait) = wait {
+            pipe.add_command(wait.clone());
+        }
+        pipe
+    };
+    match send(conn, &pipeline(false), wait.is_some()).await {
+        Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            send(conn, &pipeline(true), wait.is_some()).await
+        }
+        outcome => outcome,
+    }
+}
+
+/// Sends a pipeline of a script and, if `waits`, a `WAIT` after it.
+async fn send<T: FromRedisValue>(
+    conn: &mut crate::pool::Conn,
+    pipe: &redis::Pipeline,
+    waits: bool,
+) -> Result<(T, Option<u32>), RedisError> {
+    if waits {
+        let (reply, acknowledged) = pipe.query_async(conn).await?;
+        Ok((reply, Some(acknowledged)))
+    } else {
+        let (reply,) = pipe.query_async(conn).await?;
+        Ok((reply, None))
     }
 }
 
@@ -381,8 +416,9 @@ impl RedisNode {
                 "0"
             })
             .arg(mode);
-        let ((taken, value), acknowledged): ((i64, i64), _) =
-            self.script_replicated("acquire", &invocation).await?;
+        let ((taken, value), acknowledged): ((i64, i64), _) = self
+            .script_replicated("acquire", &ACQUIRE, &invocation)
+            .await?;
         Ok((taken == 1, u64::try_from(value).ok(), acknowledged))
     }
 
@@ -401,7 +437,9 @@ impl RedisNode {
             .key(self.keys.fence(counter))
             .arg(token)
             .arg(fence.to_string());
-        let committed: i64 = self.script("commit_fence", &invocation).await?;
+        let committed: i64 = self
+            .script("commit_fence", &COMMIT_FENCE, &invocation)
+            .await?;
         Ok(committed == 1)
     }
 
@@ -462,8 +500,9 @@ impl RedisNode {
                 .arg(lease.token)
                 .arg(millis(lease.ttl));
         }
-        let (renewed, acknowledged): (Vec<i64>, _) =
-            self.script_replicated("extend", &invocation).await?;
+        let (renewed, acknowledged): (Vec<i64>, _) = self
+            .script_replicated("extend", &EXTEND, &invocation)
+            .await?;
         if let Some(first) = leases.first()
             && let Some(err) = self.unconfirmed(first.key, acknowledged)
         {
@@ -487,7 +526,7 @@ impl RedisNode {
             .arg(token)
             .arg(&self.wake_prefix)
             .arg(key);
-        let released: i64 = self.script("release", &invocation).await?;
+        let released: i64 = self.script("release", &RELEASE, &invocation).await?;
         Ok(released == 1)
     }
 
@@ -501,7 +540,7 @@ impl RedisNode {
             .arg(&self.client_id)
             .arg(&self.wake_prefix)
             .arg(key);
-        let _: i64 = self.script("pass_on", &invocation).await?;
+        let _: i64 = self.script("pass_on", &PASS_ON, &invocation).await?;
         Ok(())
     }
 
@@ -540,7 +579,7 @@ impl RedisNode {
                 invocation.arg(arg.as_slice());
             }
         }
-        let reply: Vec<String> = self.script("fenced_set", &invocation).await?;
+        let reply: Vec<String> = self.script("fenced_set", &FENCED_SET, &invocation).await?;
         match (
             reply.first().map(String::as_str),
             reply.get(1),

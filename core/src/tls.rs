@@ -61,7 +61,14 @@ impl Target {
                 )
                 .connection_timeout(connect_timeout)
                 // Also bounds a request as a whole, redirections and retries included.
-                .response_timeout(response_timeout);
+                .response_timeout(response_timeout)
+                // A slot in migration (TRYAGAIN) or a failover under way
+                // (CLUSTERDOWN) is retried after a pause from 10 ms doubling
+                // to 500 ms, not redis-rs' default of at least 1.28 s, so
+                // that a retry fits inside a lease.
+                .min_retry_wait(10)
+                .max_retry_wait(500)
+                .retry_wait_formula(10, 2);
                 let client = cluster_tls(builder, &deployment.tls)
                     .build()
                     .map_err(|err| LockError::invalid("cluster", err.to_string()))?;

@@ -151,11 +151,12 @@ async fn durations_and_counts_are_accepted_or_refused_by_name(backend: Backend) 
         let _ = held.release().await;
 
         // A fenced record's ttl: 1 ns to a century.
-        let guard = locks.lock("extend").ttl(SECOND).acquire().await.unwrap();
+        let guard = locks.lock("{extend}").ttl(SECOND).acquire().await.unwrap();
         let stored = locks
             .fenced_set_expiring("record", guard.fence(), b"v", d)
             .await;
-        let committed = guard.commit("committed", b"v", Some(d), &[]).await;
+        // Beside its lock, as a cluster requires.
+        let committed = guard.commit("{extend}:done", b"v", Some(d), &[]).await;
         if d.is_zero() || d > CENTURY {
             refused(stored, "ttl", &what("fenced_set_expiring"));
             refused(committed, "ttl", &what("commit"));

@@ -7,13 +7,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use soloist::{LockClient, LockGuard};
-use soloist_testkit::RedisServer;
+use soloist_testkit::{RedisCluster, RedisServer};
 
 /// One lock space to test against: a real redis-server, a Redlock over
-/// three of them, or the memory backend.
+/// three of them, a Redis Cluster of three primaries with a replica each,
+/// or the memory backend.
 pub enum Backend {
     Redis(RedisServer),
     Redlock(Vec<RedisServer>),
+    Cluster(RedisCluster),
     Memory(LockClient),
 }
 
@@ -24,6 +26,10 @@ impl Backend {
 
     pub fn redlock() -> Self {
         Backend::Redlock((0..3).map(|_| RedisServer::start()).collect())
+    }
+
+    pub fn cluster() -> Self {
+        Backend::Cluster(RedisCluster::start())
     }
 
     pub fn memory() -> Self {
@@ -43,6 +49,9 @@ impl Backend {
                 .redlock(servers.iter().map(RedisServer::url))
                 .await
                 .expect("connect to the test servers"),
+            Backend::Cluster(cluster) => LockClient::cluster(cluster.urls())
+                .await
+                .expect("connect to the test cluster"),
             Backend::Memory(client) => client.clone(),
         }
     }
@@ -61,6 +70,11 @@ macro_rules! on_every_backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redlock() {
                 super::$name($crate::common::Backend::redlock()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name($crate::common::Backend::cluster()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
