@@ -98,6 +98,7 @@ mod pubsub;
 mod queue;
 mod redlock;
 mod request;
+mod sentinel;
 mod single;
 mod tls;
 mod token;

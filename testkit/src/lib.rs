@@ -16,6 +16,10 @@
 //!   or [`stall`](Proxy::stall) the traffic without touching the server (a network partition).
 //! - [`ReplicaSet`] is a primary and a replica synchronised with it, for tests of replica
 //!   acknowledgement; pause or kill its replica to leave writes unacknowledged.
+//! - [`SentinelGroup`] is a primary, a replica and three Redis Sentinels monitoring them, for
+//!   tests of clients that find the primary through the sentinels:
+//!   [`kill_primary_and_wait_failover`](SentinelGroup::kill_primary_and_wait_failover) makes
+//!   them promote the replica, and a [`Sentinel`] can be paused or killed on its own.
 //! - [`ChildProcess`] re-runs the current test binary to execute one test function as a
 //!   separate process, so a test can kill or freeze a lock holder that is a real other process.
 //!
@@ -50,6 +54,7 @@ mod certs;
 mod child;
 mod proxy;
 mod replicas;
+mod sentinel;
 mod server;
 mod signal;
 
@@ -57,4 +62,5 @@ pub use certs::TestCertificates;
 pub use child::{ChildProcess, child_role, read_from_parent, send_to_parent};
 pub use proxy::Proxy;
 pub use replicas::ReplicaSet;
+pub use sentinel::{Sentinel, SentinelGroup};
 pub use server::{RedisServer, RedisServerBuilder, SOLOIST_ACL_RULES};
