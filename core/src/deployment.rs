@@ -53,6 +53,8 @@ pub(crate) enum Shape {
         master: String,
         /// Username (if any) and password of the primary, when it has them.
         master_auth: Option<(Option<String>, String)>,
+        /// The database to select on the primary.
+        master_db: i64,
     },
     Cluster(Vec<String>),
 }
@@ -79,6 +81,7 @@ impl Deployment {
             sentinels: urls(sentinel_urls),
             master: master.into(),
             master_auth: None,
+            master_db: 0,
         })
     }
 
@@ -106,6 +109,16 @@ impl Deployment {
     pub fn master_credentials(mut self, username: Option<&str>, password: &str) -> Self {
         if let Shape::Sentinel { master_auth, .. } = &mut self.shape {
             *master_auth = Some((username.map(str::to_owned), password.to_owned()));
+        }
+        self
+    }
+
+    /// For a [`sentinel`](Self::sentinel) deployment: the database to use
+    /// on the primary (default 0). Ignored for the other kinds, whose URLs
+    /// name it (a cluster has only database 0).
+    pub fn master_database(mut self, db: i64) -> Self {
+        if let Shape::Sentinel { master_db, .. } = &mut self.shape {
+            *master_db = db;
         }
         self
     }
@@ -226,13 +239,15 @@ impl fmt::Debug for Deployment {
                 sentinels,
                 master,
                 master_auth,
+                master_db,
             } => out
                 .field("sentinels", &redacted(sentinels))
                 .field("master", master)
                 .field(
                     "master_user",
                     &master_auth.as_ref().map(|(user, _)| user.as_deref()),
-                ),
+                )
+                .field("master_db", master_db),
             Shape::Cluster(nodes) => out.field("cluster", &redacted(nodes)),
         };
         out.field("tls", &self.tls).finish()

@@ -123,6 +123,7 @@ mod pubsub;
 mod queue;
 mod redlock;
 mod request;
+mod sentinel;
 mod single;
 mod slot;
 mod tls;

@@ -123,8 +123,8 @@ impl RedisNode {
 
     /// A client for a connection of our own (the wake-up subscription): the
     /// server, the primary the sentinels name, or a node of the cluster.
-    pub(crate) fn subscriber(&self) -> Result<redis::Client> {
-        self.target.server()
+    pub(crate) async fn subscriber(&self) -> Result<redis::Client> {
+        self.target.server(self.op_timeout, self.op_timeout).await
     }
 
     /// Whether this node is a Redis Cluster, where every script's keys must

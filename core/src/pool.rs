@@ -283,7 +283,10 @@ impl bb8::ManageConnection for ConnectionManager {
     type Error = LockError;
 
     async fn connect(&self) -> Result<Connection, LockError> {
-        let client = self.target.server()?;
+        let client = self
+            .target
+            .server(self.connect_timeout, self.response_timeout)
+            .await?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout));

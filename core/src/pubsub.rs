@@ -121,7 +121,7 @@ impl Core {
     /// Opens a subscriber connection and subscribes to this client's channel.
     async fn connect(&self) -> Option<Subscription> {
         let demotions = self.node.demotions();
-        let client = self.node.subscriber().ok()?;
+        let client = self.node.subscriber().await.ok()?;
         let pubsub = timeout(self.op_timeout, client.get_async_pubsub())
             .await
             .ok()?

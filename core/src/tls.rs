@@ -10,6 +10,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 
 use crate::deployment::{Deployment, Shape};
 use crate::error::{LockError, Result};
+use crate::sentinel::Sentinels;
 
 /// What a connection pool connects to, parsed and checked; nothing is sent
 /// until the first connection.
@@ -18,6 +19,8 @@ use crate::error::{LockError, Result};
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Target {
     Server(redis::Client),
+    /// The primary the sentinels name, asked again for every new connection.
+    Sentinel(Arc<Sentinels>),
     Cluster {
         client: ClusterClient,
         /// One client per listed node, for the connections the cluster
@@ -38,10 +41,19 @@ impl Target {
         deployment.validate()?;
         match &deployment.shape {
             Shape::Server(url) => Ok(Target::Server(open_client(url, &deployment.tls)?)),
-            Shape::Sentinel { .. } => Err(LockError::invalid(
-                "deployment",
-                "Sentinel deployments are not supported yet",
-            )),
+            Shape::Sentinel {
+                sentinels,
+                master,
+                master_auth,
+                master_db,
+            } => {
+                let mut resolver =
+                    Sentinels::new(sentinels, master, &deployment.tls)?.master_db(*master_db);
+                if let Some((username, password)) = master_auth {
+                    resolver = resolver.master_auth(username.as_deref(), password);
+                }
+                Ok(Target::Sentinel(Arc::new(resolver)))
+            }
             Shape::Cluster(urls) => {
                 let seeds = urls
                     .iter()
@@ -82,10 +94,18 @@ impl Target {
     }
 
     /// A client for one server to open a connection of our own to: the
-    /// server, or the next node of a cluster's list.
-    pub(crate) fn server(&self) -> Result<redis::Client> {
+    /// server, the primary the sentinels name now (each step of asking them
+    /// bounded by the timeouts), or the next node of a cluster's list.
+    pub(crate) async fn server(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<redis::Client> {
         match self {
             Target::Server(client) => Ok(client.clone()),
+            Target::Sentinel(sentinels) => {
+                sentinels.primary(connect_timeout, response_timeout).await
+            }
             Target::Cluster {
                 seeds, next_seed, ..
             } => Ok(seeds[next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len()].clone()),
@@ -97,7 +117,7 @@ impl Target {
     pub(crate) fn address(&self) -> Option<String> {
         match self {
             Target::Server(client) => Some(client.get_connection_info().addr().to_string()),
-            Target::Cluster { .. } => None,
+            Target::Sentinel(_) | Target::Cluster { .. } => None,
         }
     }
 }

@@ -23,6 +23,10 @@
 //!   write ([`RedisCluster::migrate_slot`], step by step with
 //!   [`RedisCluster::begin_migration`], or `redis-cli --cluster reshard` with
 //!   [`RedisCluster::reshard`]).
+//! - [`SentinelGroup`] is a primary, a replica and three Redis Sentinels monitoring them, for
+//!   tests of clients that find the primary through the sentinels:
+//!   [`kill_primary_and_wait_failover`](SentinelGroup::kill_primary_and_wait_failover) makes
+//!   them promote the replica, and a [`Sentinel`] can be paused or killed on its own.
 //! - [`ChildProcess`] re-runs the current test binary to execute one test function as a
 //!   separate process, so a test can kill or freeze a lock holder that is a real other process.
 //!
@@ -59,6 +63,7 @@ mod cluster;
 mod proxy;
 mod replicas;
 mod resp;
+mod sentinel;
 mod server;
 mod signal;
 
@@ -67,4 +72,5 @@ pub use child::{ChildProcess, child_role, read_from_parent, send_to_parent};
 pub use cluster::{Failover, RedisCluster, RedisClusterBuilder, SlotMigration};
 pub use proxy::Proxy;
 pub use replicas::ReplicaSet;
+pub use sentinel::{Sentinel, SentinelGroup};
 pub use server::{RedisServer, RedisServerBuilder, SOLOIST_ACL_RULES};

@@ -525,7 +525,7 @@ fn cluster_args(dir: &Path, bus_port: u16) -> Vec<String> {
 }
 
 /// The child if it is still alive; reaps and forgets it if it has exited.
-fn running(child: &mut Option<Child>) -> Option<&mut Child> {
+pub(crate) fn running(child: &mut Option<Child>) -> Option<&mut Child> {
     if let Some(process) = child
         && !matches!(process.try_wait(), Ok(None))
     {
@@ -582,7 +582,7 @@ fn launch(
 }
 
 /// What a readiness probe learned about whoever listens on a port.
-enum Probe {
+pub(crate) enum Probe {
     /// A Redis server with this process id.
     Pid(u32),
     /// A Redis server that requires a password.
@@ -593,7 +593,7 @@ enum Probe {
 
 /// Sends `INFO server` over raw RESP. Asking for the process id rather than a `PING` tells our
 /// server apart from one that won a race for the same port.
-fn probe(port: u16) -> Option<Probe> {
+pub(crate) fn probe(port: u16) -> Option<Probe> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
     stream
@@ -631,14 +631,14 @@ fn process_id(info: &str) -> Option<u32> {
 }
 
 /// A port that was free a moment ago (the listener is dropped before returning).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .expect("bind a free port on 127.0.0.1")
         .port()
 }
 
-fn redis_server_bin() -> PathBuf {
+pub(crate) fn redis_server_bin() -> PathBuf {
     if let Some(path) = env::var_os("REDIS_SERVER_BIN").filter(|path| !path.is_empty()) {
         let path = PathBuf::from(path);
         assert!(
@@ -651,7 +651,7 @@ fn redis_server_bin() -> PathBuf {
     search_path(OsStr::new("redis-server")).unwrap_or_else(|| panic!("{NOT_FOUND}"))
 }
 
-fn redis_cli_bin(server_bin: &Path) -> PathBuf {
+pub(crate) fn redis_cli_bin(server_bin: &Path) -> PathBuf {
     if let Some(path) = env::var_os("REDIS_CLI_BIN").filter(|path| !path.is_empty()) {
         return PathBuf::from(path);
     }
@@ -675,7 +675,7 @@ fn search_path(name: &OsStr) -> Option<PathBuf> {
 }
 
 /// The last lines of the server's log, for panic messages.
-fn log_tail(dir: &Path) -> String {
+pub(crate) fn log_tail(dir: &Path) -> String {
     let path = dir.join("redis.log");
     match fs::read(&path) {
         Ok(bytes) => {
