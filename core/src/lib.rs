@@ -10,6 +10,14 @@
 //!   release and renewal are Lua scripts that act only while the caller's
 //!   128-bit owner token still matches, so no client can delete or extend a
 //!   lock it does not hold.
+//! - [`LockClient::sentinel`]: the primary that Redis Sentinel names, asked
+//!   again whenever a connection breaks or reaches a demoted server, so the
+//!   client follows failovers.
+//! - [`LockClient::cluster`]: a Redis Cluster; every key of a lock lives in
+//!   its key's hash slot (see the [key layout](#key-layout)) and each
+//!   request goes to that slot's primary, following `MOVED` and `ASK`.
+//!   [`Deployment`] describes any of these (and TLS) in one value, for
+//!   [`ClientBuilder::open`] and the worker's stream sources alike.
 //! - [`LockClient::redlock`]: one lock over N independent Redis masters: a
 //!   majority must grant an acquisition and confirm every renewal, and
 //!   fences are chosen and committed so that they still increase though no
