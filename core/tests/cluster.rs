@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use soloist::{LockClient, LockError, colocated, hash_slot, redis};
+use soloist::{Deployment, LockClient, LockError, colocated, hash_slot, redis};
 use soloist_testkit::RedisCluster;
 
 use common::command_calls;
@@ -283,4 +283,51 @@ async fn exclusion_and_fences_through_failover_and_migration() {
             .await
             .unwrap();
     }
+}
+
+/// Over TLS with a private CA, with replica acknowledgement: each
+/// acquisition's `WAIT` runs on its key's primary, and a shard whose
+/// replica is frozen refuses acquisitions with the distinct error, leaving
+/// no key behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_replica_acknowledgement() {
+    let cluster = RedisCluster::builder().tls().start();
+    let redis = Deployment::cluster(cluster.tls_urls())
+        .tls_root_certificate(cluster.certificates().ca_pem());
+    let locks = LockClient::builder()
+        .min_replicas(1, Duration::from_millis(300))
+        .open(redis)
+        .await
+        .expect("connect over TLS");
+    for n in 0..8 {
+        locks
+            .lock(format!("orders:{n}"))
+            .acquire()
+            .await
+            .expect("acknowledged by the key's replica")
+            .release()
+            .await
+            .unwrap();
+    }
+    let key = "orders:frozen";
+    let primary = cluster.primary_for_slot(hash_slot(key));
+    // Replicas of a TLS cluster replicate over the TLS port.
+    let tls_url = primary.tls_url();
+    let port = tls_url.rsplit(':').next().expect("a port");
+    let replica = cluster
+        .replicas()
+        .into_iter()
+        .find(|replica| replica.cli(&["ROLE"]).lines().nth(2) == Some(port))
+        .expect("the primary's replica");
+    replica.pause();
+    let refused = locks.lock(key).acquire().await;
+    replica.resume();
+    match refused {
+        Err(LockError::ReplicasUnconfirmed { wanted: 1, .. }) => {}
+        other => panic!("expected ReplicasUnconfirmed, got {other:?}"),
+    }
+    assert_eq!(
+        primary.cli(&["EXISTS", "soloist:lock:{orders:frozen}"]),
+        "0"
+    );
 }

@@ -187,3 +187,26 @@ async fn sentinel_settings_are_checked_by_name() {
         }
     }
 }
+
+/// A stream source takes the same description and reaches the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_source_through_the_sentinels() {
+    use soloist::Source;
+    let group = SentinelGroup::start("jobs");
+    let source = soloist::StreamSource::builder("orders")
+        .block(Duration::from_millis(100))
+        .open(Deployment::sentinel(
+            group.sentinel_urls(),
+            group.master_name(),
+        ))
+        .await
+        .expect("a stream source through the sentinels");
+    source
+        .enqueue("charge", "k", b"1".to_vec())
+        .await
+        .expect("enqueue");
+    let deliveries = source.receive(10).await.expect("receive");
+    assert_eq!(deliveries.len(), 1);
+    source.ack(&deliveries[0]).await.expect("ack");
+    assert_eq!(group.primary().cli(&["XLEN", "orders"]), "1");
+}
