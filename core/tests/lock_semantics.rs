@@ -265,7 +265,12 @@ async fn without_watchdog_the_lease_expires_and_lost_fires(backend: Backend) {
         .unwrap();
     held.lost().await;
     let fired = started.elapsed();
-    assert!(fired <= ttl, "lost fired after the ttl: {fired:?}");
+    // The deadline is at most the ttl after the request was sent; the
+    // timer that fires it may wake late on a loaded machine.
+    assert!(
+        fired <= ttl + Duration::from_millis(50),
+        "lost fired after the ttl: {fired:?}"
+    );
     assert!(fired >= ttl / 2, "lost fired early: {fired:?}");
     assert!(!held.is_held());
     assert_eq!(held.remaining(), Duration::ZERO);
