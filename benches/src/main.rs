@@ -59,6 +59,10 @@ use crate::probe::Probe;
 use crate::report::Row;
 use crate::scenarios::{Bench, Nodes, Scenario};
 
+/// A cluster's seed URLs, and its primaries (URL and process id) when
+/// lockbench started it; empty otherwise.
+type ClusterSeeds = (Vec<String>, Vec<(String, Option<u32>)>);
+
 fn main() -> ExitCode {
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(Command::Run(args)) => args,
@@ -101,22 +105,21 @@ fn main() -> ExitCode {
     };
     // The cluster, likewise; its primaries are known here only when started here.
     let mut cluster = None;
-    let cluster_nodes: Option<(Vec<String>, Vec<(String, Option<u32>)>)> =
-        if !args.scenarios.contains(&Scenario::Cluster) {
-            None
-        } else if args.cluster_urls.is_empty() {
-            let started = RedisCluster::start();
-            let primaries = started
-                .primaries()
-                .into_iter()
-                .map(|server| (server.url(), server.pid()))
-                .collect();
-            let seeds = started.urls();
-            cluster = Some(started);
-            Some((seeds, primaries))
-        } else {
-            Some((args.cluster_urls.clone(), Vec::new()))
-        };
+    let cluster_nodes: Option<ClusterSeeds> = if !args.scenarios.contains(&Scenario::Cluster) {
+        None
+    } else if args.cluster_urls.is_empty() {
+        let started = RedisCluster::start();
+        let primaries = started
+            .primaries()
+            .into_iter()
+            .map(|server| (server.url(), server.pid()))
+            .collect();
+        let seeds = started.urls();
+        cluster = Some(started);
+        Some((seeds, primaries))
+    } else {
+        Some((args.cluster_urls.clone(), Vec::new()))
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -151,7 +154,7 @@ async fn run(
     url: String,
     redis_pid: Option<u32>,
     redlock_nodes: &[(String, Option<u32>)],
-    cluster_nodes: Option<(Vec<String>, Vec<(String, Option<u32>)>)>,
+    cluster_nodes: Option<ClusterSeeds>,
 ) -> Vec<Row> {
     let probe = Probe::connect(&url, redis_pid).await;
     eprintln!(

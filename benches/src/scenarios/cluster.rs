@@ -100,9 +100,7 @@ fn distinct_slots(keys: &[String]) -> usize {
 /// How many script calls renewing `keys` takes when they are cut into
 /// batches of `batch` in the order given and each batch is split by slot.
 fn batched_slots(keys: &[String], batch: usize) -> usize {
-    keys.chunks(batch.max(1))
-        .map(|chunk| distinct_slots(chunk))
-        .sum()
+    keys.chunks(batch.max(1)).map(distinct_slots).sum()
 }
 
 /// Connects the probe to the primaries. `primaries` are their URLs and
