@@ -7,7 +7,8 @@ use crate::scenarios::Scenario;
 /// The usage text printed by `--help` and after a bad flag.
 pub(crate) const USAGE: &str = "\
 usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
-                 [--json] [--scenario NAME]... [--library NAME]...
+                 [--cluster-url URL]... [--json] [--scenario NAME]...
+                 [--library NAME]...
 
   --secs N          measure each run for N seconds (default 5)
   --warmup N        warm each run up for N seconds first (default 1)
@@ -15,14 +16,18 @@ usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
                     (its command counters then include any other traffic)
   --redlock-url URL give exactly three, for the three independent servers
                     of `redlock3`, instead of starting three
+  --cluster-url URL a node of an existing Redis Cluster for `cluster`,
+                    instead of starting one (three primaries with a
+                    replica each); repeat to give more seed nodes
   --json            print one JSON object per result row instead of tables
   --scenario NAME   run only this scenario; repeat for several
-                    (raw, uncontended, contended, redlock3, watchdog,
-                    queue; default all)
+                    (raw, uncontended, contended, redlock3, cluster,
+                    watchdog, queue; default all)
   --library NAME    run only this library's rows; repeat for several
                     (raw, soloist, rslock, rslock-1ms, redlock, redlock-1ms,
                     soloist-1node; default all; `soloist` includes
-                    `soloist-1node`, the single-node row of `redlock3`)
+                    `soloist-1node`, the single-node rows of `redlock3`
+                    and `cluster`)
 ";
 
 /// How many servers `redlock3` runs on.
@@ -39,6 +44,8 @@ pub(crate) struct Args {
     pub(crate) url: Option<String>,
     /// Existing servers for `redlock3`, exactly three; empty starts three.
     pub(crate) redlock_urls: Vec<String>,
+    /// Seed nodes of an existing Redis Cluster for `cluster`; empty starts one.
+    pub(crate) cluster_urls: Vec<String>,
     /// JSON lines rather than tables.
     pub(crate) json: bool,
     /// The scenarios to run, in their usual order.
@@ -64,6 +71,7 @@ impl Args {
             warmup: Duration::from_secs(1),
             url: None,
             redlock_urls: Vec::new(),
+            cluster_urls: Vec::new(),
             json: false,
             scenarios: Vec::new(),
             libraries: Vec::new(),
@@ -77,6 +85,7 @@ impl Args {
                 "--warmup" => parsed.warmup = seconds("--warmup", &value("--warmup")?, 0)?,
                 "--url" => parsed.url = Some(value("--url")?),
                 "--redlock-url" => parsed.redlock_urls.push(value("--redlock-url")?),
+                "--cluster-url" => parsed.cluster_urls.push(value("--cluster-url")?),
                 "--json" => parsed.json = true,
                 "--scenario" => {
                     let name = value("--scenario")?;
@@ -140,6 +149,7 @@ mod tests {
         assert_eq!(args.secs, Duration::from_secs(5));
         assert_eq!(args.scenarios, Scenario::ALL.to_vec());
         assert!(!args.json && args.url.is_none() && args.redlock_urls.is_empty());
+        assert!(args.cluster_urls.is_empty() && args.scenarios.contains(&Scenario::Cluster));
     }
 
     #[test]
@@ -168,6 +178,28 @@ mod tests {
     }
 
     #[test]
+    fn cluster_is_selectable_and_takes_any_number_of_seed_urls() {
+        let Ok(Command::Run(args)) = parse("--scenario cluster --scenario uncontended") else {
+            panic!("`--scenario cluster` must parse");
+        };
+        assert_eq!(
+            args.scenarios,
+            vec![Scenario::Uncontended, Scenario::Cluster]
+        );
+        assert!(args.cluster_urls.is_empty());
+
+        let Ok(Command::Run(args)) =
+            parse("--cluster-url redis://a:7000 --scenario cluster --cluster-url redis://b:7001")
+        else {
+            panic!("repeated `--cluster-url` must parse");
+        };
+        assert_eq!(
+            args.cluster_urls,
+            vec!["redis://a:7000".to_owned(), "redis://b:7001".to_owned()]
+        );
+    }
+
+    #[test]
     fn queue_is_selectable_and_runs_by_default() {
         let Ok(Command::Run(args)) = parse("--scenario queue") else {
             panic!("`--scenario queue` must parse");
@@ -184,6 +216,7 @@ mod tests {
             ("--scenario nope", "expected one of raw"),
             ("--frobnicate", "unknown argument"),
             ("--redlock-url a --redlock-url b", "exactly 3 times, got 2"),
+            ("--cluster-url", "`--cluster-url` needs a value"),
         ] {
             match parse(line) {
                 Err(message) => assert!(message.contains(needle), "{line}: {message}"),

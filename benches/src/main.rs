@@ -4,13 +4,16 @@
 //! Run with `cargo run --release -p soloist-benches --bin lockbench`
 //! (`-- --help` for the flags). Unless given `--url`, it starts its own
 //! `redis-server` on a free loopback port and stops it at the end; likewise
-//! three more for `redlock3` unless given `--redlock-url` three times.
+//! three more for `redlock3` unless given `--redlock-url` three times, and
+//! a Redis Cluster of three primaries with a replica each for `cluster`
+//! unless given `--cluster-url`.
 //!
 //! Every run warms up, then is measured for `--secs` in total. The runs of
-//! `raw`, `uncontended`, `contended` and `redlock3` are measured in one-second slices,
-//! round robin, so that all of them share the machine's good and bad
-//! moments alike (see `rounds.rs`); `watchdog` runs on its own after them,
-//! and `queue` last, in rounds of its own.
+//! `raw`, `uncontended`, `contended`, `redlock3` and `cluster`'s lock cycles
+//! are measured in one-second slices, round robin, so that all of them
+//! share the machine's good and bad moments alike (see `rounds.rs`);
+//! `watchdog` runs on its own after them, then `cluster`'s leases, and
+//! `queue` last, in rounds of its own.
 //!
 //! Scenarios:
 //! - `raw`: `SET NX PX` plus a compare-and-delete script on one connection,
@@ -23,6 +26,9 @@
 //! - `redlock3`: the uncontended 1-worker cycle on a Redlock of three
 //!   independent servers (soloist, rslock, redlock), beside soloist's
 //!   single-node cycle on one of them; commands summed over the three.
+//! - `cluster`: the uncontended 64-worker cycle on a Redis Cluster beside
+//!   the same on the main server (`soloist-1node`), and `watchdog`'s 10,000
+//!   leases on the cluster; commands and CPU summed over the primaries.
 //! - `watchdog`: 10,000 leases of 3 s held by one client; renewal calls,
 //!   Redis commands and CPU spent keeping them alive.
 //! - `queue`: messages per second through one Redis Streams consumer group,
@@ -46,12 +52,16 @@ mod targets;
 
 use std::process::ExitCode;
 
-use soloist_testkit::RedisServer;
+use soloist_testkit::{RedisCluster, RedisServer};
 
 use crate::args::{Args, Command, REDLOCK_NODES, USAGE};
 use crate::probe::Probe;
 use crate::report::Row;
 use crate::scenarios::{Bench, Nodes, Scenario};
+
+/// A cluster's seed URLs, and its primaries (URL and process id) when
+/// lockbench started it; empty otherwise.
+type ClusterSeeds = (Vec<String>, Vec<(String, Option<u32>)>);
 
 fn main() -> ExitCode {
     let args = match Args::parse(std::env::args().skip(1)) {
@@ -93,11 +103,28 @@ fn main() -> ExitCode {
             .map(|url| (url.clone(), None))
             .collect()
     };
+    // The cluster, likewise; its primaries are known here only when started here.
+    let mut cluster = None;
+    let cluster_nodes: Option<ClusterSeeds> = if !args.scenarios.contains(&Scenario::Cluster) {
+        None
+    } else if args.cluster_urls.is_empty() {
+        let started = RedisCluster::start();
+        let primaries = started
+            .primaries()
+            .into_iter()
+            .map(|server| (server.url(), server.pid()))
+            .collect();
+        let seeds = started.urls();
+        cluster = Some(started);
+        Some((seeds, primaries))
+    } else {
+        Some((args.cluster_urls.clone(), Vec::new()))
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("cannot build the tokio runtime");
-    let rows = runtime.block_on(run(&args, url, redis_pid, &redlock_nodes));
+    let rows = runtime.block_on(run(&args, url, redis_pid, &redlock_nodes, cluster_nodes));
     let checks = targets::evaluate(&rows);
     if args.json {
         for row in &rows {
@@ -114,16 +141,20 @@ fn main() -> ExitCode {
     }
     drop(server);
     drop(redlock_servers);
+    drop(cluster);
     ExitCode::SUCCESS
 }
 
-/// Runs the chosen scenarios against the server at `url` and, for
-/// `redlock3`, the `redlock_nodes` (URL and process id when known).
+/// Runs the chosen scenarios against the server at `url`, for `redlock3`
+/// the `redlock_nodes` (URL and process id when known), and for `cluster`
+/// the cluster of `cluster_nodes` (its seed URLs, and its primaries when
+/// known: empty, they are looked up).
 async fn run(
     args: &Args,
     url: String,
     redis_pid: Option<u32>,
     redlock_nodes: &[(String, Option<u32>)],
+    cluster_nodes: Option<ClusterSeeds>,
 ) -> Vec<Row> {
     let probe = Probe::connect(&url, redis_pid).await;
     eprintln!(
@@ -142,6 +173,10 @@ async fn run(
             probe: Probe::connect_all(redlock_nodes).await,
         })
     };
+    let cluster = match cluster_nodes {
+        Some((seeds, primaries)) => Some(scenarios::connect_cluster(seeds, primaries).await),
+        None => None,
+    };
     let bench = Bench {
         url,
         secs: args.secs,
@@ -149,6 +184,7 @@ async fn run(
         probe,
         libraries: args.libraries.clone(),
         redlock,
+        cluster,
     };
     scenarios::run(&args.scenarios, &bench).await
 }

@@ -49,6 +49,8 @@ pub(crate) struct Row {
     pub(crate) calls_per_period: Option<f64>,
     /// Renewal calls per period for every 1,000 leases held (`watchdog`).
     pub(crate) calls_per_period_per_1000: Option<f64>,
+    /// Distinct hash slots the leases fall into (`cluster`'s leases).
+    pub(crate) slots: Option<usize>,
     /// Redis commands per second, Lua-internal ones included (`watchdog`).
     pub(crate) cmds_per_sec: Option<f64>,
     /// CPU time of the benchmark process per operation, in microseconds.
@@ -85,6 +87,7 @@ impl Row {
             renewal_calls_per_sec: None,
             calls_per_period: None,
             calls_per_period_per_1000: None,
+            slots: None,
             cmds_per_sec: None,
             cpu_pct: None,
             redis_cpu_pct: None,
@@ -164,9 +167,10 @@ impl Row {
         }
     }
 
-    /// A row for leases held and renewed in the background; `period_secs`
-    /// is the renewal period the calls are counted against.
+    /// A row for leases held and renewed in the background in `scenario`;
+    /// `period_secs` is the renewal period the calls are counted against.
     pub(crate) fn renewals(
+        scenario: Scenario,
         library: &str,
         leases: usize,
         period_secs: f64,
@@ -188,7 +192,7 @@ impl Row {
             cpu_pct: cost.cpu_pct().map(round3),
             redis_cpu_pct: cost.redis_cpu_pct().map(round3),
             errors: lost,
-            ..Row::empty(Scenario::Watchdog, 1, library)
+            ..Row::empty(scenario, 1, library)
         }
     }
 
@@ -258,10 +262,11 @@ pub(crate) fn table(rows: &[Row]) -> String {
         }
         let _ = writeln!(
             out,
-            "{:<12} {:<12} {:>7} {:>9} {:>12} {:>14} {:>9} {:>7} {:>11} {:>5}",
+            "{:<12} {:<12} {:>7} {:>6} {:>9} {:>12} {:>14} {:>9} {:>7} {:>11} {:>5}",
             "scenario",
             "library",
             "leases",
+            "slots",
             "calls/s",
             "calls/period",
             "per 1k leases",
@@ -273,10 +278,12 @@ pub(crate) fn table(rows: &[Row]) -> String {
         for row in renewals {
             let _ = writeln!(
                 out,
-                "{:<12} {:<12} {:>7} {:>9} {:>12} {:>14} {:>9} {:>7} {:>11} {:>5}",
+                "{:<12} {:<12} {:>7} {:>6} {:>9} {:>12} {:>14} {:>9} {:>7} {:>11} {:>5}",
                 row.scenario,
                 row.library,
                 row.leases.unwrap_or(0),
+                row.slots
+                    .map_or_else(|| "-".to_owned(), |slots| slots.to_string()),
                 cell(row.renewal_calls_per_sec, 1),
                 cell(row.calls_per_period, 1),
                 cell(row.calls_per_period_per_1000, 2),

@@ -146,6 +146,71 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
         ));
     }
 
+    // Soloist on a Redis Cluster against soloist on the single server, the
+    // 64-worker cycle measured in the same rounds.
+    if let Some(cluster) = find(rows, Scenario::Cluster, 64, "soloist") {
+        let single = find(rows, Scenario::Cluster, 64, SINGLE_NODE);
+        if let Some(value) = ratio(cluster.ops_per_sec, single.and_then(|row| row.ops_per_sec)) {
+            checks.push(Check::new(
+                format!("cluster 64-task soloist / {SINGLE_NODE} (ops/s)"),
+                value,
+                "",
+                None,
+            ));
+        }
+        if let Some(value) = ratio(cluster.p50_us, single.and_then(|row| row.p50_us)) {
+            checks.push(Check::new(
+                format!("cluster 64-task soloist / {SINGLE_NODE} (p50 latency)"),
+                value,
+                "",
+                None,
+            ));
+        }
+    }
+    // What keeping the watchdog's leases alive costs on the cluster, against
+    // the single-node watchdog run and against the slots the leases span.
+    let leases = |scenario: Scenario| {
+        rows.iter().find(|row| {
+            row.scenario == scenario.name() && row.library == "soloist" && row.leases.is_some()
+        })
+    };
+    if let Some(cluster) = leases(Scenario::Cluster) {
+        let single = leases(Scenario::Watchdog);
+        if let Some(value) = ratio(
+            cluster.calls_per_period,
+            single.and_then(|row| row.calls_per_period),
+        ) {
+            checks.push(Check::new(
+                "cluster soloist renewal calls / watchdog soloist renewal calls (per period)",
+                value,
+                "",
+                None,
+            ));
+        }
+        if let Some(value) = ratio(
+            cluster.redis_cpu_pct,
+            single.and_then(|row| row.redis_cpu_pct),
+        ) {
+            checks.push(Check::new(
+                "cluster soloist Redis CPU (primaries) / watchdog soloist Redis CPU",
+                value,
+                "",
+                None,
+            ));
+        }
+        if let Some(value) = ratio(
+            cluster.calls_per_period,
+            cluster.slots.map(|slots| slots as f64),
+        ) {
+            checks.push(Check::new(
+                "cluster soloist renewal calls per period / hash slots of the leases",
+                value,
+                "",
+                None,
+            ));
+        }
+    }
+
     // What the job runtime costs a queue consumer: soloist's workers against
     // bare XREADGROUP + XACK loops, on as many consumers in one group.
     for consumers in [1, 4] {
@@ -320,6 +385,55 @@ mod tests {
                 .iter()
                 .any(|check| check.name.contains("soloist / soloist-1node")),
             "the single-node row is not a peer"
+        );
+    }
+
+    #[test]
+    fn cluster_is_compared_with_the_single_node_rows() {
+        let mut cycle = row(Scenario::Cluster, "soloist", 800, 200.0);
+        cycle.tasks = 64;
+        let mut single_cycle = row(Scenario::Cluster, SINGLE_NODE, 1000, 100.0);
+        single_cycle.tasks = 64;
+        let cost = Cost {
+            secs: 3.0,
+            scripts: 30,
+            redis_cpu_secs: Some(0.3),
+            ..Cost::default()
+        };
+        let single = Row::renewals(Scenario::Watchdog, "soloist", 10_000, 1.0, cost, 0);
+        let mut cluster = Row::renewals(
+            Scenario::Cluster,
+            "soloist",
+            10_000,
+            1.0,
+            Cost {
+                scripts: 24_000,
+                redis_cpu_secs: Some(1.2),
+                ..cost
+            },
+            0,
+        );
+        cluster.slots = Some(7_500);
+        let checks = evaluate(&[cycle, single_cycle, single, cluster]);
+        let named = |needle: &str| {
+            checks
+                .iter()
+                .find(|check| check.name.contains(needle))
+                .unwrap_or_else(|| panic!("no check named like `{needle}` in {checks:?}"))
+        };
+        assert!(
+            (named("cluster 64-task soloist / soloist-1node (ops/s)").value - 0.8).abs() < 1e-9
+        );
+        assert!((named("(p50 latency)").value - 2.0).abs() < 1e-9);
+        assert!((named("renewal calls / watchdog").value - 800.0).abs() < 1e-9);
+        assert!((named("Redis CPU (primaries)").value - 4.0).abs() < 1e-9);
+        assert!((named("hash slots of the leases").value - 8000.0 / 7500.0).abs() < 1e-9);
+        assert!(
+            checks
+                .iter()
+                .filter(|check| check.name.starts_with("cluster"))
+                .all(|check| check.met.is_none()),
+            "{checks:?}"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! The scenarios, one per file, and what they share.
 
+mod cluster;
 mod contended;
 mod queue;
 mod raw;
@@ -9,6 +10,7 @@ mod watchdog;
 
 use std::time::Duration;
 
+pub(crate) use cluster::connect as connect_cluster;
 pub(crate) use redlock3::SINGLE_NODE;
 
 use crate::probe::Probe;
@@ -31,6 +33,9 @@ pub(crate) enum Scenario {
     Contended,
     /// The uncontended 1-worker cycle on a Redlock of three servers.
     Redlock3,
+    /// The uncontended 64-worker cycle and 10,000 renewed leases on a
+    /// Redis Cluster, beside the same on the single server.
+    Cluster,
     /// Ten thousand leases held and renewed in the background.
     Watchdog,
     /// Messages through one Redis Streams consumer group, 1 and 4 consumers.
@@ -39,11 +44,12 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub(crate) const ALL: [Scenario; 6] = [
+    pub(crate) const ALL: [Scenario; 7] = [
         Scenario::Raw,
         Scenario::Uncontended,
         Scenario::Contended,
         Scenario::Redlock3,
+        Scenario::Cluster,
         Scenario::Watchdog,
         Scenario::Queue,
     ];
@@ -55,6 +61,7 @@ impl Scenario {
             Scenario::Uncontended => "uncontended",
             Scenario::Contended => "contended",
             Scenario::Redlock3 => "redlock3",
+            Scenario::Cluster => "cluster",
             Scenario::Watchdog => "watchdog",
             Scenario::Queue => "queue",
         }
@@ -69,8 +76,9 @@ impl Scenario {
 }
 
 /// Runs `scenarios`: the lock-cycle ones interleaved (see [`crate::rounds`]),
-/// then `watchdog`, which holds its leases for one long stretch, then
-/// `queue`, whose runs drain a stream in rounds of their own.
+/// then `watchdog`, which holds its leases for one long stretch, then the
+/// leases of `cluster` likewise, then `queue`, whose runs drain a stream in
+/// rounds of their own.
 pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
     let mut contestants = Vec::new();
     for scenario in scenarios {
@@ -79,6 +87,7 @@ pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
             Scenario::Uncontended => contestants.extend(uncontended::contestants(bench).await),
             Scenario::Contended => contestants.extend(contended::contestants(bench).await),
             Scenario::Redlock3 => contestants.extend(redlock3::contestants(bench).await),
+            Scenario::Cluster => contestants.extend(cluster::contestants(bench).await),
             Scenario::Watchdog | Scenario::Queue => {}
         }
     }
@@ -98,6 +107,10 @@ pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
     if scenarios.contains(&Scenario::Watchdog) {
         eprintln!("watchdog:");
         rows.extend(watchdog::run(bench).await);
+    }
+    if scenarios.contains(&Scenario::Cluster) {
+        eprintln!("cluster, leases:");
+        rows.extend(cluster::leases(bench).await);
     }
     if scenarios.contains(&Scenario::Queue) {
         eprintln!("queue:");
@@ -121,6 +134,8 @@ pub(crate) struct Bench {
     pub(crate) libraries: Vec<String>,
     /// The three servers of `redlock3`; `None` when it does not run.
     pub(crate) redlock: Option<Nodes>,
+    /// The Redis Cluster of `cluster`; `None` when it does not run.
+    pub(crate) cluster: Option<ClusterNodes>,
 }
 
 /// The independent servers a Redlock scenario runs on.
@@ -129,6 +144,19 @@ pub(crate) struct Nodes {
     /// Their URLs; the first also serves the single-node comparison.
     pub(crate) urls: Vec<String>,
     /// Reads their command counters and CPU time, summed.
+    pub(crate) probe: Probe,
+}
+
+/// The Redis Cluster the `cluster` scenario runs on.
+#[derive(Debug)]
+pub(crate) struct ClusterNodes {
+    /// Seed URLs for the cluster client.
+    pub(crate) seeds: Vec<String>,
+    /// How many primaries serve the slots.
+    pub(crate) primaries: usize,
+    /// Reads the primaries' command counters and CPU time, summed. Replicas
+    /// are left out: they run what their primary sends them, which would
+    /// count every write twice.
     pub(crate) probe: Probe,
 }
 

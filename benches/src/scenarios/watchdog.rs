@@ -18,6 +18,7 @@ use super::{Bench, Scenario, key};
 use crate::measure::Window;
 use crate::peers::Retry;
 use crate::peers::rslock::RslockPeer;
+use crate::probe::Probe;
 use crate::report::Row;
 
 /// Leases held at once.
@@ -53,16 +54,28 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
 }
 
 async fn soloist(bench: &Bench) -> Row {
-    let library = "soloist";
     let locks = LockClient::connect(&bench.url)
         .await
         .expect("soloist cannot connect to Redis");
-    let guards: Vec<_> = futures::stream::iter(0..LEASES)
-        .map(|lease| {
+    soloist_leases(bench, Scenario::Watchdog, locks, &bench.probe).await
+}
+
+/// Takes [`LEASES`] leases with `locks`, lets their renewals settle, then
+/// measures what keeping them alive costs the servers `probe` reads;
+/// reported as soloist in `scenario`.
+pub(super) async fn soloist_leases(
+    bench: &Bench,
+    scenario: Scenario,
+    locks: LockClient,
+    probe: &Probe,
+) -> Row {
+    let library = "soloist";
+    let guards: Vec<_> = futures::stream::iter(lease_keys(scenario, library))
+        .map(|key| {
             let locks = locks.clone();
             async move {
                 locks
-                    .lock(key(Scenario::Watchdog, library, 1, lease))
+                    .lock(key)
                     .ttl(TTL)
                     .acquire()
                     .await
@@ -73,7 +86,7 @@ async fn soloist(bench: &Bench) -> Row {
         .collect()
         .await;
     let window = window(bench);
-    let cost = bench.probe.observe(&window).await;
+    let cost = probe.observe(&window).await;
     let lost = guards.iter().filter(|guard| !guard.is_held()).count() as u64;
     let not_released = futures::stream::iter(guards)
         .map(|guard| guard.release())
@@ -84,7 +97,20 @@ async fn soloist(bench: &Bench) -> Row {
     if not_released > 0 {
         eprintln!("lockbench: soloist: {not_released} leases were no longer held at release");
     }
-    Row::renewals(library, LEASES, period().as_secs_f64(), cost, lost)
+    Row::renewals(
+        scenario,
+        library,
+        LEASES,
+        period().as_secs_f64(),
+        cost,
+        lost,
+    )
+}
+
+/// The keys of the leases `library` holds in `scenario`.
+pub(super) fn lease_keys(scenario: Scenario, library: &str) -> impl Iterator<Item = String> {
+    let library = library.to_owned();
+    (0..LEASES).map(move |lease| key(scenario, &library, 1, lease))
 }
 
 async fn rslock(bench: &Bench) -> Row {
@@ -122,5 +148,12 @@ async fn rslock(bench: &Bench) -> Row {
             Err(err) => panic!("an rslock lease task was cancelled: {err}"),
         }
     }
-    Row::renewals(library, LEASES, period().as_secs_f64(), cost, lost)
+    Row::renewals(
+        Scenario::Watchdog,
+        library,
+        LEASES,
+        period().as_secs_f64(),
+        cost,
+        lost,
+    )
 }
