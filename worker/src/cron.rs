@@ -115,7 +115,13 @@ async fn last_claimed(shared: &Shared, spec: &JobSpec) -> Option<DateTime<Utc>> 
 
 /// The counter every tick's fence comes from.
 fn fence_counter(spec: &JobSpec) -> String {
-    format!("cron:{{{}}}", escaped(&spec.name))
+    job_key(&spec.name)
+}
+
+/// `cron:{name}`: the fence counter of the job named `job`, whose hash tag
+/// every key of the job carries.
+pub(crate) fn job_key(job: &str) -> String {
+    format!("cron:{{{}}}", escaped(job))
 }
 
 fn last_record(spec: &JobSpec) -> String {
