@@ -140,8 +140,18 @@ impl JobContext {
     /// An effect made this way happens once, even when the replica dies
     /// between the body's return and the record — the window in which an
     /// effect the body applies itself can happen twice. Nothing is applied
-    /// if the run fails, is lost or is cancelled. Needs a single-node Redis
-    /// backend; with another, recording the success fails.
+    /// if the run fails, is lost or is cancelled.
+    ///
+    /// Needs a Redis backend, one server or a cluster; a Redlock or the
+    /// memory backend refuses effects. On a Redis Cluster the record and
+    /// its effects are one script, so an effect may only touch keys in the
+    /// hash slot of the run's record: name them with
+    /// [`colocated`](Self::colocated). Refused effects are refused before
+    /// anything is written: a keyed run then returns
+    /// [`WorkerError::Lock`](crate::WorkerError::Lock) with
+    /// `LockError::InvalidArgument { name: "effects", .. }` and records
+    /// nothing; a cron tick is recorded as failed, so that no peer runs it
+    /// again.
     ///
     /// ```
     /// use soloist::{JobContext, redis};
@@ -156,6 +166,37 @@ impl JobContext {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(command);
+    }
+
+    /// A Redis key name ending in `suffix` that shares the hash slot of
+    /// this run's records, for the effects of
+    /// [`commit_on_success`](Self::commit_on_success) on a Redis Cluster.
+    /// The name is the same for every run of a keyed job with the same
+    /// rendered key (`{job:<name>:<key>}<suffix>`), and for every tick of a
+    /// cron job (`cron:{<name>}<suffix>`), the job's name and its key
+    /// written as in the runs' own keys; not under the lock client's
+    /// prefix. `None` when the rendered key holds a `}` outside a hash
+    /// tag, which no other key can share a slot with.
+    ///
+    /// ```
+    /// use soloist::{JobContext, hash_slot, redis};
+    /// let ctx = JobContext::builder("charge").key("invoice:7").build();
+    /// let balance = ctx.colocated(":balance").unwrap();
+    /// assert_eq!(balance, "{job:charge:invoice:7}:balance");
+    /// assert_eq!(hash_slot(&balance), hash_slot("job:charge:invoice:7"));
+    /// let mut charge = redis::cmd("INCRBY");
+    /// charge.arg(&balance).arg(-990);
+    /// ctx.commit_on_success(charge);
+    ///
+    /// let tick = JobContext::builder("nightly rollup").build(); // no key: a cron job
+    /// assert_eq!(tick.colocated(":total").unwrap(), "cron:{nightly%20rollup}:total");
+    /// ```
+    pub fn colocated(&self, suffix: &str) -> Option<String> {
+        let base = match &self.inner.key {
+            Some(key) => crate::keyed::record_of(&self.inner.job, key),
+            None => crate::cron::job_key(&self.inner.job),
+        };
+        soloist_core::colocated(&base, suffix)
     }
 
     /// The commands to commit with the run's success record.

@@ -115,7 +115,13 @@ async fn last_claimed(shared: &Shared, spec: &JobSpec) -> Option<DateTime<Utc>> 
 
 /// The counter every tick's fence comes from.
 fn fence_counter(spec: &JobSpec) -> String {
-    format!("cron:{{{}}}", escaped(&spec.name))
+    job_key(&spec.name)
+}
+
+/// `cron:{name}`: the fence counter of the job named `job`, whose hash tag
+/// every key of the job carries.
+pub(crate) fn job_key(job: &str) -> String {
+    format!("cron:{{{}}}", escaped(job))
 }
 
 fn last_record(spec: &JobSpec) -> String {
@@ -356,7 +362,19 @@ async fn run_tick(
         // unnoticed must not mark the tick done (or apply its effects).
         // `commit` sends the marker again while the lease lasts. Without
         // it the tick is not done: a peer still inside the grace runs it.
-        match guard.commit(key, marker, Some(keep), &effects).await {
+        let mut committed = guard.commit(key, marker, Some(keep), &effects).await;
+        if let Err(err @ LockError::InvalidArgument { .. }) = &committed {
+            // Refused before anything was written: the job's effects are
+            // a mistake (on a cluster, a key outside the tick's hash slot;
+            // a backend that cannot apply them) that every run of the
+            // tick would repeat. Left undone, the tick would be taken
+            // over and run again by each waiting peer: it is marked
+            // failed instead, without its effects.
+            tracing::error!(error = %err, "the tick's effects were refused; recording it as failed");
+            outcome = "failure";
+            committed = guard.commit(key, "failure", Some(keep), &[]).await;
+        }
+        match committed {
             Ok(write) if write.is_accepted() => {}
             Ok(_) => outcome = "lost",
             // Marked done; an effect was refused.

@@ -111,7 +111,13 @@ pub(crate) async fn succeeded<J: KeyedJob>(
 
 /// The dedupe record (and lock) of the run of `spec` with the rendered `key`.
 fn record_name(spec: &JobSpec, key: &str) -> String {
-    format!("job:{}:{key}", escaped(&spec.name))
+    record_of(&spec.name, key)
+}
+
+/// The dedupe record (and lock) of a run of the job named `job` with the
+/// rendered `key`.
+pub(crate) fn record_of(job: &str, key: &str) -> String {
+    format!("job:{}:{key}", escaped(job))
 }
 
 /// The result a successful run recorded within the dedupe window.

@@ -21,9 +21,10 @@
 //!   instant between its job returning and its done-marker being written
 //!   leaves the tick to a peer, which runs it again: effects the body
 //!   applies itself are at-least-once. Make them idempotent, fence them
-//!   with [`JobContext::fence`], or — for Redis effects on a single-node
-//!   backend — hand them to [`JobContext::commit_on_success`], which applies
-//!   them atomically with the success record, exactly once;
+//!   with [`JobContext::fence`], or — for Redis effects on one server or a
+//!   Redis Cluster (keys named with [`JobContext::colocated`]) — hand them
+//!   to [`JobContext::commit_on_success`], which applies them atomically
+//!   with the success record, exactly once;
 //! - **a tick is lost only if no replica is up during its whole grace**, or
 //!   if its run outlives the grace and then dies (no waiter is left to take
 //!   it over); ticks the whole fleet missed then follow the job's

@@ -24,7 +24,13 @@ use crate::source::{Delivery, Source};
 ///
 /// An entry has the fields `job` (the job's name), `key` (the run's
 /// rendered key, for the record) and `args` (the arguments as JSON); the
-/// dead-letter entry adds `id`, `deliveries` and `reason`.
+/// dead-letter entry carries the entry's fields (the first 1000 of an
+/// entry with more) and adds `id`, `deliveries` and `reason`. It is added
+/// and the entry acknowledged in one script, which on a Redis Cluster
+/// waits out a migration of the stream's slot (`TRYAGAIN`, `ASK`) where a
+/// transaction would be aborted; an entry no longer pending (acknowledged,
+/// or dead-lettered by a consumer that reclaimed it meanwhile) is not
+/// added again.
 ///
 /// Both connections (one for blocking reads, one for everything else)
 /// replace themselves after a transport error or a `READONLY` /
@@ -87,6 +93,15 @@ struct Inner {
 /// Trims the entries every group has finished with.
 static TRIM: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/trim_stream.lua")));
+
+/// Adds a dead letter and acknowledges its entry, atomically.
+static DEAD_LETTER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/dead_letter.lua")));
+
+/// How many of an entry's fields its dead letter carries, at most: the
+/// script hands them to `XADD` with Lua's `unpack`, which takes about 8000
+/// values.
+const MAX_DEAD_LETTER_FIELDS: usize = 1000;
 
 /// The stream is trimmed once per this many acknowledgements (by this
 /// consumer), not per message: a trim walks the groups and their pending
@@ -544,19 +559,25 @@ impl Source for StreamSource {
     ) -> BoxFuture<'a, std::result::Result<(), BoxError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let mut ack = redis::pipe();
-            ack.cmd("XACK")
-                .arg(&inner.stream)
-                .arg(&inner.group)
-                .arg(&delivery.id)
-                .ignore()
-                .cmd("HDEL")
-                .arg(&inner.attempts)
-                .arg(&delivery.id)
-                .ignore();
+            let mut ack = redis::cmd("XACK");
+            ack.arg(&inner.stream).arg(&inner.group).arg(&delivery.id);
+            let mut forget = redis::cmd("HDEL");
+            forget.arg(&inner.attempts).arg(&delivery.id);
+            // Two commands sent together rather than one pipeline: the
+            // connection still writes them back to back, but on a cluster
+            // each follows its own redirection. While the stream's slot
+            // migrates, its keys can be on two nodes, and a pipeline is
+            // redirected as a whole: `ASKING` covers only its first command.
             inner
                 .writer
-                .run(async |conn| ack.query_async::<()>(conn).await)
+                .run(async |conn| {
+                    let mut other = conn.clone();
+                    futures::try_join!(
+                        ack.query_async::<()>(conn),
+                        forget.query_async::<()>(&mut other)
+                    )
+                    .map(|_| ())
+                })
                 .await?;
             inner.acknowledged().await;
             Ok(())
@@ -579,47 +600,39 @@ impl Source for StreamSource {
                 .writer
                 .run(async |conn| range.query_async(conn).await)
                 .await?;
-            let mut add = redis::cmd("XADD");
-            add.arg(&inner.dead_letters)
-                .arg("MAXLEN")
-                .arg("~")
+            let mut move_entry = DEAD_LETTER.prepare_invoke();
+            move_entry
+                .key(&inner.dead_letters)
+                .key(&inner.stream)
+                .key(&inner.attempts)
                 .arg(inner.dead_letter_limit)
-                .arg("*");
+                .arg(&inner.group)
+                .arg(&delivery.id);
             if let Some(entry) = original.ids.into_iter().next() {
-                for (field, value) in entry.map {
-                    let value = match value {
-                        Value::BulkString(bytes) => bytes,
-                        Value::SimpleString(text) => text.into_bytes(),
-                        _ => continue,
-                    };
-                    if !matches!(field.as_str(), "id" | "deliveries" | "reason") {
-                        add.arg(field).arg(value);
-                    }
+                let fields = entry
+                    .map
+                    .into_iter()
+                    .filter(|(field, _)| !matches!(field.as_str(), "id" | "deliveries" | "reason"))
+                    .filter_map(|(field, value)| match value {
+                        Value::BulkString(bytes) => Some((field, bytes)),
+                        Value::SimpleString(text) => Some((field, text.into_bytes())),
+                        _ => None,
+                    })
+                    .take(MAX_DEAD_LETTER_FIELDS);
+                for (field, value) in fields {
+                    move_entry.arg(field).arg(value);
                 }
             }
-            add.arg("id")
+            move_entry
+                .arg("id")
                 .arg(&delivery.id)
                 .arg("deliveries")
                 .arg(delivery.deliveries)
                 .arg("reason")
                 .arg(reason);
-            let mut atomically = redis::pipe();
-            atomically
-                .atomic()
-                .add_command(add)
-                .ignore()
-                .cmd("XACK")
-                .arg(&inner.stream)
-                .arg(&inner.group)
-                .arg(&delivery.id)
-                .ignore()
-                .cmd("HDEL")
-                .arg(&inner.attempts)
-                .arg(&delivery.id)
-                .ignore();
             inner
                 .writer
-                .run(async |conn| atomically.query_async::<()>(conn).await)
+                .run(async |conn| move_entry.invoke_async::<()>(conn).await)
                 .await?;
             inner.acknowledged().await;
             Ok(())
