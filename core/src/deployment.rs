@@ -22,7 +22,11 @@ use crate::tls::{TlsOptions, redact};
 ///   slot map; each command goes to the primary of its key's hash slot, and
 ///   `MOVED` / `ASK` redirections (failover, resharding) are followed. Every
 ///   key one lock needs shares one hash slot; see the
-///   [key layout](crate#key-layout).
+///   [key layout](crate#key-layout). While a slot migrates, Redis answers a
+///   script whose keys are split between the two nodes, or not yet on
+///   either, with `TRYAGAIN`: such requests (taking a lock nobody holds, in
+///   that slot) are retried until the migration ends or the operation
+///   timeout passes.
 ///
 /// ```
 /// use soloist::Deployment;

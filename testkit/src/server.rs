@@ -47,8 +47,6 @@ pub const SOLOIST_ACL_RULES: &[&str] = &[
     "+@pubsub",
     "+@stream",
     "+@connection",
-    "+multi",
-    "+exec",
     "+time",
     "-@dangerous",
 ];
