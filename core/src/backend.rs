@@ -107,6 +107,12 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// backend lives in this process and the local clock is that clock.
     fn server_time(&self) -> BoxFuture<'_, Result<Option<SystemTime>>>;
 
+    /// Leases whose renewals can share one call are in the same group: on a
+    /// Redis Cluster those whose keys share a hash slot; everywhere else all.
+    fn renewal_group(&self, _key: &str) -> u16 {
+        0
+    }
+
     /// Reads what [`Backend::fenced_set`] stored: the fence and the value.
     fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>>;
 }

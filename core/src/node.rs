@@ -490,6 +490,16 @@ impl RedisNode {
         Ok(flags)
     }
 
+    /// The slot of `key`'s names on a cluster, where one renewal call
+    /// covers one slot; 0 for one server, where one call covers any keys.
+    pub(crate) fn renewal_group(&self, key: &str) -> u16 {
+        if self.is_cluster() {
+            slot_of_tagged(key)
+        } else {
+            0
+        }
+    }
+
     /// [`extend`](Self::extend) in one script call: on a cluster, for
     /// leases of one hash slot.
     async fn extend_slot(&self, leases: &[Renewal<'_>]) -> Result<Vec<bool>> {

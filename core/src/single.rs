@@ -82,6 +82,10 @@ impl Backend for RedisBackend {
         async move { Ok(Some(self.node.server_time().await?)) }.boxed()
     }
 
+    fn renewal_group(&self, key: &str) -> u16 {
+        self.node.renewal_group(key)
+    }
+
     fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>> {
         self.node.fenced_get(resource).boxed()
     }

@@ -177,12 +177,36 @@ async fn run(
             }
             () = sleep_until(next_due), if next_due.is_some() => {
                 let due = lock().take_due(Instant::now());
-                for batch in due.chunks(BATCH) {
-                    in_flight.push(Box::pin(renew(backend.clone(), batch.to_vec())));
+                for batch in batches(due, |lease| backend.renewal_group(&lease.key)) {
+                    in_flight.push(Box::pin(renew(backend.clone(), batch)));
                 }
             }
         }
     }
+}
+
+/// Cuts `due` into calls of up to [`BATCH`] leases, keeping the leases of
+/// one renewal group (on a cluster, one hash slot) in one call unless the
+/// group alone exceeds a call: a renewal period then costs one script call
+/// per slot, the least a cluster allows, and on one server one call per
+/// [`BATCH`] leases.
+fn batches<T: Clone>(mut due: Vec<T>, group: impl Fn(&T) -> u16) -> Vec<Vec<T>> {
+    due.sort_by_cached_key(|item| group(item));
+    let mut calls: Vec<Vec<T>> = Vec::new();
+    let mut rest = due.as_slice();
+    while let Some(first) = rest.first() {
+        let first = group(first);
+        let len = rest.iter().take_while(|item| group(item) == first).count();
+        let (members, after) = rest.split_at(len);
+        for part in members.chunks(BATCH) {
+            match calls.last_mut() {
+                Some(call) if call.len() + part.len() <= BATCH => call.extend_from_slice(part),
+                _ => calls.push(part.to_vec()),
+            }
+        }
+        rest = after;
+    }
+    calls
 }
 
 async fn sleep_until(due: Option<Instant>) {
@@ -245,4 +269,35 @@ async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Resche
         }
     }
     again
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leases_of_one_slot_share_one_call() {
+        // 1500 leases in group 0, more than one call holds, and 250 in each
+        // of groups 1 to 6.
+        let group = |n: &u32| if *n < 1500 { 0 } else { (*n % 6 + 1) as u16 };
+        let calls = batches((0..3000).collect(), group);
+        assert!(
+            calls
+                .iter()
+                .all(|call| !call.is_empty() && call.len() <= BATCH)
+        );
+        assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 3000);
+        assert_eq!(calls.len(), 3, "full calls");
+        for g in 1..=6 {
+            let holding = calls
+                .iter()
+                .filter(|call| call.iter().any(|n| group(n) == g))
+                .count();
+            assert_eq!(holding, 1, "group {g} is split over {holding} calls");
+        }
+        // One server: one group, calls of BATCH.
+        let calls = batches((0..2500).collect(), |_: &u32| 0);
+        let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1000, 1000, 500]);
+    }
 }

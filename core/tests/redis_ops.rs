@@ -50,7 +50,7 @@ async fn keys_live_under_the_prefix_and_user_strings_stay_data() {
             .is_accepted()
     );
     assert_eq!(server.cli(&["DBSIZE"]), "3");
-    let expected = ["lock", "fence", "fenced"].map(|space| format!("app:{space}:{key}"));
+    let expected = ["lock", "fence", "fenced"].map(|space| format!("app:{space}:={key}"));
     let mut exists = vec!["EXISTS"];
     exists.extend(expected.iter().map(String::as_str));
     assert_eq!(
