@@ -18,8 +18,10 @@ use soloist::{
     redis,
 };
 use soloist_testkit::RedisCluster;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+mod common;
+
+use common::Running;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -27,38 +29,6 @@ async fn locks(cluster: &RedisCluster) -> LockClient {
     LockClient::cluster(cluster.urls())
         .await
         .expect("connect to the cluster")
-}
-
-/// A running worker and the way to stop it.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    fn start(worker: Worker) -> Running {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            worker
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("worker ran");
-        });
-        Running {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().map(|stop| stop.send(()));
-        tokio::time::timeout(20 * SECOND, self.task)
-            .await
-            .expect("worker stopped in time")
-            .expect("worker task");
-    }
 }
 
 /// Polls `done` every 50 ms for up to `limit`; whether it came true.
@@ -625,7 +595,7 @@ async fn the_streams_slot_migrates_while_it_is_drained() {
         .into_iter()
         .find(|primary| primary.port() != from)
         .expect("another primary");
-    let (stop_producing, mut stopped) = oneshot::channel::<()>();
+    let (stop_producing, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let producing = {
         let handle = handle.clone();
         let runs = runs.clone();

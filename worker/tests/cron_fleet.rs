@@ -9,8 +9,10 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use soloist::{IntoJob, JobContext, JobSpec, LockClient, MissedTicks, Worker, cron_job};
 use soloist_testkit::RedisServer;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+mod common;
+
+use common::Running;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -24,48 +26,16 @@ fn record(runs: &Runs, ctx: &JobContext) {
         .push((tick, ctx.replica().to_owned(), ctx.attempt(), ctx.fence()));
 }
 
-/// A running replica and the way to stop it.
-struct Replica {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Replica {
-    fn start(worker: Worker) -> Replica {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            worker
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("worker ran");
-        });
-        Replica {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// A replica called `name` running `job` on `server`.
-    async fn named(server: &RedisServer, name: &str, job: impl IntoJob) -> Replica {
-        let locks = client(server).await;
-        Replica::start(
-            Worker::builder(locks)
-                .replica_id(name)
-                .job(job)
-                .build()
-                .unwrap(),
-        )
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().map(|stop| stop.send(()));
-        tokio::time::timeout(10 * SECOND, self.task)
-            .await
-            .expect("worker stopped in time")
-            .expect("worker task");
-    }
+/// A replica called `name` running `job` on `server`.
+async fn named(server: &RedisServer, name: &str, job: impl IntoJob) -> Running {
+    let locks = client(server).await;
+    Running::start(
+        Worker::builder(locks)
+            .replica_id(name)
+            .job(job)
+            .build()
+            .unwrap(),
+    )
 }
 
 /// A cron job that records each run and succeeds.
@@ -131,7 +101,7 @@ async fn each_tick_runs_once_even_on_replicas_with_skewed_clocks() {
             .job(job)
             .build()
             .unwrap();
-        replicas.push(Replica::start(worker));
+        replicas.push(Running::start(worker));
     }
     tokio::time::sleep(5 * SECOND).await;
     for replica in replicas {
@@ -180,7 +150,7 @@ async fn retries_then_a_recorded_failure() {
                 }
             },
         );
-        replicas.push(Replica::named(&server, name, job).await);
+        replicas.push(named(&server, name, job).await);
     }
     tokio::time::sleep(Duration::from_millis(4500)).await;
     for replica in replicas {
@@ -230,7 +200,7 @@ async fn max_hold_cancels_a_run_for_good() {
                 }
             },
         );
-        replicas.push(Replica::named(&server, name, job).await);
+        replicas.push(named(&server, name, job).await);
     }
     tokio::time::sleep(Duration::from_millis(3500)).await;
     for replica in replicas {
@@ -275,7 +245,7 @@ async fn a_lost_lease_cancels_the_run_and_a_peer_takes_over() {
                 }
             },
         );
-        replicas.push(Replica::named(&server, name, job).await);
+        replicas.push(named(&server, name, job).await);
     }
     // Wait for the first run to start, then take its lock away.
     let first = loop {
@@ -337,7 +307,7 @@ async fn missed_ticks_follow_the_policy() {
         );
         let started = Utc::now();
         let worker = Worker::builder(locks).job(job).build().unwrap();
-        let replica = Replica::start(worker);
+        let replica = Running::start(worker);
         tokio::time::sleep(SECOND).await;
         replica.stop().await;
         let runs = runs.lock().unwrap();
@@ -381,7 +351,7 @@ async fn shutdown_waits_for_runs_then_cancels_them() {
             .job(job)
             .build()
             .unwrap();
-        let replica = Replica::start(worker);
+        let replica = Running::start(worker);
         while runs.lock().unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -424,7 +394,7 @@ async fn a_tick_runs_only_once_its_claim_is_recorded() {
         );
         Worker::builder(locks).job(job).build().unwrap()
     };
-    let first = Replica::start(worker(client(&server).await));
+    let first = Running::start(worker(client(&server).await));
     // The next tick at least 300 ms away: the replica is up to claim it.
     let soon = Utc::now() + TimeDelta::milliseconds(300);
     let tick_ms = (soon.timestamp_millis() / 3000 + 1) * 3000;
@@ -448,7 +418,7 @@ async fn a_tick_runs_only_once_its_claim_is_recorded() {
     // Past the tick's grace, before the next tick's: recovery's latest
     // missed tick is the tick.
     tokio::time::sleep(until(tick + TimeDelta::milliseconds(1500))).await;
-    let second = Replica::start(worker(locks));
+    let second = Running::start(worker(locks));
     tokio::time::sleep(until(tick + TimeDelta::milliseconds(2500))).await;
     second.stop().await;
 
@@ -474,7 +444,7 @@ async fn ticks_draw_fences_from_one_counter_per_job() {
                 .misfire(SECOND),
             &runs,
         );
-        replicas.push(Replica::named(&server, name, job).await);
+        replicas.push(named(&server, name, job).await);
     }
     tokio::time::sleep(3 * SECOND).await;
     for replica in replicas {
@@ -538,7 +508,7 @@ async fn a_replica_started_during_a_ticks_grace_takes_it_over() {
             },
         )
     };
-    let first = Replica::start(
+    let first = Running::start(
         Worker::builder(client(&server).await)
             .replica_id("first")
             .shutdown_grace(Duration::from_millis(100))
@@ -550,7 +520,7 @@ async fn a_replica_started_during_a_ticks_grace_takes_it_over() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let tick = runs.lock().unwrap()[0].0;
-    let second = Replica::named(&server, "second", job()).await;
+    let second = named(&server, "second", job()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     first.stop().await;
     let deadline = std::time::Instant::now() + 3 * SECOND;

@@ -5,7 +5,42 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use soloist::{BoxError, Delivery, Source, StreamSource};
+use soloist::{BoxError, Delivery, Source, StreamSource, Worker};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A worker running on a task of its own, and the way to stop it.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn start(worker: Worker) -> Running {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            worker
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("worker ran");
+        });
+        Running {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops the worker, failing the test if it takes more than 20 s.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().map(|stop| stop.send(()));
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("worker stopped in time")
+            .expect("worker task");
+    }
+}
 
 /// A stream source whose acknowledgements never complete, so that its
 /// consumer can be killed between a run's success and its acknowledgement;
