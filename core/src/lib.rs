@@ -145,6 +145,8 @@ pub use fence::{FencedValue, FencedWrite, MAX_EFFECT_ARGS, MAX_RECORD_TTL};
 pub use guard::LockGuard;
 pub use lease::Lease;
 #[doc(hidden)]
+pub use node::invoke_script;
+#[doc(hidden)]
 pub use pool::{Conn, SharedConnection};
 /// The redis crate this one speaks through, for [`LockGuard::commit`]'s effects.
 #[doc(no_inline)]

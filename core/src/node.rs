@@ -183,7 +183,8 @@ impl RedisNode {
 
     /// Eviction can delete a held lock key (or a fence counter) under memory
     /// pressure, which silently breaks mutual exclusion; only `noeviction`
-    /// is safe. Servers that refuse `CONFIG` are let through unchecked.
+    /// is safe. Servers that refuse `CONFIG` are let through unchecked; on a
+    /// cluster, one node answers for all.
     async fn check_eviction_policy(&self) -> Result<()> {
         let mut cmd = redis::cmd("CONFIG");
         cmd.arg("GET").arg("maxmemory-policy");
@@ -216,8 +217,12 @@ impl RedisNode {
         op: &'static str,
         work: impl AsyncFnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T> {
-        // No timer of our own: the pool's check-out and the connection's
-        // connect and response timeouts are all set to `op_timeout`.
+        // No timer of our own: every reply, and connecting to each server,
+        // is bounded by `op_timeout` (a cluster request as a whole too,
+        // redirections included). Opening a connection may take several
+        // such steps: a Sentinel lookup passes over a frozen sentinel after
+        // its timeout, and a cluster's first connection tries the listed
+        // nodes in turn, each with the timeout.
         let mut conn = self.pool.get().await?;
         let result = work(&mut conn).await;
         conn.observe(&result);
@@ -270,6 +275,19 @@ impl RedisNode {
         })
         .await
     }
+}
+
+/// Runs `invocation` of `script` on `conn`, loading the script on the node
+/// that runs it when that node does not know it (see `run_script`); for
+/// scripts of the worker's stream sources.
+#[doc(hidden)]
+pub async fn invoke_script<T: FromRedisValue>(
+    conn: &mut crate::pool::Conn,
+    script: &Script,
+    invocation: &ScriptInvocation<'_>,
+) -> Result<T, RedisError> {
+    let (reply, _) = run_script(conn, script, invocation, None).await?;
+    Ok(reply)
 }
 
 /// Runs `invocation` of `script`, then `wait` if given, in one pipeline,

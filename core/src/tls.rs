@@ -285,17 +285,17 @@ fn install_crypto_provider() {
     }
 }
 
-/// `url` without its password, for error messages.
+/// `url` without its password, for error messages. The credentials end at
+/// the last `@` (a password may hold `/`, `?` or `#` unencoded, in which
+/// case the URL does not parse and this is all the message shows).
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split_once(':').map_or("", |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}{tail}")
+            format!("{scheme}://{user}:***@{host}")
         }
         _ => url.to_owned(),
     }
@@ -313,6 +313,8 @@ mod tests {
         );
         assert_eq!(redact("redis://:secret@h"), "redis://:***@h");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+        assert_eq!(redact("redis://u:pa/ss@h:1/2"), "redis://u:***@h:1/2");
+        assert_eq!(redact("redis://u:p?#@h"), "redis://u:***@h");
         assert_eq!(redact("nonsense"), "nonsense");
     }
 

@@ -570,3 +570,51 @@ async fn a_release_right_after_the_first_attempt_queued_wakes_the_waiter() {
         guard.release().await.unwrap();
     }
 }
+
+/// An acquisition sent again after its reply was lost (a cluster client
+/// resends on a dropped connection) finds the key holding its own token:
+/// it is taken, renewed, and gets a fence above the one nobody received,
+/// instead of being refused and leaving the key held by no one.
+#[tokio::test]
+async fn a_resent_acquisition_takes_the_key_it_already_holds() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    let guard = locks
+        .lock("resent")
+        .ttl(Duration::from_secs(5))
+        .acquire()
+        .await
+        .unwrap();
+    let token = token_of(&server, "resent");
+    server.cli(&["PEXPIRE", "soloist:lock:{resent}", "1000"]);
+    // The acquire script, run for `token` as the client runs it.
+    let attempt = |token: &str| {
+        server.cli(&[
+            "EVAL",
+            include_str!("../src/scripts/acquire.lua"),
+            "3",
+            "soloist:lock:{resent}",
+            "soloist:fence:{resent}",
+            "soloist:waiters:{resent}",
+            token,
+            "5000",
+            "",
+            "0",
+            "fence",
+        ])
+    };
+    let reply = attempt(&token);
+    let mut lines = reply.lines();
+    assert_eq!(lines.next(), Some("1"), "taken: {reply}");
+    let fence: u64 = lines.next().unwrap().parse().unwrap();
+    assert!(fence > guard.fence());
+    let pttl: u64 = server
+        .cli(&["PTTL", "soloist:lock:{resent}"])
+        .parse()
+        .unwrap();
+    assert!(pttl > 1000, "renewed to the ttl asked: {pttl} ms");
+    assert_eq!(token_of(&server, "resent"), token);
+    // Another token is still refused.
+    let other = attempt("someone-else");
+    assert_eq!(other.lines().next(), Some("0"), "{other}");
+}

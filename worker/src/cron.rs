@@ -1,13 +1,15 @@
 //! Cron jobs: every replica tries to claim each tick; one runs it.
 //!
 //! # The claim protocol
-//! For each tick `T` of job `name`, under the prefix of the worker's lock
-//! client:
-//! - the lock `lock:cron:{name}:{T}` (T in Unix milliseconds) admits one
-//!   run of the tick at a time, renewed by the watchdog while it runs; its
-//!   fence comes from the job's one counter, `fence:cron:{name}`, so fences
-//!   increase from tick to tick and no counter is kept per tick;
-//! - the fenced record `cron:{name}:{T}`, the tick's done-marker, is
+//! For each tick `T` of job `name` (escaped, see `key.rs`), under the prefix
+//! of the worker's lock client, with the name as the hash tag of every key
+//! so that on a Redis Cluster they all share one slot:
+//! - the lock on `cron:{name}:T` (T in Unix milliseconds; Redis key
+//!   `lock:=cron:{name}:T`) admits one run of the tick at a time, renewed
+//!   by the watchdog while it runs; its fence comes from the job's one
+//!   counter, `cron:{name}`, so fences increase from tick to tick and no
+//!   counter is kept per tick;
+//! - the fenced record `cron:{name}:T`, the tick's done-marker, is
 //!   written with the run's fence when the run ends for good (success,
 //!   failure after its retries, or `max_hold`), and kept for the misfire
 //!   grace plus a margin, so that a replica arriving late does not run it

@@ -47,7 +47,8 @@ use crate::source::{Delivery, Source};
 ///
 /// Toward `max_deliveries` count the runs that started (the key's lock held,
 /// the job's body about to run), kept per entry in the hash
-/// `{stream}:{group}:attempts` until the entry is acknowledged or dead-lettered; a
+/// `{orders}:<group>:attempts` for a stream `orders` (a name in the stream's
+/// hash slot, see [`colocated`]) until the entry is acknowledged or dead-lettered; a
 /// delivery that could not run (the key busy with a peer's run, the lock
 /// backend unreachable) does not count.
 ///
@@ -292,10 +293,10 @@ impl StreamSourceBuilder {
                 ));
             }
             Some(dead) => dead.clone(),
-            None => self.beside(":dead")?,
+            None => self.beside(":dead", &deployment)?,
         };
         // Per group: each group runs every entry on its own.
-        let attempts = self.beside(&format!(":{}:attempts", self.group))?;
+        let attempts = self.beside(&format!(":{}:attempts", self.group), &deployment)?;
         let open = |response| {
             SharedConnection::open(&deployment, OP_TIMEOUT, response).map_err(|err| match err {
                 soloist_core::LockError::InvalidArgument { name, reason } => invalid(name, reason),
@@ -342,15 +343,20 @@ impl StreamSourceBuilder {
         })
     }
 
-    /// The name of a key kept beside the stream, in its hash slot.
-    fn beside(&self, suffix: &str) -> Result<String> {
-        colocated(&self.stream, suffix).ok_or_else(|| {
-            WorkerError::invalid(
+    /// The name of a key kept beside the stream, in its hash slot. A stream
+    /// named with a `}` outside a hash tag has no such name: on one server
+    /// (or Sentinel) the suffix is appended as it is, and a cluster refuses it.
+    fn beside(&self, suffix: &str, deployment: &Deployment) -> Result<String> {
+        match colocated(&self.stream, suffix) {
+            Some(name) => Ok(name),
+            None if !deployment.is_cluster() => Ok(format!("{}{suffix}", self.stream)),
+            None => Err(WorkerError::invalid(
                 &self.stream,
                 "stream",
-                "holds a `}` outside a hash tag, so no key can share its hash slot".to_owned(),
-            )
-        })
+                "holds a `}` outside a hash tag, so on a cluster no key can share its hash slot"
+                    .to_owned(),
+            )),
+        }
     }
 
     /// Every setting in range, or the first that is not.
@@ -501,7 +507,7 @@ impl Inner {
         trim.arg(self.retain);
         let trimmed = self
             .writer
-            .run(async |conn| trim.invoke_async::<u64>(conn).await)
+            .run(async |conn| soloist_core::invoke_script::<u64>(conn, &TRIM, &trim).await)
             .await;
         match trimmed {
             Ok(removed) => tracing::debug!(stream = %self.stream, removed, "trimmed"),
@@ -632,7 +638,9 @@ impl Source for StreamSource {
                 .arg(reason);
             inner
                 .writer
-                .run(async |conn| move_entry.invoke_async::<()>(conn).await)
+                .run(async |conn| {
+                    soloist_core::invoke_script::<()>(conn, &DEAD_LETTER, &move_entry).await
+                })
                 .await?;
             inner.acknowledged().await;
             Ok(())

@@ -27,12 +27,20 @@ if waiting and ARGV[4] == '1' then
   value = value .. '+'
 end
 if not redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
-  if waiting then
-    join_queue()
-    -- Mark the holder's value: its release must wake the queue.
-    redis.call('SETRANGE', KEYS[1], #ARGV[1], '+')
+  local holder = redis.call('GET', KEYS[1])
+  if holder == ARGV[1] or holder == ARGV[1] .. '+' then
+    -- This same attempt, sent again after its reply was lost (a cluster
+    -- client resends on a dropped connection): the key is already ours.
+    -- Renew it and issue a fence, higher than the one nobody received.
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  else
+    if waiting then
+      join_queue()
+      -- Mark the holder's value: its release must wake the queue.
+      redis.call('SETRANGE', KEYS[1], #ARGV[1], '+')
+    end
+    return {0, redis.call('PTTL', KEYS[1])}
   end
-  return {0, redis.call('PTTL', KEYS[1])}
 end
 if waiting then
   if ARGV[4] == '1' then
