@@ -70,7 +70,7 @@ use proc_macro::TokenStream;
 ///
 /// | setting | for | value |
 /// | --- | --- | --- |
-/// | `cron` | cron jobs | a cron expression, six or seven fields, seconds first |
+/// | `cron` | cron jobs | a cron expression: five fields (crontab, `*/5 * * * *`), six or seven with seconds first, or `@hourly` / `@daily` / `@weekly` / `@monthly` / `@yearly` (see `soloist::CronSchedule`) |
 /// | `tz` | cron jobs | an IANA time zone for the expression; default `"UTC"` |
 /// | `key` | keyed jobs | a key template: `{name}` renders the argument `name` with `Display`; `{{` and `}}` are braces |
 /// | `ttl` | all | the lease length, 10ms to 24h; default 30s |

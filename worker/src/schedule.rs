@@ -8,8 +8,17 @@ use chrono::offset::LocalResult;
 use chrono::{DateTime, NaiveDateTime, TimeDelta, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
-/// A cron expression (six or seven fields, seconds first, as the
-/// [`cron`](https://docs.rs/cron) crate reads them) evaluated in a time zone.
+/// A cron expression evaluated in a time zone. Accepted forms:
+/// - five fields, the crontab form: `minute hour day-of-month month
+///   day-of-week` (`*/5 * * * *`), firing at second 0;
+/// - six fields, seconds first (`30 */5 * * * *`);
+/// - seven fields, seconds first and a year last (`0 0 12 1 1 * 2027`);
+/// - `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
+///
+/// Fields take numbers, ranges (`1-5`), lists (`1,15`), steps (`*/10`) and
+/// names (`JAN`, `MON`), as the [`cron`](https://docs.rs/cron) crate reads
+/// them. Any other number of fields is refused with
+/// [`ScheduleError::Fields`], naming these forms.
 ///
 /// Ticks are the wall-clock times the expression names, in that zone, as
 /// instants. Daylight-saving transitions are defined so that ticks are
@@ -20,10 +29,16 @@ use chrono_tz::Tz;
 ///   first occurrence.
 ///
 /// ```
-/// use soloist::CronSchedule;
+/// use soloist::{CronSchedule, ScheduleError};
 /// let schedule = CronSchedule::new("0 30 2 * * *", "Europe/Berlin").unwrap();
 /// assert_eq!(schedule.expression(), "0 30 2 * * *");
+/// assert!(CronSchedule::new("*/5 * * * *", "UTC").is_ok()); // crontab
+/// assert!(CronSchedule::new("@daily", "UTC").is_ok());
 /// assert!(CronSchedule::new("0 30 2 * * *", "Mars/Olympus").is_err());
+/// assert!(matches!(
+///     CronSchedule::new("* * * *", "UTC"),
+///     Err(ScheduleError::Fields { found: 4, .. })
+/// ));
 /// ```
 #[derive(Clone)]
 pub struct CronSchedule {
@@ -53,6 +68,16 @@ pub enum ScheduleError {
         /// The parser's complaint.
         reason: String,
     },
+    /// The expression has a number of fields no form has.
+    #[error(
+        "cron expression `{expression}` has {found} fields; expected 5 (minute hour day-of-month month day-of-week), 6 (seconds first), 7 (seconds first, year last), or @hourly, @daily, @weekly, @monthly, @yearly"
+    )]
+    Fields {
+        /// The expression as given.
+        expression: String,
+        /// How many whitespace-separated fields it has.
+        found: usize,
+    },
     /// The time zone is not an IANA name chrono-tz knows.
     #[error("unknown time zone `{0}` (expected an IANA name such as `Europe/Berlin` or `UTC`)")]
     TimeZone(String),
@@ -61,16 +86,30 @@ pub enum ScheduleError {
 impl CronSchedule {
     /// Parses `expression` for the IANA time zone `tz` (`"UTC"` for none).
     pub fn new(expression: &str, tz: &str) -> Result<Self, ScheduleError> {
-        let schedule = cron::Schedule::from_str(expression).map_err(|err| ScheduleError::Cron {
-            expression: expression.to_owned(),
-            reason: err
-                .to_string()
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-        })?;
+        let fields = expression.split_whitespace().count();
+        let seconds_first = match fields {
+            1 if expression.trim_start().starts_with('@') => expression.trim().to_owned(),
+            // Crontab: the same fields after a seconds field of 0.
+            5 => format!("0 {}", expression.trim()),
+            6 | 7 => expression.to_owned(),
+            found => {
+                return Err(ScheduleError::Fields {
+                    expression: expression.to_owned(),
+                    found,
+                });
+            }
+        };
+        let schedule =
+            cron::Schedule::from_str(&seconds_first).map_err(|err| ScheduleError::Cron {
+                expression: expression.to_owned(),
+                reason: err
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+            })?;
         let tz = tz
             .parse::<Tz>()
             .map_err(|_| ScheduleError::TimeZone(tz.to_owned()))?;
@@ -227,8 +266,31 @@ mod tests {
     }
 
     #[test]
+    fn crontab_and_shorthands_fire_at_second_zero() {
+        let crontab = CronSchedule::new("*/5 * * * *", "UTC").unwrap();
+        assert_eq!(crontab.expression(), "*/5 * * * *");
+        assert_eq!(
+            ticks(&crontab, "2026-12-07T10:03:20Z", 2),
+            ["2026-12-07T10:05:00+00:00", "2026-12-07T10:10:00+00:00"]
+        );
+        let daily = CronSchedule::new("@daily", "Europe/Berlin").unwrap();
+        assert_eq!(
+            ticks(&daily, "2026-12-07T10:03:20Z", 1),
+            ["2026-12-07T23:00:00+00:00"]
+        );
+        for shorthand in ["@hourly", "@weekly", "@monthly", "@yearly"] {
+            assert!(CronSchedule::new(shorthand, "UTC").is_ok(), "{shorthand}");
+        }
+    }
+
+    #[test]
     fn bad_expressions_and_zones_are_errors() {
-        for expression in ["", "bad", "* * * * *", "61 * * * * *"] {
+        for expression in [
+            "@sometimes",
+            "61 * * * * *",
+            "* 24 * * *",
+            "0 0 * * * * 1969",
+        ] {
             assert!(
                 matches!(
                     CronSchedule::new(expression, "UTC"),
@@ -236,6 +298,17 @@ mod tests {
                 ),
                 "{expression:?}"
             );
+        }
+        for (expression, found) in [("", 0), ("bad", 1), ("* * * *", 4), ("0 0 0 * * * * *", 8)] {
+            let err = CronSchedule::new(expression, "UTC").unwrap_err();
+            assert_eq!(
+                err,
+                ScheduleError::Fields {
+                    expression: expression.to_owned(),
+                    found
+                }
+            );
+            assert!(err.to_string().contains("@daily"), "{err}");
         }
         assert_eq!(
             CronSchedule::new("* * * * * *", "Europe/Atlantis").unwrap_err(),
