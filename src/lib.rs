@@ -81,10 +81,10 @@ pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).
 pub use soloist_worker::metrics as worker_metrics;
 pub use soloist_worker::{
-    BoxError, CronFn, CronJob, CronSchedule, DEFAULT_JOB_TTL, DEFAULT_MISFIRE, IntoJob, JobContext,
-    JobContextBuilder, JobSpec, KeyPart, KeyTemplate, KeyedFn, KeyedJob, MissedTicks, OnLost,
-    Registration, RunOutcome, ScheduleError, Trigger, Worker, WorkerBuilder, WorkerError,
-    WorkerHandle, cron_job, keyed_job, parse_duration,
+    BoxError, CronFn, CronJob, CronSchedule, DEFAULT_JOB_TTL, DEFAULT_MISFIRE, DurationError,
+    IntoJob, JobContext, JobContextBuilder, JobSpec, KeyPart, KeyTemplate, KeyTemplateError,
+    KeyedFn, KeyedJob, MissedTicks, OnLost, Registration, RunOutcome, ScheduleError, Trigger,
+    Worker, WorkerBuilder, WorkerError, WorkerHandle, cron_job, keyed_job, parse_duration,
 };
 pub use soloist_worker::{Delivery, Source, StreamSource, StreamSourceBuilder};
 

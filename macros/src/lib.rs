@@ -65,8 +65,8 @@ use proc_macro::TokenStream;
 ///   tuple (`handle.run(job, (a, b))`).
 ///
 /// # Settings
-/// Durations are strings such as `"500ms"`, `"30s"`, `"1m"`, `"1h30m"` or
-/// `"2d"` (see `soloist::parse_duration`).
+/// Durations are strings such as `"500ms"`, `"30s"`, `"1m"`, `"1h30m"`,
+/// `"1h 30m"`, `"5 minutes"` or `"2d"` (see `soloist::parse_duration`).
 ///
 /// | setting | for | value |
 /// | --- | --- | --- |

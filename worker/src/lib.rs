@@ -105,8 +105,8 @@ pub use outcome::RunOutcome;
 pub use schedule::{CronSchedule, ScheduleError};
 pub use source::{Delivery, Source};
 pub use spec::{
-    DEFAULT_JOB_TTL, DEFAULT_MISFIRE, JobSpec, KeyTemplate, MissedTicks, OnLost, Trigger,
-    parse_duration,
+    DEFAULT_JOB_TTL, DEFAULT_MISFIRE, DurationError, JobSpec, KeyTemplate, KeyTemplateError,
+    MissedTicks, OnLost, Trigger, parse_duration,
 };
 pub use streams::{StreamSource, StreamSourceBuilder};
 pub use worker::{Worker, WorkerBuilder, WorkerHandle};

@@ -41,9 +41,9 @@ impl KeyTemplate {
     /// assert_eq!(template.placeholders(), ["invoice_id"]);
     /// assert!(KeyTemplate::parse("invoice:{").is_err());
     /// ```
-    pub fn parse(template: &str) -> std::result::Result<Self, String> {
+    pub fn parse(template: &str) -> std::result::Result<Self, KeyTemplateError> {
         if template.is_empty() {
-            return Err("a key template must not be empty".to_owned());
+            return Err(KeyTemplateError::Empty);
         }
         let mut placeholders = Vec::new();
         let mut chars = template.chars().peekable();
@@ -58,7 +58,11 @@ impl KeyTemplate {
                         match chars.next() {
                             Some('}') => break,
                             Some(c) => name.push(c),
-                            None => return Err(format!("unclosed `{{` in `{template}`")),
+                            None => {
+                                return Err(KeyTemplateError::Unclosed {
+                                    template: template.to_owned(),
+                                });
+                            }
                         }
                     }
                     let valid = name
@@ -67,9 +71,10 @@ impl KeyTemplate {
                         .is_some_and(|c| c.is_alphabetic() || c == '_')
                         && name.chars().all(|c| c.is_alphanumeric() || c == '_');
                     if !valid {
-                        return Err(format!(
-                            "`{{{name}}}` in `{template}` is not an argument name"
-                        ));
+                        return Err(KeyTemplateError::NotAnArgument {
+                            template: template.to_owned(),
+                            name,
+                        });
                     }
                     // An argument is rendered escaped (see `KeyPart`): it
                     // ends where a character it never contains begins, so
@@ -82,19 +87,21 @@ impl KeyTemplate {
                         Some(c) => !crate::key::is_plain(c) && c != '%',
                     };
                     if !separated {
-                        return Err(format!(
-                            "`{{{name}}}` in `{template}` must be followed by the end of the key \
-                             or a separator such as `:` or `/` (not a letter, digit, `_`, `-`, \
-                             `.`, `%` or another placeholder), so that different arguments \
-                             never render the same key"
-                        ));
+                        return Err(KeyTemplateError::NotSeparated {
+                            template: template.to_owned(),
+                            name,
+                        });
                     }
                     placeholders.push(name);
                 }
                 '}' if chars.peek() == Some(&'}') => {
                     chars.next();
                 }
-                '}' => return Err(format!("stray `}}` in `{template}`")),
+                '}' => {
+                    return Err(KeyTemplateError::Stray {
+                        template: template.to_owned(),
+                    });
+                }
                 _ => {}
             }
         }
@@ -214,7 +221,7 @@ impl JobSpec {
     /// A job run on request, once at a time per key rendered from `template`.
     pub fn keyed(name: &str, template: &str) -> Result<Self> {
         let template = KeyTemplate::parse(template)
-            .map_err(|reason| WorkerError::invalid(name, "key", reason))?;
+            .map_err(|reason| WorkerError::invalid(name, "key", reason.to_string()))?;
         Self::new(name, Trigger::Keyed(template))
     }
 
@@ -328,19 +335,107 @@ impl JobSpec {
     }
 }
 
-/// Parses a duration such as `"30s"`, `"1m"`, `"24h"`, `"500ms"`, `"1h30m"`
-/// or `"2d"`: what the macro's duration settings accept.
+/// Why a key template was refused by [`KeyTemplate::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyTemplateError {
+    /// The template is empty.
+    #[error("a key template must not be empty")]
+    Empty,
+    /// A `{` has no `}` after it.
+    #[error("unclosed `{{` in `{template}`")]
+    Unclosed {
+        /// The template as given.
+        template: String,
+    },
+    /// A `}` closes nothing (write `}}` for a literal one).
+    #[error("stray `}}` in `{template}`")]
+    Stray {
+        /// The template as given.
+        template: String,
+    },
+    /// A placeholder's name is not an argument name.
+    #[error("`{{{name}}}` in `{template}` is not an argument name")]
+    NotAnArgument {
+        /// The template as given.
+        template: String,
+        /// What the braces hold.
+        name: String,
+    },
+    /// A placeholder runs into text an argument could contain.
+    #[error(
+        "`{{{name}}}` in `{template}` must be followed by the end of the key or a separator such as `:` or `/` (not a letter, digit, `_`, `-`, `.`, `%` or another placeholder), so that different arguments never render the same key"
+    )]
+    NotSeparated {
+        /// The template as given.
+        template: String,
+        /// The placeholder's name.
+        name: String,
+    },
+}
+
+/// Why a duration string was refused by [`parse_duration`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// Nothing but whitespace.
+    #[error("empty duration; expected e.g. `30s`, `1m`, `1h 30m`")]
+    Empty,
+    /// A unit, or something else, where a number should be.
+    #[error("`{text}`: expected a number before `{rest}`")]
+    MissingNumber {
+        /// The duration as given.
+        text: String,
+        /// Where the number is missing.
+        rest: String,
+    },
+    /// A number without a unit.
+    #[error("`{text}`: missing unit (ms, s, m, h or d)")]
+    MissingUnit {
+        /// The duration as given.
+        text: String,
+    },
+    /// A unit that is not one of `ms`, `s`, `m`, `h`, `d` (or their longer
+    /// names).
+    #[error("`{text}`: unknown unit `{unit}` (ms, s, m, h or d)")]
+    UnknownUnit {
+        /// The duration as given.
+        text: String,
+        /// The unit found.
+        unit: String,
+    },
+    /// Longer than a `Duration` holds.
+    #[error("`{text}`: too long")]
+    TooLong {
+        /// The duration as given.
+        text: String,
+    },
+}
+
+/// Parses a duration such as `"30s"`, `"1m"`, `"24h"`, `"500ms"`, `"1h30m"`,
+/// `"1h 30m"`, `"5 minutes"` or `"2d"`: numbers with a unit, summed, with
+/// optional spaces between the parts and before a unit. Units: `ms`
+/// (`msec`, `millis`), `s` (`sec`, `secs`, `second`, `seconds`), `m`
+/// (`min`, `mins`, `minute`, `minutes`), `h` (`hr`, `hrs`, `hour`, `hours`)
+/// and `d` (`day`, `days`). What the macro's duration settings accept.
 ///
 /// ```
 /// use std::time::Duration;
-/// assert_eq!(soloist::parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-/// assert!(soloist::parse_duration("soon").is_err());
+/// use soloist::{DurationError, parse_duration};
+/// assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+/// assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+/// assert_eq!(parse_duration("5 minutes"), Ok(Duration::from_secs(300)));
+/// assert!(matches!(parse_duration("soon"), Err(DurationError::MissingNumber { .. })));
 /// ```
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError> {
+    let original = text;
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration; expected e.g. `30s`, `1m`, `24h`".to_owned());
+        return Err(DurationError::Empty);
     }
+    let too_long = || DurationError::TooLong {
+        text: original.to_owned(),
+    };
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
@@ -348,36 +443,40 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{text}`: expected a number before `{rest}`"));
+            return Err(DurationError::MissingNumber {
+                text: original.to_owned(),
+                rest: rest.to_owned(),
+            });
         }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{text}`: number too large"))?;
-        rest = &rest[digits..];
+        let number: u64 = rest[..digits].parse().map_err(|_| too_long())?;
+        rest = rest[digits..].trim_start();
         let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
+            .find(|c: char| c.is_ascii_digit() || c.is_whitespace())
             .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86_400),
-            "" => return Err(format!("`{text}`: missing unit (ms, s, m, h or d)")),
+            "ms" | "msec" | "millis" => Duration::from_millis(1),
+            "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(1),
+            "m" | "min" | "mins" | "minute" | "minutes" => Duration::from_secs(60),
+            "h" | "hr" | "hrs" | "hour" | "hours" => Duration::from_secs(3600),
+            "d" | "day" | "days" => Duration::from_secs(86_400),
+            "" => {
+                return Err(DurationError::MissingUnit {
+                    text: original.to_owned(),
+                });
+            }
             other => {
-                return Err(format!(
-                    "`{text}`: unknown unit `{other}` (ms, s, m, h or d)"
-                ));
+                return Err(DurationError::UnknownUnit {
+                    text: original.to_owned(),
+                    unit: other.to_owned(),
+                });
             }
         };
-        rest = &rest[unit_len..];
+        rest = rest[unit_len..].trim_start();
         let part = u32::try_from(number)
             .ok()
             .and_then(|n| unit.checked_mul(n))
-            .ok_or_else(|| format!("`{text}`: too long"))?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| format!("`{text}`: too long"))?;
+            .ok_or_else(too_long)?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
     }
     Ok(total)
 }
@@ -396,6 +495,11 @@ mod tests {
             ("1h30m", 5_400_000),
             ("2d", 172_800_000),
             ("0s", 0),
+            ("1h 30m", 5_400_000),
+            (" 30 s ", 30_000),
+            ("1d 2h 3m 4s 5ms", 93_784_005),
+            ("2 hours 1 min", 7_260_000),
+            ("1 day", 86_400_000),
         ] {
             assert_eq!(
                 parse_duration(text),
@@ -403,8 +507,47 @@ mod tests {
                 "{text}"
             );
         }
-        for bad in ["", "s", "30", "30x", "1.5h", "-1s", "99999999999999999999s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        let owned = |text: &str| text.to_owned();
+        for (bad, expected) in [
+            ("", DurationError::Empty),
+            (" ", DurationError::Empty),
+            (
+                "s",
+                DurationError::MissingNumber {
+                    text: owned("s"),
+                    rest: owned("s"),
+                },
+            ),
+            ("30", DurationError::MissingUnit { text: owned("30") }),
+            (
+                "30x",
+                DurationError::UnknownUnit {
+                    text: owned("30x"),
+                    unit: owned("x"),
+                },
+            ),
+            (
+                "1.5h",
+                DurationError::UnknownUnit {
+                    text: owned("1.5h"),
+                    unit: owned("."),
+                },
+            ),
+            (
+                "-1s",
+                DurationError::MissingNumber {
+                    text: owned("-1s"),
+                    rest: owned("-1s"),
+                },
+            ),
+            (
+                "99999999999999999999s",
+                DurationError::TooLong {
+                    text: owned("99999999999999999999s"),
+                },
+            ),
+        ] {
+            assert_eq!(parse_duration(bad), Err(expected), "{bad:?}");
         }
     }
 
@@ -427,6 +570,15 @@ mod tests {
         ] {
             assert!(KeyTemplate::parse(bad).is_err(), "{bad:?} parsed");
         }
+        assert_eq!(KeyTemplate::parse(""), Err(KeyTemplateError::Empty));
+        assert!(matches!(
+            KeyTemplate::parse("a:{b}x"),
+            Err(KeyTemplateError::NotSeparated { name, .. }) if name == "b"
+        ));
+        assert!(matches!(
+            KeyTemplate::parse("a:}"),
+            Err(KeyTemplateError::Stray { .. })
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use soloist::{JobContext, exclusive_job};
 
-#[exclusive_job(cron = "0 * * * * *", backoff = "5 minutes")]
+#[exclusive_job(cron = "0 * * * * *", backoff = "5 fortnights")]
 async fn sweep(ctx: JobContext) -> Result<(), std::io::Error> {
     let _ = ctx;
     Ok(())
