@@ -150,7 +150,8 @@ impl LockClient {
         Self::from_backend(Arc::new(MemoryBackend::default()))
     }
 
-    /// Settings for a Redis client: key prefix, operation timeout, pool size.
+    /// Settings for a Redis client: key prefix, operation timeout, replica
+    /// acknowledgement.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
@@ -287,7 +288,6 @@ fn record(value: &[u8], ttl: Option<Duration>) -> Record<'_> {
 /// let locks = LockClient::builder()
 ///     .prefix("billing:")
 ///     .op_timeout(Duration::from_millis(500))
-///     .pool_size(8)
 ///     .connect("redis://127.0.0.1:6379")
 ///     .await?;
 /// # Ok(()) }
@@ -297,7 +297,6 @@ fn record(value: &[u8], ttl: Option<Duration>) -> Record<'_> {
 pub struct ClientBuilder {
     prefix: String,
     op_timeout: Option<Duration>,
-    pool_size: u32,
     min_replicas: (u32, Duration),
 }
 
@@ -306,7 +305,6 @@ impl Default for ClientBuilder {
         ClientBuilder {
             prefix: "soloist:".to_owned(),
             op_timeout: None,
-            pool_size: 4,
             min_replicas: (0, Duration::ZERO),
         }
     }
@@ -331,13 +329,6 @@ impl ClientBuilder {
     /// single node and 200 ms per node for a Redlock.
     pub fn op_timeout(mut self, op_timeout: Duration) -> Self {
         self.op_timeout = Some(op_timeout);
-        self
-    }
-
-    /// How many connections the pool keeps, from 1 to 1024; default 4. Each connection
-    /// pipelines concurrent requests, so a few serve many tasks.
-    pub fn pool_size(mut self, pool_size: u32) -> Self {
-        self.pool_size = pool_size;
         self
     }
 
@@ -459,12 +450,6 @@ impl ClientBuilder {
                 format!("must be between 1 ms and 1 h, got {op_timeout:?}"),
             ));
         }
-        if !(1..=1024).contains(&self.pool_size) {
-            return Err(LockError::invalid(
-                "pool_size",
-                format!("must be between 1 and 1024, got {}", self.pool_size),
-            ));
-        }
         let replicas = match self.min_replicas {
             (0, _) => None,
             (count, timeout) => {
@@ -492,7 +477,6 @@ impl ClientBuilder {
         Ok(RedisSettings {
             prefix: self.prefix,
             op_timeout,
-            pool_size: self.pool_size,
             client_id: crate::token::new_token(),
             replicas,
         })

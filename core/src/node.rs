@@ -32,7 +32,6 @@ static COMMIT_FENCE: LazyLock<Script> =
 pub(crate) struct RedisSettings {
     pub(crate) prefix: String,
     pub(crate) op_timeout: Duration,
-    pub(crate) pool_size: u32,
     /// Names this client in the queues of waiting clients and in its wake
     /// channel; fresh for every client.
     pub(crate) client_id: String,
@@ -111,7 +110,7 @@ impl RedisNode {
     /// Sets up a lazily connecting pool to `target`; nothing is sent yet.
     pub(crate) fn new(target: Target, settings: &RedisSettings) -> Self {
         RedisNode {
-            pool: Pool::new(target.clone(), settings.pool_size, settings.op_timeout),
+            pool: Pool::new(target.clone(), settings.op_timeout),
             target,
             keys: KeySpace::new(&settings.prefix),
             wake_prefix: format!("{}wake:", settings.prefix),

@@ -12,11 +12,13 @@
 //! proxy) reaches the new primary, where the old one never would.
 //!
 //! A redis-rs multiplexed connection pipelines any number of concurrent
-//! requests, so requests share the connection last checked out, cached
-//! here, and go back to the pool only when it breaks: a check-out per
-//! request would cost a lock and a hand-off each, and holding a pooled
-//! connection for a request's length would cap concurrency at the pool
-//! size for nothing.
+//! requests, so every request shares one connection, cached here, and the
+//! pool only replaces it when it breaks: a check-out per request would cost
+//! a lock and a hand-off each, and holding a pooled connection for a
+//! request's length would cap concurrency for nothing. So the pool holds
+//! one connection, and a client has no pool-size setting (one that only
+//! sized a pool nobody drew a second connection from would be a setting
+//! that does nothing).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -159,16 +161,15 @@ pub(crate) fn is_demoted(err: &RedisError) -> bool {
 }
 
 impl Pool {
-    /// A pool of up to `size` connections to `target`; connecting and
-    /// every reply get `op_timeout`.
-    pub(crate) fn new(target: Target, size: u32, op_timeout: Duration) -> Self {
-        Self::with_timeouts(target, size, op_timeout, op_timeout)
+    /// The connection to `target`; connecting and every reply get
+    /// `op_timeout`.
+    pub(crate) fn new(target: Target, op_timeout: Duration) -> Self {
+        Self::with_timeouts(target, op_timeout, op_timeout)
     }
 
     /// A pool whose replies may take `response_timeout` (blocking reads).
     pub(crate) fn with_timeouts(
         target: Target,
-        size: u32,
         op_timeout: Duration,
         response_timeout: Duration,
     ) -> Self {
@@ -180,7 +181,9 @@ impl Pool {
             },
             target => PoolKind::Server {
                 pool: bb8::Pool::builder()
-                    .max_size(size)
+                    // One multiplexed connection carries every request; a
+                    // second would only be opened to replace it.
+                    .max_size(1)
                     .test_on_check_out(false)
                     .retry_connection(false)
                     .connection_timeout(op_timeout)
@@ -334,7 +337,7 @@ impl SharedConnection {
     ) -> Result<Self, LockError> {
         let target = Target::open(deployment, connect_timeout, response_timeout)?;
         Ok(SharedConnection {
-            pool: Pool::with_timeouts(target, 1, connect_timeout, response_timeout),
+            pool: Pool::with_timeouts(target, connect_timeout, response_timeout),
         })
     }
 

@@ -211,8 +211,8 @@ async fn durations_and_counts_are_accepted_or_refused_by_name(backend: Backend) 
     assert_no_panics();
 }
 
-/// The client builder's timeout (1 ms to 1 h) and pool size (1 to 1024),
-/// for a single node and for a Redlock.
+/// The client builder's timeout (1 ms to 1 h), for a single node and for a
+/// Redlock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_settings_are_accepted_or_refused_by_name() {
     count_panics();
@@ -248,23 +248,6 @@ async fn client_settings_are_accepted_or_refused_by_name() {
                 }
                 Err(err) if err.is_backend() && d < 100 * MS => {}
                 Err(err) => panic!("{what}: {err}"),
-            }
-        }
-    }
-    for size in [0, 1, 2, 1024, 1025, u32::MAX / 2, u32::MAX] {
-        let what = format!("pool_size({size})");
-        let single = LockClient::builder().pool_size(size).connect(&url).await;
-        let redlock = LockClient::builder()
-            .pool_size(size)
-            .redlock([url.as_str()])
-            .await;
-        for client in [single, redlock] {
-            if (1..=1024).contains(&size) {
-                let locks = client.unwrap_or_else(|err| panic!("{what}: {err}"));
-                let guard = locks.lock("pool_size").acquire().await.unwrap();
-                guard.release().await.unwrap();
-            } else {
-                refused(client, "pool_size", &what);
             }
         }
     }
