@@ -79,7 +79,14 @@ pub(crate) async fn schedule(shared: Arc<Shared>, entry: CronEntry) {
     let grace_start = now - misfire;
     let recent_start = match last_claimed(&shared, &entry.spec).await {
         Some(last) if last < grace_start => {
-            recover_missed(&shared, &entry, last, grace_start, now);
+            // A tick still inside its grace runs anyway; under `RunOnce` it
+            // stands for the missed ones, rather than run beside one of them.
+            let due_now = entry
+                .schedule
+                .ticks_after(grace_start)
+                .next()
+                .is_some_and(|tick| tick <= now);
+            recover_missed(&shared, &entry, last, grace_start, now, due_now);
             grace_start
         }
         Some(_) => grace_start,
@@ -130,17 +137,20 @@ fn last_record(spec: &JobSpec) -> String {
     format!("cron:{{{}}}:last", escaped(&spec.name))
 }
 
-/// Applies the missed-tick policy to the ticks in `(last, before]`.
+/// Applies the missed-tick policy to the ticks in `(last, before]`;
+/// `due_now` says a tick inside its grace runs anyway.
 fn recover_missed(
     shared: &Arc<Shared>,
     entry: &Arc<CronEntry>,
     last: DateTime<Utc>,
     before: DateTime<Utc>,
     now: DateTime<Utc>,
+    due_now: bool,
 ) {
     // Count every missed tick, keeping only the latest ones the policy runs.
     let keep = match entry.spec.missed {
         MissedTicks::Skip => 0,
+        MissedTicks::RunOnce if due_now => 0,
         MissedTicks::RunOnce => 1,
         MissedTicks::CatchUp(max) => max as usize,
     };

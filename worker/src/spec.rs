@@ -129,7 +129,9 @@ impl KeyTemplate {
 pub enum MissedTicks {
     /// Forget them; run from the next tick on.
     Skip,
-    /// Run the latest missed tick once, standing for all of them.
+    /// Run the latest missed tick once, standing for all of them; or, when
+    /// a tick is due at start (inside its misfire grace), let that tick
+    /// stand for them, so the fleet does not run two ticks back to back.
     RunOnce,
     /// Run each missed tick, oldest first, at most this many (the most
     /// recent ones); the rest are skipped.

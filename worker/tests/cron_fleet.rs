@@ -280,13 +280,19 @@ async fn a_lost_lease_cancels_the_run_and_a_peer_takes_over() {
     );
 }
 
-/// Ticks the whole fleet missed follow the job's policy.
+/// Ticks the whole fleet missed follow the job's policy; under `RunOnce` a
+/// tick due at start stands for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_ticks_follow_the_policy() {
-    for (policy, expected) in [
-        (MissedTicks::Skip, 0),
-        (MissedTicks::RunOnce, 1),
-        (MissedTicks::CatchUp(3), 3),
+    // Ticks every even second, a grace of 500 ms: a replica starting 1.3 s
+    // past a tick finds none in its grace, one starting 0.1 s past finds one.
+    let between = 1300..1500;
+    let just_after = 100..300;
+    for (policy, start_at, expected) in [
+        (MissedTicks::Skip, between.clone(), 0),
+        (MissedTicks::RunOnce, between.clone(), 1),
+        (MissedTicks::RunOnce, just_after, 0),
+        (MissedTicks::CatchUp(3), between, 3),
     ] {
         let server = RedisServer::start();
         let locks = client(&server).await;
@@ -301,10 +307,13 @@ async fn missed_ticks_follow_the_policy() {
         let job = recording(
             JobSpec::cron("hourly-ish", "*/2 * * * * *", "UTC")
                 .unwrap()
-                .misfire(SECOND)
+                .misfire(Duration::from_millis(500))
                 .missed(policy),
             &runs,
         );
+        while !start_at.contains(&Utc::now().timestamp_millis().rem_euclid(2000)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let started = Utc::now();
         let worker = Worker::builder(locks).job(job).build().unwrap();
         let replica = Running::start(worker);
@@ -319,6 +328,13 @@ async fn missed_ticks_follow_the_policy() {
         assert_eq!(missed.len(), expected, "{policy:?}: ran {missed:?}");
         assert!(missed.iter().all(|tick| *tick > last));
         assert!(missed.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        if expected == 0 && policy == MissedTicks::RunOnce {
+            assert!(
+                runs.iter()
+                    .any(|run| run.0 > started - TimeDelta::seconds(1)),
+                "the tick due at start ran: {runs:?}"
+            );
+        }
     }
 }
 
