@@ -71,11 +71,11 @@ pub enum LockError {
         reason: String,
     },
     /// The backend could not be reached, or the connection broke.
-    #[error("connection to the lock backend failed")]
-    Connection(#[source] redis::RedisError),
+    #[error("connection to the lock backend failed: {0}")]
+    Connection(redis::RedisError),
     /// The backend answered with an error or an unexpected reply.
-    #[error("the lock backend answered with an error")]
-    Protocol(#[source] redis::RedisError),
+    #[error("the lock backend answered with an error: {0}")]
+    Protocol(redis::RedisError),
     /// [`LockGuard::commit`](crate::LockGuard::commit): the record was
     /// written (the commit counts as done), but Redis refused one of its
     /// effects at run time, e.g. with `WRONGTYPE`; the refused effect

@@ -93,6 +93,17 @@ async fn bad_urls_and_settings_are_errors_not_panics() {
         matches!(refused, Err(LockError::Connection(_))),
         "{refused:?}"
     );
+    // The message says why, not only that it failed.
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("refused"), "{message}");
+    let worker_error = soloist::WorkerError::from(LockError::Unresponsive {
+        op: "acquire",
+        after: SECOND,
+    });
+    assert!(
+        worker_error.to_string().contains("`acquire`"),
+        "{worker_error}"
+    );
     for (builder, name) in [(
         LockClient::builder().op_timeout(Duration::ZERO),
         "op_timeout",

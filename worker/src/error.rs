@@ -21,8 +21,8 @@ pub enum WorkerError {
     /// Two jobs were registered under one name.
     #[error("two jobs are named `{0}`")]
     DuplicateJob(String),
-    /// The lock backend failed.
-    #[error("lock backend failed")]
+    /// The lock backend failed; the message is the lock error's.
+    #[error(transparent)]
     Lock(#[from] LockError),
     /// A keyed job's arguments or result could not be (de)serialized.
     #[error("cannot (de)serialize the data of job `{job}`")]
@@ -36,9 +36,9 @@ pub enum WorkerError {
     /// A job was enqueued that no registered source consumes.
     #[error("no source consumes job `{0}`: register it with `WorkerBuilder::consume`")]
     NotConsumed(String),
-    /// A queue source failed.
-    #[error("queue source failed")]
-    Source(#[source] BoxError),
+    /// A queue source failed; the message includes the source's error.
+    #[error("queue source failed: {0}")]
+    Source(BoxError),
     /// The worker is shutting down and starts no new runs.
     #[error("the worker is shutting down")]
     ShuttingDown,
