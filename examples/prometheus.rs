@@ -36,7 +36,7 @@ async fn charge(ctx: JobContext, invoice_id: u64) -> Result<String, std::io::Err
 
 /// Installs the exporter on `listen`, runs both jobs on `locks`, and keeps
 /// serving until `until` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     listen: SocketAddr,
     locks: LockClient,
     until: impl Future<Output = ()>,
