@@ -246,12 +246,7 @@ async fn exclusion_and_fences_through_failover_and_migration() {
     let failover = tokio::task::block_in_place(|| cluster.kill_primary_of(hash_slot("account:0")));
     tokio::time::sleep(SECOND).await;
     let slot = hash_slot("account:1");
-    let from = cluster.primary_for_slot(slot).url();
-    let to = cluster
-        .primaries()
-        .into_iter()
-        .find(|primary| primary.url() != from)
-        .expect("another primary");
+    let to = cluster.other_primary(slot);
     let moved = tokio::task::block_in_place(|| cluster.migrate_slot(slot, to));
     tokio::time::sleep(SECOND).await;
     stop.store(true, Ordering::Relaxed);

@@ -347,6 +347,20 @@ impl RedisCluster {
         &self.nodes[self.owner_of(slot)]
     }
 
+    /// A running primary other than the owner of `slot`: where to move it, or
+    /// a node that answers `MOVED` for it.
+    ///
+    /// # Panics
+    ///
+    /// If no other primary is running, or as [`primary_for_slot`](Self::primary_for_slot).
+    pub fn other_primary(&self, slot: u16) -> &RedisServer {
+        let owner = self.primary_for_slot(slot).port();
+        self.primaries()
+            .into_iter()
+            .find(|primary| primary.port() != owner)
+            .unwrap_or_else(|| panic!("no running primary other than slot {slot}'s owner"))
+    }
+
     /// The slots `node` owns by its own account, ascending; none for a replica.
     ///
     /// # Panics

@@ -108,7 +108,7 @@ fn cluster_starts_with_every_slot_covered_and_redirects_clients() {
         assert_eq!(owner.cli(&["GET", key]), format!("v-{key}"));
         assert_eq!(cluster.cli(&["GET", key]), format!("v-{key}"));
         // Any other primary redirects.
-        let other = primaries.iter().find(|p| p.port() != owner.port()).unwrap();
+        let other = cluster.other_primary(slot);
         assert_eq!(
             other.cli(&["GET", key]),
             format!("MOVED {slot} 127.0.0.1:{}", owner.port())
@@ -232,11 +232,7 @@ fn migrated_slot_takes_its_keys_while_clients_write() {
     let tag = "{migrating}";
     let slot = RedisCluster::slot_of(tag);
     let source = cluster.primary_for_slot(slot);
-    let target = *cluster
-        .primaries()
-        .iter()
-        .find(|p| p.port() != source.port())
-        .unwrap();
+    let target = cluster.other_primary(slot);
     // 300 keys in the slot, written in one MSET.
     let mut expected: BTreeMap<String, String> = (0..300)
         .map(|n| (format!("{tag}:{n}"), format!("v{n}")))
@@ -333,11 +329,7 @@ fn slot_migration_answers_ask_tryagain_then_moved() {
     let (a, b) = ("{step}:a", "{step}:b");
     let slot = RedisCluster::slot_of(a);
     let source = cluster.primary_for_slot(slot);
-    let target = *cluster
-        .primaries()
-        .iter()
-        .find(|p| p.port() != source.port())
-        .unwrap();
+    let target = cluster.other_primary(slot);
     assert_eq!(source.cli(&["MSET", a, "1", b, "2"]), "OK");
     let (s, t) = (source.port(), target.port());
     let ask = format!("-ASK {slot} 127.0.0.1:{t}");
@@ -450,11 +442,7 @@ fn tls_cluster_talks_tls_between_nodes() {
     let slot = RedisCluster::slot_of(key);
     let owner = cluster.primary_for_slot(slot);
     // Plain connections are redirected to plain ports.
-    let other = *cluster
-        .primaries()
-        .iter()
-        .find(|p| p.port() != owner.port())
-        .unwrap();
+    let other = cluster.other_primary(slot);
     assert_eq!(
         other.cli(&["GET", key]),
         format!("MOVED {slot} 127.0.0.1:{}", owner.port())

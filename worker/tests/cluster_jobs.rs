@@ -589,12 +589,7 @@ async fn the_streams_slot_migrates_while_it_is_drained() {
         "the first poison message was not dead-lettered"
     );
     let slot = hash_slot("orders");
-    let from = cluster.primary_for_slot(slot).port();
-    let to = cluster
-        .primaries()
-        .into_iter()
-        .find(|primary| primary.port() != from)
-        .expect("another primary");
+    let to = cluster.other_primary(slot);
     let (stop_producing, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let producing = {
         let handle = handle.clone();
