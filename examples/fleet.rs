@@ -15,6 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use soloist::{JobContext, LockClient, RunOutcome, Worker, exclusive_job};
 
+#[path = "common/cleanup.rs"]
+mod cleanup;
+
 /// Who ran each tick, for the check at the end.
 static TICKS: Mutex<BTreeMap<String, Vec<String>>> = Mutex::new(BTreeMap::new());
 
@@ -154,6 +157,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
 
     let ticks = TICKS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(url) = &url {
+        let removed = cleanup::forget(url, &prefix).await?;
+        println!("cleanup: removed this run's {removed} keys under `{prefix}`");
+    }
     let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
     let count = |wanted: fn(&RunOutcome<Receipt>) -> bool| {
         outcomes

@@ -24,9 +24,14 @@ use soloist::{FencedWrite, LockClient, LockError};
 use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
 
+#[path = "common/cleanup.rs"]
+mod cleanup;
+
 type DemoResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 
 const REPLICAS: usize = 3;
+/// The prefix of every key the demo writes to Redis; removed at the end.
+const PREFIX: &str = "soloist-lock-demo:";
 const ROUNDS: usize = 2;
 
 #[tokio::main]
@@ -48,6 +53,12 @@ async fn main() -> DemoResult {
     fencing(&clock, &replicas).await?;
 
     clock.say("demo", "all checks passed");
+    if let Ok(url) = std::env::var("REDIS_URL")
+        && !url.is_empty()
+    {
+        let removed = cleanup::forget(&url, PREFIX).await?;
+        println!("cleanup: removed the demo's {removed} keys under `{PREFIX}`");
+    }
     Ok(())
 }
 
@@ -61,7 +72,7 @@ async fn connect() -> DemoResult<Vec<LockClient>> {
             for _ in 0..REPLICAS {
                 // A prefix of its own keeps the demo's keys apart from real ones.
                 let client = LockClient::builder()
-                    .prefix("soloist-demo:")
+                    .prefix(PREFIX)
                     .connect(&url)
                     .await
                     .map_err(|err| format!("cannot connect to {url}: {}", chain(&err)))?;

@@ -22,6 +22,9 @@ use soloist::{
     BoxError, Delivery, JobContext, LockClient, Source, StreamSource, Worker, exclusive_job,
 };
 
+#[path = "common/cleanup.rs"]
+mod cleanup;
+
 /// Who charged each invoice, for the check at the end.
 static CHARGES: Mutex<BTreeMap<u64, Vec<String>>> = Mutex::new(BTreeMap::new());
 
@@ -291,6 +294,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     for (args, reason) in &dead {
         println!("  dead letter {args}: {reason}");
     }
+    let removed = cleanup::forget(&url, &prefix).await?;
+    println!("cleanup: removed this run's {removed} keys under `{prefix}`");
     if charges.len() != distinct || charged != distinct || dead.len() != 1 {
         return Err(format!(
             "expected {distinct} invoices charged once each and 1 dead letter: {charges:?}, {dead:?}"
