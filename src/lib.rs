@@ -62,6 +62,40 @@
 //! fencing tokens that let the resource itself refuse a stale holder's
 //! writes.
 //!
+//! # Where Redis is
+//! [`LockClient::connect`] takes one server's URL; [`Deployment`] describes
+//! any deployment — one server, a Sentinel-managed primary
+//! ([`LockClient::sentinel`]) or a Redis Cluster ([`LockClient::cluster`]) —
+//! with its TLS settings, for [`ClientBuilder::open`] and
+//! [`StreamSourceBuilder::open`] alike. On a cluster every key one lock
+//! needs shares the hash slot of the lock's key ([`hash_slot`]), and keys
+//! used together are named with one hash tag ([`colocated`]).
+//!
+//! **Reconnection.** A connection that fails at the transport level, or
+//! reaches a server that answers as a replica (`READONLY`, after a
+//! failover), is replaced at the next request; with Sentinel the next
+//! connection asks the sentinels for the primary again, and a cluster
+//! connection follows `MOVED` / `ASK` and reconnects by itself. The request
+//! that met the failure gets the error ([`LockError::is_transient`] says
+//! whether trying again may help); the watchdog retries renewals while the
+//! lease lasts, and the worker retries claims, commits and queue reads.
+//!
+//! # Schedules
+//! `#[exclusive_job(cron = "...")]` and [`CronSchedule`] take the crontab's
+//! five fields (`*/5 * * * *`, firing at second 0), six or seven fields
+//! with seconds first, or `@hourly`, `@daily`, `@weekly`, `@monthly`,
+//! `@yearly`, evaluated in the job's IANA time zone (`tz = "Europe/Berlin"`,
+//! default UTC). The attribute checks the expression at compile time with
+//! the worker's own parser.
+//!
+//! # Logs
+//! soloist logs through [`tracing`](https://docs.rs/tracing) under the
+//! targets `soloist_core` (connections, renewals, lost leases, an unsafe
+//! eviction policy) and `soloist_worker` (claims, missed ticks, runs, queue
+//! deliveries); each run has a `soloist.job` span with its job, key or
+//! tick, and fence. With `tracing-subscriber`, for example:
+//! `RUST_LOG=soloist_core=info,soloist_worker=debug`.
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |
