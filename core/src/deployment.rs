@@ -3,7 +3,6 @@
 
 use std::fmt;
 
-use crate::error::{LockError, Result};
 use crate::tls::{TlsOptions, redact};
 
 /// Where Redis runs and how to reach it: one server, a primary that Redis
@@ -130,7 +129,7 @@ impl Deployment {
     /// Trusts the CA certificates in `pem` (one or more PEM blocks) for
     /// `rediss://` servers, instead of the system's trust store: for a
     /// private CA. A server whose certificate does not chain to them is
-    /// refused at connect with [`LockError::Connection`].
+    /// refused at connect with [`LockError::Connection`](crate::LockError::Connection).
     ///
     /// ```no_run
     /// use soloist::{Deployment, LockClient};
@@ -181,32 +180,6 @@ impl Deployment {
     /// ```
     pub fn is_cluster(&self) -> bool {
         matches!(self.shape, Shape::Cluster(_))
-    }
-
-    /// Refuses an empty list of URLs or an empty master name.
-    pub(crate) fn validate(&self) -> Result<()> {
-        match &self.shape {
-            Shape::Server(_) => Ok(()),
-            Shape::Sentinel {
-                sentinels, master, ..
-            } => {
-                if sentinels.is_empty() {
-                    return Err(LockError::invalid(
-                        "sentinels",
-                        "name at least one sentinel",
-                    ));
-                }
-                if master.is_empty() {
-                    return Err(LockError::invalid("master", "must not be empty"));
-                }
-                Ok(())
-            }
-            Shape::Cluster(nodes) if nodes.is_empty() => Err(LockError::invalid(
-                "cluster",
-                "name at least one node of the cluster",
-            )),
-            Shape::Cluster(_) => Ok(()),
-        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::metrics;
 use crate::pool::{Connection, Pool};
-use crate::slot::{slot_of_tagged, tagged};
+use crate::slot::{push_tagged, slot_of_tagged};
 use crate::tls::Target;
 
 static ACQUIRE: LazyLock<Script> =
@@ -48,7 +48,7 @@ pub(crate) struct Replicas {
 
 /// Where each kind of key lives under the configured prefix. The namespaces
 /// are disjoint, so no user key can collide with another key's fence
-/// counter; inside each, the user key is written [`tagged`], so every key
+/// counter; inside each, the user key is written [`tagged`](crate::slot::tagged), so every key
 /// of one lock shares the hash slot of the user key.
 #[derive(Debug)]
 struct KeySpace {
@@ -69,20 +69,29 @@ impl KeySpace {
     }
 
     fn waiters(&self, key: &str) -> String {
-        format!("{}{}", self.waiters, tagged(key))
+        named(&self.waiters, key)
     }
 
     fn lock(&self, key: &str) -> String {
-        format!("{}{}", self.lock, tagged(key))
+        named(&self.lock, key)
     }
 
     fn fence(&self, key: &str) -> String {
-        format!("{}{}", self.fence, tagged(key))
+        named(&self.fence, key)
     }
 
     fn fenced(&self, resource: &str) -> String {
-        format!("{}{}", self.fenced, tagged(resource))
+        named(&self.fenced, resource)
     }
+}
+
+/// `prefix` followed by `key` [`tagged`](crate::slot::tagged), in one allocation: key names are
+/// built on every acquisition, renewal and release.
+fn named(prefix: &str, key: &str) -> String {
+    let mut name = String::with_capacity(prefix.len() + key.len() + 3);
+    name.push_str(prefix);
+    push_tagged(&mut name, key);
+    name
 }
 
 /// What one node answered to the first Redlock phase.

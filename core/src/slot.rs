@@ -23,20 +23,21 @@ pub fn hash_slot(key: &str) -> u16 {
 
 /// [`hash_slot`] of a key that need not be UTF-8.
 pub(crate) fn slot_of_bytes(key: &[u8]) -> u16 {
-    let tag = key.iter().position(|&b| b == b'{').and_then(|open| {
-        let after = &key[open + 1..];
-        let close = after.iter().position(|&b| b == b'}')?;
-        (close > 0).then(|| &after[..close])
-    });
-    crc16(tag.unwrap_or(key)) % SLOTS
+    crc16(tag_bounds(key).map_or(key, |(start, end)| &key[start..end])) % SLOTS
+}
+
+/// Where `key`'s hash tag is: the bytes between its first `{` and the first
+/// `}` after it, when there are any.
+fn tag_bounds(key: &[u8]) -> Option<(usize, usize)> {
+    let open = key.iter().position(|&b| b == b'{')?;
+    let close = key[open + 1..].iter().position(|&b| b == b'}')?;
+    (close > 0).then_some((open + 1, open + 1 + close))
 }
 
 /// The hash tag Redis hashes instead of the whole `key`, if it has one.
 pub(crate) fn hash_tag(key: &str) -> Option<&str> {
-    let open = key.find('{')?;
-    let after = &key[open + 1..];
-    let close = after.find('}')?;
-    (close > 0).then(|| &after[..close])
+    // Braces are ASCII, so the bounds fall on character boundaries.
+    tag_bounds(key.as_bytes()).map(|(start, end)| &key[start..end])
 }
 
 /// `key` as it appears inside soloist's Redis key names, so that every
@@ -50,12 +51,20 @@ pub(crate) fn hash_tag(key: &str) -> Option<&str> {
 /// Different keys give different names: the first form starts with `=`,
 /// the second holds no `}` inside its braces, the third does.
 pub(crate) fn tagged(key: &str) -> String {
+    let mut name = String::with_capacity(key.len() + 3);
+    push_tagged(&mut name, key);
+    name
+}
+
+/// Appends [`tagged`]`(key)` to `name`, for names built in one allocation.
+pub(crate) fn push_tagged(name: &mut String, key: &str) {
     if hash_tag(key).is_some() {
-        format!("={key}")
-    } else if key.contains('}') {
-        format!("{{={key}}}")
+        name.push('=');
+        name.push_str(key);
     } else {
-        format!("{{{key}}}")
+        name.push_str(if key.contains('}') { "{=" } else { "{" });
+        name.push_str(key);
+        name.push('}');
     }
 }
 

@@ -38,7 +38,6 @@ impl Target {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Self> {
-        deployment.validate()?;
         match &deployment.shape {
             Shape::Server(url) => Ok(Target::Server(open_client(url, &deployment.tls)?)),
             Shape::Sentinel {
@@ -54,6 +53,10 @@ impl Target {
                 }
                 Ok(Target::Sentinel(Arc::new(resolver)))
             }
+            Shape::Cluster(urls) if urls.is_empty() => Err(LockError::invalid(
+                "cluster",
+                "name at least one node of the cluster",
+            )),
             Shape::Cluster(urls) => {
                 let seeds = urls
                     .iter()

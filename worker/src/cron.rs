@@ -122,19 +122,15 @@ async fn last_claimed(shared: &Shared, spec: &JobSpec) -> Option<DateTime<Utc>> 
     DateTime::from_timestamp_millis(i64::try_from(stored.fence).ok()?)
 }
 
-/// The counter every tick's fence comes from.
-fn fence_counter(spec: &JobSpec) -> String {
-    job_key(&spec.name)
-}
-
-/// `cron:{name}`: the fence counter of the job named `job`, whose hash tag
-/// every key of the job carries.
+/// `cron:{name}`: the counter every tick's fence of the job named `job`
+/// comes from, and the start of every other key of the job, whose hash tag
+/// they all carry.
 pub(crate) fn job_key(job: &str) -> String {
     format!("cron:{{{}}}", escaped(job))
 }
 
 fn last_record(spec: &JobSpec) -> String {
-    format!("cron:{{{}}}:last", escaped(&spec.name))
+    format!("{}:last", job_key(&spec.name))
 }
 
 /// Applies the missed-tick policy to the ticks in `(last, before]`;
@@ -202,7 +198,7 @@ fn recover_missed(
 async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_end: DateTime<Utc>) {
     let spec = &entry.spec;
     let tick_ms = tick.timestamp_millis();
-    let key = format!("cron:{{{}}}:{tick_ms}", escaped(&spec.name));
+    let key = format!("{}:{tick_ms}", job_key(&spec.name));
     let span = tracing::info_span!("soloist.job", job = %spec.name, tick = %tick, fence = tracing::field::Empty);
     async {
         loop {
@@ -225,7 +221,7 @@ async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_en
             let mut request = shared
                 .locks
                 .lock(&key)
-                .fence_counter(fence_counter(spec))
+                .fence_counter(job_key(&spec.name))
                 .ttl(spec.ttl)
                 .wait(left);
             if let Some(max_hold) = spec.max_hold {

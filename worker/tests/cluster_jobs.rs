@@ -21,7 +21,7 @@ use soloist_testkit::RedisCluster;
 
 mod common;
 
-use common::Running;
+use common::{Running, handle};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -228,14 +228,6 @@ struct Receipt {
 /// too: `JobContext::colocated` names keys in its hash slot.
 fn record(job: &str, key: &str) -> String {
     format!("job:{job}:{key}")
-}
-
-fn handle(locks: LockClient, replica: &str) -> WorkerHandle {
-    Worker::builder(locks)
-        .replica_id(replica)
-        .build()
-        .unwrap()
-        .handle()
 }
 
 /// The same invoices, submitted from two workers at once, each run once:

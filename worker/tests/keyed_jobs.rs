@@ -11,6 +11,10 @@ use soloist::{
 };
 use soloist_testkit::RedisServer;
 
+mod common;
+
+use common::handle;
+
 const SECOND: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,14 +46,6 @@ fn charge_job(
             }
         },
     )
-}
-
-fn handle(locks: LockClient, replica: &str) -> WorkerHandle {
-    Worker::builder(locks)
-        .replica_id(replica)
-        .build()
-        .unwrap()
-        .handle()
 }
 
 async fn redis_handles(server: &RedisServer) -> (WorkerHandle, WorkerHandle) {

@@ -5,9 +5,19 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use soloist::{BoxError, Delivery, Source, StreamSource, Worker};
+use soloist::{BoxError, Delivery, LockClient, Source, StreamSource, Worker, WorkerHandle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// The handle of a worker named `replica` that runs no job itself: it
+/// submits keyed runs and takes them on its own client.
+pub fn handle(locks: LockClient, replica: &str) -> WorkerHandle {
+    Worker::builder(locks)
+        .replica_id(replica)
+        .build()
+        .unwrap()
+        .handle()
+}
 
 /// A worker running on a task of its own, and the way to stop it.
 pub struct Running {
