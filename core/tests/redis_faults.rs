@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{command_calls, eventually, queued, until};
+use common::{command_calls, eventually, listening, queued, until};
 use soloist::{FencedWrite, LockClient, LockError};
 use soloist_testkit::{
     ChildProcess, Proxy, RedisServer, child_role, read_from_parent, send_to_parent,
@@ -370,7 +370,12 @@ fn a_frozen_waiter_holds_up_the_queue_for_one_poll_only() {
         let holder = connect(&server.url(), SECOND).await;
         let held = holder.lock("turn").acquire().await.unwrap();
         let mut frozen = ChildProcess::spawn(TEST, "waiter", &[("REDIS_URL", &server.url())]);
-        until("the child queued", || queued(&server, "turn") == 1).await;
+        // Paused only once its wake channel is subscribed: a client caught
+        // between queueing and subscribing is passed over by the release.
+        until("the child queued and listening", || {
+            listening(&server, "turn") == 1
+        })
+        .await;
         frozen.pause();
         let next = connect(&server.url(), SECOND).await;
         let waiter = tokio::spawn(async move {

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{command_calls, queued, until};
+use common::{command_calls, listening, queued, until};
 use futures::future::join_all;
 use soloist::{LockClient, LockError};
 use soloist_testkit::RedisServer;
@@ -418,7 +418,12 @@ async fn each_release_wakes_the_longest_waiting_client_only() {
             order.lock().unwrap().push(i);
             guard.release().await.unwrap();
         }));
-        until("the waiter queued", || queued(&server, "turns") == i + 1).await;
+        // Listening too: a client that queued but has not subscribed yet
+        // is passed over by a release.
+        until("the waiter listening", || {
+            listening(&server, "turns") == i + 1
+        })
+        .await;
     }
     let publish = command_calls(&server, "publish");
     held.release().await.unwrap();
@@ -474,7 +479,10 @@ async fn a_wake_up_skips_clients_that_stopped_waiting() {
             .unwrap()
             .fence()
     });
-    until("the last waiter queued", || queued(&server, "skip") == 3).await;
+    until("the last waiter queued and listening", || {
+        queued(&server, "skip") == 3 && listening(&server, "skip") == 2
+    })
+    .await;
     let (held_fence, publish) = (held.fence(), command_calls(&server, "publish"));
     held.release().await.unwrap();
     let fence = finished(task).await;
@@ -502,7 +510,7 @@ async fn a_waiter_dropped_with_its_wake_up_unheeded_passes_it_on() {
                 result = &mut dropped => panic!("the first waiter finished: {result:?}"),
                 () = sleep(Duration::from_millis(10)) => {}
             }
-            if queued(&server, "baton") == 1 {
+            if listening(&server, "baton") == 1 {
                 break;
             }
         }
@@ -513,7 +521,10 @@ async fn a_waiter_dropped_with_its_wake_up_unheeded_passes_it_on() {
         let guard = second.lock("baton").wait(30 * SECOND).acquire().await?;
         guard.release().await
     });
-    until("the second waiter queued", || queued(&server, "baton") == 2).await;
+    until("the second waiter listening", || {
+        listening(&server, "baton") == 2
+    })
+    .await;
     let publish = command_calls(&server, "publish");
     held.release().await.unwrap();
     // The wake-up reaches the first client, whose waiter is not polled.

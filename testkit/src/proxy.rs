@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::server::bind_fresh_port;
+
 /// How often idle threads look at the shared state (stop flag, mode).
 const POLL: Duration = Duration::from_millis(5);
 /// Read timeout of the pump threads, so a quiet connection still notices a mode change.
@@ -84,12 +86,7 @@ impl Proxy {
     ///
     /// If no loopback port can be bound or the accept thread cannot be spawned.
     pub fn start(target_port: u16) -> Proxy {
-        let listener =
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the proxy on 127.0.0.1");
-        let port = listener
-            .local_addr()
-            .expect("read the proxy's local address")
-            .port();
+        let (listener, port) = bind_fresh_port();
         listener
             .set_nonblocking(true)
             .expect("make the proxy listener nonblocking");

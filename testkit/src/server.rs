@@ -630,10 +630,31 @@ fn process_id(info: &str) -> Option<u32> {
 
 /// A port that was free a moment ago (the listener is dropped before returning).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a free port on 127.0.0.1")
-        .port()
+    let (_listener, port) = bind_fresh_port();
+    port
+}
+
+/// A loopback listener on a port this process has not been given before.
+///
+/// Tests run side by side in one process: a port freed by one test (a
+/// dropped proxy, a stopped server) is never handed to another, so "nothing
+/// listens there any more" stays checkable and no test reaches another's
+/// server by accident.
+pub(crate) fn bind_fresh_port() -> (TcpListener, u16) {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port on 127.0.0.1");
+        let port = listener
+            .local_addr()
+            .expect("read a bound listener's address")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return (listener, port);
+        }
+    }
 }
 
 pub(crate) fn redis_server_bin() -> PathBuf {

@@ -105,6 +105,21 @@ pub fn queued(server: &RedisServer, key: &str) -> usize {
         .expect("LLEN is a number")
 }
 
+/// How many of the clients queued for `key` on `server` have their wake
+/// channel subscribed: a release can wake only those (a client queues with
+/// its first attempt and subscribes after it).
+pub fn listening(server: &RedisServer, key: &str) -> usize {
+    let queue = server.cli(&["LRANGE", &format!("soloist:waiters:{{{key}}}"), "0", "-1"]);
+    queue
+        .lines()
+        .filter(|client| !client.is_empty())
+        .filter(|client| {
+            let reply = server.cli(&["PUBSUB", "NUMSUB", &format!("soloist:wake:{client}")]);
+            reply.lines().nth(1) == Some("1")
+        })
+        .count()
+}
+
 /// Polls `check` every 10 ms until it holds, for at most 5 s.
 pub async fn until(what: &str, check: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
