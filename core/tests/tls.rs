@@ -132,7 +132,11 @@ async fn mutual_tls_needs_the_client_identity() {
     let err = connect(without)
         .await
         .expect_err("the server requires a client certificate");
-    assert!(matches!(err, LockError::Connection(_)), "{}", chain(&err));
+    assert!(
+        matches!(err, LockError::Connection { .. }),
+        "{}",
+        chain(&err)
+    );
 
     // A certificate from another CA is no identity either.
     let stranger = TestCertificates::generate();
@@ -142,7 +146,11 @@ async fn mutual_tls_needs_the_client_identity() {
     let err = connect(foreign)
         .await
         .expect_err("a client certificate of another CA is refused");
-    assert!(matches!(err, LockError::Connection(_)), "{}", chain(&err));
+    assert!(
+        matches!(err, LockError::Connection { .. }),
+        "{}",
+        chain(&err)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +161,7 @@ async fn a_server_whose_ca_is_not_trusted_is_refused() {
         .await
         .expect_err("a server certificate of an untrusted CA");
     let text = chain(&err);
-    assert!(matches!(err, LockError::Connection(_)), "{text}");
+    assert!(matches!(err, LockError::Connection { .. }), "{text}");
     assert!(text.contains("certificate"), "says why: {text}");
 
     // Without a root certificate only the system's roots count, which do
@@ -161,7 +169,11 @@ async fn a_server_whose_ca_is_not_trusted_is_refused() {
     let err = connect(Deployment::server(server.tls_url()))
         .await
         .expect_err("a private CA not in the system's roots");
-    assert!(matches!(err, LockError::Connection(_)), "{}", chain(&err));
+    assert!(
+        matches!(err, LockError::Connection { .. }),
+        "{}",
+        chain(&err)
+    );
     assert_eq!(
         server.cli(&["DBSIZE"]),
         "0",
@@ -291,8 +303,9 @@ async fn the_wake_channel_permission() {
         server.cli(&["ACL", "SETUSER", "soloist", "resetchannels"]),
         "OK"
     );
+    // Ok only if the script deleted the key (else `Lost`); the waiter may
+    // have polled its way in already, so the key itself says nothing.
     held.release().await.expect("the key was deleted: released");
-    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{k}"]), "0");
     let next = tokio::time::timeout(20 * SECOND, waiter)
         .await
         .expect("the waiter polls its way in")
