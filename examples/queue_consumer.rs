@@ -8,10 +8,10 @@
 //! without charging again, and the declined one is delivered three times,
 //! then set aside on the dead-letter stream.
 //!
-//! Each run uses fresh keys (`soloist-queue-demo:<run>:…`) and leaves them
-//! behind: the two small streams and a fence counter per invoice.
+//! Each run uses fresh keys (`soloist-queue-demo:<run>:…`) and removes
+//! them at the end.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::error::Error;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -71,8 +71,21 @@ async fn charge(ctx: JobContext, invoice_id: u64, cents: u64) -> Result<Receipt,
 struct Tally {
     /// Ids of the messages acknowledged: charged, or duplicates of a charge.
     acked: Mutex<HashSet<String>>,
+    /// Acknowledgements per invoice and consumer.
+    acks: Mutex<HashMap<(u64, &'static str), usize>>,
     /// The dead letters: the message's arguments and the reason.
     dead: Mutex<Vec<(String, String)>>,
+}
+
+/// The invoice a message of `charge` is for: its payload is the job's
+/// arguments, `[invoice_id, cents]`.
+fn invoice_of(payload: &[u8]) -> u64 {
+    String::from_utf8_lossy(payload)
+        .trim_start_matches('[')
+        .split(',')
+        .next()
+        .and_then(|invoice| invoice.trim().parse().ok())
+        .unwrap_or_default()
 }
 
 /// A [`StreamSource`] that tells what happens to its messages: the worker
@@ -112,6 +125,27 @@ impl Source for Observed {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .insert(delivery.id.clone());
+            // A charge is recorded before its message is acknowledged, so a
+            // consumer's acknowledgements of an invoice beyond the charges
+            // it made of it are duplicates, skipped without running.
+            let invoice = invoice_of(&delivery.payload);
+            let charges = CHARGES.lock().unwrap_or_else(|p| p.into_inner());
+            let chargers = charges.get(&invoice).cloned().unwrap_or_default();
+            drop(charges);
+            let mine = chargers.iter().filter(|who| *who == self.consumer).count();
+            let mut acks = self.tally.acks.lock().unwrap_or_else(|p| p.into_inner());
+            let acked = acks.entry((invoice, self.consumer)).or_default();
+            *acked += 1;
+            if *acked > mine {
+                println!(
+                    "  {}: message {} {} is a duplicate: invoice {invoice} already charged by {}; \
+                     acknowledged without charging",
+                    self.consumer,
+                    delivery.id,
+                    String::from_utf8_lossy(&delivery.payload),
+                    chargers.join(", "),
+                );
+            }
             Ok(())
         })
     }
