@@ -34,9 +34,81 @@
 //! worker.run_until(tokio::signal::ctrl_c()).await?;
 //! # Ok(()) }
 //! ```
-//! What a worker promises — one attempt of a cron tick at a time, one
-//! success per tick or per deduped key, and where that stops being
-//! exactly-once — is set out in the [`soloist_worker`] documentation.
+//!
+//! ## Cron jobs
+//! Every replica computes the same ticks from the job's schedule and the
+//! backend's clock (Redis `TIME`, measured and refreshed, so a replica with
+//! a wrong wall clock still agrees), and tries to claim each tick through
+//! a lock of its own. One replica wins and runs the tick under a
+//! watchdog-renewed lease; the others wait on the lock for the tick's
+//! misfire grace. When the run ends for good (success, failure after its
+//! retries, or `max_hold`), a done-marker written with the run's fence tells
+//! the waiters to stand down; when the runner dies or loses its lease, no
+//! marker is written and a waiter takes the tick over.
+//!
+//! What that adds up to, honestly:
+//! - **at most one attempt of a tick at a time**, across the fleet;
+//! - **at most one success per tick** — except that a replica killed in the
+//!   instant between its job returning and its done-marker being written
+//!   leaves the tick to a peer, which runs it again: effects the body
+//!   applies itself are at-least-once. Make them idempotent, fence them
+//!   with [`JobContext::fence`], or — for Redis effects on one server or a
+//!   Redis Cluster (keys named with [`JobContext::colocated`]) — hand them
+//!   to [`JobContext::commit_on_success`], which applies them atomically
+//!   with the success record, exactly once;
+//! - **a tick is lost only if no replica is up during its whole grace**, or
+//!   if its run outlives the grace and then dies (no waiter is left to take
+//!   it over); ticks the whole fleet missed then follow the job's
+//!   [`MissedTicks`] policy when a replica comes back;
+//! - **past its grace, a tick that ran is never run again**: a tick runs
+//!   only once it is recorded as the job's latest claimed tick (or a later
+//!   one is), and a replica that starts after a fleet-wide outage recovers
+//!   only ticks after that record, however long ago their done-markers
+//!   expired.
+//!
+//! Each tick has its own lock, so runs of *different* ticks may overlap
+//! when a run outlasts the schedule's interval; bound runs with
+//! `max_hold` where that matters.
+//!
+//! ## Keyed jobs
+//! [`WorkerHandle::run`] renders the job's key from its arguments and runs
+//! the body under that key's lock: one execution at a time per key across
+//! the fleet. With `dedupe`, a success is recorded (serialized, with the
+//! run's fence) for the window, and later requests get it back as
+//! [`RunOutcome::Duplicate`] without running the body. The same caveat
+//! holds: a success is recorded after the body returns, so a crash in
+//! between runs the body again on the next request — but effects committed
+//! through [`JobContext::commit_on_success`] apply with the record or not
+//! at all.
+//!
+//! ## Queues
+//! [`WorkerBuilder::consume`] joins an at-least-once queue (a [`Source`],
+//! such as [`StreamSource`] on Redis Streams) to a keyed job with dedupe.
+//! A delivery is acknowledged only after its run's outcome is recorded, so
+//! a message is never lost by a consumer dying mid-run, and a redelivered
+//! message whose key already succeeded is acknowledged without running:
+//! each message's job completes once, and its effects apply exactly once
+//! when committed with [`JobContext::commit_on_success`] (otherwise with
+//! the same caveat as above). Messages whose runs keep failing (or timing
+//! out, or dying with their consumer) go to the dead letters after the
+//! source's `max_deliveries` runs; deliveries that could not run (a busy
+//! key, an unreachable lock backend) do not count. Messages that cannot be
+//! decoded go at once. The job's dedupe window must be at least the
+//! source's visibility timeout.
+//!
+//! ## Losing a lease
+//! When a run's lease is lost (Redis unreachable past the lease's
+//! deadline, the key gone), the job's future is dropped by default and the
+//! run is recorded as lost, never as a success; [`OnLost::Signal`] keeps it
+//! running and only signals [`JobContext::lost`]. Never acquiring a lock
+//! ([`RunOutcome::Busy`], [`RunOutcome::Duplicate`], a tick skipped because
+//! a peer ran it) and losing one mid-run ([`RunOutcome::Lost`]) are
+//! distinct outcomes.
+//!
+//! ## Shutdown
+//! [`Worker::run_until`] stops claiming when its shutdown future resolves,
+//! lets running jobs finish within the grace period, then cancels them and
+//! releases their leases; every run's outcome is recorded before it returns.
 //!
 //! # Locks
 //! ```no_run
@@ -55,12 +127,99 @@
 //! guard.release().await?;
 //! # Ok(()) }
 //! ```
-//! What a lock promises, and what it cannot, is set out in the
-//! [`soloist_core`] documentation; the short form: at most one holder at a
-//! time while Redis (or a Redlock majority) keeps its data, a lost signal
-//! that fires before the server can hand the key to someone else, and
-//! fencing tokens that let the resource itself refuse a stale holder's
-//! writes.
+//!
+//! ## Backends
+//! - [`LockClient::connect`]: one Redis server. `SET NX PX` takes the key;
+//!   release and renewal are Lua scripts that act only while the caller's
+//!   128-bit owner token still matches, so no client can delete or extend a
+//!   lock it does not hold.
+//! - [`LockClient::sentinel`]: the primary that Redis Sentinel names, asked
+//!   again whenever a connection breaks or reaches a demoted server, so the
+//!   client follows failovers.
+//! - [`LockClient::cluster`]: a Redis Cluster; every key of a lock lives in
+//!   its key's hash slot (see the [key layout](#key-layout)) and each
+//!   request goes to that slot's primary, following `MOVED` and `ASK`.
+//!   [`Deployment`] describes any of these (and TLS) in one value, for
+//!   [`ClientBuilder::open`] and the worker's stream sources alike.
+//! - [`LockClient::redlock`]: one lock over N independent Redis masters: a
+//!   majority must grant an acquisition and confirm every renewal, and
+//!   fences are chosen and committed so that they still increase though no
+//!   node sees every acquisition (the design and its proof are in the
+//!   module's source, `redlock.rs`). A node that restarts without its data
+//!   must stay out for one maximum ttl before it rejoins.
+//! - [`LockClient::memory`]: the same semantics inside one process, for
+//!   single-process deployments and for testing code that takes locks.
+//!
+//! ## Guarantees, and their limits
+//! - **Mutual exclusion** holds as long as the Redis server (for Redlock, a
+//!   majority of the nodes) keeps its data:
+//!   a lock key is never handed to a second owner while the first owner's
+//!   lease is valid. One Redis node cannot promise more than it keeps: with
+//!   asynchronous replication, a failover to a replica that had not yet
+//!   received the lock key can hand it to a second owner
+//!   ([`ClientBuilder::min_replicas`] narrows that window, and says what it
+//!   cannot close), and an eviction
+//!   policy other than `noeviction` can delete a held key under memory
+//!   pressure (the client warns about the latter on connect).
+//! - **The lost signal** ([`LockGuard::lost`]) fires before the server can
+//!   give the key away: its deadline counts from the *send* time of the last
+//!   confirmed renewal, with the ttl in whole milliseconds as Redis takes
+//!   it, and keeps a drift margin (1 % of the ttl + 3 ms). When an
+//!   [`extend`](LockGuard::extend) overlaps a renewal, only the newest
+//!   request sent moves the deadline. It cannot stop a process that is
+//!   paused (GC, swap, SIGSTOP) from acting after the deadline without
+//!   looking.
+//! - **Fencing tokens** ([`LockGuard::fence`]) are issued in the same atomic
+//!   step as the acquisition and strictly increase per key across all
+//!   holders, releases and expiries. They close the gap the lost signal
+//!   cannot: a resource that remembers the highest fence it accepted refuses
+//!   a paused holder's late write ([`LockClient::fenced_set`] does this for a
+//!   Redis value; the same check works as `WHERE fence <= $1` in SQL). A
+//!   fence counter the server loses (restart without persistence, failover)
+//!   restarts from the server's clock in microseconds, so fences keep
+//!   increasing as long as that clock does not step back. Counters expire a
+//!   week after they were started, and start again from the clock the same
+//!   way, so a lock on every order id does not leave a key per id forever.
+//! - **Liveness**: a holder that crashes, panics or is aborted stops renewing
+//!   and its key expires within one ttl; a dropped guard releases at once.
+//!   A *leaked* guard (`std::mem::forget`) looks exactly like a guard held on
+//!   purpose and keeps renewing; bound that with [`LockRequest::max_hold`].
+//! - **Waiting** is woken by the holder's release, not by polling: waiting
+//!   clients queue per key in Redis, and a release wakes the first of them
+//!   still listening (Redis pub/sub, one channel per client), so the lock
+//!   passes between clients first come, first served and one release sets
+//!   off one retry. Jittered polling is only the fallback for a lost wake-up
+//!   or an expired key; tasks of one process queue locally, so a process
+//!   puts one contender on the wire per key.
+//!
+//! ## Key layout
+//! Under the client's prefix (default `soloist:`), a lock on key `K` keeps
+//! `lock:T` (the owner token), `fence:T` (the fence counter, when `K` names
+//! its own), `waiters:T` (the queue of waiting clients) and the fenced
+//! records written under `K` as `fenced:T`, where `T` is `K` written so that
+//! every one of these keys lands in the Redis Cluster hash slot of `K`
+//! itself ([`hash_slot`]`(K)`):
+//! - `{K}` for a key without a hash tag: `orders:42` → `soloist:lock:{orders:42}`;
+//! - `=K` for a key with one, whose tag then decides: `{report}:monday` →
+//!   `soloist:lock:={report}:monday`, in the slot of `report`;
+//! - `{=K}` for a key with a `}` outside a hash tag, which gets a slot of
+//!   its own.
+//!
+//! So everything one lock needs is one slot, and keys meant to be used
+//! together are put in one slot by giving them one hash tag: a fence
+//! counter shared by several keys
+//! ([`LockRequest::fence_counter`]`("{report}")` for `{report}:monday`), a
+//! fenced record or an effect beside its lock
+//! ([`colocated`]`("orders:42", ":receipt")` names `{orders:42}:receipt`).
+//! On a Redis Cluster a request that would need two slots in one script is
+//! refused with [`LockError::InvalidArgument`] before anything is written;
+//! on a single server every name works. Wake-ups go over the channel
+//! `wake:<client id>` under the same prefix.
+//!
+//! What this is not: exactly-once execution. A lock gives "at most one
+//! holder at a time"; whether protected work runs once depends on what the
+//! work does when its lease is lost, which is what fencing is for.
+//!
 //!
 //! # Where Redis is
 //! [`LockClient::connect`] takes one server's URL; [`Deployment`] describes
@@ -100,7 +259,18 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
+//! | `worker` | yes | jobs: [`Worker`], cron schedules with time zones ([`CronSchedule`], chrono-tz), keyed runs with dedupe, the [`Source`] trait for queues |
+//! | `macros` | yes | `#[exclusive_job]` (implies `worker`) |
+//! | `streams` | yes | [`StreamSource`]: jobs consumed from Redis Streams with dead letters (implies `worker`) |
+//! | `redlock` | no | [`LockClient::redlock`]: one lock over a majority of independent servers |
+//! | `cluster` | no | [`Deployment::cluster`], [`LockClient::cluster`]: Redis Cluster (redis-rs' cluster client) |
+//! | `sentinel` | no | [`Deployment::sentinel`], [`LockClient::sentinel`]: a primary managed by Redis Sentinel |
 //! | `tls-rustls` | no | `rediss://` URLs, and `tls_root_certificate` / `tls_client_identity` on [`Deployment`] for private CAs and mutual TLS; rustls with the `ring` crypto provider, which builds with a C compiler alone (aws-lc-rs also needs cmake) |
+//! | `full` | no | all of the above |
+//!
+//! With `default-features = false` only the lock layer is left
+//! ([`LockClient`], [`LockGuard`], fencing, the memory backend, one Redis
+//! server): no cron, no time-zone database, no proc macro.
 //!
 //! Without `tls-rustls` a `rediss://` URL is refused at connect with
 //! [`LockError::InvalidArgument`] naming `url`.
@@ -111,18 +281,28 @@ pub use soloist_core::{
     LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, Result, colocated,
     hash_slot, metrics, redis,
 };
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).
+#[cfg(feature = "worker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "worker")))]
 pub use soloist_worker::metrics as worker_metrics;
+#[cfg(feature = "worker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "worker")))]
 pub use soloist_worker::{
-    BoxError, CronFn, CronJob, CronSchedule, DEFAULT_JOB_TTL, DEFAULT_MISFIRE, DurationError,
-    IntoJob, JobContext, JobContextBuilder, JobSpec, KeyPart, KeyTemplate, KeyTemplateError,
-    KeyedFn, KeyedJob, MissedTicks, OnLost, Registration, RunOutcome, ScheduleError, Trigger,
-    Worker, WorkerBuilder, WorkerError, WorkerHandle, cron_job, keyed_job, parse_duration,
+    BoxError, CronFn, CronJob, CronSchedule, DEFAULT_JOB_TTL, DEFAULT_MISFIRE, Delivery,
+    DurationError, IntoJob, JobContext, JobContextBuilder, JobSpec, KeyPart, KeyTemplate,
+    KeyTemplateError, KeyedFn, KeyedJob, MissedTicks, OnLost, Registration, RunOutcome,
+    ScheduleError, Source, Trigger, Worker, WorkerBuilder, WorkerError, WorkerHandle, cron_job,
+    keyed_job, parse_duration,
 };
-pub use soloist_worker::{Delivery, Source, StreamSource, StreamSourceBuilder};
+#[cfg(feature = "streams")]
+#[cfg_attr(docsrs, doc(cfg(feature = "streams")))]
+pub use soloist_worker::{StreamSource, StreamSourceBuilder};
 
 /// What code generated by `#[exclusive_job]` refers to; not a public API.
+#[cfg(feature = "macros")]
 #[doc(hidden)]
 pub mod __private {
     pub use futures::future::BoxFuture;

@@ -19,6 +19,7 @@ pub(crate) enum Attempt<A = u64> {
     /// Another owner holds it; its lease runs out in `expires_in` if known.
     Held { expires_in: Option<Duration> },
     /// Redlock only: neither a majority granted it nor a majority refused it.
+    #[cfg_attr(not(feature = "redlock"), allow(dead_code))]
     NoQuorum(Tally),
 }
 

@@ -11,6 +11,7 @@ use crate::fence::{FencedValue, FencedWrite};
 use crate::memory::MemoryBackend;
 use crate::node::{RedisSettings, Replicas};
 use crate::queue::LocalQueues;
+#[cfg(feature = "redlock")]
 use crate::redlock::RedlockBackend;
 use crate::request::LockRequest;
 use crate::single::RedisBackend;
@@ -79,6 +80,8 @@ impl LockClient {
     /// let guard = locks.lock("payouts").acquire().await?;
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "redlock")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redlock")))]
     pub async fn redlock<I>(urls: I) -> Result<Self>
     where
         I: IntoIterator,
@@ -102,6 +105,8 @@ impl LockClient {
     /// let guard = locks.lock("nightly-report").acquire().await?;
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
     pub async fn sentinel<I>(sentinel_urls: I, master: &str) -> Result<Self>
     where
         I: IntoIterator,
@@ -115,7 +120,7 @@ impl LockClient {
     /// Connects to the Redis Cluster reachable through any of `node_urls`,
     /// with default settings (see [`Deployment::cluster`]). Every lock
     /// keeps its keys in the hash slot of its key; see the
-    /// [key layout](crate#key-layout).
+    /// [key layout](https://docs.rs/soloist/latest/soloist/#key-layout).
     ///
     /// ```no_run
     /// use soloist::LockClient;
@@ -124,6 +129,8 @@ impl LockClient {
     /// let guard = locks.lock("orders:42").acquire().await?;
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub async fn cluster<I>(node_urls: I) -> Result<Self>
     where
         I: IntoIterator,
@@ -314,6 +321,7 @@ impl Default for ClientBuilder {
 const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The same for each node of a Redlock: short, so that a dead node costs
 /// little; a decided acquisition never waits for it at all.
+#[cfg(feature = "redlock")]
 const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(200);
 
 impl ClientBuilder {
@@ -423,6 +431,8 @@ impl ClientBuilder {
     /// maximum ttl before it rejoins, or a lock it forgot could be granted
     /// twice: run Redis with `appendonly yes` and `appendfsync always`, or
     /// delay its start.
+    #[cfg(feature = "redlock")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redlock")))]
     pub async fn redlock<I>(self, urls: I) -> Result<LockClient>
     where
         I: IntoIterator,

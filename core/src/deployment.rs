@@ -21,7 +21,7 @@ use crate::tls::{TlsOptions, redact};
 ///   slot map; each command goes to the primary of its key's hash slot, and
 ///   `MOVED` / `ASK` redirections (failover, resharding) are followed. Every
 ///   key one lock needs shares one hash slot; see the
-///   [key layout](crate#key-layout). While a slot migrates, Redis answers a
+///   [key layout](https://docs.rs/soloist/latest/soloist/#key-layout). While a slot migrates, Redis answers a
 ///   script whose keys are split between the two nodes, or not yet on
 ///   either, with `TRYAGAIN`: such requests (taking a lock nobody holds, in
 ///   that slot) are retried until the migration ends or the operation
@@ -51,6 +51,7 @@ pub struct Deployment {
 #[derive(Clone)]
 pub(crate) enum Shape {
     Server(String),
+    #[cfg(feature = "sentinel")]
     Sentinel {
         sentinels: Vec<String>,
         master: String,
@@ -59,6 +60,7 @@ pub(crate) enum Shape {
         /// The database to select on the primary.
         master_db: i64,
     },
+    #[cfg(feature = "cluster")]
     Cluster(Vec<String>),
 }
 
@@ -75,6 +77,8 @@ impl Deployment {
     /// credentials, if it needs them, are set with
     /// [`master_credentials`](Self::master_credentials); it is reached over
     /// TLS when the sentinel URLs are `rediss://`.
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
     pub fn sentinel<I>(sentinel_urls: I, master: impl Into<String>) -> Self
     where
         I: IntoIterator,
@@ -91,6 +95,8 @@ impl Deployment {
     /// A Redis Cluster reachable through any of `node_urls` (a few of its
     /// nodes are enough; the rest are learnt from the slot map). Cluster
     /// mode has one database: a `/db` in the URLs is refused.
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn cluster<I>(node_urls: I) -> Self
     where
         I: IntoIterator,
@@ -109,6 +115,8 @@ impl Deployment {
     /// For a [`sentinel`](Self::sentinel) deployment: the username (or
     /// `None` for the default user) and password of the primary and its
     /// replicas. Ignored for the other kinds, whose URLs carry credentials.
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
     pub fn master_credentials(mut self, username: Option<&str>, password: &str) -> Self {
         if let Shape::Sentinel { master_auth, .. } = &mut self.shape {
             *master_auth = Some((username.map(str::to_owned), password.to_owned()));
@@ -119,6 +127,8 @@ impl Deployment {
     /// For a [`sentinel`](Self::sentinel) deployment: the database to use
     /// on the primary (default 0). Ignored for the other kinds, whose URLs
     /// name it (a cluster has only database 0).
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
     pub fn master_database(mut self, db: i64) -> Self {
         if let Shape::Sentinel { master_db, .. } = &mut self.shape {
             *master_db = db;
@@ -175,14 +185,20 @@ impl Deployment {
     ///
     /// ```
     /// use soloist::Deployment;
-    /// assert!(Deployment::cluster(["redis://10.0.1.1:6379"]).is_cluster());
     /// assert!(!Deployment::server("redis://10.0.1.1:6379").is_cluster());
+    /// # #[cfg(feature = "cluster")]
+    /// assert!(Deployment::cluster(["redis://10.0.1.1:6379"]).is_cluster());
     /// ```
     pub fn is_cluster(&self) -> bool {
-        matches!(self.shape, Shape::Cluster(_))
+        match self.shape {
+            #[cfg(feature = "cluster")]
+            Shape::Cluster(_) => true,
+            _ => false,
+        }
     }
 }
 
+#[cfg(any(feature = "sentinel", feature = "cluster"))]
 fn urls<I>(urls: I) -> Vec<String>
 where
     I: IntoIterator,
@@ -208,10 +224,12 @@ impl From<String> for Deployment {
 
 impl fmt::Debug for Deployment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        #[cfg(any(feature = "sentinel", feature = "cluster"))]
         let redacted = |urls: &[String]| urls.iter().map(|url| redact(url)).collect::<Vec<_>>();
         let mut out = f.debug_struct("Deployment");
         match &self.shape {
             Shape::Server(url) => out.field("server", &redact(url)),
+            #[cfg(feature = "sentinel")]
             Shape::Sentinel {
                 sentinels,
                 master,
@@ -225,6 +243,7 @@ impl fmt::Debug for Deployment {
                     &master_auth.as_ref().map(|(user, _)| user.as_deref()),
                 )
                 .field("master_db", master_db),
+            #[cfg(feature = "cluster")]
             Shape::Cluster(nodes) => out.field("cluster", &redacted(nodes)),
         };
         out.field("tls", &self.tls).finish()

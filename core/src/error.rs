@@ -71,8 +71,15 @@ pub enum LockError {
         reason: String,
     },
     /// The backend could not be reached, or the connection broke.
-    #[error("connection to the lock backend failed: {0}")]
-    Connection(redis::RedisError),
+    #[error("connection to {server} failed: {error}")]
+    Connection {
+        /// Where it was to reach: a server's `host:port`, the master a
+        /// Sentinel deployment names, or a cluster's nodes (never a
+        /// password).
+        server: String,
+        /// What failed.
+        error: redis::RedisError,
+    },
     /// The backend answered with an error or an unexpected reply.
     #[error("the lock backend answered with an error: {0}")]
     Protocol(redis::RedisError),
@@ -135,7 +142,7 @@ impl LockError {
     pub fn is_backend(&self) -> bool {
         matches!(
             self,
-            LockError::Connection(_)
+            LockError::Connection { .. }
                 | LockError::Protocol(_)
                 | LockError::Unresponsive { .. }
                 | LockError::NoQuorum { .. }
@@ -160,7 +167,7 @@ impl LockError {
     /// ```
     pub fn is_transient(&self) -> bool {
         match self {
-            LockError::Connection(_)
+            LockError::Connection { .. }
             | LockError::Unresponsive { .. }
             | LockError::NoQuorum { .. } => true,
             LockError::Protocol(err) => matches!(
@@ -172,10 +179,16 @@ impl LockError {
     }
 }
 
-impl From<redis::RedisError> for LockError {
-    fn from(err: redis::RedisError) -> Self {
+impl LockError {
+    /// `err`, met talking to `server`: a [`Connection`](Self::Connection)
+    /// error if the transport failed, else a [`Protocol`](Self::Protocol)
+    /// one.
+    pub(crate) fn from_redis(server: &str, err: redis::RedisError) -> Self {
         if crate::pool::is_transport_error(&err) {
-            LockError::Connection(err)
+            LockError::Connection {
+                server: server.to_owned(),
+                error: err,
+            }
         } else {
             LockError::Protocol(err)
         }

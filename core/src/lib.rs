@@ -5,97 +5,9 @@
 //! Most users depend on the `soloist` facade crate, which re-exports
 //! everything here.
 //!
-//! # Backends
-//! - [`LockClient::connect`]: one Redis server. `SET NX PX` takes the key;
-//!   release and renewal are Lua scripts that act only while the caller's
-//!   128-bit owner token still matches, so no client can delete or extend a
-//!   lock it does not hold.
-//! - [`LockClient::sentinel`]: the primary that Redis Sentinel names, asked
-//!   again whenever a connection breaks or reaches a demoted server, so the
-//!   client follows failovers.
-//! - [`LockClient::cluster`]: a Redis Cluster; every key of a lock lives in
-//!   its key's hash slot (see the [key layout](#key-layout)) and each
-//!   request goes to that slot's primary, following `MOVED` and `ASK`.
-//!   [`Deployment`] describes any of these (and TLS) in one value, for
-//!   [`ClientBuilder::open`] and the worker's stream sources alike.
-//! - [`LockClient::redlock`]: one lock over N independent Redis masters: a
-//!   majority must grant an acquisition and confirm every renewal, and
-//!   fences are chosen and committed so that they still increase though no
-//!   node sees every acquisition (the design and its proof are in the
-//!   module's source, `redlock.rs`). A node that restarts without its data
-//!   must stay out for one maximum ttl before it rejoins.
-//! - [`LockClient::memory`]: the same semantics inside one process, for
-//!   single-process deployments and for testing code that takes locks.
-//!
-//! # Guarantees, and their limits
-//! - **Mutual exclusion** holds as long as the Redis server (for Redlock, a
-//!   majority of the nodes) keeps its data:
-//!   a lock key is never handed to a second owner while the first owner's
-//!   lease is valid. One Redis node cannot promise more than it keeps: with
-//!   asynchronous replication, a failover to a replica that had not yet
-//!   received the lock key can hand it to a second owner
-//!   ([`ClientBuilder::min_replicas`] narrows that window, and says what it
-//!   cannot close), and an eviction
-//!   policy other than `noeviction` can delete a held key under memory
-//!   pressure (the client warns about the latter on connect).
-//! - **The lost signal** ([`LockGuard::lost`]) fires before the server can
-//!   give the key away: its deadline counts from the *send* time of the last
-//!   confirmed renewal, with the ttl in whole milliseconds as Redis takes
-//!   it, and keeps a drift margin (1 % of the ttl + 3 ms). When an
-//!   [`extend`](LockGuard::extend) overlaps a renewal, only the newest
-//!   request sent moves the deadline. It cannot stop a process that is
-//!   paused (GC, swap, SIGSTOP) from acting after the deadline without
-//!   looking.
-//! - **Fencing tokens** ([`LockGuard::fence`]) are issued in the same atomic
-//!   step as the acquisition and strictly increase per key across all
-//!   holders, releases and expiries. They close the gap the lost signal
-//!   cannot: a resource that remembers the highest fence it accepted refuses
-//!   a paused holder's late write ([`LockClient::fenced_set`] does this for a
-//!   Redis value; the same check works as `WHERE fence <= $1` in SQL). A
-//!   fence counter the server loses (restart without persistence, failover)
-//!   restarts from the server's clock in microseconds, so fences keep
-//!   increasing as long as that clock does not step back. Counters expire a
-//!   week after they were started, and start again from the clock the same
-//!   way, so a lock on every order id does not leave a key per id forever.
-//! - **Liveness**: a holder that crashes, panics or is aborted stops renewing
-//!   and its key expires within one ttl; a dropped guard releases at once.
-//!   A *leaked* guard (`std::mem::forget`) looks exactly like a guard held on
-//!   purpose and keeps renewing; bound that with [`LockRequest::max_hold`].
-//! - **Waiting** is woken by the holder's release, not by polling: waiting
-//!   clients queue per key in Redis, and a release wakes the first of them
-//!   still listening (Redis pub/sub, one channel per client), so the lock
-//!   passes between clients first come, first served and one release sets
-//!   off one retry. Jittered polling is only the fallback for a lost wake-up
-//!   or an expired key; tasks of one process queue locally, so a process
-//!   puts one contender on the wire per key.
-//!
-//! # Key layout
-//! Under the client's prefix (default `soloist:`), a lock on key `K` keeps
-//! `lock:T` (the owner token), `fence:T` (the fence counter, when `K` names
-//! its own), `waiters:T` (the queue of waiting clients) and the fenced
-//! records written under `K` as `fenced:T`, where `T` is `K` written so that
-//! every one of these keys lands in the Redis Cluster hash slot of `K`
-//! itself ([`hash_slot`]`(K)`):
-//! - `{K}` for a key without a hash tag: `orders:42` → `soloist:lock:{orders:42}`;
-//! - `=K` for a key with one, whose tag then decides: `{report}:monday` →
-//!   `soloist:lock:={report}:monday`, in the slot of `report`;
-//! - `{=K}` for a key with a `}` outside a hash tag, which gets a slot of
-//!   its own.
-//!
-//! So everything one lock needs is one slot, and keys meant to be used
-//! together are put in one slot by giving them one hash tag: a fence
-//! counter shared by several keys
-//! ([`LockRequest::fence_counter`]`("{report}")` for `{report}:monday`), a
-//! fenced record or an effect beside its lock
-//! ([`colocated`]`("orders:42", ":receipt")` names `{orders:42}:receipt`).
-//! On a Redis Cluster a request that would need two slots in one script is
-//! refused with [`LockError::InvalidArgument`] before anything is written;
-//! on a single server every name works. Wake-ups go over the channel
-//! `wake:<client id>` under the same prefix.
-//!
-//! What this is not: exactly-once execution. A lock gives "at most one
-//! holder at a time"; whether protected work runs once depends on what the
-//! work does when its lease is lost, which is what fencing is for.
+//! What a lock promises, and what it cannot, and where its keys live, is
+//! set out in the
+//! [soloist documentation](https://docs.rs/soloist/latest/soloist/#locks).
 //!
 //! # Example
 //! ```
@@ -129,8 +41,10 @@ mod notice;
 mod pool;
 mod pubsub;
 mod queue;
+#[cfg(feature = "redlock")]
 mod redlock;
 mod request;
+#[cfg(feature = "sentinel")]
 mod sentinel;
 mod single;
 mod slot;

@@ -24,6 +24,7 @@ static FENCED_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
 static PASS_ON: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/pass_on.lua")));
+#[cfg(feature = "redlock")]
 static COMMIT_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
 
@@ -95,6 +96,7 @@ fn named(prefix: &str, key: &str) -> String {
 }
 
 /// What one node answered to the first Redlock phase.
+#[cfg(feature = "redlock")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Grant {
     /// Taken; the node's fence counter (or its clock, if it lost the counter).
@@ -138,7 +140,10 @@ impl RedisNode {
     /// Whether this node is a Redis Cluster, where every script's keys must
     /// share a hash slot.
     fn is_cluster(&self) -> bool {
-        matches!(self.target, Target::Cluster { .. })
+        #[cfg(feature = "cluster")]
+        return matches!(self.target, Target::Cluster { .. });
+        #[cfg(not(feature = "cluster"))]
+        false
     }
 
     /// How many of this node's connections were retired for reaching a
@@ -238,7 +243,7 @@ impl RedisNode {
             if err.is_timeout() {
                 self.unresponsive(op)
             } else {
-                LockError::from(err)
+                self.pool.error(err)
             }
         })
     }
@@ -386,6 +391,7 @@ impl RedisNode {
     }
 
     /// Redlock's first phase: takes `key` here and reads this node's `counter`.
+    #[cfg(feature = "redlock")]
     pub(crate) async fn grant(
         &self,
         key: &str,
@@ -450,6 +456,7 @@ impl RedisNode {
 
     /// Redlock's second phase: raises this node's `counter` to `fence`
     /// while it still holds `key` for `token`.
+    #[cfg(feature = "redlock")]
     pub(crate) async fn commit_fence(
         &self,
         key: &str,

@@ -25,9 +25,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+#[cfg(feature = "cluster")]
 use redis::cluster::ClusterClient;
+#[cfg(feature = "cluster")]
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+#[cfg(feature = "cluster")]
 use tokio::sync::OnceCell;
 
 use crate::deployment::Deployment;
@@ -37,6 +40,8 @@ use crate::tls::Target;
 #[derive(Debug)]
 pub(crate) struct Pool {
     kind: PoolKind,
+    /// What the pool connects to, for error messages ([`Target::name`]).
+    name: String,
     op_timeout: Duration,
     /// Shared with every connection, which counts its own retirement here.
     demotions: Arc<AtomicU64>,
@@ -52,6 +57,7 @@ enum PoolKind {
     /// A Redis Cluster: redis-rs' cluster connection keeps a multiplexed
     /// connection per node, routes each command by its key's slot, follows
     /// redirections and reconnects by itself, so one is shared by all.
+    #[cfg(feature = "cluster")]
     Cluster {
         client: Box<ClusterClient>,
         conn: OnceCell<ClusterConnection>,
@@ -62,6 +68,7 @@ impl std::fmt::Debug for PoolKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PoolKind::Server { pool, .. } => f.debug_struct("Server").field("pool", pool).finish(),
+            #[cfg(feature = "cluster")]
             PoolKind::Cluster { conn, .. } => f
                 .debug_struct("Cluster")
                 .field("connected", &conn.initialized())
@@ -85,6 +92,7 @@ pub(crate) struct Connection {
 #[derive(Clone)]
 pub enum Conn {
     Server(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
     Cluster(ClusterConnection),
 }
 
@@ -92,6 +100,7 @@ impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Conn::Server(_) => "Conn::Server",
+            #[cfg(feature = "cluster")]
             Conn::Cluster(_) => "Conn::Cluster",
         })
     }
@@ -101,6 +110,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Server(conn) => conn.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -113,6 +123,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -120,6 +131,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Server(conn) => conn.get_db(),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(conn) => conn.get_db(),
         }
     }
@@ -174,7 +186,9 @@ impl Pool {
         response_timeout: Duration,
     ) -> Self {
         let demotions = Arc::new(AtomicU64::new(0));
+        let name = target.name();
         let kind = match target {
+            #[cfg(feature = "cluster")]
             Target::Cluster { client, .. } => PoolKind::Cluster {
                 client: Box::new(client),
                 conn: OnceCell::new(),
@@ -198,6 +212,7 @@ impl Pool {
         };
         Pool {
             kind,
+            name,
             op_timeout,
             demotions,
         }
@@ -215,10 +230,12 @@ impl Pool {
     pub(crate) async fn get(&self) -> Result<Connection, LockError> {
         let (pool, current) = match &self.kind {
             PoolKind::Server { pool, current } => (pool, current),
+            #[cfg(feature = "cluster")]
             PoolKind::Cluster { client, conn } => {
                 let conn = conn
                     .get_or_try_init(|| client.get_async_connection())
-                    .await?;
+                    .await
+                    .map_err(|err| self.error(err))?;
                 return Ok(Connection {
                     conn: Conn::Cluster(conn.clone()),
                     // Never set: the cluster connection mends itself.
@@ -237,6 +254,12 @@ impl Pool {
         let conn = self.check_out(pool).await?;
         *current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// `err`, met on one of this pool's connections, as a [`LockError`]
+    /// that names where it was going.
+    pub(crate) fn error(&self, err: RedisError) -> LockError {
+        LockError::from_redis(&self.name, err)
     }
 
     /// A live connection from the pool, opening one if the pool has none.
@@ -295,7 +318,12 @@ impl bb8::ManageConnection for ConnectionManager {
             .set_response_timeout(Some(self.response_timeout));
         let conn = client
             .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+            .await
+            .map_err(|err| {
+                // The server itself: after a Sentinel lookup, the primary named.
+                let server = client.get_connection_info().addr().to_string();
+                LockError::from_redis(&server, err)
+            })?;
         Ok(Connection {
             conn: Conn::Server(conn),
             broken: Arc::new(AtomicBool::new(false)),
@@ -304,7 +332,10 @@ impl bb8::ManageConnection for ConnectionManager {
     }
 
     async fn is_valid(&self, conn: &mut Connection) -> Result<(), LockError> {
-        Ok(redis::cmd("PING").query_async(&mut conn.conn).await?)
+        redis::cmd("PING")
+            .query_async(&mut conn.conn)
+            .await
+            .map_err(|err| LockError::from_redis(&self.target.name(), err))
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
@@ -350,7 +381,7 @@ impl SharedConnection {
         let mut conn = self.pool.get().await?;
         let result = work(&mut conn.conn).await;
         conn.observe(&result);
-        Ok(result?)
+        result.map_err(|err| self.pool.error(err))
     }
 }
 

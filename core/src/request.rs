@@ -16,10 +16,7 @@ use crate::token::new_token;
 
 /// The lease length when none is given.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
-/// The shortest lease accepted: below it, clock drift and round trips eat it whole.
-pub const MIN_TTL: Duration = Duration::from_millis(10);
-/// The longest lease accepted; hold longer with the watchdog, not a long ttl.
-pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+pub use soloist_parse::{MAX_TTL, MIN_TTL};
 /// The longest `max_hold` and record ttl accepted: a century, as good as
 /// forever, and far from where adding it to a clock reading could overflow.
 pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);

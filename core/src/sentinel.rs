@@ -130,6 +130,11 @@ impl Sentinels {
     }
 
     /// Selects database `db` on the primary (0 unless set).
+    /// The name of the master the sentinels are asked for.
+    pub(crate) fn master(&self) -> &str {
+        &self.master
+    }
+
     pub(crate) fn master_db(mut self, db: i64) -> Self {
         self.db = db;
         self
@@ -192,12 +197,12 @@ impl Sentinels {
                 ),
             ));
         }
-        Err(LockError::Connection(redis::RedisError::from(
-            io::Error::other(format!(
-                "no sentinel named a reachable primary for `{}`: {said}",
-                self.master
-            )),
-        )))
+        Err(LockError::Connection {
+            server: format!("the primary of `{}`", self.master),
+            error: redis::RedisError::from(io::Error::other(format!(
+                "no sentinel named a reachable primary: {said}"
+            ))),
+        })
     }
 
     /// Asks `node` for the primary and checks the node it names.

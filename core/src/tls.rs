@@ -2,14 +2,18 @@
 //! it: the one place the lock client and the worker's stream sources open
 //! Redis.
 
+#[cfg(any(feature = "sentinel", feature = "cluster"))]
 use std::sync::Arc;
+#[cfg(feature = "cluster")]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "cluster")]
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 
 use crate::deployment::{Deployment, Shape};
 use crate::error::{LockError, Result};
+#[cfg(feature = "sentinel")]
 use crate::sentinel::Sentinels;
 
 /// What a connection pool connects to, parsed and checked; nothing is sent
@@ -20,7 +24,9 @@ use crate::sentinel::Sentinels;
 pub(crate) enum Target {
     Server(redis::Client),
     /// The primary the sentinels name, asked again for every new connection.
+    #[cfg(feature = "sentinel")]
     Sentinel(Arc<Sentinels>),
+    #[cfg(feature = "cluster")]
     Cluster {
         client: ClusterClient,
         /// One client per listed node, for the connections the cluster
@@ -33,6 +39,7 @@ pub(crate) enum Target {
 impl Target {
     /// Parses and checks every URL of `deployment` and applies its TLS
     /// settings; every refusal is an [`LockError::InvalidArgument`].
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
     pub(crate) fn open(
         deployment: &Deployment,
         connect_timeout: Duration,
@@ -40,6 +47,7 @@ impl Target {
     ) -> Result<Self> {
         match &deployment.shape {
             Shape::Server(url) => Ok(Target::Server(open_client(url, &deployment.tls)?)),
+            #[cfg(feature = "sentinel")]
             Shape::Sentinel {
                 sentinels,
                 master,
@@ -53,10 +61,12 @@ impl Target {
                 }
                 Ok(Target::Sentinel(Arc::new(resolver)))
             }
+            #[cfg(feature = "cluster")]
             Shape::Cluster(urls) if urls.is_empty() => Err(LockError::invalid(
                 "cluster",
                 "name at least one node of the cluster",
             )),
+            #[cfg(feature = "cluster")]
             Shape::Cluster(urls) => {
                 let seeds = urls
                     .iter()
@@ -99,6 +109,10 @@ impl Target {
     /// A client for one server to open a connection of our own to: the
     /// server, the primary the sentinels name now (each step of asking them
     /// bounded by the timeouts), or the next node of a cluster's list.
+    #[cfg_attr(
+        not(feature = "sentinel"),
+        allow(unused_variables, clippy::unused_async)
+    )]
     pub(crate) async fn server(
         &self,
         connect_timeout: Duration,
@@ -106,26 +120,49 @@ impl Target {
     ) -> Result<redis::Client> {
         match self {
             Target::Server(client) => Ok(client.clone()),
+            #[cfg(feature = "sentinel")]
             Target::Sentinel(sentinels) => {
                 sentinels.primary(connect_timeout, response_timeout).await
             }
+            #[cfg(feature = "cluster")]
             Target::Cluster {
                 seeds, next_seed, ..
             } => Ok(seeds[next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len()].clone()),
         }
     }
 
+    /// What this target reaches, for error messages: a server's
+    /// `host:port`, the master a Sentinel deployment names, or a cluster's
+    /// listed nodes; never credentials.
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Target::Server(client) => client.get_connection_info().addr().to_string(),
+            #[cfg(feature = "sentinel")]
+            Target::Sentinel(sentinels) => format!("the primary of `{}`", sentinels.master()),
+            #[cfg(feature = "cluster")]
+            Target::Cluster { seeds, .. } => {
+                let nodes: Vec<String> = seeds
+                    .iter()
+                    .map(|seed| seed.get_connection_info().addr().to_string())
+                    .collect();
+                format!("the cluster at {}", nodes.join(", "))
+            }
+        }
+    }
+
     /// The server a single-server target talks to, whatever the database or
     /// credentials; `None` for other kinds.
+    #[cfg(feature = "redlock")]
     pub(crate) fn address(&self) -> Option<String> {
         match self {
             Target::Server(client) => Some(client.get_connection_info().addr().to_string()),
-            Target::Sentinel(_) | Target::Cluster { .. } => None,
+            #[allow(unreachable_patterns)]
+            _ => None,
         }
     }
 }
 
-#[cfg(feature = "tls-rustls")]
+#[cfg(all(feature = "cluster", feature = "tls-rustls"))]
 fn cluster_tls(builder: ClusterClientBuilder, tls: &TlsOptions) -> ClusterClientBuilder {
     if tls.is_empty() {
         builder
@@ -134,7 +171,7 @@ fn cluster_tls(builder: ClusterClientBuilder, tls: &TlsOptions) -> ClusterClient
     }
 }
 
-#[cfg(not(feature = "tls-rustls"))]
+#[cfg(all(feature = "cluster", not(feature = "tls-rustls")))]
 fn cluster_tls(builder: ClusterClientBuilder, _tls: &TlsOptions) -> ClusterClientBuilder {
     builder
 }

@@ -160,7 +160,7 @@ async fn pool_replaces_connections_broken_by_a_restart() {
                 break;
             }
             Err(err) => {
-                assert!(matches!(err, LockError::Connection(_)), "{err:?}");
+                assert!(matches!(err, LockError::Connection { .. }), "{err:?}");
                 failures += 1;
             }
         }

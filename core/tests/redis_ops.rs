@@ -90,12 +90,13 @@ async fn bad_urls_and_settings_are_errors_not_panics() {
         .connect("redis://127.0.0.1:1")
         .await;
     assert!(
-        matches!(refused, Err(LockError::Connection(_))),
+        matches!(refused, Err(LockError::Connection { .. })),
         "{refused:?}"
     );
-    // The message says why, not only that it failed.
+    // The message says why and where, not only that it failed.
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("refused"), "{message}");
+    assert!(message.contains("127.0.0.1:1"), "{message}");
     let worker_error = soloist::WorkerError::from(LockError::Unresponsive {
         op: "acquire",
         after: SECOND,

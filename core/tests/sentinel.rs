@@ -152,7 +152,7 @@ async fn a_demoted_primary_is_left_for_the_new_one() {
                 assert!(
                     matches!(
                         err,
-                        LockError::Connection(_)
+                        LockError::Connection { .. }
                             | LockError::Unresponsive { .. }
                             | LockError::Protocol(_)
                     ),

@@ -166,7 +166,7 @@ fn duration(name: &'static str, lit: &Lit) -> Result<Duration, String> {
             "`{name}` takes a duration string such as \"30s\", \"1m\" or \"1h30m\""
         ));
     };
-    soloist_worker::parse_duration(&text.value())
+    soloist_parse::parse_duration(&text.value())
         .map_err(|reason| format!("invalid `{name}` duration: {reason}"))
 }
 

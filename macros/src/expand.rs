@@ -289,7 +289,7 @@ impl Settings {
         };
 
         if let Some(ttl) = &ttl {
-            let (min, max) = (soloist_core::MIN_TTL, soloist_core::MAX_TTL);
+            let (min, max) = (soloist_parse::MIN_TTL, soloist_parse::MAX_TTL);
             if !(min..=max).contains(&ttl.value) {
                 errors.push(syn::Error::new(
                     ttl.span,
@@ -307,6 +307,27 @@ impl Settings {
                     format!("`{}` must not be zero", setting.name),
                 ));
             }
+        }
+        // The worker's bounds, checked here so that what compiles registers.
+        for setting in [&misfire, &max_hold, &dedupe, &backoff, &wait]
+            .into_iter()
+            .flatten()
+        {
+            if setting.value > soloist_parse::MAX_SETTING {
+                errors.push(syn::Error::new(
+                    setting.span,
+                    format!("`{}` must be at most a year", setting.name),
+                ));
+            }
+        }
+        if let Some(retries) = retries
+            .as_ref()
+            .filter(|r| r.value > soloist_parse::MAX_RETRIES)
+        {
+            errors.push(syn::Error::new(
+                retries.span,
+                format!("`retries` must be at most {}", soloist_parse::MAX_RETRIES),
+            ));
         }
 
         let mut setters = Vec::new();
@@ -392,11 +413,11 @@ fn check_cron(
     // The expression and the zone are checked apart, against a known-good
     // partner, so that each error points at its own literal and a bad pair
     // reports both.
-    if let Err(error) = soloist_worker::CronSchedule::new(&expression.value(), "UTC") {
+    if let Err(error) = soloist_parse::CronSchedule::new(&expression.value(), "UTC") {
         errors.push(syn::Error::new(expression.span(), error));
     }
     let tz_name = tz.map_or_else(|| "UTC".to_owned(), |tz| tz.value.value());
-    if let Err(error) = soloist_worker::CronSchedule::new("0 * * * * *", &tz_name) {
+    if let Err(error) = soloist_parse::CronSchedule::new("0 * * * * *", &tz_name) {
         let span = tz.map_or_else(Span::call_site, |tz| tz.span);
         errors.push(syn::Error::new(span, error));
     }
@@ -437,7 +458,7 @@ fn check_key(template: &LitStr, func: &ItemFn, errors: &mut Errors) -> Option<Tr
             ),
         ));
     }
-    let parsed = match soloist_worker::KeyTemplate::parse(&template.value()) {
+    let parsed = match soloist_parse::KeyTemplate::parse(&template.value()) {
         Ok(parsed) => parsed,
         Err(reason) => {
             errors.push(syn::Error::new(

@@ -39,12 +39,12 @@ use tracing::Instrument;
 
 use crate::context::JobContext;
 use crate::job::CronJob;
-use crate::key::escaped;
 use crate::metrics;
 use crate::run::{Ended, attempts};
-use crate::schedule::CronSchedule;
 use crate::spec::{JobSpec, MissedTicks};
 use crate::worker::Shared;
+use soloist_parse::CronSchedule;
+use soloist_parse::escaped;
 
 /// A registered cron job.
 pub(crate) struct CronEntry {

@@ -20,12 +20,12 @@ use tracing::Instrument;
 use crate::context::JobContext;
 use crate::error::{Result, WorkerError};
 use crate::job::KeyedJob;
-use crate::key::escaped;
 use crate::metrics;
 use crate::outcome::RunOutcome;
 use crate::run::{Ended, attempts};
 use crate::spec::JobSpec;
 use crate::worker::Shared;
+use soloist_parse::escaped;
 
 pub(crate) async fn run<J: KeyedJob>(
     shared: Arc<Shared>,

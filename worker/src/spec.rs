@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Result, WorkerError};
-use crate::schedule::CronSchedule;
+use soloist_parse::{CronSchedule, KeyTemplate, MAX_RETRIES, MAX_SETTING, ScheduleError};
 
 /// When a job runs.
 #[derive(Debug, Clone)]
@@ -14,112 +14,6 @@ pub enum Trigger {
     /// On request ([`WorkerHandle::run`](crate::WorkerHandle::run)), at most
     /// one execution at a time per key rendered from this template.
     Keyed(KeyTemplate),
-}
-
-/// A key template such as `invoice:{invoice_id}`: literal text with
-/// `{name}` placeholders for the job's arguments (`{{` and `}}` for braces).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyTemplate {
-    template: String,
-    placeholders: Vec<String>,
-}
-
-impl KeyTemplate {
-    /// Parses `template`; an empty template, an empty or unclosed
-    /// placeholder, a stray `}`, or a placeholder followed by anything but
-    /// the end of the key or a separator (a character other than a letter,
-    /// digit, `_`, `-`, `.` or `%`) is an error.
-    ///
-    /// Each placeholder is rendered escaped ([`KeyPart`](crate::KeyPart)),
-    /// so that keys rendered from different arguments always differ: with
-    /// `{a}:{b}`, the arguments `("x:y", "z")` render `x%3Ay:z` and
-    /// `("x", "y:z")` render `x:y%3Az`.
-    ///
-    /// ```
-    /// use soloist::KeyTemplate;
-    /// let template = KeyTemplate::parse("invoice:{invoice_id}").unwrap();
-    /// assert_eq!(template.placeholders(), ["invoice_id"]);
-    /// assert!(KeyTemplate::parse("invoice:{").is_err());
-    /// ```
-    pub fn parse(template: &str) -> std::result::Result<Self, KeyTemplateError> {
-        if template.is_empty() {
-            return Err(KeyTemplateError::Empty);
-        }
-        let mut placeholders = Vec::new();
-        let mut chars = template.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                }
-                '{' => {
-                    let mut name = String::new();
-                    loop {
-                        match chars.next() {
-                            Some('}') => break,
-                            Some(c) => name.push(c),
-                            None => {
-                                return Err(KeyTemplateError::Unclosed {
-                                    template: template.to_owned(),
-                                });
-                            }
-                        }
-                    }
-                    let valid = name
-                        .chars()
-                        .next()
-                        .is_some_and(|c| c.is_alphabetic() || c == '_')
-                        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
-                    if !valid {
-                        return Err(KeyTemplateError::NotAnArgument {
-                            template: template.to_owned(),
-                            name,
-                        });
-                    }
-                    // An argument is rendered escaped (see `KeyPart`): it
-                    // ends where a character it never contains begins, so
-                    // different arguments never render the same key.
-                    let mut after = chars.clone();
-                    let next = after.next();
-                    let separated = match next {
-                        None => true,
-                        Some('{') => after.next() == Some('{'),
-                        Some(c) => !crate::key::is_plain(c) && c != '%',
-                    };
-                    if !separated {
-                        return Err(KeyTemplateError::NotSeparated {
-                            template: template.to_owned(),
-                            name,
-                        });
-                    }
-                    placeholders.push(name);
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                }
-                '}' => {
-                    return Err(KeyTemplateError::Stray {
-                        template: template.to_owned(),
-                    });
-                }
-                _ => {}
-            }
-        }
-        Ok(KeyTemplate {
-            template: template.to_owned(),
-            placeholders,
-        })
-    }
-
-    /// The template as given.
-    pub fn as_str(&self) -> &str {
-        &self.template
-    }
-
-    /// The argument names the template uses, in order.
-    pub fn placeholders(&self) -> &[String] {
-        &self.placeholders
-    }
 }
 
 /// What a cron job does about ticks that passed while no replica was up
@@ -178,11 +72,6 @@ pub struct JobSpec {
     pub(crate) wait: Duration,
 }
 
-/// The longest any duration setting of a job (or a worker) may be.
-pub(crate) const MAX_SETTING: Duration = Duration::from_secs(365 * 86_400);
-/// The most retries a job may ask for.
-const MAX_RETRIES: u32 = 1000;
-
 /// The lease length unless set.
 pub const DEFAULT_JOB_TTL: Duration = Duration::from_secs(30);
 /// How late a cron tick may still start, unless set.
@@ -212,7 +101,7 @@ impl JobSpec {
     pub fn cron(name: &str, expression: &str, tz: &str) -> Result<Self> {
         let schedule = CronSchedule::new(expression, tz).map_err(|err| {
             let setting = match err {
-                crate::schedule::ScheduleError::TimeZone(_) => "tz",
+                ScheduleError::TimeZone(_) => "tz",
                 _ => "cron",
             };
             WorkerError::invalid(name, setting, err.to_string())
@@ -337,251 +226,9 @@ impl JobSpec {
     }
 }
 
-/// Why a key template was refused by [`KeyTemplate::parse`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyTemplateError {
-    /// The template is empty.
-    #[error("a key template must not be empty")]
-    Empty,
-    /// A `{` has no `}` after it.
-    #[error("unclosed `{{` in `{template}`")]
-    Unclosed {
-        /// The template as given.
-        template: String,
-    },
-    /// A `}` closes nothing (write `}}` for a literal one).
-    #[error("stray `}}` in `{template}`")]
-    Stray {
-        /// The template as given.
-        template: String,
-    },
-    /// A placeholder's name is not an argument name.
-    #[error("`{{{name}}}` in `{template}` is not an argument name")]
-    NotAnArgument {
-        /// The template as given.
-        template: String,
-        /// What the braces hold.
-        name: String,
-    },
-    /// A placeholder runs into text an argument could contain.
-    #[error(
-        "`{{{name}}}` in `{template}` must be followed by the end of the key or a separator such as `:` or `/` (not a letter, digit, `_`, `-`, `.`, `%` or another placeholder), so that different arguments never render the same key"
-    )]
-    NotSeparated {
-        /// The template as given.
-        template: String,
-        /// The placeholder's name.
-        name: String,
-    },
-}
-
-/// Why a duration string was refused by [`parse_duration`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DurationError {
-    /// Nothing but whitespace.
-    #[error("empty duration; expected e.g. `30s`, `1m`, `1h 30m`")]
-    Empty,
-    /// A unit, or something else, where a number should be.
-    #[error("`{text}`: expected a number before `{rest}`")]
-    MissingNumber {
-        /// The duration as given.
-        text: String,
-        /// Where the number is missing.
-        rest: String,
-    },
-    /// A number without a unit.
-    #[error("`{text}`: missing unit (ms, s, m, h or d)")]
-    MissingUnit {
-        /// The duration as given.
-        text: String,
-    },
-    /// A unit that is not one of `ms`, `s`, `m`, `h`, `d` (or their longer
-    /// names).
-    #[error("`{text}`: unknown unit `{unit}` (ms, s, m, h or d)")]
-    UnknownUnit {
-        /// The duration as given.
-        text: String,
-        /// The unit found.
-        unit: String,
-    },
-    /// Longer than a `Duration` holds.
-    #[error("`{text}`: too long")]
-    TooLong {
-        /// The duration as given.
-        text: String,
-    },
-}
-
-/// Parses a duration such as `"30s"`, `"1m"`, `"24h"`, `"500ms"`, `"1h30m"`,
-/// `"1h 30m"`, `"5 minutes"` or `"2d"`: numbers with a unit, summed, with
-/// optional spaces between the parts and before a unit. Units: `ms`
-/// (`msec`, `millis`), `s` (`sec`, `secs`, `second`, `seconds`), `m`
-/// (`min`, `mins`, `minute`, `minutes`), `h` (`hr`, `hrs`, `hour`, `hours`)
-/// and `d` (`day`, `days`). What the macro's duration settings accept.
-///
-/// ```
-/// use std::time::Duration;
-/// use soloist::{DurationError, parse_duration};
-/// assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-/// assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
-/// assert_eq!(parse_duration("5 minutes"), Ok(Duration::from_secs(300)));
-/// assert!(matches!(parse_duration("soon"), Err(DurationError::MissingNumber { .. })));
-/// ```
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError> {
-    let original = text;
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(DurationError::Empty);
-    }
-    let too_long = || DurationError::TooLong {
-        text: original.to_owned(),
-    };
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(DurationError::MissingNumber {
-                text: original.to_owned(),
-                rest: rest.to_owned(),
-            });
-        }
-        let number: u64 = rest[..digits].parse().map_err(|_| too_long())?;
-        rest = rest[digits..].trim_start();
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c.is_whitespace())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" | "msec" | "millis" => Duration::from_millis(1),
-            "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(1),
-            "m" | "min" | "mins" | "minute" | "minutes" => Duration::from_secs(60),
-            "h" | "hr" | "hrs" | "hour" | "hours" => Duration::from_secs(3600),
-            "d" | "day" | "days" => Duration::from_secs(86_400),
-            "" => {
-                return Err(DurationError::MissingUnit {
-                    text: original.to_owned(),
-                });
-            }
-            other => {
-                return Err(DurationError::UnknownUnit {
-                    text: original.to_owned(),
-                    unit: other.to_owned(),
-                });
-            }
-        };
-        rest = rest[unit_len..].trim_start();
-        let part = u32::try_from(number)
-            .ok()
-            .and_then(|n| unit.checked_mul(n))
-            .ok_or_else(too_long)?;
-        total = total.checked_add(part).ok_or_else(too_long)?;
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        for (text, millis) in [
-            ("500ms", 500),
-            ("30s", 30_000),
-            ("1m", 60_000),
-            ("24h", 86_400_000),
-            ("1h30m", 5_400_000),
-            ("2d", 172_800_000),
-            ("0s", 0),
-            ("1h 30m", 5_400_000),
-            (" 30 s ", 30_000),
-            ("1d 2h 3m 4s 5ms", 93_784_005),
-            ("2 hours 1 min", 7_260_000),
-            ("1 day", 86_400_000),
-        ] {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_millis(millis)),
-                "{text}"
-            );
-        }
-        let owned = |text: &str| text.to_owned();
-        for (bad, expected) in [
-            ("", DurationError::Empty),
-            (" ", DurationError::Empty),
-            (
-                "s",
-                DurationError::MissingNumber {
-                    text: owned("s"),
-                    rest: owned("s"),
-                },
-            ),
-            ("30", DurationError::MissingUnit { text: owned("30") }),
-            (
-                "30x",
-                DurationError::UnknownUnit {
-                    text: owned("30x"),
-                    unit: owned("x"),
-                },
-            ),
-            (
-                "1.5h",
-                DurationError::UnknownUnit {
-                    text: owned("1.5h"),
-                    unit: owned("."),
-                },
-            ),
-            (
-                "-1s",
-                DurationError::MissingNumber {
-                    text: owned("-1s"),
-                    rest: owned("-1s"),
-                },
-            ),
-            (
-                "99999999999999999999s",
-                DurationError::TooLong {
-                    text: owned("99999999999999999999s"),
-                },
-            ),
-        ] {
-            assert_eq!(parse_duration(bad), Err(expected), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn key_templates_parse() {
-        let template = KeyTemplate::parse("invoice:{invoice_id}:{region}").unwrap();
-        assert_eq!(template.placeholders(), ["invoice_id", "region"]);
-        assert_eq!(
-            KeyTemplate::parse("{{literal}}")
-                .unwrap()
-                .placeholders()
-                .len(),
-            0
-        );
-        for good in ["{a}:{b}", "{a}/{b}", "{a}{{x}}", "x{a}"] {
-            assert!(KeyTemplate::parse(good).is_ok(), "{good:?} refused");
-        }
-        for bad in [
-            "", "a:{", "a:{}", "a:}", "a:{1x}", "a:{b-c}", "{a}{b}", "{a}x{b}", "{a}-{b}", "{a}%",
-        ] {
-            assert!(KeyTemplate::parse(bad).is_err(), "{bad:?} parsed");
-        }
-        assert_eq!(KeyTemplate::parse(""), Err(KeyTemplateError::Empty));
-        assert!(matches!(
-            KeyTemplate::parse("a:{b}x"),
-            Err(KeyTemplateError::NotSeparated { name, .. }) if name == "b"
-        ));
-        assert!(matches!(
-            KeyTemplate::parse("a:}"),
-            Err(KeyTemplateError::Stray { .. })
-        ));
-    }
 
     #[test]
     fn specs_validate_their_settings() {

@@ -20,7 +20,8 @@ use crate::job::{IntoJob, KeyedJob, Kind, Registration};
 use crate::keyed;
 use crate::outcome::RunOutcome;
 use crate::source::Source;
-use crate::spec::{JobSpec, MAX_SETTING, Trigger};
+use crate::spec::{JobSpec, Trigger};
+use soloist_parse::MAX_SETTING;
 
 /// The most deliveries per source a replica may run at once.
 const MAX_IN_FLIGHT: usize = 10_000;

@@ -109,7 +109,7 @@ async fn a_stream_consumer_over_mutual_tls_as_an_acl_user() {
     let refused = StreamSource::builder("orders")
         .open(Deployment::server(&url).tls_root_certificate(certs.ca_pem()));
     match tokio::time::timeout(10 * SECOND, refused).await {
-        Ok(Err(WorkerError::Lock(soloist::LockError::Connection(_)))) => {}
+        Ok(Err(WorkerError::Lock(soloist::LockError::Connection { .. }))) => {}
         other => panic!("expected a connection error, got {other:?}"),
     }
 }

@@ -51,10 +51,10 @@ async fn write(client: &redis::Client) {
     assert_eq!(reply, "OK");
 }
 
-/// The detail of a `Connection` error.
+/// The message of a `Connection` error.
 fn connection_failure(result: crate::Result<redis::Client>) -> String {
     match result {
-        Err(LockError::Connection(err)) => err.to_string(),
+        Err(err @ LockError::Connection { .. }) => err.to_string(),
         other => panic!("expected LockError::Connection, got {other:?}"),
     }
 }
@@ -144,7 +144,7 @@ async fn a_sentinel_naming_a_replica_is_not_believed() {
 
     let detail = connection_failure(sentinels.primary(CONNECT, RESPONSE).await);
     assert!(
-        detail.contains("no sentinel named a reachable primary for `soloist`"),
+        detail.contains("the primary of `soloist` failed: no sentinel named a reachable primary"),
         "{detail}"
     );
     let named = format!("named 127.0.0.1:{}", group.primary().port());
@@ -173,7 +173,7 @@ async fn unreachable_and_silent_sentinels_fail_within_the_timeouts() {
     let took = started.elapsed();
     assert!(took < (CONNECT + RESPONSE) * 2 + SLACK, "took {took:?}");
     assert!(
-        detail.contains("no sentinel named a reachable primary for `soloist`"),
+        detail.contains("the primary of `soloist` failed: no sentinel named a reachable primary"),
         "{detail}"
     );
     assert!(
