@@ -108,11 +108,12 @@
 
 pub use soloist_core::{
     ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient, LockError,
-    LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, Result, colocated,
-    hash_slot, metrics, redis,
+    LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, Result, TokenInfo,
+    colocated, hash_slot, metrics, owner_id, parse_token, redis,
 };
 pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).
+pub use soloist_worker::inspect;
 pub use soloist_worker::metrics as worker_metrics;
 pub use soloist_worker::{
     BoxError, CronFn, CronJob, CronSchedule, DEFAULT_JOB_TTL, DEFAULT_MISFIRE, DurationError,

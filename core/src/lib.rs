@@ -8,8 +8,10 @@
 //! # Backends
 //! - [`LockClient::connect`]: one Redis server. `SET NX PX` takes the key;
 //!   release and renewal are Lua scripts that act only while the caller's
-//!   128-bit owner token still matches, so no client can delete or extend a
-//!   lock it does not hold.
+//!   owner token still matches, so no client can delete or extend a lock it
+//!   does not hold. A token is the holder process's [`owner_id`], the time
+//!   of the acquisition and a 128-bit random secret: readable as "who holds
+//!   it since when" ([`parse_token`]), unguessable thanks to the secret.
 //! - [`LockClient::sentinel`]: the primary that Redis Sentinel names, asked
 //!   again whenever a connection breaks or reaches a demoted server, so the
 //!   client follows failovers.
@@ -153,3 +155,4 @@ pub use pool::{Conn, SharedConnection};
 pub use redis;
 pub use request::{DEFAULT_TTL, LockRequest, MAX_TTL, MIN_TTL};
 pub use slot::{colocated, hash_slot};
+pub use token::{TokenInfo, owner_id, parse_token};

@@ -85,6 +85,8 @@ mod consume;
 mod context;
 mod cron;
 mod error;
+mod fleet;
+pub mod inspect;
 mod job;
 mod key;
 mod keyed;
