@@ -464,3 +464,181 @@ async fn dead_letters_are_listed_replayed_once_and_purged() {
     );
     a.stop().await;
 }
+
+/// 100,000 held locks under the prefix: inspecting them all takes a few
+/// seconds, scans with `SCAN` (never `KEYS`), and the server keeps
+/// answering others meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inspecting_100k_locks_neither_blocks_nor_crawls() {
+    const LOCKS: usize = 100_000;
+    let server = RedisServer::start();
+    let redis = redis::Client::open(server.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let token = format!(
+        "{}.{:012x}.{:032x}",
+        soloist::owner_id(),
+        1_700_000_000_000u64,
+        7u128
+    );
+    for chunk in (0..LOCKS).collect::<Vec<_>>().chunks(10_000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("SET")
+                .arg(format!("soloist:lock:{{bulk:{i}}}"))
+                .arg(&token)
+                .arg("PX")
+                .arg(600_000)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.unwrap();
+    }
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let inspector = Inspector::new(&client(&server).await).unwrap();
+
+    // Another client's pings, answered throughout.
+    let pinging = tokio::spawn({
+        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        async move {
+            let mut slowest = Duration::ZERO;
+            let end = Instant::now() + 4 * SECOND;
+            while Instant::now() < end {
+                let sent = Instant::now();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .unwrap();
+                slowest = slowest.max(sent.elapsed());
+                sleep(Duration::from_millis(5)).await;
+            }
+            slowest
+        }
+    });
+    let started = Instant::now();
+    let locks = inspector.locks("bulk:*").await.unwrap();
+    let took = started.elapsed();
+    let slowest_ping = pinging.await.unwrap();
+    eprintln!(
+        "inspected {} locks in {took:?}; slowest concurrent PING {slowest_ping:?}",
+        locks.len()
+    );
+    assert_eq!(locks.len(), LOCKS);
+    assert!(
+        locks
+            .iter()
+            .all(|l| l.owner.as_deref() == Some(soloist::owner_id()))
+    );
+    assert!(took < 10 * SECOND, "took {took:?}");
+    assert!(
+        slowest_ping < Duration::from_millis(250),
+        "a PING waited {slowest_ping:?}"
+    );
+    let stats = server.cli(&["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_keys:"), "{stats}");
+    let scans: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .expect("SCAN was used");
+    assert!(scans >= (LOCKS / 1000) as u64, "{scans} SCAN calls");
+}
+
+/// On a Redis Cluster: the history, the registry, locks on every primary,
+/// and a trigger, as on one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inspection_covers_every_primary_of_a_cluster() {
+    let cluster = soloist_testkit::RedisCluster::start();
+    let connect = async || {
+        LockClient::cluster(cluster.urls())
+            .await
+            .expect("cluster client")
+    };
+    let ticks = Arc::new(AtomicU32::new(0));
+    let yearly = Arc::new(AtomicU32::new(0));
+    let counter = yearly.clone();
+    let worker = Worker::builder(connect().await)
+        .replica_id("c1")
+        .heartbeat(2 * SECOND)
+        .job(every_second("sweep", &ticks))
+        .job(cron_job(
+            JobSpec::cron("yearly", "0 0 0 1 1 *", "UTC").unwrap(),
+            move |_ctx: JobContext| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, std::io::Error>(()) }
+            },
+        ))
+        .job(charge())
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let running = Running::start(worker);
+    let inspector = Inspector::new(&connect().await).unwrap();
+    until("the replica announced", 5 * SECOND, async || {
+        inspector.replicas().await.unwrap().len() == 1
+    })
+    .await;
+    for i in 0..20 {
+        handle.run(charge(), format!("c{i}")).await.unwrap();
+    }
+    until("a tick recorded", 5 * SECOND, async || {
+        !inspector
+            .runs(&RunFilter::job("sweep"))
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    until("keyed runs recorded", 5 * SECOND, async || {
+        inspector
+            .runs(&RunFilter::job("charge"))
+            .await
+            .unwrap()
+            .len()
+            == 20
+    })
+    .await;
+
+    let locks = connect().await;
+    let mut guards = Vec::new();
+    for i in 0..300 {
+        guards.push(
+            locks
+                .lock(format!("spread:{i}"))
+                .ttl(10 * SECOND)
+                .acquire()
+                .await
+                .unwrap(),
+        );
+    }
+    let primaries_used: std::collections::HashSet<_> = (0..300)
+        .map(|i| {
+            cluster
+                .primary_for_slot(soloist::hash_slot(&format!("spread:{i}")))
+                .port()
+        })
+        .collect();
+    assert!(
+        primaries_used.len() > 1,
+        "locks spread over one primary only"
+    );
+    let held = inspector.locks("spread:*").await.unwrap();
+    assert_eq!(held.len(), 300);
+    assert!(held.iter().all(|l| l.replica.as_deref() == Some("c1")));
+
+    inspector.trigger("yearly").await.unwrap();
+    until("the triggered run", 5 * SECOND, async || {
+        yearly.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    until("its record", 5 * SECOND, async || {
+        inspector
+            .runs(&RunFilter::job("yearly"))
+            .await
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    drop(guards);
+    running.stop().await;
+}
