@@ -96,6 +96,15 @@
 //! tick, and fence. With `tracing-subscriber`, for example:
 //! `RUST_LOG=soloist_core=info,soloist_worker=debug`.
 //!
+//! # Operating a fleet
+//! [`inspect::Inspector`] reads what the workers of a Redis backend keep
+//! for operators — live replicas (an expiring registry), jobs with their
+//! next tick and last run, each job's run history, lock holders and their
+//! remaining ttl, queues and dead letters — and steers them: pause, resume,
+//! trigger a cron job now (once across the fleet), replay or purge dead
+//! letters. The [`inspect`] module docs say what each guarantees. The
+//! `soloist` command line (package `soloist-cli`) prints the same values.
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |
