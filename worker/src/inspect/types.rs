@@ -180,7 +180,8 @@ pub struct LockInfo {
     /// The owner id of the holding process, when its token carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// The live replica with that owner id, if the registry has one.
+    /// The live replica with that owner id, if the registry has one (one
+    /// owner id per process: of several replicas in one process, one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
     /// When the holder sent its acquisition, by its own clock.
