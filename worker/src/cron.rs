@@ -29,6 +29,7 @@
 //! one success per tick, and a tick is lost only if no replica is up to
 //! claim it during its whole grace (then the missed-tick policy applies).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,8 +70,7 @@ const MISSED_SCAN_LIMIT: usize = 5_000_000;
 const MARKER_MARGIN: Duration = Duration::from_secs(300);
 
 /// Runs the job's schedule until the worker stops claiming.
-pub(crate) async fn schedule(shared: Arc<Shared>, entry: CronEntry) {
-    let entry = Arc::new(entry);
+pub(crate) async fn schedule(shared: Arc<Shared>, entry: Arc<CronEntry>) {
     let now = shared.clock.now();
     let misfire = TimeDelta::from_std(entry.spec.misfire).unwrap_or(TimeDelta::MAX);
     // Ticks still inside their grace are claimed as usual, claimed by a
@@ -113,7 +113,7 @@ pub(crate) async fn schedule(shared: Arc<Shared>, entry: CronEntry) {
             );
         }
     };
-    futures::future::join(ticks, triggers(&shared, &entry, now - misfire)).await;
+    ticks.await;
 }
 
 /// What a claim is for: a tick of the schedule, or a run an operator
@@ -132,34 +132,39 @@ impl Occasion {
     }
 }
 
-/// Claims every run operators trigger after `since` (see
-/// `Inspector::trigger`), each like a tick of its own: its lock and
+/// Claims every run operators trigger (see `Inspector::trigger`) for this
+/// replica's cron jobs, each like a tick of its own: its lock and
 /// done-marker are `cron:{name}:now:T`, so whichever replica claims it first
-/// runs it and the others stand down, as for a tick. A trigger older than
-/// the misfire grace is not claimed.
-async fn triggers(shared: &Arc<Shared>, entry: &Arc<CronEntry>, since: DateTime<Utc>) {
+/// runs it and the others stand down, as for a tick. One request a second
+/// looks for the triggers of all the jobs; a trigger older than its job's
+/// misfire grace is not claimed.
+pub(crate) async fn triggers(shared: Arc<Shared>, jobs: HashMap<String, Arc<CronEntry>>) {
     let Some(fleet) = shared.fleet.clone() else {
         return;
     };
-    let misfire = TimeDelta::from_std(entry.spec.misfire).unwrap_or(TimeDelta::MAX);
-    let mut seen = since.timestamp_millis();
+    if jobs.is_empty() {
+        return;
+    }
+    let mut seen = 0;
     loop {
         tokio::select! {
             () = tokio::time::sleep(TRIGGER_POLL) => {}
             () = shared.stop_claiming.cancelled() => return,
         }
-        let asked = match fleet.triggers_after(&entry.spec.name, seen).await {
+        let asked = match fleet.triggers_after(seen).await {
             Ok(asked) => asked,
             Err(err) => {
-                tracing::debug!(job = %entry.spec.name, error = %err, "cannot read the triggered runs");
+                tracing::debug!(error = %err, "cannot read the triggered runs");
                 continue;
             }
         };
-        for at_ms in asked {
+        for (at_ms, job) in asked {
             seen = seen.max(at_ms);
-            let Some(at) = DateTime::from_timestamp_millis(at_ms) else {
+            let (Some(entry), Some(at)) = (jobs.get(&job), DateTime::from_timestamp_millis(at_ms))
+            else {
                 continue;
             };
+            let misfire = TimeDelta::from_std(entry.spec.misfire).unwrap_or(TimeDelta::MAX);
             let grace_end = at + misfire;
             if grace_end < shared.clock.now() {
                 continue;

@@ -11,8 +11,10 @@
 //! - `P replica:<id>`: a replica's registry entry (JSON), expiring one
 //!   heartbeat period after it was last written;
 //! - `P paused`: a hash of paused job names, each with when it was paused;
-//! - `P triggers:{name}`: a sorted set of the times operators asked for a
-//!   run of the cron job now.
+//! - `P triggers`: a sorted set of the runs of cron jobs operators asked
+//!   for, each `<ms>:<job name>` with its time (Redis' clock) as its score:
+//!   one key, so that a replica looks for the triggers of all its jobs in
+//!   one request.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -71,8 +73,8 @@ impl Keys {
         format!("{}paused", self.prefix)
     }
 
-    pub(crate) fn triggers(&self, job: &str) -> String {
-        format!("{}triggers:{{{}}}", self.prefix, escaped(job))
+    pub(crate) fn triggers(&self) -> String {
+        format!("{}triggers", self.prefix)
     }
 }
 
@@ -201,19 +203,26 @@ impl Fleet {
             .await?)
     }
 
-    /// The triggers of cron job `job` later than `after_ms`, oldest first.
+    /// The triggered runs later than `after_ms`, oldest first: their
+    /// times and jobs.
     pub(crate) async fn triggers_after(
         &self,
-        job: &str,
         after_ms: i64,
-    ) -> soloist_core::Result<Vec<i64>> {
+    ) -> soloist_core::Result<Vec<(i64, String)>> {
         let mut conn = self.conn().await?;
-        Ok(redis::cmd("ZRANGEBYSCORE")
-            .arg(self.keys.triggers(job))
+        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.triggers())
             .arg(format!("({after_ms}"))
             .arg("+inf")
             .query_async(&mut conn)
-            .await?)
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|member| {
+                let (at, job) = member.split_once(':')?;
+                Some((at.parse().ok()?, job.to_owned()))
+            })
+            .collect())
     }
 
     /// Writes this replica's registry entry, to expire after `heartbeat`.
@@ -295,7 +304,7 @@ mod tests {
                 crate::cron::job_key("nightly rollup")
             ))
         );
-        assert_eq!(keys.triggers("a}b"), "soloist:triggers:{a%7Db}");
+        assert_eq!(keys.replica("a b"), "soloist:replica:a%20b");
     }
 
     #[test]

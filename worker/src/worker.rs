@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{FleetClock, REFRESH};
 use crate::consume::{Consumed, Erased, check as check_consumable, consume};
-use crate::cron::{CronEntry, schedule};
+use crate::cron::{CronEntry, schedule, triggers};
 use crate::error::{Result, WorkerError};
 use crate::fleet::{Announcement, Fleet, host_name};
 use crate::inspect::{JobDecl, JobKind, QueueDecl, ReplicaInfo};
@@ -171,9 +171,13 @@ impl Worker {
             tracing::warn!(error = %err, "cannot read the backend's clock yet; using the local clock");
         }
         let mut schedulers = tokio::task::JoinSet::new();
+        let mut cron_jobs = HashMap::new();
         for entry in self.cron {
+            let entry = Arc::new(entry);
+            cron_jobs.insert(entry.spec.name.clone(), entry.clone());
             schedulers.spawn(schedule(shared.clone(), entry));
         }
+        schedulers.spawn(triggers(shared.clone(), cron_jobs));
         for consumer in self.consumers {
             let jobs = Arc::new(consumer.jobs);
             schedulers.spawn(consume(

@@ -40,8 +40,8 @@
 //!   job's messages stay in the stream, are not counted as attempts, and
 //!   come back after the visibility timeout until the job is resumed.
 //! - [`trigger`](Inspector::trigger): asks for one run of a cron job now.
-//!   Each replica running the job looks for triggers every second and
-//!   claims one like a tick of its own (lock and done-marker
+//!   Each replica looks for the triggers of its cron jobs every second (one
+//!   request for all of them) and claims one like a tick of its own (lock and done-marker
 //!   `cron:{name}:now:<ms>`), so it runs once across the fleet with the
 //!   guarantees of a tick: at most one attempt at a time, taken over by a
 //!   peer when its runner dies, and claimed only within the job's misfire
@@ -550,8 +550,9 @@ impl Inspector {
         let mut conn = self.conn().await?;
         let mut trigger = TRIGGER.prepare_invoke();
         trigger
-            .key(self.keys.triggers(job))
-            .arg(TRIGGER_KEEP.as_millis() as u64);
+            .key(self.keys.triggers())
+            .arg(TRIGGER_KEEP.as_millis() as u64)
+            .arg(job);
         let at: i64 = soloist_core::invoke_script(&mut conn, &TRIGGER, &trigger)
             .await
             .map_err(lock_err)?;
