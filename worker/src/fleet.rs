@@ -178,15 +178,24 @@ impl Fleet {
             .clone();
         let set = match cached {
             Some((read, set)) if read.elapsed() < PAUSE_REFRESH => set,
-            _ => {
-                let mut conn = self.conn().await?;
-                let names: Vec<String> = redis::cmd("HKEYS")
-                    .arg(self.keys.paused())
-                    .query_async(&mut conn)
-                    .await?;
-                let set = Arc::new(names.into_iter().collect::<HashSet<_>>());
+            stale => {
+                let read = async {
+                    let mut conn = self.conn().await?;
+                    let names: Vec<String> = redis::cmd("HKEYS")
+                        .arg(self.keys.paused())
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok::<_, soloist_core::LockError>(names)
+                };
+                let (set, outcome) = match read.await {
+                    Ok(names) => (Arc::new(names.into_iter().collect::<HashSet<_>>()), Ok(())),
+                    // Keep the last answer for a while: a backend that is
+                    // down is not asked again on every run.
+                    Err(err) => (stale.map(|(_, set)| set).unwrap_or_default(), Err(err)),
+                };
                 *self.paused.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some((Instant::now(), set.clone()));
+                outcome?;
                 set
             }
         };

@@ -53,10 +53,14 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
     let outcome = async {
         // Read at most a second ago (see `fleet.rs`): no round trip more
         // per run, and a pause reaches every replica within that second.
-        if let Some(fleet) = &shared.fleet
-            && fleet.is_paused_cached(&spec.name).await?
-        {
-            return Ok(RunOutcome::Paused);
+        // Not knowing is not "paused": the lock decides, and reports a
+        // backend that is down as it always does.
+        if let Some(fleet) = &shared.fleet {
+            match fleet.is_paused_cached(&spec.name).await {
+                Ok(true) => return Ok(RunOutcome::Paused),
+                Ok(false) => {}
+                Err(err) => tracing::debug!(error = %err, "cannot read whether the job is paused"),
+            }
         }
         if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
             return Ok(RunOutcome::Duplicate(recorded));
