@@ -229,3 +229,101 @@ fn failures_say_why_on_one_line_and_exit_non_zero() {
     assert!(!purge.status.success());
     assert!(String::from_utf8_lossy(&purge.stderr).contains("--all"));
 }
+
+/// Over mutual TLS: the CA and the client identity from files.
+#[cfg(feature = "tls-rustls")]
+#[test]
+fn tls_servers_take_the_ca_and_client_identity_files() {
+    let server = RedisServer::builder().tls().tls_auth_clients(true).start();
+    let certs = server.certificates();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let ca = write("ca.pem", certs.ca_pem());
+    let cert = write("client.pem", certs.client_cert_pem());
+    let key = write("client.key", certs.client_key_pem());
+    let url = server.tls_url();
+    let ok = soloist(&[
+        "--url",
+        &url,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--json",
+        "status",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let status: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert!(status["replicas"].as_array().unwrap().is_empty());
+
+    // Without the CA the server's certificate is refused, saying so.
+    let refused = soloist(&["--url", &url, "status"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.starts_with("soloist: error: cannot use Redis at rediss://"),
+        "{stderr}"
+    );
+
+    let missing = soloist(&["--url", &url, "--tls-ca", "/nonexistent/ca.pem", "status"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/ca.pem"));
+}
+
+/// Through Sentinel, and on a Redis Cluster: the same facts as on one
+/// server, here a held lock and its holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_and_cluster_deployments_show_the_same_facts() {
+    let group = soloist_testkit::SentinelGroup::start("main");
+    let locks = LockClient::sentinel(group.sentinel_urls(), "main")
+        .await
+        .unwrap();
+    let guard = locks.lock("orders:1").acquire().await.unwrap();
+    let sentinels = group.sentinel_urls();
+    let mut args = Vec::new();
+    for url in &sentinels {
+        args.extend(["--sentinel", url.as_str()]);
+    }
+    args.extend(["--master", "main", "--json", "locks"]);
+    let output = soloist(&args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let held: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(held[0]["key"], "orders:1");
+    assert_eq!(held[0]["owner"], soloist::owner_id());
+    guard.release().await.unwrap();
+
+    let cluster = soloist_testkit::RedisCluster::start();
+    let locks = LockClient::cluster(cluster.urls()).await.unwrap();
+    let mut guards = Vec::new();
+    for i in 0..50 {
+        guards.push(locks.lock(format!("k:{i}")).acquire().await.unwrap());
+    }
+    let urls = cluster.urls();
+    let mut args = Vec::new();
+    for url in &urls {
+        args.extend(["--url", url.as_str()]);
+    }
+    args.extend(["--json", "locks", "k:*"]);
+    let output = soloist(&args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let held: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(held.as_array().unwrap().len(), 50);
+    drop(guards);
+}
