@@ -37,6 +37,11 @@ pub(crate) fn new_token() -> String {
 }
 
 /// What a lock's stored value says about its holder; see [`parse_token`].
+///
+/// ```
+/// let info = soloist::parse_token("00000000000000ff.018c5a1b2c3d.0123456789abcdef0123456789abcdef").unwrap();
+/// assert_eq!(info.acquired_at, std::time::UNIX_EPOCH + std::time::Duration::from_millis(0x018c5a1b2c3d));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TokenInfo {

@@ -145,6 +145,13 @@ impl Inspector {
 
     /// The Redis server's clock (on a cluster, one node's), which next
     /// ticks are computed from.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// let now = inspector.server_time().await?;
+    /// println!("Redis says it is {now}");
+    /// # Ok(()) }
+    /// ```
     pub async fn server_time(&self) -> Result<DateTime<Utc>> {
         let time = self
             .locks
@@ -155,6 +162,13 @@ impl Inspector {
     }
 
     /// Everything at once: server time, replicas, jobs and queues.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// let status = inspector.status().await?;
+    /// println!("{} replicas, {} jobs, {} queues", status.replicas.len(), status.jobs.len(), status.queues.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn status(&self) -> Result<Status> {
         let replicas = self.replicas().await?;
         let now = self.server_time().await?;
@@ -169,6 +183,14 @@ impl Inspector {
     }
 
     /// The live replicas (registry entries not yet expired), by id.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// for replica in inspector.replicas().await? {
+    ///     println!("{} on {} expires in {:?} ms", replica.replica, replica.host, replica.expires_in_ms);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn replicas(&self) -> Result<Vec<ReplicaInfo>> {
         let mut conn = self.conn().await?;
         let mut replicas = Vec::new();
@@ -207,6 +229,15 @@ impl Inspector {
     /// The jobs the live replicas run, by name, each with its next tick
     /// (from the Redis server's clock), whether it is paused, and its last
     /// recorded run.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// for job in inspector.jobs().await? {
+    ///     let last = job.last_run.as_ref().map(|run| run.outcome.as_str());
+    ///     println!("{}: next {:?}, last {last:?}, paused {}", job.decl.name, job.next_tick_ms, job.paused);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn jobs(&self) -> Result<Vec<JobInfo>> {
         let replicas = self.replicas().await?;
         let now = self.server_time().await?;
@@ -250,6 +281,14 @@ impl Inspector {
     }
 
     /// The paused jobs, each with when it was paused (Unix ms).
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// for (job, since_ms) in inspector.paused().await? {
+    ///     println!("{job} paused since {since_ms}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn paused(&self) -> Result<HashMap<String, i64>> {
         let mut conn = self.conn().await?;
         redis::cmd("HGETALL")
@@ -260,6 +299,16 @@ impl Inspector {
     }
 
     /// A job's recorded runs, newest first, as `filter` selects them.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// use soloist::inspect::RunFilter;
+    /// let failures = inspector.runs(&RunFilter::job("nightly").outcome("failure").limit(10)).await?;
+    /// for run in failures {
+    ///     println!("{:?} on {}: {:?}", run.tick_ms, run.replica, run.error);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         let mut conn = self.conn().await?;
         let key = self.keys.runs(&filter.job);
@@ -301,6 +350,14 @@ impl Inspector {
     /// character; `*` for all), sorted by key. Each primary is scanned
     /// with `SCAN ... COUNT 1000` and its keys' details read in one
     /// pipeline per page.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// for lock in inspector.locks("invoice:*").await? {
+    ///     println!("{} held by {:?} since {:?}, {:?} ms left", lock.key, lock.replica, lock.since_ms, lock.ttl_ms);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn locks(&self, pattern: &str) -> Result<Vec<LockInfo>> {
         let owners: HashMap<String, String> = self
             .replicas()
@@ -376,6 +433,14 @@ impl Inspector {
 
     /// The queues (Redis streams) the live replicas consume, with their
     /// backlog and dead letters.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// for queue in inspector.queues().await? {
+    ///     println!("{}: {} pending, lag {:?}, {} dead", queue.decl.stream, queue.pending, queue.lag, queue.dead);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn queues(&self) -> Result<Vec<QueueInfo>> {
         let replicas = self.replicas().await?;
         self.queues_of(&replicas).await
@@ -445,6 +510,14 @@ impl Inspector {
     }
 
     /// The oldest `limit` dead letters of the queue on stream `stream`.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// for letter in inspector.dead_letters("orders", 20).await? {
+    ///     println!("{} {:?}: {:?}", letter.id, letter.key, letter.reason);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn dead_letters(&self, stream: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let queue = self.queue(stream).await?;
         let mut conn = self.conn().await?;
@@ -463,6 +536,15 @@ impl Inspector {
     /// Puts dead letter `id` of the queue on `stream` back on the stream,
     /// once (see the [module docs](self)); the new entry's id, or `None`
     /// when there is no such dead letter (replayed or purged already).
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// match inspector.replay_dead_letter("orders", "1733580000000-0").await? {
+    ///     Some(new_id) => println!("back on the stream as {new_id}"),
+    ///     None => println!("no such dead letter: replayed or purged already"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn replay_dead_letter(&self, stream: &str, id: &str) -> Result<Option<String>> {
         let queue = self.queue(stream).await?;
         let mut conn = self.conn().await?;
@@ -475,6 +557,13 @@ impl Inspector {
 
     /// Deletes the dead letters `ids` of the queue on `stream`, or all of
     /// them when `ids` is empty; how many were deleted.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// let purged = inspector.purge_dead_letters("orders", &[]).await?; // all of them
+    /// println!("purged {purged}");
+    /// # Ok(()) }
+    /// ```
     pub async fn purge_dead_letters(&self, stream: &str, ids: &[&str]) -> Result<u64> {
         let queue = self.queue(stream).await?;
         let mut conn = self.conn().await?;
@@ -511,6 +600,14 @@ impl Inspector {
     /// Pauses `job` across the fleet (see the [module docs](self)). The
     /// job must be run by a live replica; pausing a paused job keeps its
     /// original time.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// inspector.pause("nightly").await?;
+    /// // ... later
+    /// inspector.resume("nightly").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn pause(&self, job: &str) -> Result<()> {
         self.job(job).await?;
         let now = self.server_time().await?.timestamp_millis();
@@ -526,6 +623,14 @@ impl Inspector {
     }
 
     /// Resumes `job`; whether it was paused.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// if !inspector.resume("nightly").await? {
+    ///     println!("it was not paused");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn resume(&self, job: &str) -> Result<bool> {
         let mut conn = self.conn().await?;
         let removed: u64 = redis::cmd("HDEL")
@@ -539,6 +644,13 @@ impl Inspector {
 
     /// Asks for one run of cron job `job` now, across the fleet (see the
     /// [module docs](self)); the trigger's time by the Redis server's clock.
+    ///
+    /// ```no_run
+    /// # async fn demo(inspector: soloist::inspect::Inspector) -> Result<(), soloist::WorkerError> {
+    /// let at = inspector.trigger("nightly").await?;
+    /// println!("asked for a run at {at}");
+    /// # Ok(()) }
+    /// ```
     pub async fn trigger(&self, job: &str) -> Result<DateTime<Utc>> {
         let decl = self.job(job).await?;
         if decl.kind != JobKind::Cron {

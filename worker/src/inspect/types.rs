@@ -4,6 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 /// What kind of job a replica runs.
+///
+/// ```
+/// use soloist::inspect::JobKind;
+/// assert_eq!(serde_json::to_string(&JobKind::Cron).unwrap(), "\"cron\"");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -153,6 +158,12 @@ pub struct RunRecord {
 }
 
 /// A job of the fleet: what the live replicas announce, with its state.
+///
+/// ```
+/// # fn show(job: &soloist::inspect::JobInfo) {
+/// println!("{} ({:?}) next {:?} on {:?}", job.decl.name, job.decl.kind, job.next_tick_ms, job.replicas);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct JobInfo {
@@ -172,6 +183,12 @@ pub struct JobInfo {
 }
 
 /// A held lock.
+///
+/// ```
+/// # fn show(lock: &soloist::inspect::LockInfo) {
+/// println!("{} held by {:?} for {:?} ms more, {} waiting", lock.key, lock.replica, lock.ttl_ms, lock.waiters);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct LockInfo {
@@ -199,6 +216,12 @@ pub struct LockInfo {
 }
 
 /// A queue (a Redis stream a worker consumes) and its backlog.
+///
+/// ```
+/// # fn show(queue: &soloist::inspect::QueueInfo) {
+/// println!("{}: {} pending, {} dead", queue.decl.stream, queue.pending, queue.dead);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct QueueInfo {
@@ -221,6 +244,12 @@ pub struct QueueInfo {
 }
 
 /// A dead-lettered message.
+///
+/// ```
+/// # fn show(letter: &soloist::inspect::DeadLetter) {
+/// println!("{} for {:?}: {:?}", letter.id, letter.job, letter.reason);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DeadLetter {
@@ -247,6 +276,12 @@ pub struct DeadLetter {
 }
 
 /// The fleet at a glance.
+///
+/// ```
+/// # fn show(status: &soloist::inspect::Status) {
+/// println!("{} replicas at {}", status.replicas.len(), status.server_time_ms);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Status {
