@@ -642,3 +642,64 @@ async fn inspection_covers_every_primary_of_a_cluster() {
     drop(guards);
     running.stop().await;
 }
+
+/// Ticks due before a resume are passed over for good, whether a replica
+/// was up to see them paused or not: a replica started after the resume,
+/// with a catch-up policy, runs none of them; ticks missed after the
+/// resume are caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_ticks_are_not_caught_up_after_resume() {
+    let server = RedisServer::start();
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let job = |runs: &Arc<std::sync::Mutex<Vec<i64>>>| {
+        let runs = runs.clone();
+        cron_job(
+            JobSpec::cron("catchup", "* * * * * *", "UTC")
+                .unwrap()
+                .misfire(Duration::from_millis(500))
+                .missed(soloist::MissedTicks::CatchUp(100)),
+            move |ctx: JobContext| {
+                runs.lock()
+                    .unwrap()
+                    .push(ctx.scheduled_at().unwrap().timestamp_millis());
+                async { Ok::<_, std::io::Error>(()) }
+            },
+        )
+    };
+    let inspector = Inspector::new(&client(&server).await).unwrap();
+    let first = replica(&server, "a", |b| b.job(job(&runs))).await;
+    until("a tick ran", 5 * SECOND, async || {
+        !runs.lock().unwrap().is_empty()
+    })
+    .await;
+    inspector.pause("catchup").await.unwrap();
+    let paused_at = inspector.server_time().await.unwrap().timestamp_millis();
+    // Paused with a replica up, then with none.
+    sleep(2 * SECOND).await;
+    first.stop().await;
+    sleep(2 * SECOND).await;
+    assert!(inspector.resume("catchup").await.unwrap());
+    let resumed_at = inspector.server_time().await.unwrap().timestamp_millis();
+    // Down after the resume: these ticks are missed, and caught up.
+    sleep(2 * SECOND).await;
+    let second = replica(&server, "b", |b| b.job(job(&runs))).await;
+    sleep(3 * SECOND).await;
+    second.stop().await;
+    let runs = runs.lock().unwrap().clone();
+    let paused: Vec<_> = runs
+        .iter()
+        .filter(|&&tick| tick > paused_at + 1000 && tick <= resumed_at)
+        .collect();
+    assert!(
+        paused.is_empty(),
+        "ran ticks of the pause {paused:?} of {runs:?}"
+    );
+    let missed_after = runs
+        .iter()
+        .filter(|&&tick| tick > resumed_at && tick < resumed_at + 1500)
+        .count();
+    assert!(
+        missed_after >= 1,
+        "ticks missed after the resume not caught up: {runs:?}"
+    );
+}

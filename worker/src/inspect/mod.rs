@@ -29,12 +29,14 @@
 //! # Controls, fleet-wide
 //! - [`pause`](Inspector::pause): a paused cron job claims no tick. Each
 //!   replica reads the pause when a tick is due, so a tick whose claim
-//!   began before the pause may still run. Ticks that fall during a pause
-//!   are passed over for good: they are recorded as the latest claimed
-//!   tick, so the job's [`MissedTicks`](crate::MissedTicks) policy, which
-//!   covers ticks the fleet missed while no replica was up, does not run
-//!   them on resume; the job runs again from its next tick after
-//!   [`resume`](Inspector::resume). A paused keyed job answers
+//!   began before the pause may still run. Ticks due before the
+//!   [`resume`](Inspector::resume) are passed over for good, whether
+//!   replicas were up during the pause or not: a replica that finds a
+//!   tick paused records it as the job's latest claimed tick, and resuming
+//!   records the resume time the same way, so the job's
+//!   [`MissedTicks`](crate::MissedTicks) policy (ticks the fleet missed
+//!   while no replica was up) covers only ticks after the resume. The job
+//!   runs again from its next tick after the resume. A paused keyed job answers
 //!   [`RunOutcome::Paused`](crate::RunOutcome::Paused) without running;
 //!   replicas learn of a pause or a resume within a second. A consumed
 //!   job's messages stay in the stream, are not counted as attempts, and
@@ -632,6 +634,15 @@ impl Inspector {
     /// # Ok(()) }
     /// ```
     pub async fn resume(&self, job: &str) -> Result<bool> {
+        // Ticks due before now are passed over for good: now becomes the
+        // cron job's latest claimed tick, so a replica starting later does
+        // not run them as missed. Only for a job that ran (a cron job
+        // without the record starts from its next tick anyway).
+        let last = format!("{}:last", crate::cron::job_key(job));
+        if self.locks.fenced_get(&last).await?.is_some() {
+            let now = u64::try_from(self.server_time().await?.timestamp_millis()).unwrap_or(0);
+            self.locks.fenced_set(&last, now, now.to_string()).await?;
+        }
         let mut conn = self.conn().await?;
         let removed: u64 = redis::cmd("HDEL")
             .arg(self.keys.paused())
