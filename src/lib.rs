@@ -131,8 +131,10 @@
 //! ## Backends
 //! - [`LockClient::connect`]: one Redis server. `SET NX PX` takes the key;
 //!   release and renewal are Lua scripts that act only while the caller's
-//!   128-bit owner token still matches, so no client can delete or extend a
-//!   lock it does not hold.
+//!   owner token still matches, so no client can delete or extend a lock it
+//!   does not hold. A token is the holder process's [`owner_id`], the time
+//!   of the acquisition and a 128-bit random secret: readable as "who holds
+//!   it since when" ([`parse_token`]), unguessable thanks to the secret.
 //! - [`LockClient::sentinel`]: the primary that Redis Sentinel names, asked
 //!   again whenever a connection breaks or reaches a demoted server, so the
 //!   client follows failovers.
@@ -255,6 +257,15 @@
 //! tick, and fence. With `tracing-subscriber`, for example:
 //! `RUST_LOG=soloist_core=info,soloist_worker=debug`.
 //!
+//! # Operating a fleet
+//! [`inspect::Inspector`] reads what the workers of a Redis backend keep
+//! for operators — live replicas (an expiring registry), jobs with their
+//! next tick and last run, each job's run history, lock holders and their
+//! remaining ttl, queues and dead letters — and steers them: pause, resume,
+//! trigger a cron job now (once across the fleet), replay or purge dead
+//! letters. The [`inspect`] module docs say what each guarantees. The
+//! `soloist` command line (package `soloist-cli`) prints the same values.
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |
@@ -278,12 +289,15 @@
 
 pub use soloist_core::{
     ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient, LockError,
-    LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, Result, colocated,
-    hash_slot, metrics, redis,
+    LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, Result, TokenInfo,
+    colocated, hash_slot, metrics, owner_id, parse_token, redis,
 };
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use soloist_macros::exclusive_job;
+#[cfg(feature = "worker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "worker")))]
+pub use soloist_worker::inspect;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).
 #[cfg(feature = "worker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "worker")))]

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::notice::Listener;
+use crate::pool::Conn;
 
 /// What one acquisition attempt found; `A` is what an acquisition yields:
 /// the fence from a backend, the guard from a request.
@@ -116,4 +117,17 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Reads what [`Backend::fenced_set`] stored: the fence and the value.
     fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>>;
+
+    /// The connection this backend's requests go over, for commands of
+    /// other parts (the worker's run history and registry, inspection);
+    /// `None` unless the backend is one Redis deployment.
+    fn connection(&self) -> BoxFuture<'_, Result<Option<Conn>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The prefix of every key this backend writes; `None` unless the
+    /// backend is one Redis deployment.
+    fn key_prefix(&self) -> Option<&str> {
+        None
+    }
 }

@@ -10,6 +10,7 @@ use crate::fence::check_record;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::memory::MemoryBackend;
 use crate::node::{RedisSettings, Replicas};
+use crate::pool::Conn;
 use crate::queue::LocalQueues;
 #[cfg(feature = "redlock")]
 use crate::redlock::RedlockBackend;
@@ -258,6 +259,25 @@ impl LockClient {
             return Err(LockError::invalid("resource", "must not be empty"));
         }
         self.inner.backend.fenced_get(resource).await
+    }
+
+    /// The connection this client's requests go over, for the worker's
+    /// run history, fleet registry and inspection; `None` for a Redlock or
+    /// the memory backend.
+    #[doc(hidden)]
+    pub async fn connection(&self) -> Result<Option<Conn>> {
+        self.inner.backend.connection().await
+    }
+
+    /// The prefix of every key this client writes (default `soloist:`);
+    /// `None` for a Redlock or the memory backend, which keep no records
+    /// other parts can read.
+    ///
+    /// ```
+    /// assert_eq!(soloist::LockClient::memory().key_prefix(), None);
+    /// ```
+    pub fn key_prefix(&self) -> Option<&str> {
+        self.inner.backend.key_prefix()
     }
 
     /// Gives back a lock whose acquisition failed or was abandoned mid-flight:

@@ -179,6 +179,15 @@ impl LockError {
     }
 }
 
+/// For requests that go around the lock client's pool (the worker's
+/// history, registry and inspection on the client's connection): the
+/// deployment is not named.
+impl From<redis::RedisError> for LockError {
+    fn from(err: redis::RedisError) -> Self {
+        LockError::from_redis("Redis", err)
+    }
+}
+
 impl LockError {
     /// `err`, met talking to `server`: a [`Connection`](Self::Connection)
     /// error if the transport failed, else a [`Protocol`](Self::Protocol)

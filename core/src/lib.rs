@@ -67,3 +67,4 @@ pub use pool::{Conn, SharedConnection};
 pub use redis;
 pub use request::{DEFAULT_TTL, LockRequest, MAX_TTL, MIN_TTL};
 pub use slot::{colocated, hash_slot};
+pub use token::{TokenInfo, owner_id, parse_token};

@@ -112,6 +112,7 @@ pub(crate) struct RedisNode {
     keys: KeySpace,
     /// Where wake-ups are published; a client id completes the channel name.
     wake_prefix: String,
+    prefix: String,
     client_id: String,
     op_timeout: Duration,
     replicas: Option<Replicas>,
@@ -125,6 +126,7 @@ impl RedisNode {
             target,
             keys: KeySpace::new(&settings.prefix),
             wake_prefix: format!("{}wake:", settings.prefix),
+            prefix: settings.prefix.clone(),
             client_id: settings.client_id.clone(),
             op_timeout: settings.op_timeout,
             replicas: settings.replicas,
@@ -708,6 +710,16 @@ impl RedisNode {
             }
         }
         Ok(keys)
+    }
+
+    /// The key prefix this node's keys are written under.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The connection requests currently share.
+    pub(crate) async fn connection(&self) -> Result<crate::pool::Conn> {
+        Ok(self.pool.get().await?.conn.clone())
     }
 
     /// The server's clock, from `TIME`.

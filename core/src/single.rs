@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::node::{RedisNode, RedisSettings};
 use crate::notice::Listener;
+use crate::pool::Conn;
 use crate::pubsub::ReleaseNotices;
 use crate::tls::Target;
 
@@ -88,5 +89,13 @@ impl Backend for RedisBackend {
 
     fn fenced_get<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<Option<FencedValue>>> {
         self.node.fenced_get(resource).boxed()
+    }
+
+    fn connection(&self) -> BoxFuture<'_, Result<Option<Conn>>> {
+        async move { Ok(Some(self.node.connection().await?)) }.boxed()
+    }
+
+    fn key_prefix(&self) -> Option<&str> {
+        Some(self.node.prefix())
     }
 }

@@ -30,6 +30,8 @@ pub(crate) enum Handled {
     Done { duplicate: bool },
     /// Another consumer runs the key right now.
     Busy,
+    /// An operator paused the job.
+    Paused,
     /// The run failed; the reason, for the dead letters.
     Failed(String),
     /// The run did not end (lease lost, max_hold, shutdown); how, by its
@@ -77,6 +79,7 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
                     RunOutcome::Completed(_) => Handled::Done { duplicate: false },
                     RunOutcome::Duplicate(_) => Handled::Done { duplicate: true },
                     RunOutcome::Busy => Handled::Busy,
+                    RunOutcome::Paused => Handled::Paused,
                     RunOutcome::Failed(error) => Handled::Failed(error.to_string()),
                     other => Handled::Unfinished(other.label()),
                 },
@@ -274,6 +277,11 @@ async fn handle(
         Ok(Handled::Malformed(reason)) => dead_letter(source, &delivery, &reason).await,
         Ok(Handled::Busy) => {
             tracing::debug!(source = name, id = %delivery.id, "key still busy; left for redelivery")
+        }
+        // Not run, and not counted: the message comes back after the
+        // visibility timeout, and runs once the job is resumed.
+        Ok(Handled::Paused) => {
+            tracing::debug!(source = name, id = %delivery.id, "job paused; left for redelivery")
         }
         Ok(Handled::Failed(reason)) => {
             ran_without_success(source, &delivery, &counted, &reason).await;

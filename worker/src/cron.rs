@@ -29,6 +29,7 @@
 //! one success per tick, and a tick is lost only if no replica is up to
 //! claim it during its whole grace (then the missed-tick policy applies).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::context::JobContext;
+use crate::fleet::TRIGGER_POLL;
+use crate::inspect::RunRecord;
 use crate::job::CronJob;
 use crate::metrics;
 use crate::run::{Ended, attempts};
@@ -67,8 +70,7 @@ const MISSED_SCAN_LIMIT: usize = 5_000_000;
 const MARKER_MARGIN: Duration = Duration::from_secs(300);
 
 /// Runs the job's schedule until the worker stops claiming.
-pub(crate) async fn schedule(shared: Arc<Shared>, entry: CronEntry) {
-    let entry = Arc::new(entry);
+pub(crate) async fn schedule(shared: Arc<Shared>, entry: Arc<CronEntry>) {
     let now = shared.clock.now();
     let misfire = TimeDelta::from_std(entry.spec.misfire).unwrap_or(TimeDelta::MAX);
     // Ticks still inside their grace are claimed as usual, claimed by a
@@ -92,20 +94,87 @@ pub(crate) async fn schedule(shared: Arc<Shared>, entry: CronEntry) {
         Some(_) => grace_start,
         None => now,
     };
-    let mut after = recent_start;
+    let ticks = async {
+        let mut after = recent_start;
+        loop {
+            let Some(tick) = entry.schedule.ticks_after(after).next() else {
+                return; // the expression names no further time
+            };
+            tokio::select! {
+                () = shared.clock.sleep_until(tick) => {}
+                () = shared.stop_claiming.cancelled() => return,
+            }
+            after = tick;
+            let grace_end = tick + misfire;
+            let (shared, entry) = (shared.clone(), entry.clone());
+            let runs = shared.runs.clone();
+            runs.spawn(
+                async move { claim(&shared, &entry, Occasion::Tick(tick), grace_end).await },
+            );
+        }
+    };
+    ticks.await;
+}
+
+/// What a claim is for: a tick of the schedule, or a run an operator
+/// asked for at the given time.
+#[derive(Debug, Clone, Copy)]
+enum Occasion {
+    Tick(DateTime<Utc>),
+    Triggered(DateTime<Utc>),
+}
+
+impl Occasion {
+    fn at(self) -> DateTime<Utc> {
+        match self {
+            Occasion::Tick(at) | Occasion::Triggered(at) => at,
+        }
+    }
+}
+
+/// Claims every run operators trigger (see `Inspector::trigger`) for this
+/// replica's cron jobs, each like a tick of its own: its lock and
+/// done-marker are `cron:{name}:now:T`, so whichever replica claims it first
+/// runs it and the others stand down, as for a tick. One request a second
+/// looks for the triggers of all the jobs; a trigger older than its job's
+/// misfire grace is not claimed.
+pub(crate) async fn triggers(shared: Arc<Shared>, jobs: HashMap<String, Arc<CronEntry>>) {
+    let Some(fleet) = shared.fleet.clone() else {
+        return;
+    };
+    if jobs.is_empty() {
+        return;
+    }
+    let mut seen = 0;
     loop {
-        let Some(tick) = entry.schedule.ticks_after(after).next() else {
-            return; // the expression names no further time
-        };
         tokio::select! {
-            () = shared.clock.sleep_until(tick) => {}
+            () = tokio::time::sleep(TRIGGER_POLL) => {}
             () = shared.stop_claiming.cancelled() => return,
         }
-        after = tick;
-        let grace_end = tick + misfire;
-        let (shared, entry) = (shared.clone(), entry.clone());
-        let runs = shared.runs.clone();
-        runs.spawn(async move { claim(&shared, &entry, tick, grace_end).await });
+        let asked = match fleet.triggers_after(seen).await {
+            Ok(asked) => asked,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the triggered runs");
+                continue;
+            }
+        };
+        for (at_ms, job) in asked {
+            seen = seen.max(at_ms);
+            let (Some(entry), Some(at)) = (jobs.get(&job), DateTime::from_timestamp_millis(at_ms))
+            else {
+                continue;
+            };
+            let misfire = TimeDelta::from_std(entry.spec.misfire).unwrap_or(TimeDelta::MAX);
+            let grace_end = at + misfire;
+            if grace_end < shared.clock.now() {
+                continue;
+            }
+            let (shared, entry) = (shared.clone(), entry.clone());
+            let runs = shared.runs.clone();
+            runs.spawn(async move {
+                claim(&shared, &entry, Occasion::Triggered(at), grace_end).await;
+            });
+        }
     }
 }
 
@@ -189,18 +258,34 @@ fn recover_missed(
     runs.spawn(async move {
         for tick in to_run {
             let grace_end = shared.clock.now().max(now) + misfire;
-            claim(&shared, &entry, tick, grace_end).await;
+            claim(&shared, &entry, Occasion::Tick(tick), grace_end).await;
         }
     });
 }
 
-/// Claims `tick` until it is done (here or elsewhere) or its grace ends.
-async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_end: DateTime<Utc>) {
+/// Claims `occasion` until it is done (here or elsewhere) or its grace
+/// ends; a paused job claims nothing.
+async fn claim(shared: &Shared, entry: &CronEntry, occasion: Occasion, grace_end: DateTime<Utc>) {
     let spec = &entry.spec;
+    let tick = occasion.at();
     let tick_ms = tick.timestamp_millis();
-    let key = format!("{}:{tick_ms}", job_key(&spec.name));
+    let key = match occasion {
+        Occasion::Tick(_) => format!("{}:{tick_ms}", job_key(&spec.name)),
+        Occasion::Triggered(_) => format!("{}:now:{tick_ms}", job_key(&spec.name)),
+    };
     let span = tracing::info_span!("soloist.job", job = %spec.name, tick = %tick, fence = tracing::field::Empty);
     async {
+        if let Some(fleet) = &shared.fleet {
+            match fleet.is_paused(&spec.name).await {
+                Ok(true) => {
+                    skip_paused(shared, spec, occasion).await;
+                    return metrics::run(&spec.name, "paused");
+                }
+                Ok(false) => {}
+                // Not knowing is not "paused": the claim decides, as always.
+                Err(err) => tracing::debug!(error = %err, "cannot read whether the job is paused"),
+            }
+        }
         loop {
             if shared.stop_claiming.is_cancelled() {
                 return;
@@ -235,7 +320,7 @@ async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_en
                 Ok(guard) => {
                     metrics::claim_time(&spec.name, requested.elapsed());
                     tracing::Span::current().record("fence", guard.fence());
-                    match run_tick(shared, entry, tick, &key, guard).await {
+                    match run_tick(shared, entry, occasion, &key, guard).await {
                         Handled::Yes => return,
                         // Not run: the claim could not be recorded. Try
                         // again while the grace lasts.
@@ -255,6 +340,25 @@ async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_en
     }
     .instrument(span)
     .await;
+}
+
+/// A tick of a paused job is not run, and not left for the missed-tick
+/// policy either: it is recorded as the latest claimed tick, as if it had
+/// run, so that a replica starting after the job is resumed does not
+/// recover it. Every replica that finds the job paused records the same
+/// tick, which the record's fence (the tick itself) makes harmless.
+async fn skip_paused(shared: &Shared, spec: &JobSpec, occasion: Occasion) {
+    let Occasion::Tick(tick) = occasion else {
+        return;
+    };
+    let tick_ms = u64::try_from(tick.timestamp_millis()).unwrap_or(0);
+    if let Err(err) = shared
+        .locks
+        .fenced_set(&last_record(spec), tick_ms, tick_ms.to_string())
+        .await
+    {
+        tracing::debug!(error = %err, "cannot record the paused tick as passed");
+    }
 }
 
 /// A jittered pause before a claim is tried again.
@@ -299,11 +403,12 @@ async fn done(shared: &Shared, key: &str) -> soloist_core::Result<bool> {
 async fn run_tick(
     shared: &Shared,
     entry: &CronEntry,
-    tick: DateTime<Utc>,
+    occasion: Occasion,
     key: &str,
     guard: LockGuard,
 ) -> Handled {
     let spec = &entry.spec;
+    let tick = occasion.at();
     // Finished by another holder while we waited for the lock? Not knowing
     // is not "no": ask again while the lease lasts.
     let finished = loop {
@@ -327,11 +432,13 @@ async fn run_tick(
     // A tick runs only once it is recorded as claimed: a replica that
     // starts after a fleet-wide outage runs only ticks after that record,
     // so no tick that ran here is run again, however long ago it was.
+    // A triggered run is no tick: the latest claimed tick stays as it is.
     let tick_ms = u64::try_from(tick.timestamp_millis()).unwrap_or(0);
-    if !record_claim(shared, spec, tick_ms, &guard).await {
+    if matches!(occasion, Occasion::Tick(_)) && !record_claim(shared, spec, tick_ms, &guard).await {
         let _ = guard.release().await;
         return Handled::No;
     }
+    let started_at = shared.clock.now();
     let started = Instant::now();
     let mut last_ctx = None;
     let ended = attempts(spec, &guard, &shared.cancel_runs, |attempt, cancel| {
@@ -353,6 +460,22 @@ async fn run_tick(
         _ => Vec::new(),
     };
     metrics::run_time(&spec.name, started.elapsed());
+    let mut history = shared.fleet.as_ref().map(|_| RunRecord {
+        id: String::new(),
+        job: spec.name.clone(),
+        tick_ms: Some(tick.timestamp_millis()),
+        triggered: matches!(occasion, Occasion::Triggered(_)),
+        key: None,
+        replica: shared.replica.clone(),
+        fence: guard.fence(),
+        outcome: ended.label().to_owned(),
+        started_ms: started_at.timestamp_millis(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        error: match &ended {
+            Ended::Failed(error) => Some(error.to_string()),
+            _ => None,
+        },
+    });
     let marker = match &ended {
         Ended::Succeeded(()) => Some("success"),
         Ended::Failed(error) => {
@@ -370,7 +493,26 @@ async fn run_tick(
         // unnoticed must not mark the tick done (or apply its effects).
         // `commit` sends the marker again while the lease lasts. Without
         // it the tick is not done: a peer still inside the grace runs it.
-        let mut committed = guard.commit(key, marker, Some(keep), &effects).await;
+        // The run's history entry goes with the marker, in the same
+        // request: recorded exactly when the tick is.
+        let entry_for = |outcome: &str| {
+            shared
+                .fleet
+                .as_ref()
+                .zip(history.as_ref())
+                .map(|(fleet, run)| {
+                    let mut run = run.clone();
+                    run.outcome = outcome.to_owned();
+                    fleet.history_entry(&run)
+                })
+        };
+        let with_history = |mut effects: Vec<redis::Cmd>, outcome: &str| {
+            effects.extend(entry_for(outcome));
+            effects
+        };
+        let mut committed = guard
+            .commit(key, marker, Some(keep), &with_history(effects, marker))
+            .await;
         if let Err(err @ LockError::InvalidArgument { .. }) = &committed {
             // Refused before anything was written: the job's effects are
             // a mistake (on a cluster, a key outside the tick's hash slot;
@@ -380,14 +522,22 @@ async fn run_tick(
             // failed instead, without its effects.
             tracing::error!(error = %err, "the tick's effects were refused; recording it as failed");
             outcome = "failure";
-            committed = guard.commit(key, "failure", Some(keep), &[]).await;
+            committed = guard
+                .commit(
+                    key,
+                    "failure",
+                    Some(keep),
+                    &with_history(Vec::new(), "failure"),
+                )
+                .await;
         }
         match committed {
-            Ok(write) if write.is_accepted() => {}
+            Ok(write) if write.is_accepted() => history = None,
             Ok(_) => outcome = "lost",
             // Marked done; an effect was refused.
             Err(err @ LockError::EffectRefused { .. }) => {
                 tracing::warn!(error = %err, "an effect of the tick was refused");
+                history = None;
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot record the tick's outcome; the tick is not done");
@@ -398,6 +548,12 @@ async fn run_tick(
     metrics::run(&spec.name, outcome);
     if let Err(err) = guard.release().await {
         tracing::debug!(error = %err, "releasing the tick");
+    }
+    // No marker carried the entry (lost, cancelled, or not recorded):
+    // written on its own.
+    if let (Some(fleet), Some(mut run)) = (&shared.fleet, history) {
+        run.outcome = outcome.to_owned();
+        fleet.record(&run).await;
     }
     Handled::Yes
 }

@@ -42,6 +42,24 @@ pub enum WorkerError {
     /// The worker is shutting down and starts no new runs.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// Inspection needs a Redis backend (one server, Sentinel or a
+    /// cluster): a Redlock or the memory backend keeps no fleet records.
+    #[error(
+        "nothing to inspect: the lock client is a Redlock or the memory backend, whose workers keep no fleet records"
+    )]
+    NotInspectable,
+    /// No live replica announces a job of this name.
+    #[error("no live replica runs job `{0}`")]
+    UnknownJob(String),
+    /// No live replica consumes a stream of this name.
+    #[error("no live replica consumes stream `{0}`")]
+    UnknownQueue(String),
+    /// Only cron jobs can be triggered.
+    #[error("job `{0}` is not a cron job; only cron jobs can be triggered")]
+    NotCron(String),
+    /// A paused job cannot be triggered.
+    #[error("job `{0}` is paused; resume it before triggering it")]
+    JobPaused(String),
     /// A run's body succeeded, but the record of its success (the dedupe
     /// record, with its committed effects) could not be confirmed written:
     /// the backend kept failing while the lease lasted, or refused the

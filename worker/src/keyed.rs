@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::context::JobContext;
 use crate::error::{Result, WorkerError};
+use crate::inspect::RunRecord;
 use crate::job::KeyedJob;
 use crate::metrics;
 use crate::outcome::RunOutcome;
@@ -50,6 +51,17 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
     let record = record_name(&spec, &key);
     let span = tracing::info_span!("soloist.job", job = %spec.name, key = %key, fence = tracing::field::Empty);
     let outcome = async {
+        // Read at most a second ago (see `fleet.rs`): no round trip more
+        // per run, and a pause reaches every replica within that second.
+        // Not knowing is not "paused": the lock decides, and reports a
+        // backend that is down as it always does.
+        if let Some(fleet) = &shared.fleet {
+            match fleet.is_paused_cached(&spec.name).await {
+                Ok(true) => return Ok(RunOutcome::Paused),
+                Ok(false) => {}
+                Err(err) => tracing::debug!(error = %err, "cannot read whether the job is paused"),
+            }
+        }
         if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
             return Ok(RunOutcome::Duplicate(recorded));
         }
@@ -148,6 +160,7 @@ async fn execute<J: KeyedJob>(
     (key, record): (&str, &str),
     guard: &LockGuard,
 ) -> Result<RunOutcome<J::Output>> {
+    let started_at = shared.clock.now();
     let started = Instant::now();
     // Retries need the arguments again: keep them serialized.
     let encoded = serde_json::to_vec(&args).map_err(|source| WorkerError::Serde {
@@ -176,6 +189,44 @@ async fn execute<J: KeyedJob>(
     })
     .await;
     metrics::run_time(&spec.name, started.elapsed());
+    let outcome = outcome_of(ended, last_ctx, spec, record, guard).await;
+    if let Some(fleet) = &shared.fleet {
+        let run = RunRecord {
+            id: String::new(),
+            job: spec.name.clone(),
+            tick_ms: None,
+            triggered: false,
+            key: Some(key.to_owned()),
+            replica: shared.replica.clone(),
+            fence: guard.fence(),
+            outcome: match &outcome {
+                Ok(outcome) => outcome.label().to_owned(),
+                Err(_) => "unrecorded".to_owned(),
+            },
+            started_ms: started_at.timestamp_millis(),
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            error: match &outcome {
+                Ok(RunOutcome::Failed(error)) => Some(error.to_string()),
+                Err(error) => Some(error.to_string()),
+                Ok(_) => None,
+            },
+        };
+        // Written after the caller has its outcome, not before: the history
+        // costs the run no wait. Shutdown waits for it like for a run.
+        let fleet = fleet.clone();
+        shared.runs.spawn(async move { fleet.record(&run).await });
+    }
+    outcome
+}
+
+/// What the run that `ended` comes to, its success recorded.
+async fn outcome_of<T: serde::Serialize>(
+    ended: Ended<T>,
+    last_ctx: Option<JobContext>,
+    spec: &JobSpec,
+    record: &str,
+    guard: &LockGuard,
+) -> Result<RunOutcome<T>> {
     Ok(match ended {
         Ended::Succeeded(value) => {
             let effects = last_ctx

@@ -15,6 +15,8 @@ mod consume;
 mod context;
 mod cron;
 mod error;
+mod fleet;
+pub mod inspect;
 mod job;
 mod keyed;
 pub mod metrics;

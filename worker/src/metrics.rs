@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Counter: runs by `job` and `outcome` (`success`, `failure`, `lost`,
-/// `duplicate`, `busy`, `skipped_by_peer`, `timed_out`, `cancelled`).
+/// `duplicate`, `busy`, `skipped_by_peer`, `timed_out`, `cancelled`, `paused`).
 pub const RUNS: &str = "soloist_job_runs_total";
 /// Histogram: seconds a run's body took, by `job`.
 pub const RUN_SECONDS: &str = "soloist_job_run_seconds";

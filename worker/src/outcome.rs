@@ -5,9 +5,9 @@ use crate::error::BoxError;
 /// The outcome of asking for one run of a keyed job
 /// ([`WorkerHandle::run`](crate::WorkerHandle::run)).
 ///
-/// The first three outcomes mean the job body did not run here:
-/// [`Duplicate`](RunOutcome::Duplicate) and [`Busy`](RunOutcome::Busy) never
-/// took the lock. The rest mean it ran, and say how that ended; only
+/// [`Duplicate`](RunOutcome::Duplicate), [`Busy`](RunOutcome::Busy) and
+/// [`Paused`](RunOutcome::Paused) mean the job body did not run here: they
+/// never took the lock. The rest mean it ran, and say how that ended; only
 /// [`Completed`](RunOutcome::Completed) is a success, and only a success is
 /// recorded for deduplication.
 #[derive(Debug)]
@@ -29,6 +29,10 @@ pub enum RunOutcome<T> {
     TimedOut,
     /// The worker shut down and cancelled the run after its grace period.
     Cancelled,
+    /// An operator paused the job
+    /// ([`Inspector::pause`](crate::inspect::Inspector::pause)): the body did
+    /// not run, and nothing was recorded.
+    Paused,
 }
 
 impl<T> RunOutcome<T> {
@@ -42,6 +46,7 @@ impl<T> RunOutcome<T> {
             RunOutcome::Lost => "lost",
             RunOutcome::TimedOut => "timed_out",
             RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Paused => "paused",
         }
     }
 

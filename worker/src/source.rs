@@ -173,4 +173,13 @@ pub trait Source: Send + Sync + 'static {
     fn visibility_timeout(&self) -> Duration {
         Duration::from_secs(30)
     }
+
+    /// Where this source keeps its entries, for the fleet registry and
+    /// inspection: a Redis stream, its consumer group and its dead-letter
+    /// stream. `None` (the default) for sources that are not Redis streams,
+    /// whose queues inspection cannot show.
+    #[doc(hidden)]
+    fn stream_names(&self) -> Option<crate::inspect::QueueDecl> {
+        None
+    }
 }

@@ -707,6 +707,14 @@ impl Source for StreamSource {
         })
     }
 
+    fn stream_names(&self) -> Option<crate::inspect::QueueDecl> {
+        Some(crate::inspect::QueueDecl {
+            stream: self.inner.stream.clone(),
+            group: self.inner.group.clone(),
+            dead_letters: self.inner.dead_letters.clone(),
+        })
+    }
+
     fn max_deliveries(&self) -> u32 {
         self.inner.max_deliveries
     }

@@ -14,8 +14,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{FleetClock, REFRESH};
 use crate::consume::{Consumed, Erased, check as check_consumable, consume};
-use crate::cron::{CronEntry, schedule};
+use crate::cron::{CronEntry, schedule, triggers};
 use crate::error::{Result, WorkerError};
+use crate::fleet::{Announcement, Fleet, host_name};
+use crate::inspect::{JobDecl, JobKind, QueueDecl, ReplicaInfo};
 use crate::job::{IntoJob, KeyedJob, Kind, Registration};
 use crate::keyed;
 use crate::outcome::RunOutcome;
@@ -25,6 +27,12 @@ use soloist_parse::MAX_SETTING;
 
 /// The most deliveries per source a replica may run at once.
 const MAX_IN_FLIGHT: usize = 10_000;
+/// How many runs each job's history keeps by default.
+const DEFAULT_HISTORY_LIMIT: u64 = 5_000;
+/// The most runs a job's history may be set to keep.
+const MAX_HISTORY_LIMIT: u64 = 10_000_000;
+/// How long a replica's registry entry lives without a beat, by default.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// What every part of a running worker shares.
 pub(crate) struct Shared {
@@ -39,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) runs: TaskTracker,
     /// The source each consumed job is enqueued on, by job name.
     pub(crate) queues: HashMap<String, Arc<dyn Source>>,
+    /// The run history, registry and controls, on a Redis backend.
+    pub(crate) fleet: Option<Arc<Fleet>>,
 }
 
 impl fmt::Debug for Shared {
@@ -85,6 +95,8 @@ pub struct Worker {
     consumers: Vec<Consumer>,
     in_flight: usize,
     shutdown_grace: Duration,
+    announcement: Announcement,
+    heartbeat: Duration,
 }
 
 impl fmt::Debug for Worker {
@@ -106,6 +118,8 @@ pub struct WorkerBuilder {
     replica: Option<String>,
     shutdown_grace: Duration,
     local_clock_error: TimeDelta,
+    history_limit: u64,
+    heartbeat: Duration,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -130,6 +144,8 @@ impl Worker {
             replica: None,
             shutdown_grace: Duration::from_secs(30),
             local_clock_error: TimeDelta::zero(),
+            history_limit: DEFAULT_HISTORY_LIMIT,
+            heartbeat: DEFAULT_HEARTBEAT,
         }
     }
 
@@ -156,9 +172,13 @@ impl Worker {
             tracing::warn!(error = %err, "cannot read the backend's clock yet; using the local clock");
         }
         let mut schedulers = tokio::task::JoinSet::new();
+        let mut cron_jobs = HashMap::new();
         for entry in self.cron {
+            let entry = Arc::new(entry);
+            cron_jobs.insert(entry.spec.name.clone(), entry.clone());
             schedulers.spawn(schedule(shared.clone(), entry));
         }
+        schedulers.spawn(triggers(shared.clone(), cron_jobs));
         for consumer in self.consumers {
             let jobs = Arc::new(consumer.jobs);
             schedulers.spawn(consume(
@@ -167,6 +187,34 @@ impl Worker {
                 jobs,
                 self.in_flight,
             ));
+        }
+        if let Some(fleet) = shared.fleet.clone() {
+            let entry = ReplicaInfo {
+                replica: shared.replica.clone(),
+                owner: soloist_core::owner_id().to_owned(),
+                host: host_name(),
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at_ms: shared.clock.now().timestamp_millis(),
+                heartbeat_ms: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
+                jobs: self.announcement.jobs,
+                queues: self.announcement.queues,
+                expires_in_ms: None,
+            };
+            let (shared, heartbeat) = (shared.clone(), self.heartbeat);
+            schedulers.spawn(async move {
+                // Three beats per period: one lost or late beat does not
+                // make a live replica look gone.
+                loop {
+                    if let Err(err) = fleet.announce(&entry, heartbeat).await {
+                        tracing::warn!(error = %err, "cannot announce this replica in the registry");
+                    }
+                    tokio::select! {
+                        () = shared.stop_claiming.cancelled() => return,
+                        () = tokio::time::sleep(heartbeat / 3) => {}
+                    }
+                }
+            });
         }
         let refresher = shared.clone();
         schedulers.spawn(async move {
@@ -195,6 +243,11 @@ impl Worker {
             );
             shared.cancel_runs.cancel();
             shared.runs.wait().await;
+        }
+        if let Some(fleet) = &shared.fleet
+            && let Err(err) = fleet.withdraw(&shared.replica).await
+        {
+            tracing::debug!(error = %err, "cannot withdraw this replica from the registry; it expires");
         }
         Ok(())
     }
@@ -244,6 +297,38 @@ impl WorkerBuilder {
         self
     }
 
+    /// About how many runs each job's history keeps, the oldest dropped
+    /// first (`XADD MAXLEN ~`, so a few more at times); default 5,000,
+    /// between 1 and 10,000,000. The fleet's replicas should agree: each
+    /// trims to its own setting as it records.
+    ///
+    /// ```
+    /// # let locks = soloist::LockClient::memory();
+    /// let worker = soloist::Worker::builder(locks).history_limit(20_000).build().unwrap();
+    /// # let _ = worker;
+    /// ```
+    pub fn history_limit(mut self, runs: u64) -> Self {
+        self.history_limit = runs;
+        self
+    }
+
+    /// How long this replica's registry entry lives without a beat; it
+    /// beats three times per period, so a replica killed shows as gone
+    /// within one period. Default 15 s, between 1 s and 1 h.
+    ///
+    /// ```
+    /// # let locks = soloist::LockClient::memory();
+    /// let worker = soloist::Worker::builder(locks)
+    ///     .heartbeat(std::time::Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = worker;
+    /// ```
+    pub fn heartbeat(mut self, period: Duration) -> Self {
+        self.heartbeat = period;
+        self
+    }
+
     /// Makes this replica's local clock wrong by `error`, to show that the
     /// fleet's clock, not the local one, decides when ticks are due.
     #[doc(hidden)]
@@ -256,6 +341,10 @@ impl WorkerBuilder {
     pub fn build(self) -> Result<Worker> {
         let mut names = HashSet::new();
         let mut cron = Vec::new();
+        let mut announcement = Announcement {
+            jobs: Vec::new(),
+            queues: Vec::new(),
+        };
         for registration in self.jobs {
             let (spec, cron_job) = match registration.kind {
                 Kind::Cron(job) => (job.spec()?, Some(job)),
@@ -265,6 +354,7 @@ impl WorkerBuilder {
             if !names.insert(spec.name.clone()) {
                 return Err(WorkerError::DuplicateJob(spec.name));
             }
+            announcement.jobs.push(declare(&spec, None));
             if let (Some(job), Trigger::Cron(schedule)) = (cron_job, &spec.trigger) {
                 cron.push(CronEntry {
                     job,
@@ -303,6 +393,16 @@ impl WorkerBuilder {
             if queues.insert(spec.name.clone(), source.clone()).is_some() {
                 return Err(WorkerError::DuplicateJob(spec.name));
             }
+            let stream = source.stream_names();
+            announcement.jobs.retain(|job| job.name != spec.name);
+            announcement
+                .jobs
+                .push(declare(&spec, Some(stream.as_ref())));
+            if let Some(stream) = stream
+                && !announcement.queues.contains(&stream)
+            {
+                announcement.queues.push(stream);
+            }
             match consumers
                 .iter_mut()
                 .find(|c| c.source.name() == source.name())
@@ -316,9 +416,24 @@ impl WorkerBuilder {
                 }),
             }
         }
+        if !(1..=MAX_HISTORY_LIMIT).contains(&self.history_limit) {
+            return Err(WorkerError::invalid(
+                "-",
+                "history_limit",
+                format!("must be between 1 and {MAX_HISTORY_LIMIT}"),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.heartbeat) {
+            return Err(WorkerError::invalid(
+                "-",
+                "heartbeat",
+                "must be between 1 s and 1 h",
+            ));
+        }
         let replica = self
             .replica
             .unwrap_or_else(|| format!("{}-{:04x}", std::process::id(), rand::random::<u16>()));
+        let locks_for_fleet = self.locks.clone();
         Ok(Worker {
             shared: Arc::new(Shared {
                 clock: FleetClock::new(self.locks.clone(), self.local_clock_error),
@@ -328,13 +443,46 @@ impl WorkerBuilder {
                 cancel_runs: CancellationToken::new(),
                 runs: TaskTracker::new(),
                 queues,
+                fleet: Fleet::new(&locks_for_fleet, self.history_limit).map(Arc::new),
             }),
             cron,
             consumers,
             in_flight: self.in_flight,
             shutdown_grace: self.shutdown_grace,
+            announcement,
+            heartbeat: self.heartbeat,
         })
     }
+}
+
+/// How `spec` is announced in the registry; `queue` is `Some` for a
+/// consumed job (with its stream, when the source is one).
+fn declare(spec: &JobSpec, queue: Option<Option<&QueueDecl>>) -> JobDecl {
+    let mut decl = JobDecl {
+        name: spec.name.clone(),
+        kind: if queue.is_some() {
+            JobKind::Consumed
+        } else {
+            JobKind::Keyed
+        },
+        schedule: None,
+        time_zone: None,
+        missed: None,
+        misfire_ms: None,
+        key_template: None,
+        queue: queue.flatten().map(|queue| queue.stream.clone()),
+    };
+    match &spec.trigger {
+        Trigger::Cron(schedule) => {
+            decl.kind = JobKind::Cron;
+            decl.schedule = Some(schedule.expression().to_owned());
+            decl.time_zone = Some(schedule.time_zone().to_owned());
+            decl.missed = Some(format!("{:?}", spec.missed));
+            decl.misfire_ms = Some(u64::try_from(spec.misfire.as_millis()).unwrap_or(u64::MAX));
+        }
+        Trigger::Keyed(template) => decl.key_template = Some(template.as_str().to_owned()),
+    }
+    decl
 }
 
 /// Runs keyed jobs on a worker's lock backend; cheap to clone.

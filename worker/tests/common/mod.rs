@@ -42,6 +42,11 @@ impl Running {
         }
     }
 
+    /// Ends the worker as a crash would: no shutdown, nothing withdrawn.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
     /// Stops the worker, failing the test if it takes more than 20 s.
     pub async fn stop(mut self) {
         let _ = self.stop.take().map(|stop| stop.send(()));
