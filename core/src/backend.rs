@@ -58,12 +58,31 @@ pub(crate) struct Waiting {
     pub(crate) more: bool,
 }
 
+/// What a lease holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum LeaseKind {
+    /// A lock key, held by one owner at a time.
+    #[default]
+    Lock,
+    /// One permit of a semaphore, whose name is the lease's key.
+    Permit,
+}
+
 /// One lease to renew in a batch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Renewal<'a> {
     pub(crate) key: &'a str,
     pub(crate) token: &'a str,
     pub(crate) ttl: Duration,
+    pub(crate) kind: LeaseKind,
+}
+
+/// The error of a backend that keeps no semaphores (a Redlock).
+pub(crate) fn no_semaphores() -> crate::error::LockError {
+    crate::error::LockError::invalid(
+        "semaphore",
+        "a Redlock cannot hold semaphore permits (a permit counted on independent masters has no majority to agree on); use one Redis server, Sentinel, a Cluster or the memory backend",
+    )
 }
 
 pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
@@ -79,6 +98,32 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
         waiting: Option<Waiting>,
     ) -> BoxFuture<'a, Result<Attempt>>;
+
+    /// Takes one of `permits` permits of the semaphore `name` for `token`
+    /// if fewer are held, issuing a fence from the semaphore's own counter
+    /// atomically with it; holders whose lease ran out are dropped first.
+    /// A `waiting` caller that finds every permit held joins the
+    /// semaphore's queue, to be woken by a release.
+    fn try_acquire_permit<'a>(
+        &'a self,
+        _name: &'a str,
+        _token: &'a str,
+        _permits: u32,
+        _ttl: Duration,
+        _waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        Box::pin(futures::future::ready(Err(no_semaphores())))
+    }
+
+    /// Gives back `token`'s permit of `name` and wakes a waiter; `false`,
+    /// changing nothing, when `token` holds none (released before, expired).
+    fn release_permit<'a>(
+        &'a self,
+        _name: &'a str,
+        _token: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(futures::future::ready(Err(no_semaphores())))
+    }
 
     /// Renews every lease still owned by its token; one outcome per lease, in order.
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>>;

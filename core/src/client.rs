@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::backend::{Backend, Record};
+use crate::backend::{Backend, LeaseKind, Record};
 use crate::deployment::Deployment;
 use crate::error::{LockError, Result};
 use crate::fence::check_record;
@@ -13,6 +13,7 @@ use crate::node::{RedisSettings, Replicas};
 use crate::queue::LocalQueues;
 use crate::redlock::RedlockBackend;
 use crate::request::LockRequest;
+use crate::semaphore::SemaphoreRequest;
 use crate::single::RedisBackend;
 use crate::watchdog::Watchdog;
 
@@ -172,6 +173,26 @@ impl LockClient {
         LockRequest::new(self.clone(), key.into())
     }
 
+    /// Starts a request for one of `permits` permits of the semaphore
+    /// `name`: at most `permits` holders at once across every client. See
+    /// [`SemaphoreRequest`] for the settings and [`PermitGuard`] for what a
+    /// permit guarantees. Works on every backend but a Redlock.
+    ///
+    /// ```
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let permit = locks.semaphore("report-builds", 4).acquire().await?;
+    /// permit.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    ///
+    /// [`PermitGuard`]: crate::PermitGuard
+    pub fn semaphore(&self, name: impl Into<String>, permits: u32) -> SemaphoreRequest {
+        SemaphoreRequest::new(self.clone(), name.into(), permits)
+    }
+
     /// Stores `value` for `resource` only if `fence` is at least the highest
     /// fence already accepted there: a holder whose lease ended without its
     /// knowing (a long pause, a partition) cannot overwrite the work of the
@@ -256,14 +277,17 @@ impl LockClient {
     /// Gives back a lock whose acquisition failed or was abandoned mid-flight:
     /// the request may have reached the server and taken the key even though
     /// its reply was lost. Best effort; the key expires within its ttl regardless.
-    pub(crate) fn abandon(&self, key: &str, token: &str) {
+    pub(crate) fn abandon(&self, key: &str, token: &str, kind: LeaseKind) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let backend = self.inner.backend.clone();
         let (key, token) = (key.to_owned(), token.to_owned());
         runtime.spawn(async move {
-            let _ = backend.release(&key, &token).await;
+            let _ = match kind {
+                LeaseKind::Lock => backend.release(&key, &token).await,
+                LeaseKind::Permit => backend.release_permit(&key, &token).await,
+            };
         });
     }
 }

@@ -93,6 +93,25 @@
 //! on a single server every name works. Wake-ups go over the channel
 //! `wake:<client id>` under the same prefix.
 //!
+//! A semaphore named `S` ([`LockClient::semaphore`]) keeps `sem:T` (its
+//! holders: a sorted set of owner tokens scored by when each lease runs
+//! out on the server's clock), `sem-fence:T` (its fence counter) and
+//! `sem-waiters:T` (its queue of waiting clients), `T` being `S` written as
+//! above: one slot per semaphore. Its wake-ups carry the name after a NUL
+//! byte and `semaphore:`, which keeps them apart from a lock's.
+//!
+//! # Semaphores
+//! [`LockClient::semaphore`]`(name, n)` lets at most `n` holders in at once.
+//! Each [`PermitGuard`] is a lease as a [`LockGuard`] is (renewed by the
+//! watchdog, a lost signal, a fence, release on drop), and a dead holder's
+//! permit comes back within one ttl: each holder is a member of its own,
+//! dropped by the next acquisition once its lease runs out, never a shared
+//! counter that a crash leaks or a double release inflates. Releases wake
+//! waiting clients as a lock's do. Semaphores work on one server,
+//! Sentinel, a Cluster and the memory backend; a Redlock refuses them with
+//! [`LockError::InvalidArgument`] (a count kept on independent masters has
+//! no majority that could agree on it).
+//!
 //! What this is not: exactly-once execution. A lock gives "at most one
 //! holder at a time"; whether protected work runs once depends on what the
 //! work does when its lease is lost, which is what fencing is for.
@@ -131,6 +150,7 @@ mod pubsub;
 mod queue;
 mod redlock;
 mod request;
+mod semaphore;
 mod sentinel;
 mod single;
 mod slot;
@@ -152,4 +172,5 @@ pub use pool::{Conn, SharedConnection};
 #[doc(no_inline)]
 pub use redis;
 pub use request::{DEFAULT_TTL, LockRequest, MAX_TTL, MIN_TTL};
+pub use semaphore::{MAX_PERMITS, PermitGuard, SemaphoreRequest};
 pub use slot::{colocated, hash_slot};

@@ -8,7 +8,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Waiting};
+use crate::backend::{Attempt, Backend, LeaseKind, Record, Renewal, Renewed, Waiting};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::notice::{Listener, NoticeBoard};
@@ -28,6 +28,10 @@ struct State {
     /// Each key's fence counter and when it was seeded.
     fences: HashMap<String, (u64, Instant)>,
     fenced: HashMap<String, Stored>,
+    /// Each semaphore's holders: owner token and lease expiry.
+    semaphores: HashMap<String, Vec<Held>>,
+    /// Semaphore count after the last sweep of those with no live holder.
+    semaphores_swept_at: usize,
     /// Lock count after the last sweep of expired entries.
     swept_at: usize,
     /// Record count after the last sweep of expired records.
@@ -80,6 +84,11 @@ impl State {
                 .retain(|_, (_, seeded)| now.duration_since(*seeded) < FENCE_LIFETIME);
             self.fences_swept_at = self.fences.len();
         }
+        if self.semaphores.len() >= 2 * self.semaphores_swept_at.max(512) {
+            self.semaphores
+                .retain(|_, holders| holders.iter().any(|held| held.expires > now));
+            self.semaphores_swept_at = self.semaphores.len();
+        }
         if self.fenced.len() >= 2 * self.records_swept_at.max(512) {
             self.fenced
                 .retain(|_, record| record.expires.is_none_or(|at| at > now));
@@ -105,6 +114,13 @@ impl State {
         }
         counter.0 += 1;
         counter.0
+    }
+
+    /// The live holders of semaphore `name`, dropping expired ones.
+    fn holders(&mut self, name: &str, now: Instant) -> &mut Vec<Held> {
+        let holders = self.semaphores.entry(name.to_owned()).or_default();
+        holders.retain(|held| held.expires > now);
+        holders
     }
 
     fn lock(mutex: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -142,17 +158,73 @@ impl Backend for MemoryBackend {
         futures::future::ready(Ok(attempt)).boxed()
     }
 
+    fn try_acquire_permit<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        permits: u32,
+        ttl: Duration,
+        _waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        let now = Instant::now();
+        let mut state = State::lock(&self.state);
+        state.sweep(now);
+        let holders = state.holders(name, now);
+        let attempt = if holders.len() >= permits as usize {
+            Attempt::Held {
+                expires_in: holders.iter().map(|held| held.expires - now).min(),
+            }
+        } else {
+            holders.push(Held {
+                token: token.to_owned(),
+                expires: now + ttl,
+            });
+            // Fences of a semaphore come from a counter of its own, apart
+            // from the lock of the same name.
+            Attempt::Acquired(state.next_fence(&crate::semaphore::line(name), now))
+        };
+        futures::future::ready(Ok(attempt)).boxed()
+    }
+
+    fn release_permit<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
+        let now = Instant::now();
+        let released = {
+            let mut state = State::lock(&self.state);
+            let holders = state.holders(name, now);
+            let before = holders.len();
+            holders.retain(|held| held.token != token);
+            let released = holders.len() < before;
+            if holders.is_empty() {
+                state.semaphores.remove(name);
+            }
+            released
+        };
+        if released {
+            self.board.notify(&crate::semaphore::line(name));
+        }
+        futures::future::ready(Ok(released)).boxed()
+    }
+
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>> {
         let now = Instant::now();
         let mut state = State::lock(&self.state);
         let renewed = leases
             .iter()
-            .map(|lease| match state.holder(lease.key, now) {
-                Some(held) if held.token == lease.token => {
-                    held.expires = now + lease.ttl;
-                    Ok(true)
+            .map(|lease| {
+                let held = match lease.kind {
+                    LeaseKind::Lock => state.holder(lease.key, now),
+                    LeaseKind::Permit => state
+                        .holders(lease.key, now)
+                        .iter_mut()
+                        .find(|held| held.token == lease.token),
+                };
+                match held {
+                    Some(held) if held.token == lease.token => {
+                        held.expires = now + lease.ttl;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
                 }
-                _ => Ok(false),
             })
             .collect();
         futures::future::ready(Ok(renewed)).boxed()

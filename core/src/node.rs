@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use crate::backend::{Attempt, Record, Renewal, Waiting};
+use crate::backend::{Attempt, LeaseKind, Record, Renewal, Waiting};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::metrics;
@@ -24,6 +24,14 @@ static FENCED_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
 static PASS_ON: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/pass_on.lua")));
+static PERMIT_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_acquire.lua")));
+static PERMIT_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_release.lua")));
+static PERMIT_EXTEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_extend.lua")));
+static PERMIT_PASS_ON: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_pass_on.lua")));
 static COMMIT_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
 
@@ -56,6 +64,10 @@ struct KeySpace {
     fence: String,
     fenced: String,
     waiters: String,
+    /// A semaphore's holders, its fence counter and its waiting clients.
+    permits: String,
+    permit_fence: String,
+    permit_waiters: String,
 }
 
 impl KeySpace {
@@ -65,6 +77,9 @@ impl KeySpace {
             fence: format!("{prefix}fence:"),
             fenced: format!("{prefix}fenced:"),
             waiters: format!("{prefix}waiters:"),
+            permits: format!("{prefix}sem:"),
+            permit_fence: format!("{prefix}sem-fence:"),
+            permit_waiters: format!("{prefix}sem-waiters:"),
         }
     }
 
@@ -526,19 +541,46 @@ impl RedisNode {
         }
     }
 
-    /// [`extend`](Self::extend) in one script call: on a cluster, for
-    /// leases of one hash slot.
+    /// [`extend`](Self::extend) in one script call per kind of lease (a
+    /// lock's, a permit's): on a cluster, for leases of one hash slot.
     async fn extend_slot(&self, leases: &[Renewal<'_>]) -> Result<Vec<bool>> {
-        let mut invocation = EXTEND.prepare_invoke();
-        for lease in leases {
-            invocation
-                .key(self.keys.lock(lease.key))
-                .arg(lease.token)
-                .arg(millis(lease.ttl));
+        if leases.iter().all(|lease| lease.kind == LeaseKind::Lock) {
+            return self.extend_kind(leases, LeaseKind::Lock).await;
         }
-        let (renewed, acknowledged): (Vec<i64>, _) = self
-            .script_replicated("extend", &EXTEND, &invocation)
-            .await?;
+        let (locks, permits): (Vec<_>, Vec<_>) = leases
+            .iter()
+            .enumerate()
+            .partition(|(_, lease)| lease.kind == LeaseKind::Lock);
+        let mut flags = vec![false; leases.len()];
+        for (part, kind) in [(locks, LeaseKind::Lock), (permits, LeaseKind::Permit)] {
+            if part.is_empty() {
+                continue;
+            }
+            let batch: Vec<Renewal<'_>> = part.iter().map(|(_, lease)| **lease).collect();
+            let renewed = self.extend_kind(&batch, kind).await?;
+            for ((at, _), flag) in part.iter().zip(renewed) {
+                flags[*at] = flag;
+            }
+        }
+        Ok(flags)
+    }
+
+    /// Renews leases of one kind in one script call.
+    async fn extend_kind(&self, leases: &[Renewal<'_>], kind: LeaseKind) -> Result<Vec<bool>> {
+        let (script, op) = match kind {
+            LeaseKind::Lock => (&*EXTEND, "extend"),
+            LeaseKind::Permit => (&*PERMIT_EXTEND, "extend_permit"),
+        };
+        let mut invocation = script.prepare_invoke();
+        for lease in leases {
+            let key = match kind {
+                LeaseKind::Lock => self.keys.lock(lease.key),
+                LeaseKind::Permit => named(&self.keys.permits, lease.key),
+            };
+            invocation.key(key).arg(lease.token).arg(millis(lease.ttl));
+        }
+        let (renewed, acknowledged): (Vec<i64>, _) =
+            self.script_replicated(op, script, &invocation).await?;
         if let Some(first) = leases.first()
             && let Some(err) = self.unconfirmed(first.key, acknowledged)
         {
@@ -569,6 +611,9 @@ impl RedisNode {
     /// Leaves `key`'s queue after a wake-up nobody here wants any more, and
     /// wakes the next client in line (or marks the holder to do so).
     pub(crate) async fn pass_on(&self, key: &str) -> Result<()> {
+        if let Some(name) = crate::semaphore::name_of_line(key) {
+            return self.pass_on_permit(name, key).await;
+        }
         let mut invocation = PASS_ON.prepare_invoke();
         invocation
             .key(self.keys.lock(key))
@@ -577,6 +622,77 @@ impl RedisNode {
             .arg(&self.wake_prefix)
             .arg(key);
         let _: i64 = self.script("pass_on", &PASS_ON, &invocation).await?;
+        Ok(())
+    }
+
+    /// Takes one of `permits` permits of `name` for `token`, if fewer are
+    /// held; see `scripts/semaphore_acquire.lua`.
+    pub(crate) async fn try_acquire_permit(
+        &self,
+        name: &str,
+        token: &str,
+        permits: u32,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> Result<Attempt> {
+        let mut invocation = PERMIT_ACQUIRE.prepare_invoke();
+        invocation
+            .key(named(&self.keys.permits, name))
+            .key(named(&self.keys.permit_fence, name))
+            .key(named(&self.keys.permit_waiters, name))
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(permits)
+            .arg(waiting.map_or("", |_| self.client_id.as_str()))
+            .arg(if waiting.is_some_and(|w| w.more) {
+                "1"
+            } else {
+                "0"
+            });
+        let ((taken, value), acknowledged): ((i64, i64), _) = self
+            .script_replicated("acquire_permit", &PERMIT_ACQUIRE, &invocation)
+            .await?;
+        if taken != 1 {
+            return Ok(Attempt::Held {
+                expires_in: u64::try_from(value).ok().map(Duration::from_millis),
+            });
+        }
+        if let Some(err) = self.unconfirmed(name, acknowledged) {
+            // As for a lock: a permit a failover could forget is given back.
+            self.release_permit(name, token).await?;
+            return Err(err);
+        }
+        let fence = u64::try_from(value).map_err(|_| unexpected("negative fence"))?;
+        Ok(Attempt::Acquired(fence))
+    }
+
+    /// Gives `token`'s permit of `name` back and wakes the first waiting
+    /// client still listening; `false` when `token` held none.
+    pub(crate) async fn release_permit(&self, name: &str, token: &str) -> Result<bool> {
+        let mut invocation = PERMIT_RELEASE.prepare_invoke();
+        invocation
+            .key(named(&self.keys.permits, name))
+            .key(named(&self.keys.permit_waiters, name))
+            .arg(token)
+            .arg(&self.wake_prefix)
+            .arg(crate::semaphore::line(name));
+        let released: i64 = self
+            .script("release_permit", &PERMIT_RELEASE, &invocation)
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// [`pass_on`](Self::pass_on) for a semaphore's queue.
+    async fn pass_on_permit(&self, name: &str, line: &str) -> Result<()> {
+        let mut invocation = PERMIT_PASS_ON.prepare_invoke();
+        invocation
+            .key(named(&self.keys.permit_waiters, name))
+            .arg(&self.client_id)
+            .arg(&self.wake_prefix)
+            .arg(line);
+        let _: i64 = self
+            .script("pass_on_permit", &PERMIT_PASS_ON, &invocation)
+            .await?;
         Ok(())
     }
 

@@ -49,6 +49,23 @@ impl Backend for RedisBackend {
             .boxed()
     }
 
+    fn try_acquire_permit<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        permits: u32,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        self.node
+            .try_acquire_permit(name, token, permits, ttl, waiting)
+            .boxed()
+    }
+
+    fn release_permit<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
+        self.node.release_permit(name, token).boxed()
+    }
+
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>> {
         async move {
             let renewed = self.node.extend(leases).await?;
