@@ -22,6 +22,7 @@ mod kw {
     syn::custom_keyword!(on_lost);
     syn::custom_keyword!(missed);
     syn::custom_keyword!(name);
+    syn::custom_keyword!(concurrency);
 }
 
 /// One `name = value` as written.
@@ -67,6 +68,7 @@ pub(crate) struct Args {
     pub(crate) on_lost: Option<Setting<OnLost>>,
     pub(crate) missed: Option<Setting<Missed>>,
     pub(crate) name: Option<Setting<String>>,
+    pub(crate) concurrency: Option<Setting<u32>>,
 }
 
 impl Parse for Args {
@@ -101,6 +103,7 @@ impl Parse for Args {
                 on_lost => on_lost,
                 missed => missed,
                 name => job_name,
+                concurrency => count,
             }
             if input.is_empty() {
                 break;

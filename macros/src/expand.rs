@@ -241,6 +241,7 @@ impl Settings {
             on_lost,
             missed,
             name,
+            concurrency,
         } = args;
         let mut errors = Errors::default();
         let cron_only = [place(&tz), place(&misfire), place(&missed)];
@@ -309,7 +310,21 @@ impl Settings {
             }
         }
 
+        if let Some(concurrency) = &concurrency {
+            let max = soloist_core::MAX_PERMITS;
+            if !(1..=max).contains(&concurrency.value) {
+                errors.push(syn::Error::new(
+                    concurrency.span,
+                    format!("`concurrency` must be between 1 and {max}"),
+                ));
+            }
+        }
+
         let mut setters = Vec::new();
+        if let Some(concurrency) = &concurrency {
+            let permits = concurrency.value;
+            setters.push(quote!(.concurrency(#permits)));
+        }
         for setting in [&ttl, &misfire].into_iter().flatten() {
             setters.push(duration_setter(setting));
         }

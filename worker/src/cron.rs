@@ -33,13 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use soloist_core::{LockError, LockGuard};
+use soloist_core::{LockError, LockGuard, PermitGuard};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::context::JobContext;
 use crate::job::CronJob;
 use crate::key::escaped;
+use crate::limit;
 use crate::metrics;
 use crate::run::{Ended, attempts};
 use crate::schedule::CronSchedule;
@@ -235,7 +236,7 @@ async fn claim(shared: &Shared, entry: &CronEntry, tick: DateTime<Utc>, grace_en
                 Ok(guard) => {
                     metrics::claim_time(&spec.name, requested.elapsed());
                     tracing::Span::current().record("fence", guard.fence());
-                    match run_tick(shared, entry, tick, &key, guard).await {
+                    match run_tick(shared, entry, (tick, left), &key, guard).await {
                         Handled::Yes => return,
                         // Not run: the claim could not be recorded. Try
                         // again while the grace lasts.
@@ -299,7 +300,7 @@ async fn done(shared: &Shared, key: &str) -> soloist_core::Result<bool> {
 async fn run_tick(
     shared: &Shared,
     entry: &CronEntry,
-    tick: DateTime<Utc>,
+    (tick, grace): (DateTime<Utc>, Duration),
     key: &str,
     guard: LockGuard,
 ) -> Handled {
@@ -324,6 +325,20 @@ async fn run_tick(
         metrics::run(&spec.name, "skipped_by_peer");
         return Handled::Yes;
     }
+    // A job with a concurrency runs only with one of its permits, waited
+    // for while the tick's grace lasts: at most that many runs of the job
+    // at once across the fleet, however long each takes.
+    let permit = match limit::permit(shared, spec, &job_key(&spec.name), grace).await {
+        Ok(permit) => permit,
+        Err(err) => {
+            if !matches!(err, LockError::Busy { .. } | LockError::Timeout { .. }) {
+                tracing::warn!(error = %err, "cannot take a permit for the tick");
+            }
+            let _ = guard.release().await;
+            metrics::run(&spec.name, "busy");
+            return Handled::Yes;
+        }
+    };
     // A tick runs only once it is recorded as claimed: a replica that
     // starts after a fleet-wide outage runs only ticks after that record,
     // so no tick that ran here is run again, however long ago it was.
@@ -334,7 +349,9 @@ async fn run_tick(
     }
     let started = Instant::now();
     let mut last_ctx = None;
-    let ended = attempts(spec, &guard, &shared.cancel_runs, |attempt, cancel| {
+    let mut leases = vec![guard.lease()];
+    leases.extend(permit.as_ref().map(PermitGuard::lease));
+    let ended = attempts(spec, &leases, &shared.cancel_runs, |attempt, cancel| {
         let ctx = JobContext::builder(&spec.name)
             .lease(guard.lease())
             .attempt(attempt)
@@ -398,6 +415,11 @@ async fn run_tick(
     metrics::run(&spec.name, outcome);
     if let Err(err) = guard.release().await {
         tracing::debug!(error = %err, "releasing the tick");
+    }
+    if let Some(permit) = permit
+        && let Err(err) = permit.release().await
+    {
+        tracing::debug!(error = %err, "releasing the job's permit");
     }
     Handled::Yes
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use soloist_core::{LockError, LockGuard};
+use soloist_core::LockError;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -21,6 +21,7 @@ use crate::context::JobContext;
 use crate::error::{Result, WorkerError};
 use crate::job::KeyedJob;
 use crate::key::escaped;
+use crate::limit::Held;
 use crate::metrics;
 use crate::outcome::RunOutcome;
 use crate::run::{Ended, attempts};
@@ -54,13 +55,9 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
             return Ok(RunOutcome::Duplicate(recorded));
         }
         let requested = Instant::now();
-        let mut request = shared.locks.lock(&record).ttl(spec.ttl).wait(spec.wait);
-        if let Some(max_hold) = spec.max_hold {
-            request = request.max_hold(max_hold);
-        }
         // A shutdown ends the wait: no run starts once it has begun.
         let acquired = tokio::select! {
-            acquired = request.acquire() => acquired,
+            acquired = hold(&shared, &spec, &record) => acquired,
             () = shared.stop_claiming.cancelled() => return Err(WorkerError::ShuttingDown),
         };
         let guard = match acquired {
@@ -140,13 +137,38 @@ async fn recorded<T: DeserializeOwned>(
         })
 }
 
+/// Takes what a run of the key needs: its lock, or with a concurrency
+/// above one, one of its permits.
+async fn hold(shared: &Shared, spec: &JobSpec, record: &str) -> soloist_core::Result<Held> {
+    match spec.concurrency {
+        Some(permits) if permits > 1 => {
+            let mut request = shared
+                .locks
+                .semaphore(record, permits)
+                .ttl(spec.ttl)
+                .wait(spec.wait);
+            if let Some(max_hold) = spec.max_hold {
+                request = request.max_hold(max_hold);
+            }
+            request.acquire().await.map(Held::Permit)
+        }
+        _ => {
+            let mut request = shared.locks.lock(record).ttl(spec.ttl).wait(spec.wait);
+            if let Some(max_hold) = spec.max_hold {
+                request = request.max_hold(max_hold);
+            }
+            request.acquire().await.map(Held::Lock)
+        }
+    }
+}
+
 async fn execute<J: KeyedJob>(
     shared: &Shared,
     job: &J,
     args: J::Args,
     spec: &JobSpec,
     (key, record): (&str, &str),
-    guard: &LockGuard,
+    guard: &Held,
 ) -> Result<RunOutcome<J::Output>> {
     let started = Instant::now();
     // Retries need the arguments again: keep them serialized.
@@ -156,24 +178,29 @@ async fn execute<J: KeyedJob>(
     })?;
     let mut first = Some(args);
     let mut last_ctx = None;
-    let ended = attempts(spec, guard, &shared.cancel_runs, |attempt, cancel| {
-        let ctx = JobContext::builder(&spec.name)
-            .key(key)
-            .lease(guard.lease())
-            .attempt(attempt)
-            .replica(&shared.replica)
-            .cancellation(cancel)
-            .build();
-        last_ctx = Some(ctx.clone());
-        match first
-            .take()
-            .map(Ok)
-            .unwrap_or_else(|| serde_json::from_slice(&encoded))
-        {
-            Ok(args) => job.call(ctx, args),
-            Err(err) => Box::pin(futures::future::ready(Err(err.into()))),
-        }
-    })
+    let ended = attempts(
+        spec,
+        &[guard.lease()],
+        &shared.cancel_runs,
+        |attempt, cancel| {
+            let ctx = JobContext::builder(&spec.name)
+                .key(key)
+                .lease(guard.lease())
+                .attempt(attempt)
+                .replica(&shared.replica)
+                .cancellation(cancel)
+                .build();
+            last_ctx = Some(ctx.clone());
+            match first
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| serde_json::from_slice(&encoded))
+            {
+                Ok(args) => job.call(ctx, args),
+                Err(err) => Box::pin(futures::future::ready(Err(err.into()))),
+            }
+        },
+    )
     .await;
     metrics::run_time(&spec.name, started.elapsed());
     Ok(match ended {
@@ -204,8 +231,8 @@ async fn execute<J: KeyedJob>(
                 // ended unnoticed records nothing and applies no effect.
                 // `commit` sends the record again while the lease lasts; an
                 // error still undecided after that is no success.
-                let write = guard
-                    .commit(record, encoded, Some(keep), &effects)
+                let recorded = guard
+                    .record(shared, record, encoded, keep, &effects)
                     .await
                     .map_err(|source| match source {
                         // Recorded, an effect refused: the run counts as
@@ -219,7 +246,7 @@ async fn execute<J: KeyedJob>(
                             source,
                         },
                     })?;
-                if !write.is_accepted() {
+                if !recorded {
                     return Ok(RunOutcome::Lost);
                 }
             }

@@ -88,6 +88,7 @@ mod error;
 mod job;
 mod key;
 mod keyed;
+mod limit;
 pub mod metrics;
 mod outcome;
 mod run;

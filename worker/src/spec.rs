@@ -176,6 +176,7 @@ pub struct JobSpec {
     pub(crate) on_lost: OnLost,
     pub(crate) missed: MissedTicks,
     pub(crate) wait: Duration,
+    pub(crate) concurrency: Option<u32>,
 }
 
 /// The longest any duration setting of a job (or a worker) may be.
@@ -205,6 +206,7 @@ impl JobSpec {
             on_lost: OnLost::Cancel,
             missed: MissedTicks::RunOnce,
             wait: Duration::ZERO,
+            concurrency: None,
         })
     }
 
@@ -300,6 +302,33 @@ impl JobSpec {
         self
     }
 
+    /// At most `permits` runs at once across the fleet: of the job (cron),
+    /// or of each rendered key (keyed), from 1 to
+    /// [`MAX_PERMITS`](soloist_core::MAX_PERMITS); default: no limit for
+    /// cron (ticks may overlap), one per key for keyed jobs.
+    ///
+    /// Each run holds a permit of a leased semaphore (see
+    /// [`LockClient::semaphore`](soloist_core::LockClient::semaphore)):
+    /// renewed while it runs, back within one ttl if its replica dies, and
+    /// a lost permit stops the run as a lost lock does. A cron tick waits
+    /// for a permit while its misfire grace lasts, and is skipped (counted
+    /// `busy`) if none comes. A keyed request waits up to
+    /// [`wait`](Self::wait). With `permits` above 1 a key may run that many
+    /// times at once; dedupe still holds per key (a success recorded in the
+    /// window makes later requests duplicates), and `on_success` effects
+    /// are refused, since they need a run that holds its key alone.
+    /// Semaphores need a backend other than a Redlock.
+    ///
+    /// ```
+    /// use soloist::JobSpec;
+    /// let spec = JobSpec::keyed("charge", "{merchant}").unwrap().concurrency(3);
+    /// # let _ = spec;
+    /// ```
+    pub fn concurrency(mut self, permits: u32) -> Self {
+        self.concurrency = Some(permits);
+        self
+    }
+
     /// Checks the settings together; called when the job is registered.
     pub(crate) fn validate(&self) -> Result<()> {
         let invalid = |name, reason: &str| Err(WorkerError::invalid(&self.name, name, reason));
@@ -316,6 +345,15 @@ impl JobSpec {
             if value.is_some_and(|value| value > MAX_SETTING) {
                 return invalid(name, "must be at most a year");
             }
+        }
+        if let Some(permits) = self.concurrency
+            && !(1..=soloist_core::MAX_PERMITS).contains(&permits)
+        {
+            return Err(WorkerError::invalid(
+                &self.name,
+                "concurrency",
+                format!("must be between 1 and {}", soloist_core::MAX_PERMITS),
+            ));
         }
         if self.retries > MAX_RETRIES {
             return invalid("retries", "must be at most 1000");
