@@ -107,9 +107,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use soloist_core::{
-    ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient, LockError,
-    LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_PERMITS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL,
-    PermitGuard, Result, SemaphoreRequest, colocated, hash_slot, metrics, redis,
+    Admission, ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient,
+    LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_PERMITS, MAX_RATE_COUNT,
+    MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, PermitGuard, RateLimit, Result,
+    SemaphoreRequest, colocated, hash_slot, metrics, redis,
 };
 pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).
@@ -117,8 +118,9 @@ pub use soloist_worker::metrics as worker_metrics;
 pub use soloist_worker::{
     BoxError, CronFn, CronJob, CronSchedule, DEFAULT_JOB_TTL, DEFAULT_MISFIRE, DurationError,
     IntoJob, JobContext, JobContextBuilder, JobSpec, KeyPart, KeyTemplate, KeyTemplateError,
-    KeyedFn, KeyedJob, MissedTicks, OnLost, Registration, RunOutcome, ScheduleError, Trigger,
-    Worker, WorkerBuilder, WorkerError, WorkerHandle, cron_job, keyed_job, parse_duration,
+    KeyedFn, KeyedJob, MissedTicks, OnLost, OverRate, Rate, RateError, Registration, RunOutcome,
+    ScheduleError, Trigger, Worker, WorkerBuilder, WorkerError, WorkerHandle, cron_job, keyed_job,
+    parse_duration, parse_rate,
 };
 pub use soloist_worker::{Delivery, Source, StreamSource, StreamSourceBuilder};
 

@@ -125,6 +125,22 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         Box::pin(futures::future::ready(Err(no_semaphores())))
     }
 
+    /// Admits one start under the rate limit `name`, whose starts are at
+    /// least `interval` apart (see `scripts/rate_gcra.lua`): `None` when
+    /// admitted, or how long until a start would be.
+    fn admit<'a>(
+        &'a self,
+        _name: &'a str,
+        _interval: Duration,
+    ) -> BoxFuture<'a, Result<Option<Duration>>> {
+        Box::pin(futures::future::ready(Err(
+            crate::error::LockError::invalid(
+                "rate_limit",
+                "a Redlock cannot keep a rate limit (its nodes have no common clock and no majority over a count); use one Redis server, Sentinel, a Cluster or the memory backend",
+            ),
+        )))
+    }
+
     /// Renews every lease still owned by its token; one outcome per lease, in order.
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>>;
 

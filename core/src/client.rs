@@ -11,6 +11,7 @@ use crate::fence::{FencedValue, FencedWrite};
 use crate::memory::MemoryBackend;
 use crate::node::{RedisSettings, Replicas};
 use crate::queue::LocalQueues;
+use crate::rate::RateLimit;
 use crate::redlock::RedlockBackend;
 use crate::request::LockRequest;
 use crate::semaphore::SemaphoreRequest;
@@ -171,6 +172,26 @@ impl LockClient {
     /// [`acquire`](LockRequest::acquire) it.
     pub fn lock(&self, key: impl Into<String>) -> LockRequest {
         LockRequest::new(self.clone(), key.into())
+    }
+
+    /// A rate limit of at most `count` starts per `period` under `name`,
+    /// across every client: see [`RateLimit`] for the algorithm (GCRA on
+    /// the server's clock). Works on every backend but a Redlock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let limit = locks.rate_limit("partner-api", 50, Duration::from_secs(1));
+    /// limit.wait(Duration::from_secs(5)).await?; // one start, now or within 20 ms
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    ///
+    /// [`RateLimit`]: crate::RateLimit
+    pub fn rate_limit(&self, name: impl Into<String>, count: u32, period: Duration) -> RateLimit {
+        RateLimit::new(self.clone(), name.into(), count, period)
     }
 
     /// Starts a request for one of `permits` permits of the semaphore

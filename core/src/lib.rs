@@ -148,6 +148,7 @@ mod notice;
 mod pool;
 mod pubsub;
 mod queue;
+mod rate;
 mod redlock;
 mod request;
 mod semaphore;
@@ -168,6 +169,7 @@ pub use lease::Lease;
 pub use node::invoke_script;
 #[doc(hidden)]
 pub use pool::{Conn, SharedConnection};
+pub use rate::{Admission, MAX_RATE_COUNT, MAX_RATE_PERIOD, RateLimit};
 /// The redis crate this one speaks through, for [`LockGuard::commit`]'s effects.
 #[doc(no_inline)]
 pub use redis;

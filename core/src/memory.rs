@@ -28,6 +28,8 @@ struct State {
     /// Each key's fence counter and when it was seeded.
     fences: HashMap<String, (u64, Instant)>,
     fenced: HashMap<String, Stored>,
+    /// Each rate limit's theoretical arrival time.
+    rates: HashMap<String, Instant>,
     /// Each semaphore's holders: owner token and lease expiry.
     semaphores: HashMap<String, Vec<Held>>,
     /// Semaphore count after the last sweep of those with no live holder.
@@ -83,6 +85,9 @@ impl State {
             self.fences
                 .retain(|_, (_, seeded)| now.duration_since(*seeded) < FENCE_LIFETIME);
             self.fences_swept_at = self.fences.len();
+        }
+        if self.rates.len() >= 2 * self.semaphores_swept_at.max(512) {
+            self.rates.retain(|_, tat| *tat > now);
         }
         if self.semaphores.len() >= 2 * self.semaphores_swept_at.max(512) {
             self.semaphores
@@ -203,6 +208,25 @@ impl Backend for MemoryBackend {
             self.board.notify(&crate::semaphore::line(name));
         }
         futures::future::ready(Ok(released)).boxed()
+    }
+
+    fn admit<'a>(
+        &'a self,
+        name: &'a str,
+        interval: Duration,
+    ) -> BoxFuture<'a, Result<Option<Duration>>> {
+        // GCRA with no burst tolerance, as `scripts/rate_gcra.lua`.
+        let now = Instant::now();
+        let mut state = State::lock(&self.state);
+        state.sweep(now);
+        let wait = match state.rates.get(name) {
+            Some(&tat) if tat > now => Some(tat - now),
+            _ => {
+                state.rates.insert(name.to_owned(), now + interval);
+                None
+            }
+        };
+        futures::future::ready(Ok(wait)).boxed()
     }
 
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>> {

@@ -32,6 +32,19 @@ pub const PERMIT_WAITERS: &str = "soloist_semaphore_waiters";
 /// Gauge: permits this process holds, by semaphore `name`.
 pub const PERMITS_HELD: &str = "soloist_semaphore_permits_held";
 
+/// Counter: rate-limit checks by `outcome` (`admitted`, `limited` — a denial).
+pub const RATE_CHECKS: &str = "soloist_rate_checks_total";
+/// Histogram: seconds a start waited for its rate limit to admit it.
+pub const RATE_WAIT_SECONDS: &str = "soloist_rate_wait_seconds";
+
+pub(crate) fn rate_check(outcome: &'static str) {
+    metrics::counter!(RATE_CHECKS, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn rate_wait(waited: Duration) {
+    metrics::histogram!(RATE_WAIT_SECONDS).record(waited.as_secs_f64());
+}
+
 pub(crate) fn permit_acquisition(outcome: &'static str, waited: Duration) {
     metrics::counter!(PERMIT_ACQUISITIONS, "outcome" => outcome).increment(1);
     metrics::histogram!(PERMIT_WAIT_SECONDS, "outcome" => outcome).record(waited.as_secs_f64());

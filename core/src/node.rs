@@ -32,6 +32,8 @@ static PERMIT_EXTEND: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/semaphore_extend.lua")));
 static PERMIT_PASS_ON: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/semaphore_pass_on.lua")));
+static RATE_GCRA: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rate_gcra.lua")));
 static COMMIT_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
 
@@ -68,6 +70,8 @@ struct KeySpace {
     permits: String,
     permit_fence: String,
     permit_waiters: String,
+    /// A rate limit's theoretical arrival time.
+    rate: String,
 }
 
 impl KeySpace {
@@ -80,6 +84,7 @@ impl KeySpace {
             permits: format!("{prefix}sem:"),
             permit_fence: format!("{prefix}sem-fence:"),
             permit_waiters: format!("{prefix}sem-waiters:"),
+            rate: format!("{prefix}rate:"),
         }
     }
 
@@ -680,6 +685,19 @@ impl RedisNode {
             .script("release_permit", &PERMIT_RELEASE, &invocation)
             .await?;
         Ok(released == 1)
+    }
+
+    /// Admits one start under the rate limit `name` (GCRA on the server's
+    /// clock): `None` when admitted, or how long until a start would be.
+    pub(crate) async fn admit(&self, name: &str, interval: Duration) -> Result<Option<Duration>> {
+        let mut invocation = RATE_GCRA.prepare_invoke();
+        invocation.key(named(&self.keys.rate, name)).arg(
+            u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        let (admitted, wait): (i64, i64) = self.script("rate", &RATE_GCRA, &invocation).await?;
+        Ok((admitted != 1).then(|| Duration::from_micros(u64::try_from(wait).unwrap_or(0))))
     }
 
     /// [`pass_on`](Self::pass_on) for a semaphore's queue.

@@ -66,6 +66,14 @@ impl Backend for RedisBackend {
         self.node.release_permit(name, token).boxed()
     }
 
+    fn admit<'a>(
+        &'a self,
+        name: &'a str,
+        interval: Duration,
+    ) -> BoxFuture<'a, Result<Option<Duration>>> {
+        self.node.admit(name, interval).boxed()
+    }
+
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>> {
         async move {
             let renewed = self.node.extend(leases).await?;

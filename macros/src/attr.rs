@@ -23,6 +23,8 @@ mod kw {
     syn::custom_keyword!(missed);
     syn::custom_keyword!(name);
     syn::custom_keyword!(concurrency);
+    syn::custom_keyword!(rate);
+    syn::custom_keyword!(over_rate);
 }
 
 /// One `name = value` as written.
@@ -69,6 +71,15 @@ pub(crate) struct Args {
     pub(crate) missed: Option<Setting<Missed>>,
     pub(crate) name: Option<Setting<String>>,
     pub(crate) concurrency: Option<Setting<u32>>,
+    pub(crate) rate: Option<Setting<(u32, Duration)>>,
+    pub(crate) over_rate: Option<Setting<OverRate>>,
+}
+
+/// `over_rate = "wait" | "reschedule"`.
+#[derive(Clone, Copy)]
+pub(crate) enum OverRate {
+    Wait,
+    Reschedule,
 }
 
 impl Parse for Args {
@@ -104,6 +115,8 @@ impl Parse for Args {
                 missed => missed,
                 name => job_name,
                 concurrency => count,
+                rate => rate,
+                over_rate => over_rate,
             }
             if input.is_empty() {
                 break;
@@ -190,6 +203,28 @@ fn on_lost(name: &'static str, lit: &Lit) -> Result<OnLost, String> {
         other => Err(format!(
             "`{name}` is \"cancel\" (drop the run at once) or \"signal\" (let it see \
              `ctx.lost()`), not \"{other}\""
+        )),
+    }
+}
+
+fn rate(name: &'static str, lit: &Lit) -> Result<(u32, Duration), String> {
+    let Lit::Str(text) = lit else {
+        return Err(format!(
+            "`{name}` takes a rate string such as \"100/1m\" or \"50/1s\""
+        ));
+    };
+    soloist_worker::parse_rate(&text.value())
+        .map(|rate| (rate.count, rate.period))
+        .map_err(|reason| format!("invalid `{name}`: {reason}"))
+}
+
+fn over_rate(name: &'static str, lit: &Lit) -> Result<OverRate, String> {
+    match string(name, lit)?.value().as_str() {
+        "wait" => Ok(OverRate::Wait),
+        "reschedule" => Ok(OverRate::Reschedule),
+        other => Err(format!(
+            "`{name}` is \"wait\" (hold the key until the limit admits the run) or \
+             \"reschedule\" (give it back and return `RunOutcome::RateLimited`), not `{other}`"
         )),
     }
 }

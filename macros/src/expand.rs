@@ -14,7 +14,7 @@ use syn::{
     Type,
 };
 
-use crate::attr::{Args, Errors, Missed, OnLost, Setting};
+use crate::attr::{Args, Errors, Missed, OnLost, OverRate, Setting};
 
 /// Expands `#[exclusive_job(args)] item`.
 pub(crate) fn exclusive_job(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -242,10 +242,17 @@ impl Settings {
             missed,
             name,
             concurrency,
+            rate,
+            over_rate,
         } = args;
         let mut errors = Errors::default();
         let cron_only = [place(&tz), place(&misfire), place(&missed)];
-        let keyed_only = [place(&dedupe), place(&wait)];
+        let keyed_only = [
+            place(&dedupe),
+            place(&wait),
+            place(&rate),
+            place(&over_rate),
+        ];
         let trigger = match (cron, key) {
             (Some(cron), None) => {
                 for (name, key) in keyed_only.into_iter().flatten() {
@@ -321,6 +328,18 @@ impl Settings {
         }
 
         let mut setters = Vec::new();
+        if let Some(rate) = &rate {
+            let (count, period) = rate.value;
+            let (secs, nanos) = (period.as_secs(), period.subsec_nanos());
+            setters.push(quote!(.rate(#count, ::soloist::__private::Duration::new(#secs, #nanos))));
+        }
+        if let Some(over_rate) = &over_rate {
+            let variant = match over_rate.value {
+                OverRate::Wait => quote!(Wait),
+                OverRate::Reschedule => quote!(Reschedule),
+            };
+            setters.push(quote!(.over_rate(::soloist::OverRate::#variant)));
+        }
         if let Some(concurrency) = &concurrency {
             let permits = concurrency.value;
             setters.push(quote!(.concurrency(#permits)));

@@ -76,6 +76,12 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
             let _ = guard.release().await;
             return Ok(RunOutcome::Duplicate(recorded));
         }
+        // Counted once the run holds its key and is no duplicate: a busy
+        // or duplicate request does not use the limit up.
+        if let Some(retry_after) = crate::limit::admit(&shared, &spec, &guard).await? {
+            let _ = guard.release().await;
+            return Ok(RunOutcome::RateLimited { retry_after });
+        }
         started.await;
         let outcome = execute(&shared, &job, args, &spec, (&key, &record), &guard).await?;
         if let Err(err) = guard.release().await {

@@ -107,7 +107,7 @@ pub use schedule::{CronSchedule, ScheduleError};
 pub use source::{Delivery, Source};
 pub use spec::{
     DEFAULT_JOB_TTL, DEFAULT_MISFIRE, DurationError, JobSpec, KeyTemplate, KeyTemplateError,
-    MissedTicks, OnLost, Trigger, parse_duration,
+    MissedTicks, OnLost, OverRate, Rate, RateError, Trigger, parse_duration, parse_rate,
 };
 pub use streams::{StreamSource, StreamSourceBuilder};
 pub use worker::{Worker, WorkerBuilder, WorkerHandle};

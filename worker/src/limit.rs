@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use soloist_core::{Lease, LockError, LockGuard, PermitGuard, redis};
+use soloist_core::{Admission, Lease, LockError, LockGuard, PermitGuard, redis};
 
-use crate::spec::JobSpec;
+use crate::error::WorkerError;
+use crate::key::escaped;
+use crate::spec::{JobSpec, OverRate};
 use crate::worker::Shared;
 
 /// One of the permits of `name` for a run of `spec`, waiting up to `wait`;
@@ -35,6 +37,46 @@ pub(crate) async fn permit(
             key: name.to_owned(),
             waited: Duration::ZERO,
         }),
+    }
+}
+
+/// Waits until the job's rate limit admits this run's start, as long as
+/// the held key's lease lasts, or with [`OverRate::Reschedule`] returns how
+/// long until it would; `None`: start now (also when there is no limit).
+pub(crate) async fn admit(
+    shared: &Shared,
+    spec: &JobSpec,
+    held: &Held,
+) -> Result<Option<Duration>, WorkerError> {
+    let Some(rate) = spec.rate else {
+        return Ok(None);
+    };
+    let limit = shared.locks.rate_limit(
+        format!("job:{}", escaped(&spec.name)),
+        rate.count,
+        rate.period,
+    );
+    let lease = held.lease();
+    let started = tokio::time::Instant::now();
+    let mut waited = false;
+    loop {
+        match limit.check().await? {
+            Admission::Limited { retry_after } if spec.over_rate == OverRate::Wait => {
+                waited = true;
+                tokio::select! {
+                    () = tokio::time::sleep(retry_after) => {}
+                    () = lease.lost() => return Ok(Some(retry_after)),
+                    () = shared.stop_claiming.cancelled() => return Err(WorkerError::ShuttingDown),
+                }
+            }
+            Admission::Limited { retry_after } => return Ok(Some(retry_after)),
+            _ => {
+                if waited {
+                    crate::metrics::rate_wait(&spec.name, started.elapsed());
+                }
+                return Ok(None);
+            }
+        }
     }
 }
 

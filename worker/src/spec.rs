@@ -177,6 +177,8 @@ pub struct JobSpec {
     pub(crate) missed: MissedTicks,
     pub(crate) wait: Duration,
     pub(crate) concurrency: Option<u32>,
+    pub(crate) rate: Option<Rate>,
+    pub(crate) over_rate: OverRate,
 }
 
 /// The longest any duration setting of a job (or a worker) may be.
@@ -207,6 +209,8 @@ impl JobSpec {
             missed: MissedTicks::RunOnce,
             wait: Duration::ZERO,
             concurrency: None,
+            rate: None,
+            over_rate: OverRate::Wait,
         })
     }
 
@@ -329,6 +333,46 @@ impl JobSpec {
         self
     }
 
+    /// Keyed: at most `rate.count` runs start per `rate.period` across the
+    /// fleet (every worker on the same Redis); default no limit. A run over
+    /// the limit waits for its turn or is handed back, per
+    /// [`over_rate`](Self::over_rate). The limit is counted once the run
+    /// holds its key and before its body starts, so a duplicate or busy
+    /// request does not use it up.
+    ///
+    /// The algorithm is GCRA on the Redis server's clock with no burst
+    /// tolerance: starts are admitted at least `period / count` apart, so
+    /// any window of one period holds at most `count` starts; see
+    /// [`RateLimit`](soloist_core::RateLimit). Needs a backend other than a
+    /// Redlock.
+    ///
+    /// `count` and `period` are checked when the job is registered, as
+    /// [`Rate::new`] checks them; [`parse_rate`] reads them from a string.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use soloist::{JobSpec, parse_rate};
+    /// let spec = JobSpec::keyed("call-partner", "{order}")
+    ///     .unwrap()
+    ///     .rate(100, Duration::from_secs(60));
+    /// let rate = parse_rate("100/1m").unwrap();
+    /// let same = JobSpec::keyed("call-partner", "{order}")
+    ///     .unwrap()
+    ///     .rate(rate.count, rate.period);
+    /// # let _ = (spec, same);
+    /// ```
+    pub fn rate(mut self, count: u32, period: Duration) -> Self {
+        self.rate = Some(Rate { count, period });
+        self
+    }
+
+    /// What a run over its [`rate`](Self::rate) does; default
+    /// [`OverRate::Wait`].
+    pub fn over_rate(mut self, over_rate: OverRate) -> Self {
+        self.over_rate = over_rate;
+        self
+    }
+
     /// Checks the settings together; called when the job is registered.
     pub(crate) fn validate(&self) -> Result<()> {
         let invalid = |name, reason: &str| Err(WorkerError::invalid(&self.name, name, reason));
@@ -355,6 +399,17 @@ impl JobSpec {
                 format!("must be between 1 and {}", soloist_core::MAX_PERMITS),
             ));
         }
+        if let Some(rate) = self.rate {
+            if let Err(err) = check_rate(rate.count, rate.period) {
+                return invalid("rate", &err.to_string());
+            }
+            if matches!(self.trigger, Trigger::Cron(_)) {
+                return invalid(
+                    "rate",
+                    "applies to keyed jobs; a cron job's starts are its schedule",
+                );
+            }
+        }
         if self.retries > MAX_RETRIES {
             return invalid("retries", "must be at most 1000");
         }
@@ -373,6 +428,129 @@ impl JobSpec {
             _ => Ok(()),
         }
     }
+}
+
+/// What a keyed run over its job's rate limit does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverRate {
+    /// Wait, holding the key, until the limit admits the start.
+    Wait,
+    /// Start nothing: give the key back and return
+    /// [`RunOutcome::RateLimited`](crate::RunOutcome::RateLimited) with
+    /// when to ask again (a queue consumer sees the message again later).
+    Reschedule,
+}
+
+/// A rate: at most `count` starts per `period`, as [`parse_rate`] reads it
+/// from `"100/1m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rate {
+    /// How many starts per period, from 1 to 1 000 000.
+    pub count: u32,
+    /// The period, more than zero and at most 7 days.
+    pub period: Duration,
+}
+
+impl Rate {
+    /// At most `count` starts per `period`; checked as [`parse_rate`] does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use soloist::Rate;
+    /// assert!(Rate::new(50, Duration::from_secs(1)).is_ok());
+    /// assert!(Rate::new(0, Duration::from_secs(1)).is_err());
+    /// ```
+    pub fn new(count: u32, period: Duration) -> std::result::Result<Self, RateError> {
+        check_rate(count, period)?;
+        Ok(Rate { count, period })
+    }
+}
+
+/// Why a rate was refused by [`parse_rate`] or [`Rate::new`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateError {
+    /// Not of the form `count/period`.
+    #[error("`{text}`: expected `count/period`, e.g. `100/1m` or `50/1s`")]
+    NotARate {
+        /// The rate as given.
+        text: String,
+    },
+    /// The count is not a whole number from 1 to 1 000 000.
+    #[error("the count must be a whole number from 1 to 1000000, got `{count}`")]
+    Count {
+        /// The count as given.
+        count: String,
+    },
+    /// The period is not a duration.
+    #[error("invalid period: {0}")]
+    Period(DurationError),
+    /// The period is zero or longer than 7 days.
+    #[error("the period must be more than zero and at most 7 days, got {period:?}")]
+    PeriodOutOfRange {
+        /// The period given.
+        period: Duration,
+    },
+    /// More than one start per microsecond.
+    #[error("{count} per {period:?} is more than one start per microsecond")]
+    TooFine {
+        /// The count given.
+        count: u32,
+        /// The period given.
+        period: Duration,
+    },
+}
+
+/// The most starts per period a rate allows (`soloist::MAX_RATE_COUNT`).
+const MAX_RATE_COUNT: u32 = 1_000_000;
+/// The longest period a rate counts over (`soloist::MAX_RATE_PERIOD`).
+const MAX_RATE_PERIOD: Duration = Duration::from_secs(7 * 86_400);
+
+fn check_rate(count: u32, period: Duration) -> std::result::Result<(), RateError> {
+    if !(1..=MAX_RATE_COUNT).contains(&count) {
+        return Err(RateError::Count {
+            count: count.to_string(),
+        });
+    }
+    if period.is_zero() || period > MAX_RATE_PERIOD {
+        return Err(RateError::PeriodOutOfRange { period });
+    }
+    if period / count < Duration::from_micros(1) {
+        return Err(RateError::TooFine { count, period });
+    }
+    Ok(())
+}
+
+/// Parses a rate such as `"100/1m"`, `"50/1s"` or `"10 / 1h 30m"`: a whole
+/// count, a `/`, and a period as [`parse_duration`] reads it. What the
+/// macro's `rate` setting accepts.
+///
+/// ```
+/// use std::time::Duration;
+/// use soloist::{RateError, parse_rate};
+/// let rate = parse_rate("100/1m").unwrap();
+/// assert_eq!((rate.count, rate.period), (100, Duration::from_secs(60)));
+/// assert!(matches!(parse_rate("100"), Err(RateError::NotARate { .. })));
+/// assert!(matches!(parse_rate("0/1s"), Err(RateError::Count { .. })));
+/// ```
+pub fn parse_rate(text: &str) -> std::result::Result<Rate, RateError> {
+    let Some((count, period)) = text.split_once('/') else {
+        return Err(RateError::NotARate {
+            text: text.to_owned(),
+        });
+    };
+    let count_text = count.trim();
+    let count = count_text
+        .parse::<u32>()
+        .ok()
+        .filter(|_| count_text.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| RateError::Count {
+            count: count_text.to_owned(),
+        })?;
+    let period = parse_duration(period.trim()).map_err(RateError::Period)?;
+    Rate::new(count, period)
 }
 
 /// Why a key template was refused by [`KeyTemplate::parse`].
@@ -524,6 +702,49 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_parse_and_bad_ones_say_why() {
+        let ok = |text: &str| parse_rate(text).map(|rate| (rate.count, rate.period));
+        assert_eq!(ok("100/1m"), Ok((100, Duration::from_secs(60))));
+        assert_eq!(ok("50/1s"), Ok((50, Duration::from_secs(1))));
+        assert_eq!(ok(" 10 / 1h 30m "), Ok((10, Duration::from_secs(5400))));
+        assert_eq!(ok("1000000/1s"), Ok((1_000_000, Duration::from_secs(1))));
+        assert!(matches!(parse_rate("100"), Err(RateError::NotARate { .. })));
+        assert!(matches!(parse_rate("/1s"), Err(RateError::Count { .. })));
+        assert!(matches!(parse_rate("0/1s"), Err(RateError::Count { .. })));
+        assert!(matches!(parse_rate("-1/1s"), Err(RateError::Count { .. })));
+        assert!(matches!(parse_rate("+1/1s"), Err(RateError::Count { .. })));
+        assert!(matches!(parse_rate("1.5/1s"), Err(RateError::Count { .. })));
+        assert!(matches!(
+            parse_rate("99999999999/1s"),
+            Err(RateError::Count { .. })
+        ));
+        assert!(matches!(
+            parse_rate("1000001/1s"),
+            Err(RateError::Count { .. })
+        ));
+        assert!(matches!(parse_rate("5/soon"), Err(RateError::Period(_))));
+        assert!(matches!(
+            parse_rate("5/0s"),
+            Err(RateError::PeriodOutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_rate("5/8d"),
+            Err(RateError::PeriodOutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_rate("1000000/1ms"),
+            Err(RateError::TooFine { .. })
+        ));
+        assert!(matches!(parse_rate("5/1s/2"), Err(RateError::Period(_))));
+    }
+
+    #[test]
+    fn rate_bounds_are_the_limiters() {
+        assert_eq!(MAX_RATE_COUNT, soloist_core::MAX_RATE_COUNT);
+        assert_eq!(MAX_RATE_PERIOD, soloist_core::MAX_RATE_PERIOD);
+    }
 
     #[test]
     fn durations_parse() {

@@ -164,3 +164,99 @@ async fn common_until(check: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Five workers submitting as fast as they can for 10 s against a job of
+/// `rate = "50/1s"`: the starts in any 1-s window, as the bodies record
+/// them, are at most 50, and close to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_workers_stay_under_a_rate_and_close_to_it() {
+    let server = RedisServer::start();
+    let mut workers = Vec::new();
+    for replica in ["a", "b", "c", "d", "e"] {
+        let locks = LockClient::connect(&server.url()).await.unwrap();
+        workers.push(handle(locks, replica));
+    }
+    let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spec = JobSpec::keyed("partner", "call:{n}")
+        .unwrap()
+        .rate(50, SECOND);
+    let job = keyed_job(spec, |n: &u64| format!("call:{n}"), {
+        let starts = starts.clone();
+        move |_: JobContext, _n: u64| {
+            starts.lock().unwrap().push(tokio::time::Instant::now());
+            async { Ok::<_, std::io::Error>(()) }
+        }
+    });
+    let next = AtomicU32::new(0);
+    let until = tokio::time::Instant::now() + 10 * SECOND;
+    let submitters = workers.iter().flat_map(|worker| {
+        (0..4).map(|_| async {
+            while tokio::time::Instant::now() < until {
+                let n = u64::from(next.fetch_add(1, Ordering::SeqCst));
+                let outcome = worker.run(&job, n).await.unwrap();
+                assert!(matches!(outcome, RunOutcome::Completed(())), "{outcome:?}");
+            }
+        })
+    });
+    futures::future::join_all(submitters).await;
+    let mut starts = starts.lock().unwrap().clone();
+    starts.sort_unstable();
+    let (mut most, mut first) = (0, 0);
+    for (last, at) in starts.iter().enumerate() {
+        while *at - starts[first] >= SECOND {
+            first += 1;
+        }
+        most = most.max(last - first + 1);
+    }
+    println!(
+        "{} starts in 10 s; at most {most} in any 1-s window",
+        starts.len()
+    );
+    assert!(most <= 50, "{most} starts in one second");
+    assert!(most >= 40, "only {most} starts in the busiest second");
+    assert!(starts.len() >= 400, "only {} starts in 10 s", starts.len());
+}
+
+/// With `OverRate::Reschedule` a run over the limit starts nothing and says
+/// when to ask again; the key is free meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_rate_a_run_is_handed_back() {
+    let server = RedisServer::start();
+    let worker = handle(LockClient::connect(&server.url()).await.unwrap(), "a");
+    let ran = Arc::new(AtomicU32::new(0));
+    let spec = JobSpec::keyed("partner", "call:{n}")
+        .unwrap()
+        .rate(1, 10 * SECOND)
+        .over_rate(soloist::OverRate::Reschedule);
+    let job = keyed_job(spec, |n: &u64| format!("call:{n}"), {
+        let ran = ran.clone();
+        move |_: JobContext, _n: u64| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, std::io::Error>(()) }
+        }
+    });
+    assert!(matches!(
+        worker.run(&job, 1).await.unwrap(),
+        RunOutcome::Completed(())
+    ));
+    match worker.run(&job, 2).await.unwrap() {
+        RunOutcome::RateLimited { retry_after } => {
+            assert!(
+                retry_after > 9 * SECOND && retry_after <= 10 * SECOND,
+                "{retry_after:?}"
+            );
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        server.cli(&["EXISTS", "soloist:lock:{job:partner:call:2}"]),
+        "0"
+    );
+    // The limit's one key expires with its interval.
+    let ttl: i64 = server
+        .cli(&["PTTL", "soloist:rate:{job:partner}"])
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 10_001, "{ttl}");
+}
