@@ -9,6 +9,7 @@ use crate::error::{LockError, Result};
 use crate::fence::check_record;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::memory::MemoryBackend;
+use crate::multi::MultiLockRequest;
 use crate::node::{RedisSettings, Replicas};
 use crate::queue::LocalQueues;
 use crate::rate::RateLimit;
@@ -172,6 +173,29 @@ impl LockClient {
     /// [`acquire`](LockRequest::acquire) it.
     pub fn lock(&self, key: impl Into<String>) -> LockRequest {
         LockRequest::new(self.clone(), key.into())
+    }
+
+    /// Starts a request for the locks of every key in `keys`, all or none,
+    /// without a deadlock; on a Redis Cluster the keys must share a hash
+    /// slot. See [`MultiLockRequest`].
+    ///
+    /// ```
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let held = locks.lock_all(["{order:42}:items", "{order:42}:payment"]).acquire().await?;
+    /// held.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    ///
+    /// [`MultiLockRequest`]: crate::MultiLockRequest
+    pub fn lock_all<I>(&self, keys: I) -> MultiLockRequest
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        MultiLockRequest::new(self.clone(), keys.into_iter().map(Into::into).collect())
     }
 
     /// A rate limit of at most `count` starts per `period` under `name`,

@@ -143,6 +143,7 @@ mod guard;
 mod lease;
 mod memory;
 pub mod metrics;
+mod multi;
 mod node;
 mod notice;
 mod pool;
@@ -165,6 +166,7 @@ pub use error::{LockError, Result};
 pub use fence::{FencedValue, FencedWrite, MAX_EFFECT_ARGS, MAX_RECORD_TTL};
 pub use guard::LockGuard;
 pub use lease::Lease;
+pub use multi::{MAX_KEYS, MultiLockGuard, MultiLockRequest};
 #[doc(hidden)]
 pub use node::invoke_script;
 #[doc(hidden)]
