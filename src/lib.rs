@@ -108,9 +108,9 @@
 
 pub use soloist_core::{
     Admission, ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient,
-    LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_PERMITS, MAX_RATE_COUNT,
-    MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, PermitGuard, RateLimit, Result,
-    SemaphoreRequest, colocated, hash_slot, metrics, redis,
+    LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_KEYS, MAX_PERMITS, MAX_RATE_COUNT,
+    MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, MultiLockGuard, MultiLockRequest,
+    PermitGuard, RateLimit, Result, SemaphoreRequest, colocated, hash_slot, metrics, redis,
 };
 pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).
