@@ -110,7 +110,8 @@ pub use soloist_core::{
     Admission, ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient,
     LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_KEYS, MAX_PERMITS, MAX_RATE_COUNT,
     MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, MultiLockGuard, MultiLockRequest,
-    PermitGuard, RateLimit, Result, SemaphoreRequest, colocated, hash_slot, metrics, redis,
+    PermitGuard, RateLimit, Result, RwLock, RwLockGuard, RwLockRequest, SemaphoreRequest,
+    colocated, hash_slot, metrics, redis,
 };
 pub use soloist_macros::exclusive_job;
 /// Metric names of the worker runtime (the lock metrics are in [`metrics`]).

@@ -50,6 +50,14 @@ pub(crate) struct Record<'a> {
     pub(crate) commit: Option<&'a str>,
 }
 
+/// The error of a backend that keeps no read-write locks (a Redlock).
+pub(crate) fn no_rw_locks() -> crate::error::LockError {
+    crate::error::LockError::invalid(
+        "rw_lock",
+        "a Redlock cannot hold read-write locks; use one Redis server, Sentinel, a Cluster or the memory backend",
+    )
+}
+
 /// How an attempt that is prepared to wait stands in its process's line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Waiting {
@@ -66,6 +74,10 @@ pub(crate) enum LeaseKind {
     Lock,
     /// One permit of a semaphore, whose name is the lease's key.
     Permit,
+    /// A read-write lock held for reading, named by the lease's key.
+    Read,
+    /// A read-write lock held for writing, named by the lease's key.
+    Write,
 }
 
 /// One lease to renew in a batch.
@@ -139,6 +151,34 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
                 "a Redlock cannot keep a rate limit (its nodes have no common clock and no majority over a count); use one Redis server, Sentinel, a Cluster or the memory backend",
             ),
         )))
+    }
+
+    /// Takes the read-write lock `name` for `token`, for writing if
+    /// `write`, else for reading (see `scripts/rw_acquire.lua`); `request`
+    /// names the acquisition over all its attempts, so that a waiting
+    /// writer's intent is recognised as its own.
+    #[allow(clippy::too_many_arguments)]
+    fn try_acquire_rw<'a>(
+        &'a self,
+        _name: &'a str,
+        _token: &'a str,
+        _request: &'a str,
+        _write: bool,
+        _ttl: Duration,
+        _waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        Box::pin(futures::future::ready(Err(no_rw_locks())))
+    }
+
+    /// Gives back `token`'s hold of the read-write lock `name` and wakes its
+    /// waiters; `false`, changing nothing, when `token` holds nothing.
+    fn release_rw<'a>(
+        &'a self,
+        _name: &'a str,
+        _token: &'a str,
+        _write: bool,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(futures::future::ready(Err(no_rw_locks())))
     }
 
     /// Renews every lease still owned by its token; one outcome per lease, in order.

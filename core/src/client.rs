@@ -15,6 +15,7 @@ use crate::queue::LocalQueues;
 use crate::rate::RateLimit;
 use crate::redlock::RedlockBackend;
 use crate::request::LockRequest;
+use crate::rwlock::RwLock;
 use crate::semaphore::SemaphoreRequest;
 use crate::single::RedisBackend;
 use crate::watchdog::Watchdog;
@@ -198,6 +199,25 @@ impl LockClient {
         MultiLockRequest::new(self.clone(), keys.into_iter().map(Into::into).collect())
     }
 
+    /// A read-write lock named `name`: readers together or one writer
+    /// alone, writers not starved. See [`RwLock`]. Works on every backend
+    /// but a Redlock.
+    ///
+    /// ```
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let reading = locks.rw_lock("cache").read().acquire().await?;
+    /// reading.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    ///
+    /// [`RwLock`]: crate::RwLock
+    pub fn rw_lock(&self, name: impl Into<String>) -> RwLock {
+        RwLock::new(self.clone(), name.into())
+    }
+
     /// A rate limit of at most `count` starts per `period` under `name`,
     /// across every client: see [`RateLimit`] for the algorithm (GCRA on
     /// the server's clock). Works on every backend but a Redlock.
@@ -332,6 +352,8 @@ impl LockClient {
             let _ = match kind {
                 LeaseKind::Lock => backend.release(&key, &token).await,
                 LeaseKind::Permit => backend.release_permit(&key, &token).await,
+                LeaseKind::Read => backend.release_rw(&key, &token, false).await,
+                LeaseKind::Write => backend.release_rw(&key, &token, true).await,
             };
         });
     }

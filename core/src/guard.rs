@@ -271,6 +271,8 @@ pub(crate) async fn give_back(backend: &dyn Backend, cell: &LeaseCell) -> Result
     match cell.kind {
         LeaseKind::Lock => backend.release(&cell.key, &cell.token).await,
         LeaseKind::Permit => backend.release_permit(&cell.key, &cell.token).await,
+        LeaseKind::Read => backend.release_rw(&cell.key, &cell.token, false).await,
+        LeaseKind::Write => backend.release_rw(&cell.key, &cell.token, true).await,
     }
 }
 

@@ -203,8 +203,13 @@ impl LeaseCell {
     }
 
     /// The same lease, holding a semaphore permit named by its key.
-    pub(crate) fn permit(mut self) -> Self {
-        self.kind = LeaseKind::Permit;
+    pub(crate) fn permit(self) -> Self {
+        self.of_kind(LeaseKind::Permit)
+    }
+
+    /// The same lease, holding what `kind` says.
+    pub(crate) fn of_kind(mut self, kind: LeaseKind) -> Self {
+        self.kind = kind;
         self
     }
 

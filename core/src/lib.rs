@@ -112,6 +112,19 @@
 //! [`LockError::InvalidArgument`] (a count kept on independent masters has
 //! no majority that could agree on it).
 //!
+//! A read-write lock named `R` ([`LockClient::rw_lock`]) keeps
+//! `rw-readers:T`, `rw-writer:T`, `rw-intent:T` (a waiting writer's),
+//! `rw-fence:T` and `rw-waiters:T`, one slot per lock.
+//!
+//! # Which primitives work where
+//! | primitive | one server, Sentinel | Cluster | memory | Redlock |
+//! | --- | --- | --- | --- | --- |
+//! | [`LockClient::lock`] | yes | yes | yes | yes |
+//! | [`LockClient::lock_all`] | yes | keys of one slot | yes | yes |
+//! | [`LockClient::semaphore`] | yes | yes | yes | refused |
+//! | [`LockClient::rw_lock`] | yes | yes | yes | refused |
+//! | [`LockClient::rate_limit`] | yes | yes | yes | refused |
+//!
 //! What this is not: exactly-once execution. A lock gives "at most one
 //! holder at a time"; whether protected work runs once depends on what the
 //! work does when its lease is lost, which is what fencing is for.
@@ -152,6 +165,7 @@ mod queue;
 mod rate;
 mod redlock;
 mod request;
+mod rwlock;
 mod semaphore;
 mod sentinel;
 mod single;
@@ -176,5 +190,6 @@ pub use rate::{Admission, MAX_RATE_COUNT, MAX_RATE_PERIOD, RateLimit};
 #[doc(no_inline)]
 pub use redis;
 pub use request::{DEFAULT_TTL, LockRequest, MAX_TTL, MIN_TTL};
+pub use rwlock::{RwLock, RwLockGuard, RwLockRequest};
 pub use semaphore::{MAX_PERMITS, PermitGuard, SemaphoreRequest};
 pub use slot::{colocated, hash_slot};

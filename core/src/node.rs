@@ -32,6 +32,10 @@ static PERMIT_EXTEND: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/semaphore_extend.lua")));
 static PERMIT_PASS_ON: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/semaphore_pass_on.lua")));
+static RW_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rw_acquire.lua")));
+static RW_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rw_release.lua")));
 static RATE_GCRA: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rate_gcra.lua")));
 static COMMIT_FENCE: LazyLock<Script> =
@@ -72,6 +76,13 @@ struct KeySpace {
     permit_waiters: String,
     /// A rate limit's theoretical arrival time.
     rate: String,
+    /// A read-write lock's readers, writer, waiting writer's intent, fence
+    /// counter and waiting clients.
+    rw_readers: String,
+    rw_writer: String,
+    rw_intent: String,
+    rw_fence: String,
+    rw_waiters: String,
 }
 
 impl KeySpace {
@@ -85,6 +96,11 @@ impl KeySpace {
             permit_fence: format!("{prefix}sem-fence:"),
             permit_waiters: format!("{prefix}sem-waiters:"),
             rate: format!("{prefix}rate:"),
+            rw_readers: format!("{prefix}rw-readers:"),
+            rw_writer: format!("{prefix}rw-writer:"),
+            rw_intent: format!("{prefix}rw-intent:"),
+            rw_fence: format!("{prefix}rw-fence:"),
+            rw_waiters: format!("{prefix}rw-waiters:"),
         }
     }
 
@@ -552,12 +568,18 @@ impl RedisNode {
         if leases.iter().all(|lease| lease.kind == LeaseKind::Lock) {
             return self.extend_kind(leases, LeaseKind::Lock).await;
         }
-        let (locks, permits): (Vec<_>, Vec<_>) = leases
-            .iter()
-            .enumerate()
-            .partition(|(_, lease)| lease.kind == LeaseKind::Lock);
         let mut flags = vec![false; leases.len()];
-        for (part, kind) in [(locks, LeaseKind::Lock), (permits, LeaseKind::Permit)] {
+        for kind in [
+            LeaseKind::Lock,
+            LeaseKind::Permit,
+            LeaseKind::Read,
+            LeaseKind::Write,
+        ] {
+            let part: Vec<(usize, &Renewal<'_>)> = leases
+                .iter()
+                .enumerate()
+                .filter(|(_, lease)| lease.kind == kind)
+                .collect();
             if part.is_empty() {
                 continue;
             }
@@ -572,15 +594,19 @@ impl RedisNode {
 
     /// Renews leases of one kind in one script call.
     async fn extend_kind(&self, leases: &[Renewal<'_>], kind: LeaseKind) -> Result<Vec<bool>> {
+        // A writer is renewed as a lock is (its key holds its token), a
+        // reader as a permit is (a member scored by its expiry).
         let (script, op) = match kind {
-            LeaseKind::Lock => (&*EXTEND, "extend"),
-            LeaseKind::Permit => (&*PERMIT_EXTEND, "extend_permit"),
+            LeaseKind::Lock | LeaseKind::Write => (&*EXTEND, "extend"),
+            LeaseKind::Permit | LeaseKind::Read => (&*PERMIT_EXTEND, "extend_permit"),
         };
         let mut invocation = script.prepare_invoke();
         for lease in leases {
             let key = match kind {
                 LeaseKind::Lock => self.keys.lock(lease.key),
                 LeaseKind::Permit => named(&self.keys.permits, lease.key),
+                LeaseKind::Read => named(&self.keys.rw_readers, lease.key),
+                LeaseKind::Write => named(&self.keys.rw_writer, lease.key),
             };
             invocation.key(key).arg(lease.token).arg(millis(lease.ttl));
         }
@@ -617,7 +643,14 @@ impl RedisNode {
     /// wakes the next client in line (or marks the holder to do so).
     pub(crate) async fn pass_on(&self, key: &str) -> Result<()> {
         if let Some(name) = crate::semaphore::name_of_line(key) {
-            return self.pass_on_permit(name, key).await;
+            return self
+                .pass_on_queue(named(&self.keys.permit_waiters, name), key)
+                .await;
+        }
+        if let Some(name) = crate::rwlock::name_of_line(key) {
+            return self
+                .pass_on_queue(named(&self.keys.rw_waiters, name), key)
+                .await;
         }
         let mut invocation = PASS_ON.prepare_invoke();
         invocation
@@ -700,11 +733,67 @@ impl RedisNode {
         Ok((admitted != 1).then(|| Duration::from_micros(u64::try_from(wait).unwrap_or(0))))
     }
 
-    /// [`pass_on`](Self::pass_on) for a semaphore's queue.
-    async fn pass_on_permit(&self, name: &str, line: &str) -> Result<()> {
+    /// Takes the read-write lock `name`; see `scripts/rw_acquire.lua`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn try_acquire_rw(
+        &self,
+        name: &str,
+        token: &str,
+        request: &str,
+        write: bool,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> Result<Attempt> {
+        let mut invocation = RW_ACQUIRE.prepare_invoke();
+        invocation
+            .key(named(&self.keys.rw_readers, name))
+            .key(named(&self.keys.rw_writer, name))
+            .key(named(&self.keys.rw_intent, name))
+            .key(named(&self.keys.rw_fence, name))
+            .key(named(&self.keys.rw_waiters, name))
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(if write { "write" } else { "read" })
+            .arg(request)
+            .arg(waiting.map_or("", |_| self.client_id.as_str()));
+        let ((taken, value), acknowledged): ((i64, i64), _) = self
+            .script_replicated("acquire_rw", &RW_ACQUIRE, &invocation)
+            .await?;
+        if taken != 1 {
+            return Ok(Attempt::Held {
+                expires_in: u64::try_from(value).ok().map(Duration::from_millis),
+            });
+        }
+        if let Some(err) = self.unconfirmed(name, acknowledged) {
+            self.release_rw(name, token, write).await?;
+            return Err(err);
+        }
+        let fence = u64::try_from(value).map_err(|_| unexpected("negative fence"))?;
+        Ok(Attempt::Acquired(fence))
+    }
+
+    /// Gives back `token`'s hold of the read-write lock `name`, waking its
+    /// waiting clients when that lets anyone in; `false` when not held.
+    pub(crate) async fn release_rw(&self, name: &str, token: &str, write: bool) -> Result<bool> {
+        let mut invocation = RW_RELEASE.prepare_invoke();
+        invocation
+            .key(named(&self.keys.rw_readers, name))
+            .key(named(&self.keys.rw_writer, name))
+            .key(named(&self.keys.rw_waiters, name))
+            .arg(token)
+            .arg(if write { "write" } else { "read" })
+            .arg(&self.wake_prefix)
+            .arg(crate::rwlock::line(name));
+        let released: i64 = self.script("release_rw", &RW_RELEASE, &invocation).await?;
+        Ok(released == 1)
+    }
+
+    /// [`pass_on`](Self::pass_on) for a semaphore's or a read-write lock's
+    /// queue, `waiters`, whose wake-ups carry `line`.
+    async fn pass_on_queue(&self, waiters: String, line: &str) -> Result<()> {
         let mut invocation = PERMIT_PASS_ON.prepare_invoke();
         invocation
-            .key(named(&self.keys.permit_waiters, name))
+            .key(waiters)
             .arg(&self.client_id)
             .arg(&self.wake_prefix)
             .arg(line);

@@ -66,6 +66,29 @@ impl Backend for RedisBackend {
         self.node.release_permit(name, token).boxed()
     }
 
+    fn try_acquire_rw<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        request: &'a str,
+        write: bool,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        self.node
+            .try_acquire_rw(name, token, request, write, ttl, waiting)
+            .boxed()
+    }
+
+    fn release_rw<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        write: bool,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.node.release_rw(name, token, write).boxed()
+    }
+
     fn admit<'a>(
         &'a self,
         name: &'a str,
