@@ -260,3 +260,48 @@ async fn over_the_rate_a_run_is_handed_back() {
         .unwrap();
     assert!(ttl > 0 && ttl <= 10_001, "{ttl}");
 }
+
+/// A cron job ticking every second whose runs take 2.5 s would overlap
+/// three deep; with `concurrency(2)` on three replicas, never more than two
+/// run at once, and two do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_cron_runs_stay_within_the_concurrency() {
+    let server = RedisServer::start();
+    let (inside, most) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let runs = Arc::new(AtomicU32::new(0));
+    let mut replicas = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (inside, most, runs) = (inside.clone(), most.clone(), runs.clone());
+        let job = soloist::cron_job(
+            JobSpec::cron("slow-tick", "* * * * * *", "UTC")
+                .unwrap()
+                .ttl(SECOND)
+                .misfire(SECOND)
+                .concurrency(2),
+            move |_: JobContext| {
+                let (inside, most, runs) = (inside.clone(), most.clone(), runs.clone());
+                async move {
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(())
+                }
+            },
+        );
+        let locks = LockClient::connect(&server.url()).await.unwrap();
+        let worker = soloist::Worker::builder(locks)
+            .replica_id(name)
+            .job(job)
+            .build()
+            .unwrap();
+        replicas.push(common::Running::start(worker));
+    }
+    tokio::time::sleep(7 * SECOND).await;
+    for replica in replicas {
+        replica.stop().await;
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 2, "runs at once");
+    assert!(runs.load(Ordering::SeqCst) >= 3, "too few runs");
+}
