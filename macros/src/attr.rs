@@ -315,6 +315,13 @@ mod tests {
         assert!(error(r#"ttl = 30"#).contains("`ttl` takes a duration string"));
         assert!(error(r#"wait = "soon""#).contains("invalid `wait` duration"));
         assert!(error(r#"retries = 4294967296"#).contains("`retries` takes a whole number"));
+        assert!(error(r#"concurrency = "3""#).contains("`concurrency` takes a whole number"));
+        assert!(error(r#"rate = 100"#).contains("`rate` takes a rate string"));
+        assert!(error(r#"rate = "100/soon""#).contains("invalid `rate`"));
+        assert!(error(r#"over_rate = "later""#).contains("`over_rate` is \"wait\""));
+        let args = parse(r#"key = "{id}", rate = "50/1s", concurrency = 4"#).unwrap();
+        assert_eq!(args.rate.unwrap().value, (50, Duration::from_secs(1)));
+        assert_eq!(args.concurrency.unwrap().value, 4);
         assert!(error(r#"retries = 3u8"#).contains("`retries` takes a whole number"));
         assert!(error(r#"on_lost = "panic""#).contains("not \"panic\""));
         assert!(error(r#"missed = "catch_up(0)""#).contains("write `\"skip\"`"));
