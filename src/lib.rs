@@ -218,6 +218,38 @@
 //! on a single server every name works. Wake-ups go over the channel
 //! `wake:<client id>` under the same prefix.
 //!
+//! A semaphore named `S` ([`LockClient::semaphore`]) keeps `sem:T` (its
+//! holders: a sorted set of owner tokens scored by when each lease runs
+//! out on the server's clock), `sem-fence:T` (its fence counter) and
+//! `sem-waiters:T` (its queue of waiting clients), `T` being `S` written as
+//! above: one slot per semaphore. Its wake-ups carry the name after a NUL
+//! byte and `semaphore:`, which keeps them apart from a lock's.
+//!
+//! ## Semaphores
+//! [`LockClient::semaphore`]`(name, n)` lets at most `n` holders in at once.
+//! Each [`PermitGuard`] is a lease as a [`LockGuard`] is (renewed by the
+//! watchdog, a lost signal, a fence, release on drop), and a dead holder's
+//! permit comes back within one ttl: each holder is a member of its own,
+//! dropped by the next acquisition once its lease runs out, never a shared
+//! counter that a crash leaks or a double release inflates. Releases wake
+//! waiting clients as a lock's do. Semaphores work on one server,
+//! Sentinel, a Cluster and the memory backend; a Redlock refuses them with
+//! [`LockError::InvalidArgument`] (a count kept on independent masters has
+//! no majority that could agree on it).
+//!
+//! A read-write lock named `R` ([`LockClient::rw_lock`]) keeps
+//! `rw-readers:T`, `rw-writer:T`, `rw-intent:T` (a waiting writer's),
+//! `rw-fence:T` and `rw-waiters:T`, one slot per lock.
+//!
+//! ## Which primitives work where
+//! | primitive | one server, Sentinel | Cluster | memory | Redlock |
+//! | --- | --- | --- | --- | --- |
+//! | [`LockClient::lock`] | yes | yes | yes | yes |
+//! | [`LockClient::lock_all`] | yes | keys of one slot | yes | yes |
+//! | [`LockClient::semaphore`] | yes | yes | yes | refused |
+//! | [`LockClient::rw_lock`] | yes | yes | yes | refused |
+//! | [`LockClient::rate_limit`] | yes | yes | yes | refused |
+//!
 //! What this is not: exactly-once execution. A lock gives "at most one
 //! holder at a time"; whether protected work runs once depends on what the
 //! work does when its lease is lost, which is what fencing is for.
@@ -288,9 +320,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use soloist_core::{
-    ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient, LockError,
-    LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, Result, TokenInfo,
-    colocated, hash_slot, metrics, owner_id, parse_token, redis,
+    Admission, ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient,
+    LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_KEYS, MAX_PERMITS, MAX_RATE_COUNT,
+    MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, MultiLockGuard, MultiLockRequest,
+    PermitGuard, RateLimit, Result, RwLock, RwLockGuard, RwLockRequest, SemaphoreRequest,
+    TokenInfo, colocated, hash_slot, metrics, owner_id, parse_token, redis,
 };
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
@@ -307,9 +341,9 @@ pub use soloist_worker::metrics as worker_metrics;
 pub use soloist_worker::{
     BoxError, CronFn, CronJob, CronSchedule, DEFAULT_JOB_TTL, DEFAULT_MISFIRE, Delivery,
     DurationError, IntoJob, JobContext, JobContextBuilder, JobSpec, KeyPart, KeyTemplate,
-    KeyTemplateError, KeyedFn, KeyedJob, MissedTicks, OnLost, Registration, RunOutcome,
-    ScheduleError, Source, Trigger, Worker, WorkerBuilder, WorkerError, WorkerHandle, cron_job,
-    keyed_job, parse_duration,
+    KeyTemplateError, KeyedFn, KeyedJob, MissedTicks, OnLost, OverRate, Rate, RateError,
+    Registration, RunOutcome, ScheduleError, Source, Trigger, Worker, WorkerBuilder, WorkerError,
+    WorkerHandle, cron_job, keyed_job, parse_duration, parse_rate,
 };
 #[cfg(feature = "streams")]
 #[cfg_attr(docsrs, doc(cfg(feature = "streams")))]

@@ -25,9 +25,12 @@ usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
                     watchdog, queue; default all)
   --library NAME    run only this library's rows; repeat for several
                     (raw, soloist, rslock, rslock-1ms, redlock, redlock-1ms,
-                    soloist-1node; default all; `soloist` includes
-                    `soloist-1node`, the single-node rows of `redlock3`
-                    and `cluster`)
+                    soloist-1node, soloist-semaphore, soloist-semaphore-busy;
+                    default all; `soloist` includes `soloist-1node`, the
+                    single-node rows of `redlock3` and `cluster`;
+                    `soloist-semaphore` is a 4-permit semaphore's acquire
+                    and release in `uncontended`, `soloist-semaphore-busy`
+                    the same with 3 of its permits held elsewhere)
 ";
 
 /// How many servers `redlock3` runs on.

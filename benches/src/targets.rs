@@ -227,11 +227,29 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
         }
     }
 
-    // Soloist against every peer, wherever both ran.
-    for peer in rows
-        .iter()
-        .filter(|row| !matches!(row.library.as_str(), "soloist" | "raw" | SINGLE_NODE))
-    {
+    // A semaphore permit against a lock, in the same run: free, and with
+    // all but one of its permits held elsewhere.
+    for tasks in [1, 64] {
+        for library in ["soloist-semaphore", "soloist-semaphore-busy"] {
+            if let Some(value) = ratio(
+                ops(Scenario::Uncontended, tasks, library),
+                ops(Scenario::Uncontended, tasks, "soloist"),
+            ) {
+                checks.push(Check::new(
+                    format!("uncontended {tasks}-task {library} / soloist lock (ops/s)"),
+                    value,
+                    "",
+                    None,
+                ));
+            }
+        }
+    }
+
+    // Soloist against every peer, wherever both ran; soloist's other
+    // primitives (`soloist-semaphore`) are not peers.
+    for peer in rows.iter().filter(|row| {
+        !matches!(row.library.as_str(), "raw" | SINGLE_NODE) && !row.library.starts_with("soloist")
+    }) {
         let Some(ours) = rows.iter().find(|row| {
             row.scenario == peer.scenario && row.tasks == peer.tasks && row.library == "soloist"
         }) else {

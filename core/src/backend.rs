@@ -52,6 +52,14 @@ pub(crate) struct Record<'a> {
     pub(crate) commit: Option<&'a str>,
 }
 
+/// The error of a backend that keeps no read-write locks (a Redlock).
+pub(crate) fn no_rw_locks() -> crate::error::LockError {
+    crate::error::LockError::invalid(
+        "rw_lock",
+        "a Redlock cannot hold read-write locks; use one Redis server, Sentinel, a Cluster or the memory backend",
+    )
+}
+
 /// How an attempt that is prepared to wait stands in its process's line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Waiting {
@@ -60,12 +68,35 @@ pub(crate) struct Waiting {
     pub(crate) more: bool,
 }
 
+/// What a lease holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum LeaseKind {
+    /// A lock key, held by one owner at a time.
+    #[default]
+    Lock,
+    /// One permit of a semaphore, whose name is the lease's key.
+    Permit,
+    /// A read-write lock held for reading, named by the lease's key.
+    Read,
+    /// A read-write lock held for writing, named by the lease's key.
+    Write,
+}
+
 /// One lease to renew in a batch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Renewal<'a> {
     pub(crate) key: &'a str,
     pub(crate) token: &'a str,
     pub(crate) ttl: Duration,
+    pub(crate) kind: LeaseKind,
+}
+
+/// The error of a backend that keeps no semaphores (a Redlock).
+pub(crate) fn no_semaphores() -> crate::error::LockError {
+    crate::error::LockError::invalid(
+        "semaphore",
+        "a Redlock cannot hold semaphore permits (a permit counted on independent masters has no majority to agree on); use one Redis server, Sentinel, a Cluster or the memory backend",
+    )
 }
 
 pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
@@ -81,6 +112,76 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
         waiting: Option<Waiting>,
     ) -> BoxFuture<'a, Result<Attempt>>;
+
+    /// Takes one of `permits` permits of the semaphore `name` for `token`
+    /// if fewer are held, issuing a fence from the semaphore's own counter
+    /// atomically with it; holders whose lease ran out are dropped first.
+    /// A `waiting` caller that finds every permit held joins the
+    /// semaphore's queue, to be woken by a release.
+    fn try_acquire_permit<'a>(
+        &'a self,
+        _name: &'a str,
+        _token: &'a str,
+        _permits: u32,
+        _ttl: Duration,
+        _waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        Box::pin(futures::future::ready(Err(no_semaphores())))
+    }
+
+    /// Gives back `token`'s permit of `name` and wakes a waiter; `false`,
+    /// changing nothing, when `token` holds none (released before, expired).
+    fn release_permit<'a>(
+        &'a self,
+        _name: &'a str,
+        _token: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(futures::future::ready(Err(no_semaphores())))
+    }
+
+    /// Admits one start under the rate limit `name`, whose starts are at
+    /// least `interval` apart (see `scripts/rate_gcra.lua`): `None` when
+    /// admitted, or how long until a start would be.
+    fn admit<'a>(
+        &'a self,
+        _name: &'a str,
+        _interval: Duration,
+    ) -> BoxFuture<'a, Result<Option<Duration>>> {
+        Box::pin(futures::future::ready(Err(
+            crate::error::LockError::invalid(
+                "rate_limit",
+                "a Redlock cannot keep a rate limit (its nodes have no common clock and no majority over a count); use one Redis server, Sentinel, a Cluster or the memory backend",
+            ),
+        )))
+    }
+
+    /// Takes the read-write lock `name` for `token`, for writing if
+    /// `write`, else for reading (see `scripts/rw_acquire.lua`); `request`
+    /// names the acquisition over all its attempts, so that a waiting
+    /// writer's intent is recognised as its own.
+    #[allow(clippy::too_many_arguments)]
+    fn try_acquire_rw<'a>(
+        &'a self,
+        _name: &'a str,
+        _token: &'a str,
+        _request: &'a str,
+        _write: bool,
+        _ttl: Duration,
+        _waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        Box::pin(futures::future::ready(Err(no_rw_locks())))
+    }
+
+    /// Gives back `token`'s hold of the read-write lock `name` and wakes its
+    /// waiters; `false`, changing nothing, when `token` holds nothing.
+    fn release_rw<'a>(
+        &'a self,
+        _name: &'a str,
+        _token: &'a str,
+        _write: bool,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(futures::future::ready(Err(no_rw_locks())))
+    }
 
     /// Renews every lease still owned by its token; one outcome per lease, in order.
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>>;

@@ -3,18 +3,22 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::backend::{Backend, Record};
+use crate::backend::{Backend, LeaseKind, Record};
 use crate::deployment::Deployment;
 use crate::error::{LockError, Result};
 use crate::fence::check_record;
 use crate::fence::{FencedValue, FencedWrite};
 use crate::memory::MemoryBackend;
+use crate::multi::MultiLockRequest;
 use crate::node::{RedisSettings, Replicas};
 use crate::pool::Conn;
 use crate::queue::LocalQueues;
+use crate::rate::RateLimit;
 #[cfg(feature = "redlock")]
 use crate::redlock::RedlockBackend;
 use crate::request::LockRequest;
+use crate::rwlock::RwLock;
+use crate::semaphore::SemaphoreRequest;
 use crate::single::RedisBackend;
 use crate::watchdog::Watchdog;
 
@@ -180,6 +184,88 @@ impl LockClient {
         LockRequest::new(self.clone(), key.into())
     }
 
+    /// Starts a request for the locks of every key in `keys`, all or none,
+    /// without a deadlock; on a Redis Cluster the keys must share a hash
+    /// slot. See [`MultiLockRequest`].
+    ///
+    /// ```
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let held = locks.lock_all(["{order:42}:items", "{order:42}:payment"]).acquire().await?;
+    /// held.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    ///
+    /// [`MultiLockRequest`]: crate::MultiLockRequest
+    pub fn lock_all<I>(&self, keys: I) -> MultiLockRequest
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        MultiLockRequest::new(self.clone(), keys.into_iter().map(Into::into).collect())
+    }
+
+    /// A read-write lock named `name`: readers together or one writer
+    /// alone, writers not starved. See [`RwLock`]. Works on every backend
+    /// but a Redlock.
+    ///
+    /// ```
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let reading = locks.rw_lock("cache").read().acquire().await?;
+    /// reading.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    ///
+    /// [`RwLock`]: crate::RwLock
+    pub fn rw_lock(&self, name: impl Into<String>) -> RwLock {
+        RwLock::new(self.clone(), name.into())
+    }
+
+    /// A rate limit of at most `count` starts per `period` under `name`,
+    /// across every client: see [`RateLimit`] for the algorithm (GCRA on
+    /// the server's clock). Works on every backend but a Redlock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let limit = locks.rate_limit("partner-api", 50, Duration::from_secs(1));
+    /// limit.wait(Duration::from_secs(5)).await?; // one start, now or within 20 ms
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    ///
+    /// [`RateLimit`]: crate::RateLimit
+    pub fn rate_limit(&self, name: impl Into<String>, count: u32, period: Duration) -> RateLimit {
+        RateLimit::new(self.clone(), name.into(), count, period)
+    }
+
+    /// Starts a request for one of `permits` permits of the semaphore
+    /// `name`: at most `permits` holders at once across every client. See
+    /// [`SemaphoreRequest`] for the settings and [`PermitGuard`] for what a
+    /// permit guarantees. Works on every backend but a Redlock.
+    ///
+    /// ```
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let permit = locks.semaphore("report-builds", 4).acquire().await?;
+    /// permit.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    ///
+    /// [`PermitGuard`]: crate::PermitGuard
+    pub fn semaphore(&self, name: impl Into<String>, permits: u32) -> SemaphoreRequest {
+        SemaphoreRequest::new(self.clone(), name.into(), permits)
+    }
+
     /// Stores `value` for `resource` only if `fence` is at least the highest
     /// fence already accepted there: a holder whose lease ended without its
     /// knowing (a long pause, a partition) cannot overwrite the work of the
@@ -283,14 +369,19 @@ impl LockClient {
     /// Gives back a lock whose acquisition failed or was abandoned mid-flight:
     /// the request may have reached the server and taken the key even though
     /// its reply was lost. Best effort; the key expires within its ttl regardless.
-    pub(crate) fn abandon(&self, key: &str, token: &str) {
+    pub(crate) fn abandon(&self, key: &str, token: &str, kind: LeaseKind) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let backend = self.inner.backend.clone();
         let (key, token) = (key.to_owned(), token.to_owned());
         runtime.spawn(async move {
-            let _ = backend.release(&key, &token).await;
+            let _ = match kind {
+                LeaseKind::Lock => backend.release(&key, &token).await,
+                LeaseKind::Permit => backend.release_permit(&key, &token).await,
+                LeaseKind::Read => backend.release_rw(&key, &token, false).await,
+                LeaseKind::Write => backend.release_rw(&key, &token, true).await,
+            };
         });
     }
 }

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{Record, Renewal};
+use crate::backend::{Backend, LeaseKind, Record, Renewal};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
 use crate::fence::{FencedWrite, check_record};
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseCell};
 use crate::metrics;
 use crate::request::check_ttl;
 use crate::token::new_token;
@@ -93,40 +93,7 @@ impl LockGuard {
     /// extension makes it, and a renewal sent before it that is answered
     /// after it changes nothing: Redis applied that renewal first.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
-        let ttl = check_ttl(ttl)?;
-        let cell = &self.lease.cell;
-        if !cell.is_held() {
-            cell.mark_lost();
-            return Err(self.lost_error());
-        }
-        let sent = cell.extension(ttl);
-        let watchdog = cell.watched.then_some(&self.client.inner.watchdog);
-        if let Some(watchdog) = watchdog {
-            // The next renewal may now be due sooner than scheduled.
-            watchdog.rescheduled(cell.clone());
-        }
-        let renewal = [Renewal {
-            key: &cell.key,
-            token: &cell.token,
-            ttl: sent.ttl(),
-        }];
-        let renewed = self.client.inner.backend.extend(&renewal).await?;
-        match renewed.first() {
-            Some(Ok(true)) => {
-                if sent.confirm()
-                    && let Some(watchdog) = watchdog
-                {
-                    watchdog.rescheduled(cell.clone());
-                }
-                Ok(())
-            }
-            Some(Err(tally)) => Err(LockError::no_quorum(self.key(), *tally)),
-            Some(Ok(false)) | None => {
-                drop(sent);
-                cell.mark_lost();
-                Err(self.lost_error())
-            }
-        }
+        extend_lease(&self.client, &self.lease, ttl).await
     }
 
     /// Gives the lock back now. Fails with [`LockError::Lost`] if the key
@@ -136,21 +103,7 @@ impl LockGuard {
     /// the key expires within its ttl.
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
-        let cell = &self.lease.cell;
-        cell.mark_released();
-        self.client.inner.watchdog.forget(cell);
-        let outcome = self
-            .client
-            .inner
-            .backend
-            .release(&cell.key, &cell.token)
-            .await;
-        record_release(&outcome);
-        match outcome {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.lost_error()),
-            Err(err) => Err(err),
-        }
+        release_lease(&self.client, &self.lease).await
     }
 
     /// Stores `value` for `resource` with this guard's fence, as
@@ -234,11 +187,92 @@ impl LockGuard {
             }
         }
     }
+}
 
-    fn lost_error(&self) -> LockError {
-        LockError::Lost {
-            key: self.key().to_owned(),
+fn lost_error(cell: &LeaseCell) -> LockError {
+    LockError::Lost {
+        key: cell.key.clone(),
+    }
+}
+
+/// [`LockGuard::extend`] for any lease: a lock's or a permit's.
+pub(crate) async fn extend_lease(client: &LockClient, lease: &Lease, ttl: Duration) -> Result<()> {
+    let ttl = check_ttl(ttl)?;
+    let cell = &lease.cell;
+    if !cell.is_held() {
+        cell.mark_lost();
+        return Err(lost_error(cell));
+    }
+    let sent = cell.extension(ttl);
+    let watchdog = cell.watched.then_some(&client.inner.watchdog);
+    if let Some(watchdog) = watchdog {
+        // The next renewal may now be due sooner than scheduled.
+        watchdog.rescheduled(cell.clone());
+    }
+    let renewal = [Renewal {
+        key: &cell.key,
+        token: &cell.token,
+        ttl: sent.ttl(),
+        kind: cell.kind,
+    }];
+    let renewed = client.inner.backend.extend(&renewal).await?;
+    match renewed.first() {
+        Some(Ok(true)) => {
+            if sent.confirm()
+                && let Some(watchdog) = watchdog
+            {
+                watchdog.rescheduled(cell.clone());
+            }
+            Ok(())
         }
+        Some(Err(tally)) => Err(LockError::no_quorum(&cell.key, *tally)),
+        Some(Ok(false)) | None => {
+            drop(sent);
+            cell.mark_lost();
+            Err(lost_error(cell))
+        }
+    }
+}
+
+/// [`LockGuard::release`] for any lease: renewals stop, and the backend
+/// gives the key or the permit back.
+pub(crate) async fn release_lease(client: &LockClient, lease: &Lease) -> Result<()> {
+    let cell = &lease.cell;
+    cell.mark_released();
+    client.inner.watchdog.forget(cell);
+    let outcome = give_back(client.inner.backend.as_ref(), cell).await;
+    record_release(&outcome);
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(lost_error(cell)),
+        Err(err) => Err(err),
+    }
+}
+
+/// What dropping an unreleased guard does: renewals stop at once and the
+/// release is sent in the background.
+pub(crate) fn drop_lease(client: &LockClient, lease: &Lease) {
+    let cell = lease.cell.clone();
+    cell.mark_released();
+    client.inner.watchdog.forget(&cell);
+    // Without a runtime there is nothing to send the release with; the
+    // lease is no longer renewed and expires within its ttl.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let backend = client.inner.backend.clone();
+    runtime.spawn(async move {
+        record_release(&give_back(backend.as_ref(), &cell).await);
+    });
+}
+
+/// Deletes the lease's key, or gives its permit back; `false` if not ours.
+pub(crate) async fn give_back(backend: &dyn Backend, cell: &LeaseCell) -> Result<bool> {
+    match cell.kind {
+        LeaseKind::Lock => backend.release(&cell.key, &cell.token).await,
+        LeaseKind::Permit => backend.release_permit(&cell.key, &cell.token).await,
+        LeaseKind::Read => backend.release_rw(&cell.key, &cell.token, false).await,
+        LeaseKind::Write => backend.release_rw(&cell.key, &cell.token, true).await,
     }
 }
 
@@ -268,20 +302,8 @@ fn record_release(outcome: &Result<bool>) {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if self.released {
-            return;
+        if !self.released {
+            drop_lease(&self.client, &self.lease);
         }
-        let cell = self.lease.cell.clone();
-        cell.mark_released();
-        self.client.inner.watchdog.forget(&cell);
-        // Without a runtime there is nothing to send the release with; the
-        // lease is no longer renewed and expires within its ttl.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let backend = self.client.inner.backend.clone();
-        runtime.spawn(async move {
-            record_release(&backend.release(&cell.key, &cell.token).await);
-        });
     }
 }

@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::LeaseKind;
 use crate::metrics;
 
 /// How much of a lease is given up so that the lost signal fires before the
@@ -108,6 +109,8 @@ pub(crate) struct LeaseCell {
     pub(crate) renew_until: Option<Instant>,
     /// Whether the watchdog renews this lease at all.
     pub(crate) watched: bool,
+    /// A lock's lease or a semaphore permit's.
+    pub(crate) kind: LeaseKind,
     state: Mutex<State>,
     ended: CancellationToken,
     /// Wakes those waiting for the deadline when it moves closer.
@@ -185,6 +188,7 @@ impl LeaseCell {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             renew_until,
             watched,
+            kind: LeaseKind::Lock,
             state: Mutex::new(State {
                 phase: Phase::Held,
                 deadline: sent_at + validity(ttl),
@@ -196,6 +200,17 @@ impl LeaseCell {
             ended: CancellationToken::new(),
             closer: Notify::new(),
         }
+    }
+
+    /// The same lease, holding a semaphore permit named by its key.
+    pub(crate) fn permit(self) -> Self {
+        self.of_kind(LeaseKind::Permit)
+    }
+
+    /// The same lease, holding what `kind` says.
+    pub(crate) fn of_kind(mut self, kind: LeaseKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -36,14 +36,18 @@ mod guard;
 mod lease;
 mod memory;
 pub mod metrics;
+mod multi;
 mod node;
 mod notice;
 mod pool;
 mod pubsub;
 mod queue;
+mod rate;
 #[cfg(feature = "redlock")]
 mod redlock;
 mod request;
+mod rwlock;
+mod semaphore;
 #[cfg(feature = "sentinel")]
 mod sentinel;
 mod single;
@@ -58,13 +62,17 @@ pub use error::{LockError, Result};
 pub use fence::{FencedValue, FencedWrite, MAX_EFFECT_ARGS, MAX_RECORD_TTL};
 pub use guard::LockGuard;
 pub use lease::Lease;
+pub use multi::{MAX_KEYS, MultiLockGuard, MultiLockRequest};
 #[doc(hidden)]
 pub use node::invoke_script;
 #[doc(hidden)]
 pub use pool::{Conn, SharedConnection};
+pub use rate::{Admission, MAX_RATE_COUNT, MAX_RATE_PERIOD, RateLimit};
 /// The redis crate this one speaks through, for [`LockGuard::commit`]'s effects.
 #[doc(no_inline)]
 pub use redis;
 pub use request::{DEFAULT_TTL, LockRequest, MAX_TTL, MIN_TTL};
+pub use rwlock::{RwLock, RwLockGuard, RwLockRequest};
+pub use semaphore::{MAX_PERMITS, PermitGuard, SemaphoreRequest};
 pub use slot::{colocated, hash_slot};
 pub use token::{TokenInfo, owner_id, parse_token};

@@ -21,6 +21,43 @@ pub const RELEASES: &str = "soloist_lock_releases_total";
 /// Gauge: 1 when the Redis server's `maxmemory-policy` (label `policy`) can evict lock keys.
 pub const UNSAFE_EVICTION_POLICY: &str = "soloist_redis_unsafe_eviction_policy";
 
+/// Counter: semaphore permit acquisitions by `outcome` (`acquired`, `busy`
+/// — a denial —, `timeout`, `error`).
+pub const PERMIT_ACQUISITIONS: &str = "soloist_semaphore_acquisitions_total";
+/// Histogram: seconds from the start of a permit acquisition to its outcome
+/// (the time spent waiting for a permit), by `outcome`.
+pub const PERMIT_WAIT_SECONDS: &str = "soloist_semaphore_wait_seconds";
+/// Gauge: tasks of this process waiting for a permit, by semaphore `name`.
+pub const PERMIT_WAITERS: &str = "soloist_semaphore_waiters";
+/// Gauge: permits this process holds, by semaphore `name`.
+pub const PERMITS_HELD: &str = "soloist_semaphore_permits_held";
+
+/// Counter: rate-limit checks by `outcome` (`admitted`, `limited` — a denial).
+pub const RATE_CHECKS: &str = "soloist_rate_checks_total";
+/// Histogram: seconds a start waited for its rate limit to admit it.
+pub const RATE_WAIT_SECONDS: &str = "soloist_rate_wait_seconds";
+
+pub(crate) fn rate_check(outcome: &'static str) {
+    metrics::counter!(RATE_CHECKS, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn rate_wait(waited: Duration) {
+    metrics::histogram!(RATE_WAIT_SECONDS).record(waited.as_secs_f64());
+}
+
+pub(crate) fn permit_acquisition(outcome: &'static str, waited: Duration) {
+    metrics::counter!(PERMIT_ACQUISITIONS, "outcome" => outcome).increment(1);
+    metrics::histogram!(PERMIT_WAIT_SECONDS, "outcome" => outcome).record(waited.as_secs_f64());
+}
+
+pub(crate) fn permit_waiters(name: &str, change: f64) {
+    metrics::gauge!(PERMIT_WAITERS, "name" => name.to_owned()).increment(change);
+}
+
+pub(crate) fn permit_held(name: &str, change: f64) {
+    metrics::gauge!(PERMITS_HELD, "name" => name.to_owned()).increment(change);
+}
+
 pub(crate) fn acquisition(outcome: &'static str, waited: Duration) {
     metrics::counter!(ACQUISITIONS, "outcome" => outcome).increment(1);
     metrics::histogram!(WAIT_SECONDS, "outcome" => outcome).record(waited.as_secs_f64());

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use crate::backend::{Attempt, Record, Renewal, Waiting};
+use crate::backend::{Attempt, LeaseKind, Record, Renewal, Waiting};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
 use crate::metrics;
@@ -24,6 +24,20 @@ static FENCED_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/fenced_set.lua")));
 static PASS_ON: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/pass_on.lua")));
+static PERMIT_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_acquire.lua")));
+static PERMIT_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_release.lua")));
+static PERMIT_EXTEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_extend.lua")));
+static PERMIT_PASS_ON: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_pass_on.lua")));
+static RW_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rw_acquire.lua")));
+static RW_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rw_release.lua")));
+static RATE_GCRA: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rate_gcra.lua")));
 #[cfg(feature = "redlock")]
 static COMMIT_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
@@ -57,6 +71,19 @@ struct KeySpace {
     fence: String,
     fenced: String,
     waiters: String,
+    /// A semaphore's holders, its fence counter and its waiting clients.
+    permits: String,
+    permit_fence: String,
+    permit_waiters: String,
+    /// A rate limit's theoretical arrival time.
+    rate: String,
+    /// A read-write lock's readers, writer, waiting writer's intent, fence
+    /// counter and waiting clients.
+    rw_readers: String,
+    rw_writer: String,
+    rw_intent: String,
+    rw_fence: String,
+    rw_waiters: String,
 }
 
 impl KeySpace {
@@ -66,6 +93,15 @@ impl KeySpace {
             fence: format!("{prefix}fence:"),
             fenced: format!("{prefix}fenced:"),
             waiters: format!("{prefix}waiters:"),
+            permits: format!("{prefix}sem:"),
+            permit_fence: format!("{prefix}sem-fence:"),
+            permit_waiters: format!("{prefix}sem-waiters:"),
+            rate: format!("{prefix}rate:"),
+            rw_readers: format!("{prefix}rw-readers:"),
+            rw_writer: format!("{prefix}rw-writer:"),
+            rw_intent: format!("{prefix}rw-intent:"),
+            rw_fence: format!("{prefix}rw-fence:"),
+            rw_waiters: format!("{prefix}rw-waiters:"),
         }
     }
 
@@ -535,19 +571,56 @@ impl RedisNode {
         }
     }
 
-    /// [`extend`](Self::extend) in one script call: on a cluster, for
-    /// leases of one hash slot.
+    /// [`extend`](Self::extend) in one script call per kind of lease (a
+    /// lock's, a permit's): on a cluster, for leases of one hash slot.
     async fn extend_slot(&self, leases: &[Renewal<'_>]) -> Result<Vec<bool>> {
-        let mut invocation = EXTEND.prepare_invoke();
-        for lease in leases {
-            invocation
-                .key(self.keys.lock(lease.key))
-                .arg(lease.token)
-                .arg(millis(lease.ttl));
+        if leases.iter().all(|lease| lease.kind == LeaseKind::Lock) {
+            return self.extend_kind(leases, LeaseKind::Lock).await;
         }
-        let (renewed, acknowledged): (Vec<i64>, _) = self
-            .script_replicated("extend", &EXTEND, &invocation)
-            .await?;
+        let mut flags = vec![false; leases.len()];
+        for kind in [
+            LeaseKind::Lock,
+            LeaseKind::Permit,
+            LeaseKind::Read,
+            LeaseKind::Write,
+        ] {
+            let part: Vec<(usize, &Renewal<'_>)> = leases
+                .iter()
+                .enumerate()
+                .filter(|(_, lease)| lease.kind == kind)
+                .collect();
+            if part.is_empty() {
+                continue;
+            }
+            let batch: Vec<Renewal<'_>> = part.iter().map(|(_, lease)| **lease).collect();
+            let renewed = self.extend_kind(&batch, kind).await?;
+            for ((at, _), flag) in part.iter().zip(renewed) {
+                flags[*at] = flag;
+            }
+        }
+        Ok(flags)
+    }
+
+    /// Renews leases of one kind in one script call.
+    async fn extend_kind(&self, leases: &[Renewal<'_>], kind: LeaseKind) -> Result<Vec<bool>> {
+        // A writer is renewed as a lock is (its key holds its token), a
+        // reader as a permit is (a member scored by its expiry).
+        let (script, op) = match kind {
+            LeaseKind::Lock | LeaseKind::Write => (&*EXTEND, "extend"),
+            LeaseKind::Permit | LeaseKind::Read => (&*PERMIT_EXTEND, "extend_permit"),
+        };
+        let mut invocation = script.prepare_invoke();
+        for lease in leases {
+            let key = match kind {
+                LeaseKind::Lock => self.keys.lock(lease.key),
+                LeaseKind::Permit => named(&self.keys.permits, lease.key),
+                LeaseKind::Read => named(&self.keys.rw_readers, lease.key),
+                LeaseKind::Write => named(&self.keys.rw_writer, lease.key),
+            };
+            invocation.key(key).arg(lease.token).arg(millis(lease.ttl));
+        }
+        let (renewed, acknowledged): (Vec<i64>, _) =
+            self.script_replicated(op, script, &invocation).await?;
         if let Some(first) = leases.first()
             && let Some(err) = self.unconfirmed(first.key, acknowledged)
         {
@@ -578,6 +651,16 @@ impl RedisNode {
     /// Leaves `key`'s queue after a wake-up nobody here wants any more, and
     /// wakes the next client in line (or marks the holder to do so).
     pub(crate) async fn pass_on(&self, key: &str) -> Result<()> {
+        if let Some(name) = crate::semaphore::name_of_line(key) {
+            return self
+                .pass_on_queue(named(&self.keys.permit_waiters, name), key)
+                .await;
+        }
+        if let Some(name) = crate::rwlock::name_of_line(key) {
+            return self
+                .pass_on_queue(named(&self.keys.rw_waiters, name), key)
+                .await;
+        }
         let mut invocation = PASS_ON.prepare_invoke();
         invocation
             .key(self.keys.lock(key))
@@ -586,6 +669,146 @@ impl RedisNode {
             .arg(&self.wake_prefix)
             .arg(key);
         let _: i64 = self.script("pass_on", &PASS_ON, &invocation).await?;
+        Ok(())
+    }
+
+    /// Takes one of `permits` permits of `name` for `token`, if fewer are
+    /// held; see `scripts/semaphore_acquire.lua`.
+    pub(crate) async fn try_acquire_permit(
+        &self,
+        name: &str,
+        token: &str,
+        permits: u32,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> Result<Attempt> {
+        let mut invocation = PERMIT_ACQUIRE.prepare_invoke();
+        invocation
+            .key(named(&self.keys.permits, name))
+            .key(named(&self.keys.permit_fence, name))
+            .key(named(&self.keys.permit_waiters, name))
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(permits)
+            .arg(waiting.map_or("", |_| self.client_id.as_str()))
+            .arg(if waiting.is_some_and(|w| w.more) {
+                "1"
+            } else {
+                "0"
+            });
+        let ((taken, value), acknowledged): ((i64, i64), _) = self
+            .script_replicated("acquire_permit", &PERMIT_ACQUIRE, &invocation)
+            .await?;
+        if taken != 1 {
+            return Ok(Attempt::Held {
+                expires_in: u64::try_from(value).ok().map(Duration::from_millis),
+            });
+        }
+        if let Some(err) = self.unconfirmed(name, acknowledged) {
+            // As for a lock: a permit a failover could forget is given back.
+            self.release_permit(name, token).await?;
+            return Err(err);
+        }
+        let fence = u64::try_from(value).map_err(|_| unexpected("negative fence"))?;
+        Ok(Attempt::Acquired(fence))
+    }
+
+    /// Gives `token`'s permit of `name` back and wakes the first waiting
+    /// client still listening; `false` when `token` held none.
+    pub(crate) async fn release_permit(&self, name: &str, token: &str) -> Result<bool> {
+        let mut invocation = PERMIT_RELEASE.prepare_invoke();
+        invocation
+            .key(named(&self.keys.permits, name))
+            .key(named(&self.keys.permit_waiters, name))
+            .arg(token)
+            .arg(&self.wake_prefix)
+            .arg(crate::semaphore::line(name));
+        let released: i64 = self
+            .script("release_permit", &PERMIT_RELEASE, &invocation)
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// Admits one start under the rate limit `name` (GCRA on the server's
+    /// clock): `None` when admitted, or how long until a start would be.
+    pub(crate) async fn admit(&self, name: &str, interval: Duration) -> Result<Option<Duration>> {
+        let mut invocation = RATE_GCRA.prepare_invoke();
+        invocation.key(named(&self.keys.rate, name)).arg(
+            u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        let (admitted, wait): (i64, i64) = self.script("rate", &RATE_GCRA, &invocation).await?;
+        Ok((admitted != 1).then(|| Duration::from_micros(u64::try_from(wait).unwrap_or(0))))
+    }
+
+    /// Takes the read-write lock `name`; see `scripts/rw_acquire.lua`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn try_acquire_rw(
+        &self,
+        name: &str,
+        token: &str,
+        request: &str,
+        write: bool,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> Result<Attempt> {
+        let mut invocation = RW_ACQUIRE.prepare_invoke();
+        invocation
+            .key(named(&self.keys.rw_readers, name))
+            .key(named(&self.keys.rw_writer, name))
+            .key(named(&self.keys.rw_intent, name))
+            .key(named(&self.keys.rw_fence, name))
+            .key(named(&self.keys.rw_waiters, name))
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(if write { "write" } else { "read" })
+            .arg(request)
+            .arg(waiting.map_or("", |_| self.client_id.as_str()));
+        let ((taken, value), acknowledged): ((i64, i64), _) = self
+            .script_replicated("acquire_rw", &RW_ACQUIRE, &invocation)
+            .await?;
+        if taken != 1 {
+            return Ok(Attempt::Held {
+                expires_in: u64::try_from(value).ok().map(Duration::from_millis),
+            });
+        }
+        if let Some(err) = self.unconfirmed(name, acknowledged) {
+            self.release_rw(name, token, write).await?;
+            return Err(err);
+        }
+        let fence = u64::try_from(value).map_err(|_| unexpected("negative fence"))?;
+        Ok(Attempt::Acquired(fence))
+    }
+
+    /// Gives back `token`'s hold of the read-write lock `name`, waking its
+    /// waiting clients when that lets anyone in; `false` when not held.
+    pub(crate) async fn release_rw(&self, name: &str, token: &str, write: bool) -> Result<bool> {
+        let mut invocation = RW_RELEASE.prepare_invoke();
+        invocation
+            .key(named(&self.keys.rw_readers, name))
+            .key(named(&self.keys.rw_writer, name))
+            .key(named(&self.keys.rw_waiters, name))
+            .arg(token)
+            .arg(if write { "write" } else { "read" })
+            .arg(&self.wake_prefix)
+            .arg(crate::rwlock::line(name));
+        let released: i64 = self.script("release_rw", &RW_RELEASE, &invocation).await?;
+        Ok(released == 1)
+    }
+
+    /// [`pass_on`](Self::pass_on) for a semaphore's or a read-write lock's
+    /// queue, `waiters`, whose wake-ups carry `line`.
+    async fn pass_on_queue(&self, waiters: String, line: &str) -> Result<()> {
+        let mut invocation = PERMIT_PASS_ON.prepare_invoke();
+        invocation
+            .key(waiters)
+            .arg(&self.client_id)
+            .arg(&self.wake_prefix)
+            .arg(line);
+        let _: i64 = self
+            .script("pass_on_permit", &PERMIT_PASS_ON, &invocation)
+            .await?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::backend::{Attempt, Waiting};
+use crate::backend::{Attempt, LeaseKind, Waiting};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
@@ -195,101 +195,14 @@ impl LockRequest {
     }
 
     async fn acquire_inner(&self, started: Instant) -> Result<LockGuard> {
-        if self.wait.is_zero() {
-            return match self.attempt(None).await? {
-                Attempt::Acquired(guard) => Ok(guard),
-                Attempt::Held { .. } => Err(LockError::Busy {
-                    key: self.key.clone(),
-                }),
-                Attempt::NoQuorum(tally) => Err(LockError::no_quorum(&self.key, tally)),
-            };
-        }
-        let deadline = started.checked_add(self.wait);
-        let timed_out = || LockError::Timeout {
-            key: self.key.clone(),
-            waited: started.elapsed(),
+        let contention = Contention {
+            client: &self.client,
+            key: &self.key,
+            line: &self.key,
+            wait: self.wait,
+            wait_after_hand_on: true,
         };
-        let inner = &self.client.inner;
-        // Only the head of this process's line talks to the backend: however
-        // many tasks wait for a key, the process puts one contender on the wire.
-        let mut head = within(deadline, inner.queues.head_of_line(&self.key))
-            .await
-            .ok_or_else(timed_out)?;
-        // A listener handed on by the previous head comes with this process
-        // already queued for the holder's release, and subscribed: wait for
-        // it, no attempt.
-        let handed_on = head.take_handed_on();
-        let mut wait_first = handed_on.is_some();
-        let mut subscribed = handed_on.is_some();
-        // Otherwise listening starts before the first attempt, which queues
-        // this process for the holder's release: the wake-up of a release
-        // that comes before the attempt's reply is dealt with finds the
-        // listener here, and is not passed over.
-        let mut listener = match handed_on {
-            Some(listener) => listener,
-            None => inner.backend.listen(&self.key),
-        };
-        loop {
-            let mut expires_in = None;
-            // `no_quorum`: neither granted nor held. A wait that ends on it
-            // reports the quorum failure, not a timeout.
-            let mut no_quorum = None;
-            if !wait_first {
-                // Marked before each attempt, so a release that lands between
-                // the attempt and the wait below still wakes us.
-                listener.mark_seen();
-                // Queued for the next release on behalf of the tasks behind,
-                // if there is a subscribed listener to hand them.
-                let waiting = Waiting {
-                    more: subscribed && head.others_waiting(),
-                };
-                let sent_at = Instant::now();
-                match self.attempt(Some(waiting)).await? {
-                    Attempt::Acquired(guard) => {
-                        if waiting.more {
-                            head.hand_on(listener);
-                        } else {
-                            listener.finish();
-                        }
-                        return Ok(guard);
-                    }
-                    Attempt::Held { expires_in: left } => expires_in = left,
-                    Attempt::NoQuorum(tally) => no_quorum = Some(tally),
-                }
-                if !subscribed {
-                    // Held, and this process is now queued for its release:
-                    // make sure the wake-up can reach it. Try again at once
-                    // only if a release since the attempt could have gone
-                    // unheard.
-                    within(deadline, inner.backend.subscribe(&mut listener))
-                        .await
-                        .ok_or_else(timed_out)?;
-                    subscribed = true;
-                    if !listener.hears_since(sent_at) {
-                        continue;
-                    }
-                }
-            }
-            wait_first = false;
-            // Fallback for a missed notice and for a holder that dies: no
-            // notice comes when a key expires, so wake when it does. A
-            // quorum failure is retried after a short random delay.
-            let live = listener.is_live() && no_quorum.is_none();
-            let cap = jitter(if live { LIVE_POLL } else { DEAD_POLL });
-            let nap = expires_in.map_or(cap, |left| (left + Duration::from_millis(1)).min(cap));
-            let wake = Instant::now() + nap;
-            let wake = deadline.map_or(wake, |deadline| wake.min(deadline));
-            tokio::select! {
-                () = listener.notified() => {}
-                () = tokio::time::sleep_until(wake) => {}
-            }
-            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return Err(match no_quorum {
-                    Some(tally) => LockError::no_quorum(&self.key, tally),
-                    None => timed_out(),
-                });
-            }
-        }
+        contend(&contention, started, self).await
     }
 
     /// One try at the backend, with a fresh owner token: a token is never
@@ -305,6 +218,7 @@ impl LockRequest {
             client: &self.client,
             key: &self.key,
             token: &token,
+            kind: LeaseKind::Lock,
             armed: true,
         };
         let attempt = self
@@ -348,24 +262,170 @@ impl LockRequest {
     }
 }
 
+/// How one acquisition waits; shared by locks and semaphores.
+pub(crate) struct Contention<'a> {
+    pub(crate) client: &'a LockClient,
+    /// The name errors report: the key, or the semaphore's name.
+    pub(crate) key: &'a str,
+    /// The name this process's line and the wake-ups go by.
+    pub(crate) line: &'a str,
+    pub(crate) wait: Duration,
+    /// Whether a head handed a listener by the one before waits for the
+    /// next wake-up before trying (a lock: the one before took the key), or
+    /// tries at once (a semaphore: more permits may still be free).
+    pub(crate) wait_after_hand_on: bool,
+}
+
+/// One try at taking something: a lock, a permit.
+pub(crate) trait Attempts: Sync {
+    /// What a successful attempt yields.
+    type Guard: Send;
+
+    fn attempt(
+        &self,
+        waiting: Option<Waiting>,
+    ) -> impl Future<Output = Result<Attempt<Self::Guard>>> + Send;
+}
+
+impl Attempts for LockRequest {
+    type Guard = LockGuard;
+
+    fn attempt(
+        &self,
+        waiting: Option<Waiting>,
+    ) -> impl Future<Output = Result<Attempt<LockGuard>>> + Send {
+        LockRequest::attempt(self, waiting)
+    }
+}
+
+/// Takes what `attempts` takes, waiting up to `contention.wait` for it: the
+/// waiting loop of every acquisition, woken by release notices.
+pub(crate) async fn contend<A: Attempts>(
+    contention: &Contention<'_>,
+    started: Instant,
+    attempts: &A,
+) -> Result<A::Guard> {
+    let attempt = |waiting| attempts.attempt(waiting);
+    let key = contention.key;
+    if contention.wait.is_zero() {
+        return match attempt(None).await? {
+            Attempt::Acquired(guard) => Ok(guard),
+            Attempt::Held { .. } => Err(LockError::Busy {
+                key: key.to_owned(),
+            }),
+            Attempt::NoQuorum(tally) => Err(LockError::no_quorum(key, tally)),
+        };
+    }
+    let deadline = started.checked_add(contention.wait);
+    let timed_out = || LockError::Timeout {
+        key: key.to_owned(),
+        waited: started.elapsed(),
+    };
+    let inner = &contention.client.inner;
+    // Only the head of this process's line talks to the backend: however
+    // many tasks wait for a key, the process puts one contender on the wire.
+    let mut head = within(deadline, inner.queues.head_of_line(contention.line))
+        .await
+        .ok_or_else(timed_out)?;
+    // A listener handed on by the previous head comes with this process
+    // already queued for the holder's release, and subscribed: wait for
+    // it, no attempt.
+    let handed_on = head.take_handed_on();
+    let mut wait_first = handed_on.is_some() && contention.wait_after_hand_on;
+    let mut subscribed = handed_on.is_some();
+    // Otherwise listening starts before the first attempt, which queues
+    // this process for the holder's release: the wake-up of a release
+    // that comes before the attempt's reply is dealt with finds the
+    // listener here, and is not passed over.
+    let mut listener = match handed_on {
+        Some(listener) => listener,
+        None => inner.backend.listen(contention.line),
+    };
+    loop {
+        let mut expires_in = None;
+        // `no_quorum`: neither granted nor held. A wait that ends on it
+        // reports the quorum failure, not a timeout.
+        let mut no_quorum = None;
+        if !wait_first {
+            // Marked before each attempt, so a release that lands between
+            // the attempt and the wait below still wakes us.
+            listener.mark_seen();
+            // Queued for the next release on behalf of the tasks behind,
+            // if there is a subscribed listener to hand them.
+            let waiting = Waiting {
+                more: subscribed && head.others_waiting(),
+            };
+            let sent_at = Instant::now();
+            match attempt(Some(waiting)).await? {
+                Attempt::Acquired(guard) => {
+                    if waiting.more {
+                        head.hand_on(listener);
+                    } else {
+                        listener.finish();
+                    }
+                    return Ok(guard);
+                }
+                Attempt::Held { expires_in: left } => expires_in = left,
+                Attempt::NoQuorum(tally) => no_quorum = Some(tally),
+            }
+            if !subscribed {
+                // Held, and this process is now queued for its release:
+                // make sure the wake-up can reach it. Try again at once
+                // only if a release since the attempt could have gone
+                // unheard.
+                within(deadline, inner.backend.subscribe(&mut listener))
+                    .await
+                    .ok_or_else(timed_out)?;
+                subscribed = true;
+                if !listener.hears_since(sent_at) {
+                    continue;
+                }
+            }
+        }
+        wait_first = false;
+        // Fallback for a missed notice and for a holder that dies: no
+        // notice comes when a key expires, so wake when it does. A
+        // quorum failure is retried after a short random delay.
+        let live = listener.is_live() && no_quorum.is_none();
+        let cap = jitter(if live { LIVE_POLL } else { DEAD_POLL });
+        let nap = expires_in.map_or(cap, |left| (left + Duration::from_millis(1)).min(cap));
+        let wake = Instant::now() + nap;
+        let wake = deadline.map_or(wake, |deadline| wake.min(deadline));
+        tokio::select! {
+            () = listener.notified() => {}
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(match no_quorum {
+                Some(tally) => LockError::no_quorum(key, tally),
+                None => timed_out(),
+            });
+        }
+    }
+}
+
 /// Gives back, on drop while armed, a key an unfinished attempt may have taken.
-struct Abandon<'a> {
-    client: &'a LockClient,
-    key: &'a str,
-    token: &'a str,
-    armed: bool,
+pub(crate) struct Abandon<'a> {
+    pub(crate) client: &'a LockClient,
+    pub(crate) key: &'a str,
+    pub(crate) token: &'a str,
+    pub(crate) kind: LeaseKind,
+    pub(crate) armed: bool,
 }
 
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.client.abandon(self.key, self.token);
+            self.client.abandon(self.key, self.token, self.kind);
         }
     }
 }
 
 /// Runs `work` until `deadline` (none: no limit); `None` if the deadline came first.
-async fn within<T>(deadline: Option<Instant>, work: impl Future<Output = T>) -> Option<T> {
+pub(crate) async fn within<T>(
+    deadline: Option<Instant>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
     match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
         None => Some(work.await),

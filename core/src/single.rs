@@ -50,6 +50,54 @@ impl Backend for RedisBackend {
             .boxed()
     }
 
+    fn try_acquire_permit<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        permits: u32,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        self.node
+            .try_acquire_permit(name, token, permits, ttl, waiting)
+            .boxed()
+    }
+
+    fn release_permit<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
+        self.node.release_permit(name, token).boxed()
+    }
+
+    fn try_acquire_rw<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        request: &'a str,
+        write: bool,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        self.node
+            .try_acquire_rw(name, token, request, write, ttl, waiting)
+            .boxed()
+    }
+
+    fn release_rw<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        write: bool,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.node.release_rw(name, token, write).boxed()
+    }
+
+    fn admit<'a>(
+        &'a self,
+        name: &'a str,
+        interval: Duration,
+    ) -> BoxFuture<'a, Result<Option<Duration>>> {
+        self.node.admit(name, interval).boxed()
+    }
+
     fn extend<'a>(&'a self, leases: &'a [Renewal<'a>]) -> BoxFuture<'a, Result<Vec<Renewed>>> {
         async move {
             let renewed = self.node.extend(leases).await?;

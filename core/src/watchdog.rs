@@ -226,6 +226,7 @@ async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Resche
             key: &lease.key,
             token: &lease.token,
             ttl: sent.ttl(),
+            kind: lease.kind,
         })
         .collect();
     metrics::renewal_call();

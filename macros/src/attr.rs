@@ -22,6 +22,9 @@ mod kw {
     syn::custom_keyword!(on_lost);
     syn::custom_keyword!(missed);
     syn::custom_keyword!(name);
+    syn::custom_keyword!(concurrency);
+    syn::custom_keyword!(rate);
+    syn::custom_keyword!(over_rate);
 }
 
 /// One `name = value` as written.
@@ -67,6 +70,16 @@ pub(crate) struct Args {
     pub(crate) on_lost: Option<Setting<OnLost>>,
     pub(crate) missed: Option<Setting<Missed>>,
     pub(crate) name: Option<Setting<String>>,
+    pub(crate) concurrency: Option<Setting<u32>>,
+    pub(crate) rate: Option<Setting<(u32, Duration)>>,
+    pub(crate) over_rate: Option<Setting<OverRate>>,
+}
+
+/// `over_rate = "wait" | "reschedule"`.
+#[derive(Clone, Copy)]
+pub(crate) enum OverRate {
+    Wait,
+    Reschedule,
 }
 
 impl Parse for Args {
@@ -101,6 +114,9 @@ impl Parse for Args {
                 on_lost => on_lost,
                 missed => missed,
                 name => job_name,
+                concurrency => count,
+                rate => rate,
+                over_rate => over_rate,
             }
             if input.is_empty() {
                 break;
@@ -191,6 +207,28 @@ fn on_lost(name: &'static str, lit: &Lit) -> Result<OnLost, String> {
     }
 }
 
+fn rate(name: &'static str, lit: &Lit) -> Result<(u32, Duration), String> {
+    let Lit::Str(text) = lit else {
+        return Err(format!(
+            "`{name}` takes a rate string such as \"100/1m\" or \"50/1s\""
+        ));
+    };
+    soloist_parse::parse_rate(&text.value())
+        .map(|rate| (rate.count, rate.period))
+        .map_err(|reason| format!("invalid `{name}`: {reason}"))
+}
+
+fn over_rate(name: &'static str, lit: &Lit) -> Result<OverRate, String> {
+    match string(name, lit)?.value().as_str() {
+        "wait" => Ok(OverRate::Wait),
+        "reschedule" => Ok(OverRate::Reschedule),
+        other => Err(format!(
+            "`{name}` is \"wait\" (hold the key until the limit admits the run) or \
+             \"reschedule\" (give it back and return `RunOutcome::RateLimited`), not `{other}`"
+        )),
+    }
+}
+
 fn missed(name: &'static str, lit: &Lit) -> Result<Missed, String> {
     let text = string(name, lit)?.value();
     let catch_up = text
@@ -277,6 +315,13 @@ mod tests {
         assert!(error(r#"ttl = 30"#).contains("`ttl` takes a duration string"));
         assert!(error(r#"wait = "soon""#).contains("invalid `wait` duration"));
         assert!(error(r#"retries = 4294967296"#).contains("`retries` takes a whole number"));
+        assert!(error(r#"concurrency = "3""#).contains("`concurrency` takes a whole number"));
+        assert!(error(r#"rate = 100"#).contains("`rate` takes a rate string"));
+        assert!(error(r#"rate = "100/soon""#).contains("invalid `rate`"));
+        assert!(error(r#"over_rate = "later""#).contains("`over_rate` is \"wait\""));
+        let args = parse(r#"key = "{id}", rate = "50/1s", concurrency = 4"#).unwrap();
+        assert_eq!(args.rate.unwrap().value, (50, Duration::from_secs(1)));
+        assert_eq!(args.concurrency.unwrap().value, 4);
         assert!(error(r#"retries = 3u8"#).contains("`retries` takes a whole number"));
         assert!(error(r#"on_lost = "panic""#).contains("not \"panic\""));
         assert!(error(r#"missed = "catch_up(0)""#).contains("write `\"skip\"`"));

@@ -14,7 +14,7 @@ use syn::{
     Type,
 };
 
-use crate::attr::{Args, Errors, Missed, OnLost, Setting};
+use crate::attr::{Args, Errors, Missed, OnLost, OverRate, Setting};
 
 /// Expands `#[exclusive_job(args)] item`.
 pub(crate) fn exclusive_job(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -241,10 +241,18 @@ impl Settings {
             on_lost,
             missed,
             name,
+            concurrency,
+            rate,
+            over_rate,
         } = args;
         let mut errors = Errors::default();
         let cron_only = [place(&tz), place(&misfire), place(&missed)];
-        let keyed_only = [place(&dedupe), place(&wait)];
+        let keyed_only = [
+            place(&dedupe),
+            place(&wait),
+            place(&rate),
+            place(&over_rate),
+        ];
         let trigger = match (cron, key) {
             (Some(cron), None) => {
                 for (name, key) in keyed_only.into_iter().flatten() {
@@ -330,7 +338,33 @@ impl Settings {
             ));
         }
 
+        if let Some(concurrency) = &concurrency {
+            let max = soloist_parse::MAX_PERMITS;
+            if !(1..=max).contains(&concurrency.value) {
+                errors.push(syn::Error::new(
+                    concurrency.span,
+                    format!("`concurrency` must be between 1 and {max}"),
+                ));
+            }
+        }
+
         let mut setters = Vec::new();
+        if let Some(rate) = &rate {
+            let (count, period) = rate.value;
+            let (secs, nanos) = (period.as_secs(), period.subsec_nanos());
+            setters.push(quote!(.rate(#count, ::soloist::__private::Duration::new(#secs, #nanos))));
+        }
+        if let Some(over_rate) = &over_rate {
+            let variant = match over_rate.value {
+                OverRate::Wait => quote!(Wait),
+                OverRate::Reschedule => quote!(Reschedule),
+            };
+            setters.push(quote!(.over_rate(::soloist::OverRate::#variant)));
+        }
+        if let Some(concurrency) = &concurrency {
+            let permits = concurrency.value;
+            setters.push(quote!(.concurrency(#permits)));
+        }
         for setting in [&ttl, &misfire].into_iter().flatten() {
             setters.push(duration_setter(setting));
         }

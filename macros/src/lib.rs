@@ -83,6 +83,9 @@ use proc_macro::TokenStream;
 /// | `on_lost` | all | `"cancel"` (default) or `"signal"`: what a lost lease does to the run |
 /// | `missed` | cron jobs | `"skip"`, `"once"` (default) or `"catch_up(N)"`: ticks missed while the fleet was down |
 /// | `name` | all | the job's name, unique within a worker; default the function's name |
+/// | `rate` | keyed jobs | at most this many starts per period across the fleet, `"count/period"` such as `"100/1m"` (see `soloist::parse_rate`); GCRA on the Redis server's clock, see `JobSpec::rate` |
+/// | `over_rate` | keyed jobs | `"wait"` (default: hold the key until the limit admits the run) or `"reschedule"` (return `RunOutcome::RateLimited`) |
+/// | `concurrency` | all | at most this many runs at once across the fleet: of a cron job, or of each key of a keyed job; 1 to 100000 (`soloist::MAX_PERMITS`); see `JobSpec::concurrency` |
 ///
 /// Exactly one of `cron` and `key` is given.
 ///

@@ -10,6 +10,10 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest duration a job setting other than `ttl` takes (`misfire`,
 /// `max_hold`, `dedupe`, `backoff`, `wait`): a year.
 pub const MAX_SETTING: Duration = Duration::from_secs(365 * 86_400);
+/// The most permits one semaphore may have, and so the highest
+/// `concurrency` of a job. Every holder is a member the acquire script
+/// counts, so the bound keeps one acquisition cheap.
+pub const MAX_PERMITS: u32 = 100_000;
 /// The most `retries` a job takes.
 pub const MAX_RETRIES: u32 = 1000;
 

@@ -1,7 +1,7 @@
 //! Cron jobs: every replica tries to claim each tick; one runs it.
 //!
 //! # The claim protocol
-//! For each tick `T` of job `name` (escaped, see `key.rs`), under the prefix
+//! For each tick `T` of job `name` (escaped, see `soloist_parse::KeyPart`), under the prefix
 //! of the worker's lock client, with the name as the hash tag of every key
 //! so that on a Redis Cluster they all share one slot:
 //! - the lock on `cron:{name}:T` (T in Unix milliseconds; Redis key
@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use soloist_core::{LockError, LockGuard};
+use soloist_core::{LockError, LockGuard, PermitGuard};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -42,6 +42,7 @@ use crate::context::JobContext;
 use crate::fleet::TRIGGER_POLL;
 use crate::inspect::RunRecord;
 use crate::job::CronJob;
+use crate::limit;
 use crate::metrics;
 use crate::run::{Ended, attempts};
 use crate::spec::{JobSpec, MissedTicks};
@@ -320,7 +321,7 @@ async fn claim(shared: &Shared, entry: &CronEntry, occasion: Occasion, grace_end
                 Ok(guard) => {
                     metrics::claim_time(&spec.name, requested.elapsed());
                     tracing::Span::current().record("fence", guard.fence());
-                    match run_tick(shared, entry, occasion, &key, guard).await {
+                    match run_tick(shared, entry, occasion, left, &key, guard).await {
                         Handled::Yes => return,
                         // Not run: the claim could not be recorded. Try
                         // again while the grace lasts.
@@ -404,6 +405,7 @@ async fn run_tick(
     shared: &Shared,
     entry: &CronEntry,
     occasion: Occasion,
+    grace: Duration,
     key: &str,
     guard: LockGuard,
 ) -> Handled {
@@ -429,6 +431,20 @@ async fn run_tick(
         metrics::run(&spec.name, "skipped_by_peer");
         return Handled::Yes;
     }
+    // A job with a concurrency runs only with one of its permits, waited
+    // for while the tick's grace lasts: at most that many runs of the job
+    // at once across the fleet, however long each takes.
+    let permit = match limit::permit(shared, spec, &job_key(&spec.name), grace).await {
+        Ok(permit) => permit,
+        Err(err) => {
+            if !matches!(err, LockError::Busy { .. } | LockError::Timeout { .. }) {
+                tracing::warn!(error = %err, "cannot take a permit for the tick");
+            }
+            let _ = guard.release().await;
+            metrics::run(&spec.name, "busy");
+            return Handled::Yes;
+        }
+    };
     // A tick runs only once it is recorded as claimed: a replica that
     // starts after a fleet-wide outage runs only ticks after that record,
     // so no tick that ran here is run again, however long ago it was.
@@ -441,7 +457,9 @@ async fn run_tick(
     let started_at = shared.clock.now();
     let started = Instant::now();
     let mut last_ctx = None;
-    let ended = attempts(spec, &guard, &shared.cancel_runs, |attempt, cancel| {
+    let mut leases = vec![guard.lease()];
+    leases.extend(permit.as_ref().map(PermitGuard::lease));
+    let ended = attempts(spec, &leases, &shared.cancel_runs, |attempt, cancel| {
         let ctx = JobContext::builder(&spec.name)
             .lease(guard.lease())
             .attempt(attempt)
@@ -548,6 +566,11 @@ async fn run_tick(
     metrics::run(&spec.name, outcome);
     if let Err(err) = guard.release().await {
         tracing::debug!(error = %err, "releasing the tick");
+    }
+    if let Some(permit) = permit
+        && let Err(err) = permit.release().await
+    {
+        tracing::debug!(error = %err, "releasing the job's permit");
     }
     // No marker carried the entry (lost, cancelled, or not recorded):
     // written on its own.

@@ -6,14 +6,14 @@
 //! dedupe record, written with the run's fence, is the fenced record of the
 //! same name, in the same hash slot: a run whose lease ended
 //! unnoticed cannot overwrite the record of the run that followed it. The
-//! name is escaped like the key's arguments (see `key.rs`), so a `:` in a
+//! name is escaped like the key's arguments (see `soloist_parse::KeyPart`), so a `:` in a
 //! job's name cannot make two jobs share a key.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use soloist_core::{LockError, LockGuard};
+use soloist_core::LockError;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -21,6 +21,7 @@ use crate::context::JobContext;
 use crate::error::{Result, WorkerError};
 use crate::inspect::RunRecord;
 use crate::job::KeyedJob;
+use crate::limit::Held;
 use crate::metrics;
 use crate::outcome::RunOutcome;
 use crate::run::{Ended, attempts};
@@ -66,13 +67,9 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
             return Ok(RunOutcome::Duplicate(recorded));
         }
         let requested = Instant::now();
-        let mut request = shared.locks.lock(&record).ttl(spec.ttl).wait(spec.wait);
-        if let Some(max_hold) = spec.max_hold {
-            request = request.max_hold(max_hold);
-        }
         // A shutdown ends the wait: no run starts once it has begun.
         let acquired = tokio::select! {
-            acquired = request.acquire() => acquired,
+            acquired = hold(&shared, &spec, &record) => acquired,
             () = shared.stop_claiming.cancelled() => return Err(WorkerError::ShuttingDown),
         };
         let guard = match acquired {
@@ -90,6 +87,12 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
         if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
             let _ = guard.release().await;
             return Ok(RunOutcome::Duplicate(recorded));
+        }
+        // Counted once the run holds its key and is no duplicate: a busy
+        // or duplicate request does not use the limit up.
+        if let Some(retry_after) = crate::limit::admit(&shared, &spec, &guard).await? {
+            let _ = guard.release().await;
+            return Ok(RunOutcome::RateLimited { retry_after });
         }
         started.await;
         let outcome = execute(&shared, &job, args, &spec, (&key, &record), &guard).await?;
@@ -152,13 +155,38 @@ async fn recorded<T: DeserializeOwned>(
         })
 }
 
+/// Takes what a run of the key needs: its lock, or with a concurrency
+/// above one, one of its permits.
+async fn hold(shared: &Shared, spec: &JobSpec, record: &str) -> soloist_core::Result<Held> {
+    match spec.concurrency {
+        Some(permits) if permits > 1 => {
+            let mut request = shared
+                .locks
+                .semaphore(record, permits)
+                .ttl(spec.ttl)
+                .wait(spec.wait);
+            if let Some(max_hold) = spec.max_hold {
+                request = request.max_hold(max_hold);
+            }
+            request.acquire().await.map(Held::Permit)
+        }
+        _ => {
+            let mut request = shared.locks.lock(record).ttl(spec.ttl).wait(spec.wait);
+            if let Some(max_hold) = spec.max_hold {
+                request = request.max_hold(max_hold);
+            }
+            request.acquire().await.map(Held::Lock)
+        }
+    }
+}
+
 async fn execute<J: KeyedJob>(
     shared: &Shared,
     job: &J,
     args: J::Args,
     spec: &JobSpec,
     (key, record): (&str, &str),
-    guard: &LockGuard,
+    guard: &Held,
 ) -> Result<RunOutcome<J::Output>> {
     let started_at = shared.clock.now();
     let started = Instant::now();
@@ -169,27 +197,32 @@ async fn execute<J: KeyedJob>(
     })?;
     let mut first = Some(args);
     let mut last_ctx = None;
-    let ended = attempts(spec, guard, &shared.cancel_runs, |attempt, cancel| {
-        let ctx = JobContext::builder(&spec.name)
-            .key(key)
-            .lease(guard.lease())
-            .attempt(attempt)
-            .replica(&shared.replica)
-            .cancellation(cancel)
-            .build();
-        last_ctx = Some(ctx.clone());
-        match first
-            .take()
-            .map(Ok)
-            .unwrap_or_else(|| serde_json::from_slice(&encoded))
-        {
-            Ok(args) => job.call(ctx, args),
-            Err(err) => Box::pin(futures::future::ready(Err(err.into()))),
-        }
-    })
+    let ended = attempts(
+        spec,
+        &[guard.lease()],
+        &shared.cancel_runs,
+        |attempt, cancel| {
+            let ctx = JobContext::builder(&spec.name)
+                .key(key)
+                .lease(guard.lease())
+                .attempt(attempt)
+                .replica(&shared.replica)
+                .cancellation(cancel)
+                .build();
+            last_ctx = Some(ctx.clone());
+            match first
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| serde_json::from_slice(&encoded))
+            {
+                Ok(args) => job.call(ctx, args),
+                Err(err) => Box::pin(futures::future::ready(Err(err.into()))),
+            }
+        },
+    )
     .await;
     metrics::run_time(&spec.name, started.elapsed());
-    let outcome = outcome_of(ended, last_ctx, spec, record, guard).await;
+    let outcome = outcome_of(shared, ended, last_ctx, spec, record, guard).await;
     if let Some(fleet) = &shared.fleet {
         let run = RunRecord {
             id: String::new(),
@@ -221,11 +254,12 @@ async fn execute<J: KeyedJob>(
 
 /// What the run that `ended` comes to, its success recorded.
 async fn outcome_of<T: serde::Serialize>(
+    shared: &Shared,
     ended: Ended<T>,
     last_ctx: Option<JobContext>,
     spec: &JobSpec,
     record: &str,
-    guard: &LockGuard,
+    guard: &Held,
 ) -> Result<RunOutcome<T>> {
     Ok(match ended {
         Ended::Succeeded(value) => {
@@ -255,8 +289,8 @@ async fn outcome_of<T: serde::Serialize>(
                 // ended unnoticed records nothing and applies no effect.
                 // `commit` sends the record again while the lease lasts; an
                 // error still undecided after that is no success.
-                let write = guard
-                    .commit(record, encoded, Some(keep), &effects)
+                let recorded = guard
+                    .record(shared, record, encoded, keep, &effects)
                     .await
                     .map_err(|source| match source {
                         // Recorded, an effect refused: the run counts as
@@ -270,7 +304,7 @@ async fn outcome_of<T: serde::Serialize>(
                             source,
                         },
                     })?;
-                if !write.is_accepted() {
+                if !recorded {
                     return Ok(RunOutcome::Lost);
                 }
             }

@@ -19,6 +19,7 @@ mod fleet;
 pub mod inspect;
 mod job;
 mod keyed;
+mod limit;
 pub mod metrics;
 mod outcome;
 mod run;
@@ -33,11 +34,11 @@ pub use error::{BoxError, Result, WorkerError};
 pub use job::{CronFn, CronJob, IntoJob, KeyedFn, KeyedJob, Registration, cron_job, keyed_job};
 pub use outcome::RunOutcome;
 pub use soloist_parse::{
-    CronSchedule, DurationError, KeyPart, KeyTemplate, KeyTemplateError, ScheduleError,
-    parse_duration,
+    CronSchedule, DurationError, KeyPart, KeyTemplate, KeyTemplateError, Rate, RateError,
+    ScheduleError, parse_duration, parse_rate,
 };
 pub use source::{Delivery, Source};
-pub use spec::{DEFAULT_JOB_TTL, DEFAULT_MISFIRE, JobSpec, MissedTicks, OnLost, Trigger};
+pub use spec::{DEFAULT_JOB_TTL, DEFAULT_MISFIRE, JobSpec, MissedTicks, OnLost, OverRate, Trigger};
 #[cfg(feature = "streams")]
 #[cfg_attr(docsrs, doc(cfg(feature = "streams")))]
 pub use streams::{StreamSource, StreamSourceBuilder};

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 /// Counter: runs by `job` and `outcome` (`success`, `failure`, `lost`,
-/// `duplicate`, `busy`, `skipped_by_peer`, `timed_out`, `cancelled`, `paused`).
+/// `duplicate`, `busy`, `rate_limited`, `skipped_by_peer`, `timed_out`,
+/// `cancelled`, `paused`).
 pub const RUNS: &str = "soloist_job_runs_total";
 /// Histogram: seconds a run's body took, by `job`.
 pub const RUN_SECONDS: &str = "soloist_job_run_seconds";
@@ -12,6 +13,9 @@ pub const RUN_SECONDS: &str = "soloist_job_run_seconds";
 pub const CLAIM_SECONDS: &str = "soloist_job_claim_seconds";
 /// Counter: cron ticks that passed unclaimed and were not run, by `job`.
 pub const MISSED_TICKS: &str = "soloist_job_missed_ticks_total";
+/// Histogram: seconds a run waited for its job's rate limit to admit it,
+/// by `job` (only runs that had to wait).
+pub const RATE_WAIT_SECONDS: &str = "soloist_job_rate_wait_seconds";
 /// Gauge: seconds the backend's clock is ahead of this replica's (negative: behind).
 pub const CLOCK_SKEW_SECONDS: &str = "soloist_clock_skew_seconds";
 
@@ -25,6 +29,10 @@ pub(crate) fn run_time(job: &str, took: Duration) {
 
 pub(crate) fn claim_time(job: &str, took: Duration) {
     metrics::histogram!(CLAIM_SECONDS, "job" => job.to_owned()).record(took.as_secs_f64());
+}
+
+pub(crate) fn rate_wait(job: &str, waited: Duration) {
+    metrics::histogram!(RATE_WAIT_SECONDS, "job" => job.to_owned()).record(waited.as_secs_f64());
 }
 
 pub(crate) fn missed(job: &str, ticks: u64) {

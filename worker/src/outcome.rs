@@ -20,6 +20,12 @@ pub enum RunOutcome<T> {
     Duplicate(T),
     /// Another execution holds the key (after the job's wait, if any).
     Busy,
+    /// Over the job's rate limit with [`OverRate::Reschedule`](crate::OverRate::Reschedule):
+    /// nothing ran; ask again after `retry_after`.
+    RateLimited {
+        /// How long until the limit would admit a start.
+        retry_after: std::time::Duration,
+    },
     /// The body failed on every attempt; the last error.
     Failed(BoxError),
     /// The lease was lost while the body ran: the run counts as lost,
@@ -42,6 +48,7 @@ impl<T> RunOutcome<T> {
             RunOutcome::Completed(_) => "success",
             RunOutcome::Duplicate(_) => "duplicate",
             RunOutcome::Busy => "busy",
+            RunOutcome::RateLimited { .. } => "rate_limited",
             RunOutcome::Failed(_) => "failure",
             RunOutcome::Lost => "lost",
             RunOutcome::TimedOut => "timed_out",

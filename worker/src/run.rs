@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use soloist_core::LockGuard;
+use soloist_core::Lease;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,8 @@ impl Interrupt {
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Runs `body` (given the attempt number and the run's cancellation token)
-/// until it succeeds or its retries are spent, while `guard` holds.
+/// until it succeeds or its retries are spent, while every one of `leases`
+/// holds (the run's lock, and the permit of a job with a concurrency).
 ///
 /// The run stops early when `shutdown` is cancelled, when `max_hold` is
 /// reached, and, unless the job asked only to be told, when the lease is
@@ -63,7 +64,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// as a success or failure: its result cannot be trusted to be the only one.
 pub(crate) async fn attempts<T>(
     spec: &JobSpec,
-    guard: &LockGuard,
+    leases: &[Lease],
     shutdown: &CancellationToken,
     mut body: impl FnMut(u32, CancellationToken) -> BoxFuture<'static, Result<T, BoxError>>,
 ) -> Ended<T> {
@@ -78,7 +79,7 @@ pub(crate) async fn attempts<T>(
     loop {
         let outcome = guarded(
             body(attempt, cancel.clone()),
-            guard,
+            leases,
             &cancel,
             hold_until,
             watch_lost,
@@ -86,7 +87,7 @@ pub(crate) async fn attempts<T>(
         .await;
         let error = match outcome {
             Err(interrupt) => return stop(interrupt),
-            Ok(_) if !guard.is_held() => return stop(Interrupt::Lost),
+            Ok(_) if !leases.iter().all(Lease::is_held) => return stop(Interrupt::Lost),
             Ok(Ok(value)) => return Ended::Succeeded(value),
             Ok(Err(error)) => error,
         };
@@ -100,7 +101,7 @@ pub(crate) async fn attempts<T>(
             .min(MAX_BACKOFF);
         if let Err(interrupt) = guarded(
             tokio::time::sleep(delay),
-            guard,
+            leases,
             &cancel,
             hold_until,
             watch_lost,
@@ -115,7 +116,7 @@ pub(crate) async fn attempts<T>(
 
 async fn guarded<F: Future>(
     work: F,
-    guard: &LockGuard,
+    leases: &[Lease],
     cancel: &CancellationToken,
     hold_until: Option<Instant>,
     watch_lost: bool,
@@ -129,8 +130,17 @@ async fn guarded<F: Future>(
     tokio::select! {
         biased;
         () = cancel.cancelled() => Err(Interrupt::Cancelled),
-        () = guard.lost(), if watch_lost => Err(Interrupt::Lost),
+        () = any_lost(leases), if watch_lost => Err(Interrupt::Lost),
         () = max_hold => Err(Interrupt::TimedOut),
         output = work => Ok(output),
     }
+}
+
+/// Resolves once any of `leases` is lost.
+async fn any_lost(leases: &[Lease]) {
+    let lost: Vec<_> = leases.iter().map(|lease| Box::pin(lease.lost())).collect();
+    if lost.is_empty() {
+        return std::future::pending().await;
+    }
+    futures::future::select_all(lost).await;
 }

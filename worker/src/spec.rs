@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::error::{Result, WorkerError};
-use soloist_parse::{CronSchedule, KeyTemplate, MAX_RETRIES, MAX_SETTING, ScheduleError};
+use soloist_parse::{
+    CronSchedule, KeyTemplate, MAX_PERMITS, MAX_RETRIES, MAX_SETTING, Rate, ScheduleError,
+};
 
 /// When a job runs.
 #[derive(Debug, Clone)]
@@ -70,6 +72,10 @@ pub struct JobSpec {
     pub(crate) on_lost: OnLost,
     pub(crate) missed: MissedTicks,
     pub(crate) wait: Duration,
+    pub(crate) concurrency: Option<u32>,
+    /// Starts per period, checked by `validate`.
+    pub(crate) rate: Option<(u32, Duration)>,
+    pub(crate) over_rate: OverRate,
 }
 
 /// The lease length unless set.
@@ -94,6 +100,9 @@ impl JobSpec {
             on_lost: OnLost::Cancel,
             missed: MissedTicks::RunOnce,
             wait: Duration::ZERO,
+            concurrency: None,
+            rate: None,
+            over_rate: OverRate::Wait,
         })
     }
 
@@ -189,6 +198,73 @@ impl JobSpec {
         self
     }
 
+    /// At most `permits` runs at once across the fleet: of the job (cron),
+    /// or of each rendered key (keyed), from 1 to
+    /// [`MAX_PERMITS`](MAX_PERMITS); default: no limit for
+    /// cron (ticks may overlap), one per key for keyed jobs.
+    ///
+    /// Each run holds a permit of a leased semaphore (see
+    /// [`LockClient::semaphore`](soloist_core::LockClient::semaphore)):
+    /// renewed while it runs, back within one ttl if its replica dies, and
+    /// a lost permit stops the run as a lost lock does. A cron tick waits
+    /// for a permit while its misfire grace lasts, and is skipped (counted
+    /// `busy`) if none comes. A keyed request waits up to
+    /// [`wait`](Self::wait). With `permits` above 1 a key may run that many
+    /// times at once; dedupe still holds per key (a success recorded in the
+    /// window makes later requests duplicates), and `on_success` effects
+    /// are refused, since they need a run that holds its key alone.
+    /// Semaphores need a backend other than a Redlock.
+    ///
+    /// ```
+    /// use soloist::JobSpec;
+    /// let spec = JobSpec::keyed("charge", "{merchant}").unwrap().concurrency(3);
+    /// # let _ = spec;
+    /// ```
+    pub fn concurrency(mut self, permits: u32) -> Self {
+        self.concurrency = Some(permits);
+        self
+    }
+
+    /// Keyed: at most `rate.count` runs start per `rate.period` across the
+    /// fleet (every worker on the same Redis); default no limit. A run over
+    /// the limit waits for its turn or is handed back, per
+    /// [`over_rate`](Self::over_rate). The limit is counted once the run
+    /// holds its key and before its body starts, so a duplicate or busy
+    /// request does not use it up.
+    ///
+    /// The algorithm is GCRA on the Redis server's clock with no burst
+    /// tolerance: starts are admitted at least `period / count` apart, so
+    /// any window of one period holds at most `count` starts; see
+    /// [`RateLimit`](soloist_core::RateLimit). Needs a backend other than a
+    /// Redlock.
+    ///
+    /// `count` and `period` are checked when the job is registered, as
+    /// [`Rate::new`] checks them; [`parse_rate`] reads them from a string.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use soloist::{JobSpec, parse_rate};
+    /// let spec = JobSpec::keyed("call-partner", "{order}")
+    ///     .unwrap()
+    ///     .rate(100, Duration::from_secs(60));
+    /// let rate = parse_rate("100/1m").unwrap();
+    /// let same = JobSpec::keyed("call-partner", "{order}")
+    ///     .unwrap()
+    ///     .rate(rate.count, rate.period);
+    /// # let _ = (spec, same);
+    /// ```
+    pub fn rate(mut self, count: u32, period: Duration) -> Self {
+        self.rate = Some((count, period));
+        self
+    }
+
+    /// What a run over its [`rate`](Self::rate) does; default
+    /// [`OverRate::Wait`].
+    pub fn over_rate(mut self, over_rate: OverRate) -> Self {
+        self.over_rate = over_rate;
+        self
+    }
+
     /// Checks the settings together; called when the job is registered.
     pub(crate) fn validate(&self) -> Result<()> {
         let invalid = |name, reason: &str| Err(WorkerError::invalid(&self.name, name, reason));
@@ -204,6 +280,26 @@ impl JobSpec {
         ] {
             if value.is_some_and(|value| value > MAX_SETTING) {
                 return invalid(name, "must be at most a year");
+            }
+        }
+        if let Some(permits) = self.concurrency
+            && !(1..=MAX_PERMITS).contains(&permits)
+        {
+            return Err(WorkerError::invalid(
+                &self.name,
+                "concurrency",
+                format!("must be between 1 and {}", MAX_PERMITS),
+            ));
+        }
+        if let Some((count, period)) = self.rate {
+            if let Err(err) = Rate::new(count, period) {
+                return invalid("rate", &err.to_string());
+            }
+            if matches!(self.trigger, Trigger::Cron(_)) {
+                return invalid(
+                    "rate",
+                    "applies to keyed jobs; a cron job's starts are its schedule",
+                );
             }
         }
         if self.retries > MAX_RETRIES {
@@ -224,6 +320,18 @@ impl JobSpec {
             _ => Ok(()),
         }
     }
+}
+
+/// What a keyed run over its job's rate limit does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverRate {
+    /// Wait, holding the key, until the limit admits the start.
+    Wait,
+    /// Start nothing: give the key back and return
+    /// [`RunOutcome::RateLimited`](crate::RunOutcome::RateLimited) with
+    /// when to ask again (a queue consumer sees the message again later).
+    Reschedule,
 }
 
 #[cfg(test)]

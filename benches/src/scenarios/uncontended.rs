@@ -25,6 +25,15 @@ pub(super) async fn contestants(bench: &Bench) -> Vec<Contestant> {
         if bench.wants("soloist") {
             contestants.push(soloist(bench, tasks).await);
         }
+        if bench.wants("soloist-semaphore") {
+            contestants.push(semaphore(bench, tasks, "soloist-semaphore", 0).await);
+        }
+        if bench.wants("soloist-semaphore-busy") {
+            // Three of four permits held elsewhere the whole time: each
+            // acquisition counts and skips live holders.
+            let library = "soloist-semaphore-busy";
+            contestants.push(semaphore(bench, tasks, library, BUSY_HOLDERS).await);
+        }
         for retry in Retry::ALL {
             if bench.wants(&retry.label("rslock")) {
                 contestants.push(rslock(bench, tasks, retry));
@@ -51,6 +60,73 @@ async fn soloist(bench: &Bench, tasks: usize) -> Contestant {
         .await
         .expect("soloist cannot connect to Redis");
     soloist_cycles(Scenario::Uncontended, "soloist", tasks, locks)
+}
+
+/// Permits of each benchmarked semaphore; `soloist-semaphore-busy` keeps
+/// all but one held by other holders.
+const PERMITS: u32 = 4;
+const BUSY_HOLDERS: usize = 3;
+
+/// `tasks` workers sharing one client, each taking and at once giving back
+/// a permit of a semaphore of its own with [`PERMITS`] permits, `busy` of
+/// which another client holds throughout.
+async fn semaphore(bench: &Bench, tasks: usize, library: &str, busy: usize) -> Contestant {
+    let connect = || async {
+        LockClient::connect(&bench.url)
+            .await
+            .expect("soloist cannot connect to Redis")
+    };
+    let (locks, holder) = (connect().await, connect().await);
+    let names = keys(Scenario::Uncontended, library, tasks);
+    let mut held = Vec::new();
+    for name in &names {
+        for _ in 0..busy {
+            held.push(
+                holder
+                    .semaphore(name.as_str(), PERMITS)
+                    .ttl(CYCLE_TTL)
+                    .acquire()
+                    .await
+                    .expect("soloist could not take a free permit"),
+            );
+        }
+    }
+    let held = Arc::new(held);
+    Contestant::new(
+        Scenario::Uncontended,
+        tasks,
+        library,
+        false,
+        move |window| {
+            // The busy holders live (renewed) as long as the contestant runs.
+            let _busy = held.clone();
+            let handles = names
+                .iter()
+                .map(|name| {
+                    let (locks, name) = (locks.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let mut samples = Samples::default();
+                        while window.is_open() {
+                            let started = Instant::now();
+                            let permit = locks
+                                .semaphore(name.as_str(), PERMITS)
+                                .ttl(CYCLE_TTL)
+                                .acquire()
+                                .await
+                                .expect("soloist could not take the free permit");
+                            permit
+                                .release()
+                                .await
+                                .expect("soloist permit release failed");
+                            samples.record(&window, started, false);
+                        }
+                        samples
+                    })
+                })
+                .collect();
+            join_tasks(handles).boxed()
+        },
+    )
 }
 
 fn rslock(bench: &Bench, tasks: usize, retry: Retry) -> Contestant {
