@@ -35,7 +35,32 @@
 //! # Security
 //! - **Authentication is the mounting service's job**: the router lets
 //!   anyone who reaches it see the fleet. Put it behind your service's
-//!   authentication layer (see the README), or listen on loopback only.
+//!   authentication, as a layer on the router, or listen on loopback only.
+//!   Here, behind a proxy that signs users in and names them in a header:
+//!
+//! ```no_run
+//! use axum::extract::Request;
+//! use axum::http::StatusCode;
+//! use axum::middleware::{self, Next};
+//! use axum::response::Response;
+//! use soloist::dashboard::{self, Options};
+//! # fn demo(inspector: soloist::inspect::Inspector) {
+//! /// Lets through the operators the signing-in proxy names.
+//! async fn operators_only(request: Request, next: Next) -> Result<Response, StatusCode> {
+//!     let user = request.headers().get("x-forwarded-user").and_then(|v| v.to_str().ok());
+//!     match user {
+//!         Some("alice" | "bob") => Ok(next.run(request).await),
+//!         Some(_) => Err(StatusCode::FORBIDDEN),
+//!         None => Err(StatusCode::UNAUTHORIZED),
+//!     }
+//! }
+//!
+//! let ops = dashboard::router(inspector, Options::default().actions(true))
+//!     .layer(middleware::from_fn(operators_only));
+//! let app: axum::Router = axum::Router::new().nest("/ops", ops);
+//! # let _ = app;
+//! # }
+//! ```
 //! - **Read-only by default**: the controls are offered, and POSTs
 //!   accepted, only with [`Options::actions`].
 //! - **Cross-site requests are refused**: every form carries a token drawn
