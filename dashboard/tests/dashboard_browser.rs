@@ -323,6 +323,28 @@ async fn an_operator_pauses_resumes_and_triggers_a_job_in_a_browser() {
         .unwrap();
     assert_eq!(rows.len(), 1, "the runs page shows the one triggered run");
 
+    // The other pages, as mounted: the overview counts both replicas.
+    client.goto(&base).await.unwrap();
+    let alive = client
+        .find(Locator::Css("#replicas-alive b"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(alive, "2", "two replicas alive on the overview");
+    for (page, title) in [("locks", "Locks"), ("queues", "Queues")] {
+        client.goto(&format!("{base}/{page}")).await.unwrap();
+        let h1 = client
+            .find(Locator::Css("main h1"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(h1, title);
+    }
+
     // The screenshot the README shows.
     wait_for(
         &client,
