@@ -103,7 +103,9 @@
 //! remaining ttl, queues and dead letters — and steers them: pause, resume,
 //! trigger a cron job now (once across the fleet), replay or purge dead
 //! letters. The [`inspect`] module docs say what each guarantees. The
-//! `soloist` command line (package `soloist-cli`) prints the same values.
+//! `soloist` command line (package `soloist-cli`) prints the same values,
+//! and with the `dashboard` feature `soloist::dashboard` serves them as web
+//! pages (an axum `Router` to mount; `soloist dashboard` serves it alone).
 //!
 //! # Features
 //!
