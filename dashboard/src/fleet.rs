@@ -94,10 +94,6 @@ impl Fleet {
         self.call(async |i| i.jobs().await).await
     }
 
-    pub(crate) async fn server_time(&self) -> Answer<DateTime<Utc>> {
-        self.call(async |i| i.server_time().await).await
-    }
-
     pub(crate) async fn runs(&self, filter: &RunFilter) -> Answer<Vec<RunRecord>> {
         let filter = filter.clone();
         self.call(async move |i| i.runs(&filter).await).await

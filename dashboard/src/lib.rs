@@ -301,11 +301,19 @@ async fn overview(State(shared): AppState, Base(base): Base, Query(n): Query<Not
 }
 
 async fn jobs(State(shared): AppState, Base(base): Base, Query(n): Query<Notice>) -> Page {
-    let fail = |e: CallError| Failure::new(&base, &e);
-    let jobs = shared.inspector.jobs().await.map_err(fail)?;
-    let now = shared.inspector.server_time().await.map_err(fail)?;
+    // The status's jobs have their next tick from its server time: the
+    // page shows the clock the ticks were computed from.
+    let status = shared
+        .inspector
+        .status()
+        .await
+        .map_err(|e| Failure::new(&base, &e))?;
     let frame = shared.frame(&base, &n.done);
-    Ok(html(pages::jobs(&frame, &jobs, now.timestamp_millis())))
+    Ok(html(pages::jobs(
+        &frame,
+        &status.jobs,
+        status.server_time_ms,
+    )))
 }
 
 #[derive(Debug, Deserialize)]
