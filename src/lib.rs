@@ -296,7 +296,9 @@
 //! remaining ttl, queues and dead letters — and steers them: pause, resume,
 //! trigger a cron job now (once across the fleet), replay or purge dead
 //! letters. The [`inspect`] module docs say what each guarantees. The
-//! `soloist` command line (package `soloist-cli`) prints the same values.
+//! `soloist` command line (package `soloist-cli`) prints the same values,
+//! and with the `dashboard` feature `soloist::dashboard` serves them as web
+//! pages (an axum `Router` to mount; `soloist dashboard` serves it alone).
 //!
 //! # Features
 //!
@@ -309,6 +311,7 @@
 //! | `cluster` | no | [`Deployment::cluster`], [`LockClient::cluster`]: Redis Cluster (redis-rs' cluster client) |
 //! | `sentinel` | no | [`Deployment::sentinel`], [`LockClient::sentinel`]: a primary managed by Redis Sentinel |
 //! | `tls-rustls` | no | `rediss://` URLs, and `tls_root_certificate` / `tls_client_identity` on [`Deployment`] for private CAs and mutual TLS; rustls with the `ring` crypto provider, which builds with a C compiler alone (aws-lc-rs also needs cmake) |
+//! | `dashboard` | no | `soloist::dashboard`: the web dashboard, an axum `Router` showing and steering the fleet (the same facts as [`inspect`]), to mount in a service (implies `worker`) |
 //! | `full` | no | all of the above |
 //!
 //! With `default-features = false` only the lock layer is left
@@ -326,6 +329,10 @@ pub use soloist_core::{
     PermitGuard, RateLimit, Result, RwLock, RwLockGuard, RwLockRequest, SemaphoreRequest,
     TokenInfo, colocated, hash_slot, metrics, owner_id, parse_token, redis,
 };
+/// The web dashboard: an axum `Router` to mount in a service (feature `dashboard`).
+#[cfg(feature = "dashboard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
+pub use soloist_dashboard as dashboard;
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use soloist_macros::exclusive_job;

@@ -4,6 +4,7 @@
 //! soloist --url redis://127.0.0.1:6379 status
 //! soloist --url redis://10.0.0.1:7000 --url redis://10.0.0.2:7000 --cluster locks 'orders:*'
 //! soloist --sentinel redis://10.0.0.5:26379 --master main --json jobs
+//! soloist --url redis://127.0.0.1:6379 dashboard --listen 127.0.0.1:8080 --actions
 //! ```
 //!
 //! Human tables by default, `--json` for scripts (the same values the
@@ -113,6 +114,19 @@ enum Command {
     Trigger {
         /// The job's name.
         job: String,
+    },
+    /// Serve the web dashboard until interrupted (Ctrl-C). It has no login:
+    /// anyone who reaches the address sees the fleet.
+    Dashboard {
+        /// The address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Offer the controls: pause, resume, trigger now, replay and purge.
+        #[arg(long)]
+        actions: bool,
+        /// Seconds between the pages' reloads; 0 turns reloading off.
+        #[arg(long, default_value_t = 5)]
+        refresh: u64,
     },
 }
 
@@ -245,6 +259,14 @@ async fn run(cli: Cli) -> Result<String, Failure> {
     }
     let locks = connect(&cli.connection).await?;
     let inspector = Inspector::new(&locks)?;
+    if let Command::Dashboard {
+        listen,
+        actions,
+        refresh,
+    } = cli.command
+    {
+        return dashboard(inspector, listen, actions, refresh).await;
+    }
     let json = cli.json;
     let out = |value: &dyn erased::Json, human: String| -> Result<String, Failure> {
         if json {
@@ -402,6 +424,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 human,
             )
         }
+        Command::Dashboard { .. } => Err("the dashboard is served above".into()),
         Command::Trigger { job } => {
             let at = inspector.trigger(&job).await?;
             let human = format!(
@@ -414,6 +437,42 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             )
         }
     }
+}
+
+/// Serves the dashboard until Ctrl-C; its address goes to stderr first.
+async fn dashboard(
+    inspector: Inspector,
+    listen: std::net::SocketAddr,
+    actions: bool,
+    refresh: u64,
+) -> Result<String, Failure> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|err| format!("cannot listen on {listen}: {err}"))?;
+    let address = listener.local_addr()?;
+    let refresh = (refresh > 0).then(|| std::time::Duration::from_secs(refresh));
+    let options = soloist::dashboard::Options::default()
+        .actions(actions)
+        .refresh(refresh);
+    eprintln!(
+        "soloist: dashboard on http://{address}/ ({})",
+        if actions {
+            "actions enabled"
+        } else {
+            "read-only"
+        }
+    );
+    if !address.ip().is_loopback() {
+        eprintln!(
+            "soloist: warning: the dashboard has no login; anyone who reaches {address} sees the fleet{}",
+            if actions { " and can steer it" } else { "" }
+        );
+    }
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    soloist::dashboard::serve(listener, inspector, options, shutdown).await?;
+    Ok(String::new())
 }
 
 /// Values printed as JSON, without a generic parameter on `out`.
