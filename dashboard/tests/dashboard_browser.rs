@@ -4,7 +4,8 @@
 //! tick, pauses it (no replica claims a tick after the pause), resumes and
 //! triggers it (exactly one triggered run), sees the pages reload
 //! themselves and load nothing from elsewhere, and saves the screenshot of
-//! the jobs page the README shows (`docs/dashboard-jobs.png`).
+//! the jobs page (the README's `docs/dashboard-jobs.png` when run with
+//! `SOLOIST_SCREENSHOT=docs/dashboard-jobs.png`).
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`bash .ci/test`
 //! installs them); `CHROMEDRIVER` and `CHROMIUM` name other binaries.
@@ -354,9 +355,16 @@ async fn an_operator_pauses_resumes_and_triggers_a_job_in_a_browser() {
         5 * SECOND,
     )
     .await;
+    // Into target/ on every run; into the README's image only when asked
+    // (`SOLOIST_SCREENSHOT=docs/dashboard-jobs.png`), so a test run leaves
+    // the checkout as it was.
     let png = client.screenshot().await.expect("a screenshot");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard-jobs.png");
-    std::fs::write(&path, png).expect("docs/dashboard-jobs.png written");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = std::env::var_os("SOLOIST_SCREENSHOT").map_or_else(
+        || root.join("target/dashboard-jobs.png"),
+        |path| root.join(path),
+    );
+    std::fs::write(&path, png).expect("the screenshot written");
 
     client.close().await.unwrap();
     a.stop().await;
