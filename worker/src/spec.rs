@@ -239,7 +239,7 @@ impl JobSpec {
     /// Redlock.
     ///
     /// `count` and `period` are checked when the job is registered, as
-    /// [`Rate::new`] checks them; [`parse_rate`] reads them from a string.
+    /// [`Rate::new`](crate::Rate::new) checks them; [`parse_rate`](crate::parse_rate) reads them from a string.
     ///
     /// ```
     /// use std::time::Duration;
