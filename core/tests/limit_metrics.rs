@@ -4,60 +4,16 @@
 
 use std::time::Duration;
 
-use metrics_util::CompositeKey;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+mod common;
+
+use common::recorded::{Snapshot, counter, gauge, install, value};
+use metrics_util::debugging::DebugValue;
 use soloist::{LockClient, metrics as names};
 use soloist_testkit::RedisServer;
 
-/// Metric values at one instant; taking a snapshot resets the recorder's values.
-type Snapshot = Vec<(CompositeKey, DebugValue)>;
-
-fn value<'s>(
-    snapshot: &'s Snapshot,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<&'s DebugValue> {
-    snapshot
-        .iter()
-        .find(|(key, _)| {
-            let key = key.key();
-            key.name() == name
-                && labels.iter().all(|(label, wanted)| {
-                    key.labels()
-                        .any(|l| l.key() == *label && l.value() == *wanted)
-                })
-        })
-        .map(|(_, value)| value)
-}
-
-fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match value(snapshot, name, labels) {
-        Some(DebugValue::Counter(count)) => *count,
-        None => 0,
-        Some(other) => panic!("{name} is not a counter: {other:?}"),
-    }
-}
-
-fn gauge(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    match value(snapshot, name, labels) {
-        Some(DebugValue::Gauge(gauge)) => Some(gauge.into_inner()),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_report_holders_waiters_denials_and_waits() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().expect("install the recorder");
-    let snapshot = || -> Snapshot {
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .map(|(key, _, _, value)| (key, value))
-            .collect()
-    };
+    let snapshot = install();
     let server = RedisServer::start();
     let locks = LockClient::connect(&server.url()).await.unwrap();
     let name = [("name", "pool")];

@@ -75,7 +75,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod csrf;
-mod fleet;
 mod options;
 mod pages;
 
@@ -95,7 +94,6 @@ use soloist_worker::inspect::{DeadLetter, Inspector, QueueInfo, RunFilter, RunRe
 
 pub use options::Options;
 
-use fleet::{CallError, Fleet};
 use pages::{Frame, RunsQuery};
 
 /// The dashboard's routes, to [`nest`](Router::nest) in a service's router
@@ -111,7 +109,7 @@ use pages::{Frame, RunsQuery};
 /// ```
 pub fn router(inspector: Inspector, options: Options) -> Router {
     let shared = Arc::new(Shared {
-        inspector: Fleet::new(inspector),
+        inspector,
         token: csrf::new_token(),
         options,
     });
@@ -162,7 +160,7 @@ pub async fn serve(
 
 #[derive(Debug)]
 struct Shared {
-    inspector: Fleet,
+    inspector: Inspector,
     token: String,
     options: Options,
 }
@@ -203,20 +201,13 @@ struct Failure {
 }
 
 impl Failure {
-    fn new(base: &str, err: &CallError) -> Failure {
-        let (status, message) = match err {
-            CallError::Inspect(err) => (
-                match err {
-                    WorkerError::UnknownJob(_) | WorkerError::UnknownQueue(_) => {
-                        StatusCode::NOT_FOUND
-                    }
-                    WorkerError::NotCron(_) | WorkerError::JobPaused(_) => StatusCode::CONFLICT,
-                    _ => StatusCode::BAD_GATEWAY,
-                },
-                error_text(err),
-            ),
-            CallError::Stopped(why) => (StatusCode::SERVICE_UNAVAILABLE, why.clone()),
+    fn new(base: &str, err: &WorkerError) -> Failure {
+        let status = match err {
+            WorkerError::UnknownJob(_) | WorkerError::UnknownQueue(_) => StatusCode::NOT_FOUND,
+            WorkerError::NotCron(_) | WorkerError::JobPaused(_) => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_GATEWAY,
         };
+        let message = error_text(err);
         Failure {
             status,
             message,
@@ -332,7 +323,7 @@ impl RunsParams {
 }
 
 /// The runs `params` ask for: one job's, or the newest of every job's.
-async fn select_runs(shared: &Shared, params: &RunsParams) -> Result<Vec<RunRecord>, CallError> {
+async fn select_runs(shared: &Shared, params: &RunsParams) -> Result<Vec<RunRecord>, WorkerError> {
     let filter = |job: &str| {
         let filter = RunFilter::job(job).limit(params.limit());
         if params.outcome.is_empty() {
@@ -354,7 +345,7 @@ async fn select_runs(shared: &Shared, params: &RunsParams) -> Result<Vec<RunReco
 }
 
 async fn runs(State(shared): AppState, Base(base): Base, Query(params): Query<RunsParams>) -> Page {
-    let fail = |e: CallError| Failure::new(&base, &e);
+    let fail = |e: WorkerError| Failure::new(&base, &e);
     let names: Vec<String> = shared
         .inspector
         .jobs()
@@ -408,7 +399,7 @@ async fn locks(
 /// How many dead letters of each queue the queues page lists.
 const DEAD_SHOWN: usize = 50;
 
-async fn queues_with_dead(shared: &Shared) -> Result<Vec<(QueueInfo, Vec<DeadLetter>)>, CallError> {
+async fn queues_with_dead(shared: &Shared) -> Result<Vec<(QueueInfo, Vec<DeadLetter>)>, WorkerError> {
     let mut out = Vec::new();
     for queue in shared.inspector.queues().await? {
         let dead = if queue.dead > 0 {
@@ -488,7 +479,7 @@ async fn job_action(
     Form(form): Form<ActionForm>,
 ) -> Result<Response, Response> {
     admit(&shared, &headers, &form)?;
-    let fail = |e: CallError| Failure::new(&base, &e).into_response();
+    let fail = |e: WorkerError| Failure::new(&base, &e).into_response();
     let job = form
         .job
         .as_deref()
@@ -525,7 +516,7 @@ async fn queue_action(
     Form(form): Form<ActionForm>,
 ) -> Result<Response, Response> {
     admit(&shared, &headers, &form)?;
-    let fail = |e: CallError| Failure::new(&base, &e).into_response();
+    let fail = |e: WorkerError| Failure::new(&base, &e).into_response();
     let stream = form
         .stream
         .as_deref()
@@ -590,7 +581,7 @@ async fn script() -> Response {
 }
 
 /// A JSON answer, or the error as `{"error": …}`.
-fn json<T: Serialize>(result: Result<T, CallError>) -> Response {
+fn json<T: Serialize>(result: Result<T, WorkerError>) -> Response {
     match result {
         Ok(value) => Json(value).into_response(),
         Err(err) => {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod recorded;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -89,7 +89,7 @@ pub use types::{
 
 use crate::error::{Result, WorkerError};
 use crate::fleet::{Keys, TRIGGER_KEEP, glob_escaped};
-use nodes::{Node, pipeline_on, scan_all};
+use nodes::{Scan, pipeline_on};
 use soloist_parse::CronSchedule;
 
 static REPLAY: LazyLock<Script> =
@@ -196,34 +196,30 @@ impl Inspector {
     pub async fn replicas(&self) -> Result<Vec<ReplicaInfo>> {
         let mut conn = self.conn().await?;
         let mut replicas = Vec::new();
-        scan_all(
-            &mut conn,
-            &self.keys.replica_pattern(),
-            async |conn: &mut Conn, node: &Node, keys: Vec<String>| {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
-                }
-                let replies = pipeline_on(conn, node, pipe).await?;
-                for pair in replies.chunks(2) {
-                    let (Some(json), Some(ttl)) = (pair.first(), pair.get(1)) else {
-                        continue;
-                    };
-                    let Ok(Some(json)) = Option::<String>::from_redis_value(json.clone()) else {
-                        continue; // expired between the scan and the read
-                    };
-                    let Ok(mut replica) = serde_json::from_str::<ReplicaInfo>(&json) else {
-                        continue; // not a registry entry of this version
-                    };
-                    replica.expires_in_ms = i64::from_redis_value(ttl.clone())
-                        .ok()
-                        .and_then(|ttl| u64::try_from(ttl).ok());
-                    replicas.push(replica);
-                }
-                Ok(())
-            },
-        )
-        .await?;
+        let mut pages = Scan::new(&mut conn, &self.keys.replica_pattern()).await?;
+        while let Some((node, keys)) = pages.next_page(&mut conn).await? {
+            let (conn, node) = (&mut conn, &node);
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+            }
+            let replies = pipeline_on(conn, node, pipe).await?;
+            for pair in replies.chunks(2) {
+                let (Some(json), Some(ttl)) = (pair.first(), pair.get(1)) else {
+                    continue;
+                };
+                let Ok(Some(json)) = Option::<String>::from_redis_value(json.clone()) else {
+                    continue; // expired between the scan and the read
+                };
+                let Ok(mut replica) = serde_json::from_str::<ReplicaInfo>(&json) else {
+                    continue; // not a registry entry of this version
+                };
+                replica.expires_in_ms = i64::from_redis_value(ttl.clone())
+                    .ok()
+                    .and_then(|ttl| u64::try_from(ttl).ok());
+                replicas.push(replica);
+            }
+        }
         replicas.sort_by(|a, b| a.replica.cmp(&b.replica));
         Ok(replicas)
     }
@@ -378,57 +374,53 @@ impl Inspector {
         };
         let mut conn = self.conn().await?;
         let mut locks = Vec::new();
-        scan_all(
-            &mut conn,
-            &scan,
-            async |conn: &mut Conn, node: &Node, names: Vec<String>| {
-                let found: Vec<(String, String)> = names
-                    .into_iter()
-                    .filter_map(|name| {
-                        let stored = name.strip_prefix(&prefix)?.to_owned();
-                        let key = key_of(&stored)?;
-                        glob_matches(pattern, &key).then_some((stored, key))
-                    })
-                    .collect();
-                let mut pipe = redis::pipe();
-                for (stored, _) in &found {
-                    pipe.cmd("GET")
-                        .arg(format!("{prefix}{stored}"))
-                        .cmd("PTTL")
-                        .arg(format!("{prefix}{stored}"))
-                        .cmd("LLEN")
-                        .arg(format!("{waiters_prefix}{stored}"))
-                        .cmd("GET")
-                        .arg(format!("{fence_prefix}{stored}"));
-                }
-                let replies = pipeline_on(conn, node, pipe).await?;
-                for ((_, key), reply) in found.into_iter().zip(replies.chunks(4)) {
-                    let [value, ttl, waiters, fence] = reply else {
-                        continue;
-                    };
-                    let Ok(Some(value)) = Option::<String>::from_redis_value(value.clone()) else {
-                        continue; // released between the scan and the read
-                    };
-                    let token = parse_token(&value);
-                    let owner = token.as_ref().map(|t| t.owner.clone());
-                    locks.push(LockInfo {
-                        key,
-                        replica: owner.as_ref().and_then(|o| owners.get(o).cloned()),
-                        owner,
-                        since_ms: token.map(|t| unix_ms(t.acquired_at)),
-                        ttl_ms: i64::from_redis_value(ttl.clone())
-                            .ok()
-                            .and_then(|ttl| u64::try_from(ttl).ok()),
-                        waiters: u64::from_redis_value(waiters.clone()).unwrap_or(0),
-                        fence: Option::<u64>::from_redis_value(fence.clone())
-                            .ok()
-                            .flatten(),
-                    });
-                }
-                Ok(())
-            },
-        )
-        .await?;
+        let mut pages = Scan::new(&mut conn, &scan).await?;
+        while let Some((node, names)) = pages.next_page(&mut conn).await? {
+            let (conn, node) = (&mut conn, &node);
+            let found: Vec<(String, String)> = names
+                .into_iter()
+                .filter_map(|name| {
+                    let stored = name.strip_prefix(&prefix)?.to_owned();
+                    let key = key_of(&stored)?;
+                    glob_matches(pattern, &key).then_some((stored, key))
+                })
+                .collect();
+            let mut pipe = redis::pipe();
+            for (stored, _) in &found {
+                pipe.cmd("GET")
+                    .arg(format!("{prefix}{stored}"))
+                    .cmd("PTTL")
+                    .arg(format!("{prefix}{stored}"))
+                    .cmd("LLEN")
+                    .arg(format!("{waiters_prefix}{stored}"))
+                    .cmd("GET")
+                    .arg(format!("{fence_prefix}{stored}"));
+            }
+            let replies = pipeline_on(conn, node, pipe).await?;
+            for ((_, key), reply) in found.into_iter().zip(replies.chunks(4)) {
+                let [value, ttl, waiters, fence] = reply else {
+                    continue;
+                };
+                let Ok(Some(value)) = Option::<String>::from_redis_value(value.clone()) else {
+                    continue; // released between the scan and the read
+                };
+                let token = parse_token(&value);
+                let owner = token.as_ref().map(|t| t.owner.clone());
+                locks.push(LockInfo {
+                    key,
+                    replica: owner.as_ref().and_then(|o| owners.get(o).cloned()),
+                    owner,
+                    since_ms: token.map(|t| unix_ms(t.acquired_at)),
+                    ttl_ms: i64::from_redis_value(ttl.clone())
+                        .ok()
+                        .and_then(|ttl| u64::try_from(ttl).ok()),
+                    waiters: u64::from_redis_value(waiters.clone()).unwrap_or(0),
+                    fence: Option::<u64>::from_redis_value(fence.clone())
+                        .ok()
+                        .flatten(),
+                });
+            }
+        }
         locks.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(locks)
     }
@@ -793,6 +785,30 @@ fn glob_matches(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compiles only while every call's future is `Send`: awaitable in a
+    /// spawned task or a web handler (the dashboard's).
+    #[test]
+    fn every_call_can_be_awaited_on_any_task() {
+        fn send<T: Send>(_: T) {}
+        let inspector = Inspector::new(&LockClient::memory());
+        if let Ok(i) = inspector {
+            send(i.server_time());
+            send(i.status());
+            send(i.replicas());
+            send(i.jobs());
+            send(i.paused());
+            send(i.runs(&RunFilter::job("job")));
+            send(i.locks("*"));
+            send(i.queues());
+            send(i.dead_letters("orders", 10));
+            send(i.replay_dead_letter("orders", "1-0"));
+            send(i.purge_dead_letters("orders", &[]));
+            send(i.pause("job"));
+            send(i.resume("job"));
+            send(i.trigger("job"));
+        }
+    }
 
     #[test]
     fn stored_names_give_back_their_keys() {

@@ -130,25 +130,44 @@ pub(crate) async fn pipeline_on(
     .map_err(lock_err)
 }
 
-/// Every key matching `pattern` on every primary, one page at a time, each
-/// page handed to `page` with the node it came from.
-pub(crate) async fn scan_all(
-    conn: &mut Conn,
-    pattern: &str,
-    mut page: impl AsyncFnMut(&mut Conn, &Node, Vec<String>) -> Result<()>,
-) -> Result<()> {
-    for node in primaries(conn).await? {
-        let mut cursor = 0;
+/// Every key matching a pattern on every primary, one page at a time.
+///
+/// A cursor rather than a callback: the futures of the inspector's methods
+/// stay `Send`, so they can be awaited in spawned tasks and web handlers.
+pub(crate) struct Scan {
+    pattern: String,
+    nodes: std::vec::IntoIter<Node>,
+    /// The node being scanned and the cursor to continue from.
+    at: Option<(Node, u64)>,
+}
+
+impl Scan {
+    pub(crate) async fn new(conn: &mut Conn, pattern: &str) -> Result<Self> {
+        Ok(Scan {
+            pattern: pattern.to_owned(),
+            nodes: primaries(conn).await?.into_iter(),
+            at: None,
+        })
+    }
+
+    /// The next non-empty page and the node it came from; `None` once
+    /// every primary is scanned through.
+    pub(crate) async fn next_page(&mut self, conn: &mut Conn) -> Result<Option<(Node, Vec<String>)>> {
         loop {
-            let (next, keys) = scan_page(conn, &node, cursor, pattern).await?;
+            let (node, cursor) = match self.at.take() {
+                Some(at) => at,
+                None => match self.nodes.next() {
+                    Some(node) => (node, 0),
+                    None => return Ok(None),
+                },
+            };
+            let (next, keys) = scan_page(conn, &node, cursor, &self.pattern).await?;
+            if next != 0 {
+                self.at = Some((node.clone(), next));
+            }
             if !keys.is_empty() {
-                page(conn, &node, keys).await?;
+                return Ok(Some((node, keys)));
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
     }
-    Ok(())
 }
