@@ -5,7 +5,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::recorded::{Snapshot, counter, gauge, install, value};
+use common::recorded::{counter, gauge, install, value};
 use metrics_util::debugging::DebugValue;
 use soloist::{LockClient, metrics as names};
 use soloist_testkit::RedisServer;

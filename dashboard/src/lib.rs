@@ -399,7 +399,9 @@ async fn locks(
 /// How many dead letters of each queue the queues page lists.
 const DEAD_SHOWN: usize = 50;
 
-async fn queues_with_dead(shared: &Shared) -> Result<Vec<(QueueInfo, Vec<DeadLetter>)>, WorkerError> {
+async fn queues_with_dead(
+    shared: &Shared,
+) -> Result<Vec<(QueueInfo, Vec<DeadLetter>)>, WorkerError> {
     let mut out = Vec::new();
     for queue in shared.inspector.queues().await? {
         let dead = if queue.dead > 0 {

@@ -152,7 +152,10 @@ impl Scan {
 
     /// The next non-empty page and the node it came from; `None` once
     /// every primary is scanned through.
-    pub(crate) async fn next_page(&mut self, conn: &mut Conn) -> Result<Option<(Node, Vec<String>)>> {
+    pub(crate) async fn next_page(
+        &mut self,
+        conn: &mut Conn,
+    ) -> Result<Option<(Node, Vec<String>)>> {
         loop {
             let (node, cursor) = match self.at.take() {
                 Some(at) => at,
