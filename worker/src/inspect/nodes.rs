@@ -1,6 +1,7 @@
 //! Commands that must reach every primary (`SCAN`), and pipelines sent to
 //! the primary that answered the scan.
 
+#[cfg(feature = "cluster")]
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{FromRedisValue, Pipeline, Value};
 use soloist_core::Conn;
@@ -13,6 +14,7 @@ pub(crate) const SCAN_COUNT: usize = 1000;
 
 /// A primary: the server itself, or a cluster node by address.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) enum Node {
     Server,
     Cluster { host: String, port: u16 },
@@ -83,6 +85,7 @@ pub(crate) async fn scan_page(
         .arg(SCAN_COUNT);
     let reply: Value = match (conn, node) {
         (conn @ Conn::Server(_), _) => scan.query_async(conn).await,
+        #[cfg(feature = "cluster")]
         (Conn::Cluster(cluster), Node::Cluster { host, port }) => {
             cluster
                 .route_command(
@@ -94,6 +97,7 @@ pub(crate) async fn scan_page(
                 )
                 .await
         }
+        #[cfg(feature = "cluster")]
         (Conn::Cluster(_), Node::Server) => return Err(unexpected("SCAN routing")),
     }
     .map_err(lock_err)?;
@@ -112,6 +116,7 @@ pub(crate) async fn pipeline_on(
     }
     match (conn, node) {
         (conn @ Conn::Server(_), _) => pipe.query_async(conn).await,
+        #[cfg(feature = "cluster")]
         (Conn::Cluster(cluster), Node::Cluster { host, port }) => {
             cluster
                 .route_pipeline(
@@ -125,6 +130,7 @@ pub(crate) async fn pipeline_on(
                 )
                 .await
         }
+        #[cfg(feature = "cluster")]
         (Conn::Cluster(_), Node::Server) => return Err(unexpected("pipeline routing")),
     }
     .map_err(lock_err)
