@@ -91,14 +91,23 @@ impl RateLimit {
                 ),
             ));
         }
-        let interval = self.period / self.count;
-        if interval < Duration::from_micros(1) {
+        if self.period.as_nanos() < 1000 * u128::from(self.count) {
             return Err(LockError::invalid(
                 "count",
                 "more than one start per microsecond cannot be counted",
             ));
         }
-        Ok(interval)
+        // Rounded up to the whole microseconds the server's clock counts:
+        // rounded down, one start too many could fit in a period (3 per
+        // second 333,333 µs apart puts a fourth start at 999,999 µs).
+        let micros = self
+            .period
+            .as_nanos()
+            .div_ceil(u128::from(self.count))
+            .div_ceil(1000);
+        Ok(Duration::from_micros(
+            u64::try_from(micros).unwrap_or(u64::MAX),
+        ))
     }
 
     /// Asks for one start now: admitted (and counted), or how long until
@@ -190,5 +199,22 @@ mod tests {
             limit.wait(Duration::from_millis(50)).await,
             Err(LockError::Timeout { .. })
         ));
+    }
+
+    /// A period the count does not divide: the interval is rounded up, so
+    /// no period ever holds one start more than the count.
+    #[tokio::test(start_paused = true)]
+    async fn an_uneven_interval_never_fits_an_extra_start() {
+        let locks = LockClient::memory();
+        let limit = locks.rate_limit("r", 3, Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        for _ in 0..4 {
+            limit.wait(Duration::from_secs(10)).await.unwrap();
+        }
+        assert!(
+            started.elapsed() > Duration::from_secs(1),
+            "4 starts of 3 per second within {:?}",
+            started.elapsed()
+        );
     }
 }

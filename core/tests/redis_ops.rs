@@ -643,3 +643,54 @@ async fn a_resent_acquisition_takes_the_key_it_already_holds() {
     let other = attempt("someone-else");
     assert_eq!(other.lines().next(), Some("0"), "{other}");
 }
+
+/// The same for a read-write lock: a resent read attempt that finds its own
+/// token among the readers (a writer waiting meanwhile) is taken and
+/// renewed, not refused while its lease sits unrenewed in the readers.
+#[tokio::test]
+async fn a_resent_read_attempt_takes_the_lock_it_already_holds() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    let reading = locks.rw_lock("resent").read().acquire().await.unwrap();
+    let readers = "soloist:rw-readers:{resent}";
+    let token = server.cli(&["ZRANGE", readers, "0", "0"]);
+    assert!(!token.is_empty(), "one reader");
+    // A writer has come and left its intent since.
+    server.cli(&["SET", "soloist:rw-intent:{resent}", "a-writer", "PX", "3000"]);
+    let reply = server.cli(&[
+        "EVAL",
+        include_str!("../src/scripts/rw_acquire.lua"),
+        "5",
+        readers,
+        "soloist:rw-writer:{resent}",
+        "soloist:rw-intent:{resent}",
+        "soloist:rw-fence:{resent}",
+        "soloist:rw-waiters:{resent}",
+        &token,
+        "5000",
+        "read",
+        "the-reader",
+        "",
+    ]);
+    let mut lines = reply.lines();
+    assert_eq!(lines.next(), Some("1"), "taken: {reply}");
+    let fence: u64 = lines.next().unwrap().parse().unwrap();
+    assert!(fence > reading.fence());
+    // A new reader is still kept out by the intent.
+    let other = server.cli(&[
+        "EVAL",
+        include_str!("../src/scripts/rw_acquire.lua"),
+        "5",
+        readers,
+        "soloist:rw-writer:{resent}",
+        "soloist:rw-intent:{resent}",
+        "soloist:rw-fence:{resent}",
+        "soloist:rw-waiters:{resent}",
+        "someone-else",
+        "5000",
+        "read",
+        "another-reader",
+        "",
+    ]);
+    assert_eq!(other.lines().next(), Some("0"), "{other}");
+}

@@ -29,7 +29,7 @@
 //! one success per tick, and a tick is lost only if no replica is up to
 //! claim it during its whole grace (then the missed-tick policy applies).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,13 +146,21 @@ pub(crate) async fn triggers(shared: Arc<Shared>, jobs: HashMap<String, Arc<Cron
     if jobs.is_empty() {
         return;
     }
+    // Triggers are read again for a while after the newest one seen: one
+    // added in the very millisecond of a read, or by a server whose clock
+    // is behind (after a failover), scores no higher than what was seen.
+    // Those handled here are remembered as long; claiming dedupes across
+    // replicas anyway.
+    const LOOK_BACK_MS: i64 = 10_000;
+    let mut handled: HashSet<(i64, String)> = HashSet::new();
     let mut seen = 0;
     loop {
         tokio::select! {
             () = tokio::time::sleep(TRIGGER_POLL) => {}
             () = shared.stop_claiming.cancelled() => return,
         }
-        let asked = match fleet.triggers_after(seen).await {
+        handled.retain(|(at_ms, _)| *at_ms >= seen - LOOK_BACK_MS);
+        let asked = match fleet.triggers_since(seen - LOOK_BACK_MS).await {
             Ok(asked) => asked,
             Err(err) => {
                 tracing::debug!(error = %err, "cannot read the triggered runs");
@@ -161,6 +169,9 @@ pub(crate) async fn triggers(shared: Arc<Shared>, jobs: HashMap<String, Arc<Cron
         };
         for (at_ms, job) in asked {
             seen = seen.max(at_ms);
+            if !handled.insert((at_ms, job.clone())) {
+                continue;
+            }
             let (Some(entry), Some(at)) = (jobs.get(&job), DateTime::from_timestamp_millis(at_ms))
             else {
                 continue;

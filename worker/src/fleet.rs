@@ -212,16 +212,16 @@ impl Fleet {
             .await?)
     }
 
-    /// The triggered runs later than `after_ms`, oldest first: their
+    /// The triggered runs at or after `since_ms`, oldest first: their
     /// times and jobs.
-    pub(crate) async fn triggers_after(
+    pub(crate) async fn triggers_since(
         &self,
-        after_ms: i64,
+        since_ms: i64,
     ) -> soloist_core::Result<Vec<(i64, String)>> {
         let mut conn = self.conn().await?;
         let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(self.keys.triggers())
-            .arg(format!("({after_ms}"))
+            .arg(since_ms)
             .arg("+inf")
             .query_async(&mut conn)
             .await?;

@@ -454,6 +454,16 @@ async fn dead_letters_are_listed_replayed_once_and_purged() {
             .unwrap()
             .is_empty()
     );
+    // An id given without its sequence number names the first entry of its
+    // millisecond; that entry is the one replayed and deleted, once.
+    server.cli(&[
+        "XADD", "{orders}:dead", "9999999999999-1", "order", "order:late", "reason", "r",
+    ]);
+    let first = inspector.replay_dead_letter("orders", "9999999999999").await;
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
+    let again = inspector.replay_dead_letter("orders", "9999999999999").await;
+    assert!(matches!(again, Ok(None)), "replayed twice: {again:?}");
+    assert_eq!(server.cli(&["XLEN", "{orders}:dead"]), "0");
     assert_eq!(
         inspector
             .dead_letters("nope", 10)

@@ -27,35 +27,54 @@ local function wait_for(ms)
   end
   return {0, math.max(ms, 1)}
 end
-local writer_left = redis.call('PTTL', KEYS[2])
-if writer_left > 0 and redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  if ARGV[3] == 'write' and ARGV[5] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then
-    redis.call('SET', KEYS[3], ARGV[4], 'PX', 3000)
-  end
-  return wait_for(writer_left)
-end
-local intent = redis.call('GET', KEYS[3])
-if ARGV[3] == 'read' then
-  if intent then
-    return wait_for(redis.call('PTTL', KEYS[3]))
-  end
+local function add_reader()
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
   local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', KEYS[1], tonumber(last[2]) - now)
-else
-  if intent and intent ~= ARGV[4] then
-    return wait_for(redis.call('PTTL', KEYS[3]))
-  end
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if first[1] then
-    if ARGV[5] ~= '' then
+end
+-- Takes the lock, or answers why not (nil when taken).
+local function take()
+  local writer_left = redis.call('PTTL', KEYS[2])
+  if writer_left > 0 and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+    if ARGV[3] == 'write' and ARGV[5] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then
       redis.call('SET', KEYS[3], ARGV[4], 'PX', 3000)
     end
-    return wait_for(tonumber(first[2]) - now)
+    return wait_for(writer_left)
   end
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
-  if intent then
-    redis.call('DEL', KEYS[3])
+  local intent = redis.call('GET', KEYS[3])
+  if ARGV[3] == 'read' then
+    if intent then
+      return wait_for(redis.call('PTTL', KEYS[3]))
+    end
+    add_reader()
+  else
+    if intent and intent ~= ARGV[4] then
+      return wait_for(redis.call('PTTL', KEYS[3]))
+    end
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    if first[1] then
+      if ARGV[5] ~= '' then
+        redis.call('SET', KEYS[3], ARGV[4], 'PX', 3000)
+      end
+      return wait_for(tonumber(first[2]) - now)
+    end
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+    if intent then
+      redis.call('DEL', KEYS[3])
+    end
+  end
+end
+-- This same attempt, sent again after its reply was lost (a cluster client
+-- resends on a dropped connection): the lock is already ours. Renew it and
+-- issue a fence, higher than the one nobody received.
+if ARGV[3] == 'read' and redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  add_reader()
+elseif ARGV[3] == 'write' and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  local refused = take()
+  if refused then
+    return refused
   end
 end
 if ARGV[5] ~= '' then

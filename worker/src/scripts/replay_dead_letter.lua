@@ -11,6 +11,9 @@ local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then
   return false
 end
+-- The entry's own id: an id given without its sequence part finds the
+-- first entry of that millisecond, which is the one to delete.
+local id = found[1][1]
 local fields = found[1][2]
 local entry = {}
 for i = 1, #fields, 2 do
@@ -22,6 +25,6 @@ for i = 1, #fields, 2 do
   end
 end
 entry[#entry + 1] = 'replayed'
-entry[#entry + 1] = ARGV[1]
-redis.call('XDEL', KEYS[1], ARGV[1])
+entry[#entry + 1] = id
+redis.call('XDEL', KEYS[1], id)
 return redis.call('XADD', KEYS[2], '*', unpack(entry))
