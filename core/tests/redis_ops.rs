@@ -656,7 +656,13 @@ async fn a_resent_read_attempt_takes_the_lock_it_already_holds() {
     let token = server.cli(&["ZRANGE", readers, "0", "0"]);
     assert!(!token.is_empty(), "one reader");
     // A writer has come and left its intent since.
-    server.cli(&["SET", "soloist:rw-intent:{resent}", "a-writer", "PX", "3000"]);
+    server.cli(&[
+        "SET",
+        "soloist:rw-intent:{resent}",
+        "a-writer",
+        "PX",
+        "3000",
+    ]);
     let reply = server.cli(&[
         "EVAL",
         include_str!("../src/scripts/rw_acquire.lua"),
