@@ -184,16 +184,7 @@ fn main() -> ExitCode {
 
 /// Prints `err` and its causes on one line.
 fn fail(err: &dyn std::error::Error) -> ExitCode {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
+    let line = soloist::dashboard::error_text(err);
     eprintln!("soloist: error: {line}");
     ExitCode::FAILURE
 }

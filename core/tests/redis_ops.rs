@@ -663,40 +663,30 @@ async fn a_resent_read_attempt_takes_the_lock_it_already_holds() {
         "PX",
         "3000",
     ]);
-    let reply = server.cli(&[
-        "EVAL",
-        include_str!("../src/scripts/rw_acquire.lua"),
-        "5",
-        readers,
-        "soloist:rw-writer:{resent}",
-        "soloist:rw-intent:{resent}",
-        "soloist:rw-fence:{resent}",
-        "soloist:rw-waiters:{resent}",
-        &token,
-        "5000",
-        "read",
-        "the-reader",
-        "",
-    ]);
+    // The read-write acquire script, run for `token` as the client runs it.
+    let attempt = |token: &str, request: &str| {
+        server.cli(&[
+            "EVAL",
+            include_str!("../src/scripts/rw_acquire.lua"),
+            "5",
+            readers,
+            "soloist:rw-writer:{resent}",
+            "soloist:rw-intent:{resent}",
+            "soloist:rw-fence:{resent}",
+            "soloist:rw-waiters:{resent}",
+            token,
+            "5000",
+            "read",
+            request,
+            "",
+        ])
+    };
+    let reply = attempt(&token, "the-reader");
     let mut lines = reply.lines();
     assert_eq!(lines.next(), Some("1"), "taken: {reply}");
     let fence: u64 = lines.next().unwrap().parse().unwrap();
     assert!(fence > reading.fence());
     // A new reader is still kept out by the intent.
-    let other = server.cli(&[
-        "EVAL",
-        include_str!("../src/scripts/rw_acquire.lua"),
-        "5",
-        readers,
-        "soloist:rw-writer:{resent}",
-        "soloist:rw-intent:{resent}",
-        "soloist:rw-fence:{resent}",
-        "soloist:rw-waiters:{resent}",
-        "someone-else",
-        "5000",
-        "read",
-        "another-reader",
-        "",
-    ]);
+    let other = attempt("someone-else", "another-reader");
     assert_eq!(other.lines().next(), Some("0"), "{other}");
 }

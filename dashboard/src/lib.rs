@@ -216,8 +216,10 @@ impl Failure {
     }
 }
 
-/// An error and its causes on one line, as the CLI prints them.
-fn error_text(err: &dyn std::error::Error) -> String {
+/// An error and its causes on one line (a cause the message already
+/// quotes is not repeated): what the dashboard shows and the CLI prints.
+#[doc(hidden)]
+pub fn error_text(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
