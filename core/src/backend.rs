@@ -189,6 +189,21 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Deletes `key` if `token` still owns it and wakes its waiters; `false` if not ours.
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>>;
 
+    /// Gives back `token`'s lease of `key` (a lock's or a permit's, by
+    /// `kind`) and runs the commands `along` (each as its arguments) in the
+    /// same round trip: whether the lease was ours, and the first refusal
+    /// of a command. `None` where commands cannot go along: only one Redis
+    /// deployment carries them (see `along.rs`).
+    fn release_with<'a>(
+        &'a self,
+        _kind: LeaseKind,
+        _key: &'a str,
+        _token: &'a str,
+        _along: &'a [Vec<Vec<u8>>],
+    ) -> Option<BoxFuture<'a, Result<(bool, Option<String>)>>> {
+        None
+    }
+
     /// Starts listening for the wake-ups of `key`'s waiters, at once: a
     /// wake-up that reaches this process from now on reaches the listener.
     /// A waiter listens before the attempt that queues it.

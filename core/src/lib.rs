@@ -26,6 +26,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod along;
 mod backend;
 mod background;
 mod client;

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
+use crate::along::{carrying, push_args};
 use crate::backend::{Attempt, LeaseKind, Record, Renewal, Waiting};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
@@ -38,6 +39,11 @@ static RW_RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rw_release.lua")));
 static RATE_GCRA: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rate_gcra.lua")));
+/// [`RELEASE`] and [`PERMIT_RELEASE`], carrying commands along (see `along.rs`).
+static RELEASE_ALONG: LazyLock<Script> =
+    LazyLock::new(|| carrying(include_str!("scripts/release.lua")));
+static PERMIT_RELEASE_ALONG: LazyLock<Script> =
+    LazyLock::new(|| carrying(include_str!("scripts/semaphore_release.lua")));
 #[cfg(feature = "redlock")]
 static COMMIT_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
@@ -646,6 +652,98 @@ impl RedisNode {
             .arg(key);
         let released: i64 = self.script("release", &RELEASE, &invocation).await?;
         Ok(released == 1)
+    }
+
+    /// Gives back `token`'s lease of `key` as [`release`](Self::release) or
+    /// [`release_permit`](Self::release_permit) do, and runs the commands
+    /// `along` in the same round trip: on one server in the same script,
+    /// after the release and whatever it found; on a cluster, where they
+    /// may be in another hash slot, each sent at the same time as the
+    /// release (the cluster connection pipelines what goes to one node),
+    /// not atomically with it. Returns whether the lease was ours and the
+    /// first refusal of a command.
+    pub(crate) async fn release_with(
+        &self,
+        kind: LeaseKind,
+        key: &str,
+        token: &str,
+        along: &[Vec<Vec<u8>>],
+    ) -> Result<(bool, Option<String>)> {
+        if self.is_cluster() {
+            return self.release_beside(kind, key, token, along).await;
+        }
+        let (script, keys, line) = match kind {
+            LeaseKind::Lock => (
+                &*RELEASE_ALONG,
+                [self.keys.lock(key), self.keys.waiters(key)],
+                key.to_owned(),
+            ),
+            LeaseKind::Permit => (
+                &*PERMIT_RELEASE_ALONG,
+                [
+                    named(&self.keys.permits, key),
+                    named(&self.keys.permit_waiters, key),
+                ],
+                crate::semaphore::line(key),
+            ),
+            LeaseKind::Read | LeaseKind::Write => {
+                return Err(LockError::invalid(
+                    "along",
+                    "a read-write lock's release carries no commands",
+                ));
+            }
+        };
+        let mut invocation = script.prepare_invoke();
+        for name in keys {
+            invocation.key(name);
+        }
+        push_args(
+            &mut invocation,
+            &[
+                token.as_bytes(),
+                self.wake_prefix.as_bytes(),
+                line.as_bytes(),
+            ],
+            along,
+        );
+        let (released, failed): (i64, String) = self.script("release", script, &invocation).await?;
+        Ok((released == 1, (!failed.is_empty()).then_some(failed)))
+    }
+
+    /// [`release_with`](Self::release_with) on a cluster: the release and
+    /// each command sent together.
+    async fn release_beside(
+        &self,
+        kind: LeaseKind,
+        key: &str,
+        token: &str,
+        along: &[Vec<Vec<u8>>],
+    ) -> Result<(bool, Option<String>)> {
+        let conn = self.connection().await?;
+        let sends = along.iter().map(|command| {
+            let mut cmd = redis::Cmd::new();
+            for arg in command {
+                cmd.arg(arg.as_slice());
+            }
+            let mut conn = conn.clone();
+            async move { cmd.query_async::<redis::Value>(&mut conn).await }
+        });
+        let release = async {
+            match kind {
+                LeaseKind::Lock => self.release(key, token).await,
+                LeaseKind::Permit => self.release_permit(key, token).await,
+                LeaseKind::Read | LeaseKind::Write => Err(LockError::invalid(
+                    "along",
+                    "a read-write lock's release carries no commands",
+                )),
+            }
+        };
+        let (released, answers) = futures::join!(release, futures::future::join_all(sends));
+        let failed = answers
+            .into_iter()
+            .find_map(|answer| answer.err())
+            .map(|err| err.to_string());
+        Ok((released?, failed))
     }
 
     /// Leaves `key`'s queue after a wake-up nobody here wants any more, and

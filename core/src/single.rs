@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Waiting};
+use crate::backend::{Attempt, Backend, LeaseKind, Record, Renewal, Renewed, Waiting};
 use crate::deployment::Deployment;
 use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
@@ -108,6 +108,16 @@ impl Backend for RedisBackend {
 
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
         self.node.release(key, token).boxed()
+    }
+
+    fn release_with<'a>(
+        &'a self,
+        kind: LeaseKind,
+        key: &'a str,
+        token: &'a str,
+        along: &'a [Vec<Vec<u8>>],
+    ) -> Option<BoxFuture<'a, Result<(bool, Option<String>)>>> {
+        Some(self.node.release_with(kind, key, token, along).boxed())
     }
 
     fn listen(&self, key: &str) -> Listener {

@@ -95,11 +95,22 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
             return Ok(RunOutcome::RateLimited { retry_after });
         }
         started.await;
-        let outcome = execute(&shared, &job, args, &spec, (&key, &record), &guard).await?;
-        if let Err(err) = guard.release().await {
+        let (outcome, history) =
+            execute(&shared, &job, args, &spec, (&key, &record), &guard).await?;
+        // The run's history entry rides on the release: written in the
+        // release's own script on one server, sent in the same round trip
+        // on a cluster (see `LockGuard::release_with`).
+        let along: Vec<soloist_core::redis::Cmd> = shared
+            .fleet
+            .as_ref()
+            .zip(history)
+            .map(|(fleet, run)| fleet.history_entry(&run))
+            .into_iter()
+            .collect();
+        if let Err(err) = guard.release_with(&along).await {
             tracing::debug!(error = %err, "releasing after the run");
         }
-        Ok(outcome)
+        outcome
     }
     .instrument(span)
     .await;
@@ -180,6 +191,9 @@ async fn hold(shared: &Shared, spec: &JobSpec, record: &str) -> soloist_core::Re
     }
 }
 
+/// Runs the job's body with its retries and records a success: the run's
+/// outcome, and its history entry (on a Redis backend) for the release to
+/// carry.
 async fn execute<J: KeyedJob>(
     shared: &Shared,
     job: &J,
@@ -187,7 +201,7 @@ async fn execute<J: KeyedJob>(
     spec: &JobSpec,
     (key, record): (&str, &str),
     guard: &Held,
-) -> Result<RunOutcome<J::Output>> {
+) -> Result<(Result<RunOutcome<J::Output>>, Option<RunRecord>)> {
     let started_at = shared.clock.now();
     let started = Instant::now();
     // Retries need the arguments again: keep them serialized.
@@ -223,33 +237,27 @@ async fn execute<J: KeyedJob>(
     .await;
     metrics::run_time(&spec.name, started.elapsed());
     let outcome = outcome_of(shared, ended, last_ctx, spec, record, guard).await;
-    if let Some(fleet) = &shared.fleet {
-        let run = RunRecord {
-            id: String::new(),
-            job: spec.name.clone(),
-            tick_ms: None,
-            triggered: false,
-            key: Some(key.to_owned()),
-            replica: shared.replica.clone(),
-            fence: guard.fence(),
-            outcome: match &outcome {
-                Ok(outcome) => outcome.label().to_owned(),
-                Err(_) => "unrecorded".to_owned(),
-            },
-            started_ms: started_at.timestamp_millis(),
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            error: match &outcome {
-                Ok(RunOutcome::Failed(error)) => Some(error.to_string()),
-                Err(error) => Some(error.to_string()),
-                Ok(_) => None,
-            },
-        };
-        // Written after the caller has its outcome, not before: the history
-        // costs the run no wait. Shutdown waits for it like for a run.
-        let fleet = fleet.clone();
-        shared.runs.spawn(async move { fleet.record(&run).await });
-    }
-    outcome
+    let history = shared.fleet.as_ref().map(|_| RunRecord {
+        id: String::new(),
+        job: spec.name.clone(),
+        tick_ms: None,
+        triggered: false,
+        key: Some(key.to_owned()),
+        replica: shared.replica.clone(),
+        fence: guard.fence(),
+        outcome: match &outcome {
+            Ok(outcome) => outcome.label().to_owned(),
+            Err(_) => "unrecorded".to_owned(),
+        },
+        started_ms: started_at.timestamp_millis(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        error: match &outcome {
+            Ok(RunOutcome::Failed(error)) => Some(error.to_string()),
+            Err(error) => Some(error.to_string()),
+            Ok(_) => None,
+        },
+    });
+    Ok((outcome, history))
 }
 
 /// What the run that `ended` comes to, its success recorded.
