@@ -323,11 +323,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use soloist_core::{
-    Admission, ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient,
-    LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_KEYS, MAX_PERMITS, MAX_RATE_COUNT,
-    MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, MultiLockGuard, MultiLockRequest,
-    PermitGuard, RateLimit, Result, RwLock, RwLockGuard, RwLockRequest, SemaphoreRequest,
-    TokenInfo, colocated, hash_slot, metrics, owner_id, parse_token, redis,
+    Admission, Claim, Claimed, ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite,
+    Lease, LockClient, LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_KEYS, MAX_PERMITS,
+    MAX_RATE_COUNT, MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, MultiLockGuard,
+    MultiLockRequest, PermitGuard, RateLimit, Result, RwLock, RwLockGuard, RwLockRequest,
+    SemaphoreRequest, Settle, Settled, TokenInfo, colocated, hash_slot, metrics, owner_id,
+    parse_token, redis,
 };
 /// The web dashboard: an axum `Router` to mount in a service (feature `dashboard`).
 #[cfg(feature = "dashboard")]

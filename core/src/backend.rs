@@ -204,6 +204,13 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The one Redis server this backend talks to, when batched claims and
+    /// settlements can run there (see `batch.rs`): not on a cluster, a
+    /// Redlock or the memory backend.
+    fn batch_node(&self) -> Option<&crate::node::RedisNode> {
+        None
+    }
+
     /// Starts listening for the wake-ups of `key`'s waiters, at once: a
     /// wake-up that reaches this process from now on reaches the listener.
     /// A waiter listens before the attempt that queues it.

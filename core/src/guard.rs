@@ -37,9 +37,9 @@ use crate::token::new_token;
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct LockGuard {
     client: LockClient,
-    lease: Lease,
+    pub(crate) lease: Lease,
     /// Set once `release` took over; `Drop` then has nothing to do.
-    released: bool,
+    pub(crate) released: bool,
 }
 
 impl LockGuard {
@@ -359,11 +359,11 @@ pub(crate) async fn give_back(backend: &dyn Backend, cell: &LeaseCell) -> Result
 
 /// The first pause before a commit is sent again; it doubles up to
 /// [`COMMIT_RETRY_MAX`], with jitter, while the lease lasts.
-const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(20);
-const COMMIT_RETRY_MAX: Duration = Duration::from_millis(500);
+pub(crate) const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(20);
+pub(crate) const COMMIT_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// A command's arguments, its name first.
-fn command_args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
+pub(crate) fn command_args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
     cmd.args_iter()
         .map(|arg| match arg {
             redis::Arg::Simple(bytes) => bytes.to_vec(),

@@ -29,6 +29,7 @@
 mod along;
 mod backend;
 mod background;
+mod batch;
 mod client;
 mod deployment;
 mod error;
@@ -57,6 +58,7 @@ mod tls;
 mod token;
 mod watchdog;
 
+pub use batch::{Claim, Claimed, Settle, Settled};
 pub use client::{ClientBuilder, LockClient};
 pub use deployment::Deployment;
 pub use error::{LockError, Result};

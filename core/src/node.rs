@@ -44,6 +44,23 @@ static RELEASE_ALONG: LazyLock<Script> =
     LazyLock::new(|| carrying(include_str!("scripts/release.lua")));
 static PERMIT_RELEASE_ALONG: LazyLock<Script> =
     LazyLock::new(|| carrying(include_str!("scripts/semaphore_release.lua")));
+/// Many claims and many settlements in one call each (see `batch.rs`),
+/// built around the single-key scripts' own text.
+static CLAIM_ALL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "local function acquire(KEYS, ARGV)\n{}\nend\n{}",
+        include_str!("scripts/acquire.lua"),
+        include_str!("scripts/claim_all.lua")
+    ))
+});
+static SETTLE_ALL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "local function commit(KEYS, ARGV)\n{}\nend\nlocal function release(KEYS, ARGV)\n{}\nend\n{}",
+        include_str!("scripts/fenced_set.lua"),
+        include_str!("scripts/release.lua"),
+        include_str!("scripts/settle_all.lua")
+    ))
+});
 #[cfg(feature = "redlock")]
 static COMMIT_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
@@ -390,6 +407,40 @@ async fn send<T: FromRedisValue>(
     } else {
         let (reply,) = pipe.query_async(conn).await?;
         Ok((reply, None))
+    }
+}
+
+/// One claim of [`RedisNode::claim_all`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawClaim<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) token: &'a str,
+    pub(crate) ttl: Duration,
+    pub(crate) record: Option<&'a str>,
+    pub(crate) if_recorded: &'a [Vec<Vec<u8>>],
+    pub(crate) if_acquired: &'a [Vec<Vec<u8>>],
+}
+
+/// One item of [`RedisNode::settle_all`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawSettle<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) token: &'a str,
+    /// The record's resource, the holder's fence and what to write.
+    pub(crate) record: Option<(&'a str, u64, Record<'a>)>,
+    pub(crate) if_committed: &'a [Vec<Vec<u8>>],
+    pub(crate) otherwise: &'a [Vec<Vec<u8>>],
+}
+
+/// Appends a list of commands as the batch scripts take it: its length,
+/// then each command as its argument count and its arguments.
+fn push_commands(invocation: &mut ScriptInvocation<'_>, commands: &[Vec<Vec<u8>>]) {
+    invocation.arg(commands.len());
+    for command in commands {
+        invocation.arg(command.len());
+        for arg in command {
+            invocation.arg(arg.as_slice());
+        }
     }
 }
 
@@ -744,6 +795,87 @@ impl RedisNode {
             .find_map(|answer| answer.err())
             .map(|err| err.to_string());
         Ok((released?, failed))
+    }
+
+    /// Whether [`claim_all`](Self::claim_all) and
+    /// [`settle_all`](Self::settle_all) can run here: one server, where a
+    /// script may touch any key.
+    pub(crate) fn batches(&self) -> bool {
+        !self.is_cluster()
+    }
+
+    /// Claims every key of `claims` in one script call; see
+    /// `scripts/claim_all.lua`.
+    pub(crate) async fn claim_all(&self, claims: &[RawClaim<'_>]) -> Result<Vec<redis::Value>> {
+        let mut invocation = CLAIM_ALL.prepare_invoke();
+        for claim in claims {
+            invocation
+                .key(self.keys.fenced(claim.record.unwrap_or(claim.key)))
+                .key(self.keys.lock(claim.key))
+                .key(self.keys.fence(claim.key))
+                .key(self.keys.waiters(claim.key))
+                .arg(claim.token)
+                .arg(millis(claim.ttl))
+                .arg(if claim.record.is_some() { "1" } else { "0" });
+            push_commands(&mut invocation, claim.if_recorded);
+            push_commands(&mut invocation, claim.if_acquired);
+        }
+        let (replies, acknowledged): (Vec<redis::Value>, _) = self
+            .script_replicated("claim_all", &CLAIM_ALL, &invocation)
+            .await?;
+        if let Some(first) = claims.first()
+            && let Some(err) = self.unconfirmed(first.key, acknowledged)
+        {
+            return Err(err);
+        }
+        if replies.len() != claims.len() {
+            return Err(unexpected(
+                "claim_all returned a reply count that does not match the claims",
+            ));
+        }
+        Ok(replies)
+    }
+
+    /// Settles every item of `items` in one script call; see
+    /// `scripts/settle_all.lua`.
+    pub(crate) async fn settle_all(
+        &self,
+        items: &[RawSettle<'_>],
+    ) -> Result<Vec<(String, String, String, i64, String)>> {
+        let mut invocation = SETTLE_ALL.prepare_invoke();
+        invocation.arg(&self.wake_prefix);
+        for item in items {
+            invocation
+                .key(self.keys.fenced(item.record.map_or(item.key, |r| r.0)))
+                .key(self.keys.lock(item.key))
+                .key(self.keys.waiters(item.key))
+                .arg(item.token)
+                .arg(item.key);
+            match item.record {
+                Some((_, fence, record)) => {
+                    invocation
+                        .arg("1")
+                        .arg(fence.to_string())
+                        .arg(record.value)
+                        .arg(record.ttl.map_or(0, millis))
+                        .arg(record.commit.unwrap_or(""));
+                    push_commands(&mut invocation, record.effects);
+                }
+                None => {
+                    invocation.arg("0");
+                }
+            }
+            push_commands(&mut invocation, item.if_committed);
+            push_commands(&mut invocation, item.otherwise);
+        }
+        let replies: Vec<(String, String, String, i64, String)> =
+            self.script("settle_all", &SETTLE_ALL, &invocation).await?;
+        if replies.len() != items.len() {
+            return Err(unexpected(
+                "settle_all returned a reply count that does not match the items",
+            ));
+        }
+        Ok(replies)
     }
 
     /// Leaves `key`'s queue after a wake-up nobody here wants any more, and

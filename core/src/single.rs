@@ -120,6 +120,10 @@ impl Backend for RedisBackend {
         Some(self.node.release_with(kind, key, token, along).boxed())
     }
 
+    fn batch_node(&self) -> Option<&RedisNode> {
+        self.node.batches().then_some(&*self.node)
+    }
+
     fn listen(&self, key: &str) -> Listener {
         self.notices.listen(key)
     }
