@@ -211,6 +211,11 @@ impl Settle {
         &self.guard
     }
 
+    /// The guard back, for a settlement that will not be sent.
+    pub fn into_guard(self) -> LockGuard {
+        self.guard
+    }
+
     fn raw_record<'a>(
         &'a self,
         value: &'a [u8],

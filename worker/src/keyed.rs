@@ -136,7 +136,7 @@ pub(crate) async fn succeeded<J: KeyedJob>(
 }
 
 /// The dedupe record (and lock) of the run of `spec` with the rendered `key`.
-fn record_name(spec: &JobSpec, key: &str) -> String {
+pub(crate) fn record_name(spec: &JobSpec, key: &str) -> String {
     record_of(&spec.name, key)
 }
 
@@ -191,17 +191,23 @@ async fn hold(shared: &Shared, spec: &JobSpec, record: &str) -> soloist_core::Re
     }
 }
 
-/// Runs the job's body with its retries and records a success: the run's
-/// outcome, and its history entry (on a Redis backend) for the release to
-/// carry.
-async fn execute<J: KeyedJob>(
+/// How a run's body went, before anything is recorded.
+pub(crate) struct Body<T> {
+    pub(crate) ended: Ended<T>,
+    pub(crate) last_ctx: Option<JobContext>,
+    pub(crate) started_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) started: Instant,
+}
+
+/// Runs the job's body with its retries while `lease` holds.
+pub(crate) async fn body<J: KeyedJob>(
     shared: &Shared,
     job: &J,
     args: J::Args,
     spec: &JobSpec,
-    (key, record): (&str, &str),
-    guard: &Held,
-) -> Result<(Result<RunOutcome<J::Output>>, Option<RunRecord>)> {
+    key: &str,
+    lease: soloist_core::Lease,
+) -> Result<Body<J::Output>> {
     let started_at = shared.clock.now();
     let started = Instant::now();
     // Retries need the arguments again: keep them serialized.
@@ -213,12 +219,12 @@ async fn execute<J: KeyedJob>(
     let mut last_ctx = None;
     let ended = attempts(
         spec,
-        &[guard.lease()],
+        &[lease.clone()],
         &shared.cancel_runs,
         |attempt, cancel| {
             let ctx = JobContext::builder(&spec.name)
                 .key(key)
-                .lease(guard.lease())
+                .lease(lease.clone())
                 .attempt(attempt)
                 .replica(&shared.replica)
                 .cancellation(cancel)
@@ -236,26 +242,71 @@ async fn execute<J: KeyedJob>(
     )
     .await;
     metrics::run_time(&spec.name, started.elapsed());
-    let outcome = outcome_of(shared, ended, last_ctx, spec, record, guard).await;
-    let history = shared.fleet.as_ref().map(|_| RunRecord {
+    Ok(Body {
+        ended,
+        last_ctx,
+        started_at,
+        started,
+    })
+}
+
+/// The history entry of a keyed run of `spec` on `key` that came to
+/// `outcome` (with `error`).
+pub(crate) fn run_record<T>(
+    shared: &Shared,
+    spec: &JobSpec,
+    key: &str,
+    fence: u64,
+    body: &Body<T>,
+    outcome: &str,
+    error: Option<String>,
+) -> RunRecord {
+    RunRecord {
         id: String::new(),
         job: spec.name.clone(),
         tick_ms: None,
         triggered: false,
         key: Some(key.to_owned()),
         replica: shared.replica.clone(),
-        fence: guard.fence(),
-        outcome: match &outcome {
-            Ok(outcome) => outcome.label().to_owned(),
-            Err(_) => "unrecorded".to_owned(),
-        },
-        started_ms: started_at.timestamp_millis(),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        error: match &outcome {
-            Ok(RunOutcome::Failed(error)) => Some(error.to_string()),
-            Err(error) => Some(error.to_string()),
-            Ok(_) => None,
-        },
+        fence,
+        outcome: outcome.to_owned(),
+        started_ms: body.started_at.timestamp_millis(),
+        duration_ms: u64::try_from(body.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        error,
+    }
+}
+
+/// Runs the job's body with its retries and records a success: the run's
+/// outcome, and its history entry (on a Redis backend) for the release to
+/// carry.
+async fn execute<J: KeyedJob>(
+    shared: &Shared,
+    job: &J,
+    args: J::Args,
+    spec: &JobSpec,
+    (key, record): (&str, &str),
+    guard: &Held,
+) -> Result<(Result<RunOutcome<J::Output>>, Option<RunRecord>)> {
+    let mut ran = body(shared, job, args, spec, key, guard.lease()).await?;
+    let ended = std::mem::replace(&mut ran.ended, Ended::Cancelled);
+    let outcome = outcome_of(shared, ended, ran.last_ctx.take(), spec, record, guard).await;
+    let history = shared.fleet.as_ref().map(|_| {
+        run_record(
+            shared,
+            spec,
+            key,
+            guard.fence(),
+            &ran,
+            match &outcome {
+                Ok(outcome) => outcome.label(),
+                Err(_) => "unrecorded",
+            },
+            match &outcome {
+                Ok(RunOutcome::Failed(error)) => Some(error.to_string()),
+                Err(error) => Some(error.to_string()),
+                Ok(_) => None,
+            },
+        )
     });
     Ok((outcome, history))
 }
