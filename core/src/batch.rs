@@ -411,10 +411,10 @@ impl LockClient {
     ///
     /// A call whose reply is lost (a timeout, a broken connection) is sent
     /// again while any of its leases is held and, for records with a ttl,
-    /// during the first half of the shortest; a settlement whose commit id
-    /// its record already holds is not run again. A settlement without a
-    /// record has no such id: its `otherwise` commands can run twice when a
-    /// copy is sent again. When the retries end first, the last error is
+    /// during the first half of the shortest; a copy finds each record's
+    /// commit id and neither writes it nor applies its effects again, but
+    /// the commands sent along run again: they must bear it (an `XACK`, an
+    /// `HDEL`; an `XADD` adds its entry twice). When the retries end first, the last error is
     /// returned, whether it took effect is unknown, and the guards are
     /// dropped (their locks given back in the background, or expired).
     ///
@@ -482,14 +482,9 @@ impl LockClient {
             settle.guard.released = true;
             cell.mark_released();
             self.inner.watchdog.forget(&cell);
-            let again = code == "S";
-            metrics::release(match (again, released) {
-                (false, 1) => "released",
-                (false, _) => "lost",
-                (true, _) => "released",
-            });
+            metrics::release(if released == 1 { "released" } else { "lost" });
             let write = match code.as_str() {
-                "A" | "S" => Some(FencedWrite::Accepted),
+                "A" => Some(FencedWrite::Accepted),
                 "N" => Some(FencedWrite::NotHeld),
                 "R" => Some(FencedWrite::Rejected {
                     highest: fence
@@ -501,7 +496,7 @@ impl LockClient {
             settled.push(Settled {
                 write,
                 effect_refused: (!refused.is_empty()).then_some(refused),
-                released: again || released == 1,
+                released: released == 1,
                 command_refused: (!failed.is_empty()).then_some(failed),
             });
         }

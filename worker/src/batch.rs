@@ -193,13 +193,10 @@ struct Ran {
     attempts: u32,
     prepared: Prepared,
     finished: Finished,
-    /// Its place among `max_in_flight`, held until it is settled.
-    _slot: OwnedSemaphorePermit,
 }
 
 /// Consumes `source` (whose stream is `stream`) in batches until the worker
-/// stops claiming, with at most `in_flight` deliveries running or waiting
-/// to be settled at once.
+/// stops claiming, with at most `in_flight` deliveries running at once.
 pub(crate) async fn consume(
     shared: Arc<Shared>,
     source: Arc<dyn Source>,
@@ -384,12 +381,14 @@ impl Batch<'_> {
                         let outcome = job
                             .run_claimed(shared, &delivery.payload, &prepared, guard)
                             .await;
+                        // The next read need not wait for this settlement:
+                        // it overlaps with it.
+                        drop(slot);
                         let _ = finished.send(Ran {
                             delivery,
                             attempts,
                             prepared,
                             finished: outcome,
-                            _slot: slot,
                         });
                         running.fetch_sub(1, Ordering::SeqCst);
                     });
@@ -442,7 +441,6 @@ struct Settling {
     succeeded: bool,
     label: &'static str,
     error: Option<String>,
-    _slot: OwnedSemaphorePermit,
 }
 
 /// Settles `batch` in one call: records, effects, releases, history
@@ -456,7 +454,6 @@ async fn settle(shared: &Shared, source: &dyn Source, stream: &StreamSource, bat
             attempts,
             prepared,
             finished,
-            _slot,
         } = ran;
         let history = |outcome: &str| -> Vec<redis::Cmd> {
             shared
@@ -514,7 +511,6 @@ async fn settle(shared: &Shared, source: &dyn Source, stream: &StreamSource, bat
             succeeded,
             label: finished.label,
             error: finished.error,
-            _slot,
         });
     }
     if settles.is_empty() {

@@ -5,8 +5,10 @@
 -- For each item: its record is committed, if it has one; the lock is
 -- released; then its commands `if committed` run when the record was
 -- written, its commands `otherwise` when it was not (or there was none).
--- An item whose commit id the record already holds was settled by an
--- earlier copy of this call whose reply was lost: nothing runs again.
+-- A copy of this call sent again after its reply was lost finds each
+-- record's commit id: the record is not written and no effect applied
+-- again (see fenced_set.lua), and its commands run again (they must bear
+-- it: an XACK, an HDEL; a history entry is written twice).
 -- KEYS, three per item: its record, its lock key, its waiting clients.
 -- ARGV[1]: the wake channel prefix; then per item: the owner token, the key
 -- as its clients name it, '1' when a record is written and then its fence,
@@ -16,7 +18,7 @@
 -- command as its argument count and its arguments.
 -- Returns per item {code, fence or highest, refused effect, released,
 -- refused command}: code 'A' written, 'R' a higher fence was seen, 'N'
--- the token no longer held the lock, '-' no record, 'S' settled before.
+-- the token no longer held the lock, '-' no record.
 local at = 2
 local function span_of_commands()
   local first = at
@@ -47,42 +49,32 @@ for i = 1, #KEYS / 3 do
   local token, line, has_record = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   at = at + 3
   local code, fence, refused = '-', '', ''
-  local again = false
   if has_record == '1' then
     local first = at
     at = at + 4
     local effects_from = at
     span_of_commands()
-    local commit_id = ARGV[first + 3]
-    if redis.call('HGET', KEYS[k + 1], 'commit') == commit_id then
-      again = true
+    local reply = commit({KEYS[k + 1], KEYS[k + 2]},
+      {ARGV[first], ARGV[first + 1], ARGV[first + 2], token, ARGV[first + 3], unpack(ARGV, effects_from, at - 1)})
+    if reply[1] == 1 then
+      code, fence, refused = 'A', reply[2], reply[3]
+    elseif reply[1] == 0 then
+      code, fence = 'R', reply[2]
     else
-      local reply = commit({KEYS[k + 1], KEYS[k + 2]},
-        {ARGV[first], ARGV[first + 1], ARGV[first + 2], token, commit_id, unpack(ARGV, effects_from, at - 1)})
-      if reply[1] == 1 then
-        code, fence, refused = 'A', reply[2], reply[3]
-      elseif reply[1] == 0 then
-        code, fence = 'R', reply[2]
-      else
-        code = 'N'
-      end
+      code = 'N'
     end
   end
   local if_committed = at
   span_of_commands()
   local otherwise = at
   span_of_commands()
-  if again then
-    out[i] = {'S', '', '', 0, ''}
+  local released = release({KEYS[k + 2], KEYS[k + 3]}, {token, ARGV[1], line})
+  local failed
+  if code == 'A' then
+    failed = run(if_committed)
   else
-    local released = release({KEYS[k + 2], KEYS[k + 3]}, {token, ARGV[1], line})
-    local failed
-    if code == 'A' then
-      failed = run(if_committed)
-    else
-      failed = run(otherwise)
-    end
-    out[i] = {code, fence, refused, released, failed}
+    failed = run(otherwise)
   end
+  out[i] = {code, fence, refused, released, failed}
 end
 return out
