@@ -52,6 +52,10 @@ pub(crate) struct Record<'a> {
     pub(crate) commit: Option<&'a str>,
 }
 
+/// What a release with commands sent along found: whether the lease was
+/// ours, and the first refusal of a command.
+pub(crate) type ReleasedWith = (bool, Option<String>);
+
 /// The error of a backend that keeps no read-write locks (a Redlock).
 pub(crate) fn no_rw_locks() -> crate::error::LockError {
     crate::error::LockError::invalid(
@@ -200,7 +204,7 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         _key: &'a str,
         _token: &'a str,
         _along: &'a [Vec<Vec<u8>>],
-    ) -> Option<BoxFuture<'a, Result<(bool, Option<String>)>>> {
+    ) -> Option<BoxFuture<'a, Result<ReleasedWith>>> {
         None
     }
 

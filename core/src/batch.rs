@@ -144,7 +144,7 @@ pub enum Claimed {
 #[must_use]
 pub struct Settle {
     guard: LockGuard,
-    record: Option<(String, Vec<u8>, Option<Duration>, Vec<Vec<Vec<u8>>>)>,
+    record: Option<SettleRecord>,
     if_committed: Vec<Vec<Vec<u8>>>,
     otherwise: Vec<Vec<Vec<u8>>>,
     commit: String,
@@ -172,7 +172,7 @@ impl Settle {
         ttl: Option<Duration>,
         effects: Vec<redis::Cmd>,
     ) -> Self {
-        self.record = Some((
+        self.record = Some(SettleRecord(
             resource.into(),
             value,
             ttl,
@@ -199,7 +199,7 @@ impl Settle {
     /// ttl, or a command without a name or with too many arguments, is an
     /// [`LockError::InvalidArgument`].
     pub fn check(&self) -> Result<()> {
-        if let Some((resource, value, ttl, effects)) = &self.record {
+        if let Some(SettleRecord(resource, value, ttl, effects)) = &self.record {
             check_record(resource, &self.raw_record(value, *ttl, effects))?;
         }
         crate::along::check_along(&self.if_committed)?;
@@ -232,6 +232,11 @@ impl Settle {
         }
     }
 }
+
+/// A settlement's record: its resource, value, ttl and effects (each as
+/// its arguments).
+#[derive(Debug)]
+struct SettleRecord(String, Vec<u8>, Option<Duration>, Vec<Vec<Vec<u8>>>);
 
 /// What [`LockClient::settle_all`] did for one settlement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -437,16 +442,15 @@ impl LockClient {
                 RawSettle {
                     key: &cell.key,
                     token: &cell.token,
-                    record: settle
-                        .record
-                        .as_ref()
-                        .map(|(resource, value, ttl, effects)| {
+                    record: settle.record.as_ref().map(
+                        |SettleRecord(resource, value, ttl, effects)| {
                             (
                                 resource.as_str(),
                                 cell.fence,
                                 settle.raw_record(value, *ttl, effects),
                             )
-                        }),
+                        },
+                    ),
                     if_committed: &settle.if_committed,
                     otherwise: &settle.otherwise,
                 }

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::backend::{Attempt, Backend, LeaseKind, Record, Renewal, Renewed, Waiting};
+use crate::backend::{
+    Attempt, Backend, LeaseKind, Record, ReleasedWith, Renewal, Renewed, Waiting,
+};
 use crate::deployment::Deployment;
 use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
@@ -116,7 +118,7 @@ impl Backend for RedisBackend {
         key: &'a str,
         token: &'a str,
         along: &'a [Vec<Vec<u8>>],
-    ) -> Option<BoxFuture<'a, Result<(bool, Option<String>)>>> {
+    ) -> Option<BoxFuture<'a, Result<ReleasedWith>>> {
         Some(self.node.release_with(kind, key, token, along).boxed())
     }
 

@@ -705,7 +705,7 @@ async fn commands_ride_on_a_release() {
         tokio::spawn(async move {
             let started = Instant::now();
             let guard = locks.lock("ride").wait(10 * SECOND).acquire().await;
-            (started.elapsed(), guard.map(|g| drop(g)))
+            (started.elapsed(), guard.map(drop))
         })
     };
     until("the waiter queued", || queued(&server, "ride") == 1).await;

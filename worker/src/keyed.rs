@@ -219,7 +219,7 @@ pub(crate) async fn body<J: KeyedJob>(
     let mut last_ctx = None;
     let ended = attempts(
         spec,
-        &[lease.clone()],
+        std::slice::from_ref(&lease),
         &shared.cancel_runs,
         |attempt, cancel| {
             let ctx = JobContext::builder(&spec.name)
