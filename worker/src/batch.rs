@@ -332,7 +332,7 @@ impl Batch<'_> {
                     .ttl(prepared.spec.ttl)
                     .unless_recorded(&prepared.record)
                     .if_recorded(self.stream.ack_commands(&delivery.id))
-                    .if_acquired(vec![self.stream.attempt_command(&delivery.id)]);
+                    .if_acquired(vec![self.stream.attempt_command(&delivery.id, 1)]);
                 if let Some(max_hold) = prepared.spec.max_hold {
                     claim = claim.max_hold(max_hold);
                 }
@@ -367,8 +367,13 @@ impl Batch<'_> {
                         _ => delivery.attempts.saturating_add(1),
                     };
                     if self.shared.stop_claiming.is_cancelled() {
-                        // No run starts once shutdown has begun.
-                        drop(guard);
+                        // No run starts once shutdown has begun: the key
+                        // goes back, and the attempt counted with it is
+                        // taken back in the same call.
+                        let uncount = self.stream.attempt_command(&delivery.id, -1);
+                        if let Err(err) = guard.release_with(&[uncount]).await {
+                            tracing::debug!(error = %err, "releasing an unstarted run");
+                        }
                         continue;
                     }
                     self.running.fetch_add(1, Ordering::SeqCst);

@@ -449,10 +449,11 @@ impl StreamSource {
         vec![ack, forget]
     }
 
-    /// The command that counts a run of the entry `id` starting.
-    pub(crate) fn attempt_command(&self, id: &str) -> redis::Cmd {
+    /// The command that counts a run of the entry `id` starting (`by` 1),
+    /// or takes back one that did not start (`by` -1).
+    pub(crate) fn attempt_command(&self, id: &str, by: i64) -> redis::Cmd {
         let mut count = redis::cmd("HINCRBY");
-        count.arg(&self.inner.attempts).arg(id).arg(1);
+        count.arg(&self.inner.attempts).arg(id).arg(by);
         count
     }
 

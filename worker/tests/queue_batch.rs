@@ -437,3 +437,71 @@ async fn a_wrapping_source_hears_of_batched_acknowledgements() {
     running.stop().await;
     assert_eq!(pending(&server), 0);
 }
+
+/// On a Redis Cluster (where a script touches one hash slot, so messages
+/// are handled one at a time) keys over many slots each run once, and
+/// every message is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_consumer_with_keys_over_many_slots() {
+    let cluster = soloist_testkit::RedisCluster::start();
+    let deployment = soloist::Deployment::cluster(cluster.urls());
+    let source = || async {
+        StreamSource::builder("{orders}")
+            .visibility_timeout(Duration::from_millis(500))
+            .block(Duration::from_millis(100))
+            .open(deployment.clone())
+            .await
+            .unwrap()
+    };
+    let locks = LockClient::cluster(cluster.urls()).await.unwrap();
+    let ran = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        u32,
+    >::new()));
+    let seen = ran.clone();
+    let job = keyed_job(
+        JobSpec::keyed("charge", "order:{id}")
+            .unwrap()
+            .dedupe(3600 * SECOND),
+        |id: &String| format!("order:{id}"),
+        move |_ctx: JobContext, id: String| {
+            *seen.lock().unwrap().entry(id.clone()).or_default() += 1;
+            async move { Ok::<_, BoxError>(id) }
+        },
+    );
+    let ids: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
+    let slots: std::collections::HashSet<u16> = ids
+        .iter()
+        .map(|id| soloist::hash_slot(&format!("job:charge:order:{id}")))
+        .collect();
+    assert!(slots.len() > 30, "keys over many slots");
+    let producer = source().await;
+    for id in &ids {
+        producer
+            .enqueue(
+                "charge",
+                &format!("order:{id}"),
+                serde_json::to_vec(id).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let worker = Worker::builder(locks)
+        .consume(source().await, job)
+        .build()
+        .unwrap();
+    let running = Running::start(worker);
+    let deadline = Instant::now() + 20 * SECOND;
+    loop {
+        let done = ran.lock().unwrap().len() == ids.len();
+        let lag = producer.lag().await.unwrap();
+        let pending = cluster.cli(&["XPENDING", "{orders}", "soloist"]);
+        if done && lag == Some(0) && pending.lines().next() == Some("0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "every message ran");
+        sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+    assert!(ran.lock().unwrap().values().all(|&runs| runs == 1));
+}
