@@ -21,7 +21,8 @@ const SECOND: Duration = Duration::from_secs(1);
 
 /// A job that counts its runs per id in the hash `runs` and, on success,
 /// its applied effects in `effects` (an `on_success` effect, committed with
-/// the record); fails for `poison`; for `slow:*` sleeps `nap` first.
+/// the record); fails for `poison`; for `slow:*` sleeps `nap` first; for
+/// `steal:*`, on its first run, lets another owner take its key over.
 fn charge(url: &str, nap: Duration) -> impl KeyedJob<Args = String, Output = String> + use<> {
     let client = redis::Client::open(url).expect("url");
     keyed_job(
@@ -34,12 +35,23 @@ fn charge(url: &str, nap: Duration) -> impl KeyedJob<Args = String, Output = Str
             let client = client.clone();
             async move {
                 let mut conn = client.get_multiplexed_async_connection().await?;
-                redis::cmd("HINCRBY")
+                let run: u32 = redis::cmd("HINCRBY")
                     .arg("runs")
                     .arg(&id)
                     .arg(1)
-                    .query_async::<()>(&mut conn)
+                    .query_async(&mut conn)
                     .await?;
+                if id.starts_with("steal") && run == 1 {
+                    // Another owner takes the key over just before the
+                    // body returns: too late for the run to notice.
+                    redis::cmd("SET")
+                        .arg(format!("soloist:lock:{{job:charge:order:{id}}}"))
+                        .arg("intruder")
+                        .arg("PX")
+                        .arg(800)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
                 if id.starts_with("slow") {
                     tokio::select! {
                         () = sleep(nap) => {}
@@ -268,14 +280,15 @@ async fn a_batch_costs_a_read_a_claim_and_a_settle() {
 }
 
 /// A run in a batch whose lease is lost (its key taken over) is cancelled
-/// and records nothing: its message is not acknowledged, runs again after
-/// the visibility timeout and then succeeds once; the rest of the batch is
-/// acknowledged as usual.
+/// and records nothing; one whose key is taken over as it succeeds is
+/// refused its record at the settle call: neither message is acknowledged,
+/// both run again after the visibility timeout and then succeed once; the
+/// rest of the batch is acknowledged as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_lease_in_a_batch_records_nothing() {
     let server = RedisServer::start();
     let url = server.url();
-    enqueue(&url, &["a", "slow:x", "b"]).await;
+    enqueue(&url, &["a", "slow:x", "steal:y", "b"]).await;
     let running = consumer(&url, "lossy", 3 * SECOND).await;
     until("slow:x started", 10 * SECOND, || {
         field(&server, "runs", "slow:x") == "1"
@@ -308,32 +321,63 @@ async fn a_lost_lease_in_a_batch_records_nothing() {
         "1",
         "its effect applied once"
     );
+    assert_eq!(
+        field(&server, "runs", "steal:y"),
+        "2",
+        "not acknowledged after its first run"
+    );
+    assert_eq!(
+        field(&server, "effects", "steal:y"),
+        "1",
+        "its effect applied once"
+    );
 }
 
 /// Redis frozen while a batch runs: the settle call cannot be answered in
-/// time, so nothing of the batch is acknowledged before its outcome is
-/// known; once Redis is back every message ends acknowledged with its
-/// effect applied exactly once (a settlement sent again finds its commit).
+/// time, so nothing of the batch is acknowledged (checked the moment Redis
+/// thaws, before the visibility timeout brings anything back); then every
+/// message runs again, ends acknowledged, its effect applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settle_that_fails_leaves_its_messages_unacknowledged() {
     let server = RedisServer::start();
     let url = server.url();
     let ids: Vec<String> = (0..8).map(|i| format!("slow:{i}")).collect();
     enqueue(&url, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let running = consumer(&url, "frozen", Duration::from_millis(700)).await;
+    let source = StreamSource::builder("orders")
+        .consumer("frozen")
+        .visibility_timeout(4 * SECOND)
+        .block(Duration::from_millis(100))
+        .connect(&url)
+        .await
+        .unwrap();
+    let worker = Worker::builder(LockClient::connect(&url).await.unwrap())
+        .consume(source, charge(&url, Duration::from_millis(700)))
+        .build()
+        .unwrap();
+    let running = Running::start(worker);
     until("the batch started", 10 * SECOND, || {
         ids.iter().all(|id| field(&server, "runs", id) == "1")
     })
     .await;
-    // Frozen past the op timeout (5 s) and the leases (2 s): the settle
-    // is undecided, then refused or sent again when it thaws.
-    server.pause_for(6 * SECOND);
+    // Frozen past the op timeout (5 s) and the leases (2 s): the settle is
+    // undecided until the leases end, then given up.
+    server.pause();
+    sleep(6 * SECOND).await;
+    server.resume();
+    // What Redis received while frozen runs now; the entries come back
+    // only after the visibility timeout.
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(pending(&server), 8, "nothing acknowledged");
+    for id in &ids {
+        assert_eq!(field(&server, "effects", id), "", "{id}: nothing recorded");
+    }
     until("every message acknowledged", 30 * SECOND, || {
         pending(&server) == 0
     })
     .await;
     running.stop().await;
     for id in &ids {
+        assert_eq!(field(&server, "runs", id), "2", "{id}: ran again");
         assert_eq!(
             field(&server, "effects", id),
             "1",
