@@ -327,7 +327,7 @@ pub use soloist_core::{
     LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_KEYS, MAX_PERMITS, MAX_RATE_COUNT,
     MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, MultiLockGuard, MultiLockRequest,
     PermitGuard, RateLimit, Result, RwLock, RwLockGuard, RwLockRequest, SemaphoreRequest,
-    TokenInfo, colocated, hash_slot, metrics, owner_id, parse_token, redis,
+    TokenInfo, UnfencedGuard, colocated, hash_slot, metrics, owner_id, parse_token, redis,
 };
 /// The web dashboard: an axum `Router` to mount in a service (feature `dashboard`).
 #[cfg(feature = "dashboard")]
