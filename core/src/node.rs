@@ -2,8 +2,9 @@
 //! backend runs them on. `SET NX PX` takes a key; release and renewal act
 //! only while the caller's owner token still matches.
 
-use std::sync::LazyLock;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
@@ -157,7 +158,15 @@ pub(crate) struct RedisNode {
     /// first (see [`take_fast`](Self::take_fast)); off for good once the
     /// server refuses it.
     fast_path: AtomicBool,
+    /// Fence counters this client has seen seeded, by their Redis key: only
+    /// those take the fast path, so that a key acquired for the first time
+    /// (a lock per run, per message) costs one script call, not a
+    /// transaction that finds the counter new and then the script.
+    seeded: Mutex<HashSet<String>>,
 }
+
+/// The most counters [`RedisNode::seeded`] remembers; past it, it starts over.
+const SEEDED_REMEMBERED: usize = 4096;
 
 /// A fence counter below this was never seeded from the server clock: it is
 /// new, or an `INCR` created it after the counter was lost. 10^15 µs after
@@ -166,9 +175,10 @@ const SEEDED: i64 = 1_000_000_000_000_000;
 
 /// How [`RedisNode::take_fast`] takes a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fast {
-    /// `SET NX PX GET` and `INCR` of the fence counter in one `MULTI`/`EXEC`.
-    Fenced,
+enum Fast<'a> {
+    /// `SET NX PX GET` and `INCR` of the fence counter (its Redis key) in
+    /// one `MULTI`/`EXEC`.
+    Fenced { counter: &'a str },
     /// `SET NX PX GET` alone.
     Unfenced,
 }
@@ -186,6 +196,7 @@ impl RedisNode {
             op_timeout: settings.op_timeout,
             replicas: settings.replicas,
             fast_path: AtomicBool::new(true),
+            seeded: Mutex::default(),
         }
     }
 
@@ -470,9 +481,18 @@ impl RedisNode {
         waiting: Option<Waiting>,
     ) -> Result<Attempt> {
         self.check_counter_slot(key, counter)?;
+        let counter_key = self.keys.fence(counter);
         if waiting.is_none()
+            && self.remembers_seeded(&counter_key)
             && let Some(attempt) = self
-                .take_fast(key, counter, token, ttl, Fast::Fenced)
+                .take_fast(
+                    key,
+                    token,
+                    ttl,
+                    Fast::Fenced {
+                        counter: &counter_key,
+                    },
+                )
                 .await?
         {
             return Ok(attempt);
@@ -480,6 +500,9 @@ impl RedisNode {
         let (acquired, value, acknowledged) = self
             .take(key, counter, token, ttl, waiting, "fence")
             .await?;
+        if acquired {
+            self.remember_seeded(counter_key);
+        }
         if acquired && let Some(err) = self.unconfirmed(key, acknowledged) {
             // Not replicated enough to count: give the key back rather than
             // hold a lock a failover could hand to someone else.
@@ -506,7 +529,7 @@ impl RedisNode {
         waiting: Option<Waiting>,
     ) -> Result<Attempt> {
         if waiting.is_none()
-            && let Some(attempt) = self.take_fast(key, key, token, ttl, Fast::Unfenced).await?
+            && let Some(attempt) = self.take_fast(key, token, ttl, Fast::Unfenced).await?
         {
             return Ok(attempt);
         }
@@ -546,10 +569,9 @@ impl RedisNode {
     async fn take_fast(
         &self,
         key: &str,
-        counter: &str,
         token: &str,
         ttl: Duration,
-        way: Fast,
+        way: Fast<'_>,
     ) -> Result<Option<Attempt>> {
         if self.replicas.is_some() || !self.fast_path.load(Ordering::Relaxed) {
             return Ok(None);
@@ -562,12 +584,9 @@ impl RedisNode {
             .arg(millis(ttl))
             .arg("GET");
         let reply: Result<(Option<Vec<u8>>, i64)> = match way {
-            Fast::Fenced => {
+            Fast::Fenced { counter } => {
                 let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .add_command(set)
-                    .cmd("INCR")
-                    .arg(self.keys.fence(counter));
+                pipe.atomic().add_command(set).cmd("INCR").arg(counter);
                 self.with_connection("acquire", async |conn| {
                     pipe.query_async(&mut conn.conn).await
                 })
@@ -591,7 +610,9 @@ impl RedisNode {
         };
         Ok(match holder {
             None if fence >= SEEDED => Some(Attempt::Acquired(match way {
-                Fast::Fenced => u64::try_from(fence).map_err(|_| unexpected("negative fence"))?,
+                Fast::Fenced { .. } => {
+                    u64::try_from(fence).map_err(|_| unexpected("negative fence"))?
+                }
                 Fast::Unfenced => 0,
             })),
             None => None,
@@ -600,6 +621,23 @@ impl RedisNode {
             }
             Some(_) => Some(Attempt::Held { expires_in: None }),
         })
+    }
+
+    /// Whether this client saw the fence counter `counter_key` seeded.
+    fn remembers_seeded(&self, counter_key: &str) -> bool {
+        let seeded = self.seeded.lock().unwrap_or_else(PoisonError::into_inner);
+        seeded.contains(counter_key)
+    }
+
+    /// Records that an acquisition issued a fence from `counter_key`, which
+    /// is seeded from then on (unless the server loses it: the fast path
+    /// then finds it unseeded and leaves the attempt to the script).
+    fn remember_seeded(&self, counter_key: String) {
+        let mut seeded = self.seeded.lock().unwrap_or_else(PoisonError::into_inner);
+        if seeded.len() >= SEEDED_REMEMBERED && !seeded.contains(&counter_key) {
+            seeded.clear();
+        }
+        seeded.insert(counter_key);
     }
 
     /// On a cluster the fence counter must share the key's hash slot.

@@ -64,6 +64,31 @@ async fn a_free_key_is_taken_in_one_transaction_without_a_script() {
     guard.release().await.unwrap();
 }
 
+/// A key this client never took (a lock per run, per message) costs one
+/// script call, as before the fast path: no transaction that would find its
+/// counter new and leave the attempt to the script anyway.
+#[tokio::test]
+async fn a_key_taken_for_the_first_time_costs_one_script_call() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    // Loads the script (a first `EVALSHA` answered `NOSCRIPT` counts too).
+    locks
+        .lock("warm")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let calls = |command| command_calls(&server, command);
+    for run in 0..3 {
+        let (evalsha, exec) = (calls("evalsha"), calls("exec"));
+        let guard = locks.lock(format!("run:{run}")).acquire().await.unwrap();
+        assert_eq!((calls("evalsha"), calls("exec")), (evalsha + 1, exec));
+        guard.release().await.unwrap();
+    }
+}
+
 /// A new counter is seeded from the server clock in microseconds and kept a
 /// week, as the acquire script has always done: the transaction's `INCR`
 /// makes it 1, which is never handed out.
