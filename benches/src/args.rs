@@ -24,13 +24,19 @@ usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
                     (raw, uncontended, contended, redlock3, cluster,
                     watchdog, queue; default all)
   --library NAME    run only this library's rows; repeat for several
-                    (raw, soloist, rslock, rslock-1ms, redlock, redlock-1ms,
-                    soloist-1node, soloist-semaphore, soloist-semaphore-busy;
-                    default all; `soloist` includes `soloist-1node`, the
-                    single-node rows of `redlock3` and `cluster`;
+                    (raw, soloist, soloist-unfenced, rslock, rslock-1ms,
+                    redlock, redlock-1ms, soloist-1node, soloist-semaphore,
+                    soloist-semaphore-busy; default all; `soloist` includes
+                    `soloist-1node`, the single-node rows of `redlock3` and
+                    `cluster`; `soloist-unfenced` acquires with
+                    `acquire_unfenced` in `uncontended` and `cluster`;
                     `soloist-semaphore` is a 4-permit semaphore's acquire
                     and release in `uncontended`, `soloist-semaphore-busy`
-                    the same with 3 of its permits held elsewhere)
+                    the same with 3 of its permits held elsewhere; only
+                    when named: alt-script, alt-lean, alt-multi, alt-fcall,
+                    alt-unfenced, ways to take a fenced lock on a bare
+                    connection in `uncontended` (alt-fcall loads a function
+                    library `lbalt` into the server))
 ";
 
 /// How many servers `redlock3` runs on.
