@@ -212,8 +212,15 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
     }
 
     // What the job runtime costs a queue consumer: soloist's workers against
-    // bare XREADGROUP + XACK loops, on as many consumers in one group.
+    // bare XREADGROUP + XACK loops, on as many consumers in one group, then
+    // against the idempotent baselines: a hand-rolled dedupe-key consumer
+    // and apalis-redis.
     for consumers in [1, 4] {
+        let (floor, target) = if consumers == 1 {
+            (0.5, "≥ 0.50")
+        } else {
+            (0.35, "≥ 0.35")
+        };
         if let Some(value) = ratio(
             ops(Scenario::Queue, consumers, "soloist"),
             ops(Scenario::Queue, consumers, "raw"),
@@ -221,8 +228,43 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
             checks.push(Check::new(
                 format!("queue {consumers}-consumer soloist / raw (messages/s)"),
                 value,
-                "",
-                None,
+                target,
+                Some(value >= floor),
+            ));
+        }
+        for (baseline, floor, target) in [
+            ("handrolled", 1.0, "≥ 1.00"),
+            ("handrolled-fused", 0.0, ""),
+            ("apalis", 1.0, "> 1.00"),
+        ] {
+            if let Some(value) = ratio(
+                ops(Scenario::Queue, consumers, "soloist"),
+                ops(Scenario::Queue, consumers, baseline),
+            ) {
+                let met = match target {
+                    "" => None,
+                    "> 1.00" => Some(value > floor),
+                    _ => Some(value >= floor),
+                };
+                checks.push(Check::new(
+                    format!("queue {consumers}-consumer soloist / {baseline} (messages/s)"),
+                    value,
+                    target,
+                    met,
+                ));
+            }
+        }
+    }
+
+    // Cron precision: from a tick's due time to its body starting.
+    for library in ["soloist", "soloist-skew2m"] {
+        if let Some(p99_us) = find(rows, Scenario::Cron, 5, library).and_then(|row| row.p99_us) {
+            let value = p99_us / 1000.0;
+            checks.push(Check::new(
+                format!("cron 5-replica {library} tick start p99 (ms)"),
+                value,
+                "< 20",
+                Some(value < 20.0),
             ));
         }
     }
@@ -376,7 +418,7 @@ mod tests {
             checks[0].name,
             "queue 1-consumer soloist / raw (messages/s)"
         );
-        assert!((checks[0].value - 0.25).abs() < 1e-9 && checks[0].met.is_none());
+        assert!((checks[0].value - 0.25).abs() < 1e-9 && checks[0].met == Some(false));
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //! - `raw`: the floor of any consumer group. Each consumer loops over a
 //!   bare `XREADGROUP … COUNT 16 BLOCK 1000` and one `XACK` of the whole
 //!   batch, on a redis-rs connection of its own; no job runtime.
+//! - `handrolled`: what a careful user writes for idempotent consumption
+//!   without a job runtime. Each consumer reads like `raw`, then sends one
+//!   pipelined request with a `SET dedupe:<key> 1 NX PX <window>` per
+//!   entry, runs the (no-op) work for the entries whose `SET` succeeded,
+//!   and sends one `XACK` of the whole batch: three requests per batch,
+//!   the acknowledgement only after the work. `handrolled-fused` puts the
+//!   `XACK` in the same pipeline as the `SET`s, which only a no-op body
+//!   allows: two requests per batch, the floor of this design.
 //! - `soloist`: one `Worker` per consumer, each with its own `StreamSource`
 //!   consumer name and its own `LockClient`, consuming a keyed job with
 //!   dedupe whose body only returns. Per message the worker checks the
@@ -20,7 +28,7 @@
 //!   acknowledges the entry. It reads up to its `max_in_flight` (16, the
 //!   default) entries at once, the same `COUNT` as `raw`.
 //!
-//! Like the lock-cycle runs, the four runs are interleaved: after warm-up
+//! Like the lock-cycle runs, the runs are interleaved: after warm-up
 //! drains, each drains about a second's worth of messages per round, round
 //! robin (odd rounds reversed), for `--secs` rounds. Filling a stream takes
 //! longer than the lead-in of a slice of the lock-cycle rounds, so `queue`
@@ -71,6 +79,10 @@ const MIN_DRAIN: u64 = 1_000;
 const FILL_BATCH: u64 = 1_000;
 /// The longest a drain may take before the run is abandoned.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+/// The hand-rolled idempotent consumer, acknowledging after the work.
+const HANDROLLED: &str = "handrolled";
+/// The hand-rolled consumer with the acknowledgement in the dedupe pipeline.
+const HANDROLLED_FUSED: &str = "handrolled-fused";
 
 /// Raw and soloist, at one consumer and then at four, drained in rounds.
 pub(super) async fn run(bench: &Bench) -> Vec<Row> {
@@ -78,7 +90,12 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
     let mut runs = Vec::new();
     for consumers in CONSUMERS {
         if bench.wants("raw") {
-            runs.push(Run::new("raw", consumers, Vec::new()));
+            runs.push(Run::new("raw", consumers, Kind::Raw));
+        }
+        for (library, fused) in [(HANDROLLED, false), (HANDROLLED_FUSED, true)] {
+            if bench.wants(library) {
+                runs.push(Run::new(library, consumers, Kind::Handrolled { fused }));
+            }
         }
         if bench.wants("soloist") {
             let mut locks = Vec::with_capacity(consumers);
@@ -89,7 +106,7 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
                         .expect("soloist cannot connect to Redis"),
                 );
             }
-            runs.push(Run::new("soloist", consumers, locks));
+            runs.push(Run::new("soloist", consumers, Kind::Soloist(locks)));
         }
     }
     if runs.is_empty() {
@@ -151,14 +168,28 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
     rows
 }
 
+/// What consumes the stream in a run.
+enum Kind {
+    /// Bare `XREADGROUP` + `XACK` loops.
+    Raw,
+    /// Hand-rolled idempotent consumers: `SET NX` dedupe keys, then `XACK`;
+    /// `fused` sends both in one pipeline.
+    Handrolled {
+        /// Whether the `XACK` rides in the dedupe request.
+        fused: bool,
+    },
+    /// Soloist workers, one lock client per consumer, kept across drains.
+    Soloist(Vec<LockClient>),
+}
+
 /// One contestant: a library at a number of consumers.
 struct Run {
-    /// `raw` or `soloist`.
+    /// The row's library label.
     library: &'static str,
     /// Consumers in the group.
     consumers: usize,
-    /// Soloist: one lock client per consumer, kept across drains. Raw: none.
-    locks: Vec<LockClient>,
+    /// What consumes.
+    kind: Kind,
     /// Messages per second so far, to size the next drain.
     rate: f64,
     /// What the measured drains added up to.
@@ -167,11 +198,11 @@ struct Run {
 
 impl Run {
     /// A run of `library` with `consumers` consumers, not yet measured.
-    fn new(library: &'static str, consumers: usize, locks: Vec<LockClient>) -> Run {
+    fn new(library: &'static str, consumers: usize, kind: Kind) -> Run {
         Run {
             library,
             consumers,
-            locks,
+            kind,
             rate: 0.0,
             totals: Drained::default(),
         }
@@ -275,7 +306,7 @@ impl Queue {
         self.fill(&stream, &tag, messages).await;
         let tally = Arc::new(Tally::new(messages));
         let (stop, stopped) = watch::channel(false);
-        let (mark, started, handles) = if run.locks.is_empty() {
+        let (mark, started, handles) = if let Kind::Raw | Kind::Handrolled { .. } = run.kind {
             let mut conns = Vec::with_capacity(run.consumers);
             for _ in 0..run.consumers {
                 conns.push(
@@ -291,19 +322,33 @@ impl Queue {
                 .into_iter()
                 .enumerate()
                 .map(|(index, conn)| {
-                    tokio::spawn(raw_consumer(
-                        conn,
-                        stream.clone(),
-                        format!("raw-{index}"),
-                        tally.clone(),
-                        stopped.clone(),
-                    ))
+                    let consumer = format!("{}-{index}", run.library);
+                    match run.kind {
+                        Kind::Handrolled { fused } => tokio::spawn(handrolled_consumer(
+                            conn,
+                            stream.clone(),
+                            consumer,
+                            fused,
+                            tally.clone(),
+                            stopped.clone(),
+                        )),
+                        _ => tokio::spawn(raw_consumer(
+                            conn,
+                            stream.clone(),
+                            consumer,
+                            tally.clone(),
+                            stopped.clone(),
+                        )),
+                    }
                 })
                 .collect();
             (mark, started, handles)
         } else {
+            let Kind::Soloist(clients) = &run.kind else {
+                unreachable!("raw and hand-rolled runs are handled above");
+            };
             let mut workers = Vec::with_capacity(run.consumers);
-            for (index, locks) in run.locks.iter().enumerate() {
+            for (index, locks) in clients.iter().enumerate() {
                 let consumer = format!("soloist-{index}");
                 let source = StreamSource::builder(&stream)
                     .group(GROUP)
@@ -370,6 +415,14 @@ impl Queue {
             .expect("the tally's lock is never poisoned")
             .expect("a drained tally knows when it finished");
         let dead = tally.dead.load(Ordering::Relaxed);
+        if let Kind::Handrolled { .. } = run.kind {
+            assert_eq!(
+                tally.ran.load(Ordering::Relaxed),
+                messages,
+                "queue: {} did not run each message exactly once",
+                run.library
+            );
+        }
         self.check_empty(&stream, dead, run.library).await;
         Drained {
             messages,
@@ -484,6 +537,9 @@ struct Tally {
     settled: AtomicU64,
     /// Of those, dead-lettered.
     dead: AtomicU64,
+    /// Bodies run, counted by the hand-rolled consumers only (each entry's
+    /// dedupe key is new, so each must run exactly once).
+    ran: AtomicU64,
     /// When the last message was settled.
     finished: Mutex<Option<Instant>>,
     /// Notified once every message is settled.
@@ -497,6 +553,7 @@ impl Tally {
             target,
             settled: AtomicU64::new(0),
             dead: AtomicU64::new(0),
+            ran: AtomicU64::new(0),
             finished: Mutex::new(None),
             done: Notify::new(),
         }
@@ -559,6 +616,102 @@ async fn raw_consumer(
             .await
             .expect("raw: XACK failed");
         assert_eq!(acked, ids.len(), "raw: an entry read was not pending");
+        tally.settle(ids.len() as u64);
+    }
+}
+
+/// One hand-rolled idempotent consumer: reads up to [`COUNT`] entries like
+/// [`raw_consumer`], then sends one pipelined request with a
+/// `SET dedupe:<key> 1 NX PX <window>` per entry, runs the work (none) for
+/// those whose `SET` succeeded, and acknowledges the whole batch in one
+/// `XACK`: in a request of its own after the work, or when `fused` at the
+/// end of the dedupe pipeline. Loops until told to stop.
+///
+/// This is the shape a user writes to skip redeliveries without a job
+/// runtime. It is cheaper than soloist's path because it promises less: a
+/// consumer that dies between its `SET` and its work leaves the message
+/// marked done though its work never ran, and nothing keeps two deliveries
+/// of one key from running at once.
+async fn handrolled_consumer(
+    mut conn: MultiplexedConnection,
+    stream: String,
+    consumer: String,
+    fused: bool,
+    tally: Arc<Tally>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let window_ms = u64::try_from(DEDUPE.as_millis()).unwrap_or(u64::MAX);
+    let mut read = redis::cmd("XREADGROUP");
+    read.arg("GROUP")
+        .arg(GROUP)
+        .arg(&consumer)
+        .arg("COUNT")
+        .arg(COUNT)
+        .arg("BLOCK")
+        .arg(BLOCK_MS)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">");
+    loop {
+        let reply: Option<StreamReadReply> = tokio::select! {
+            reply = read.query_async(&mut conn) => reply.expect("handrolled: XREADGROUP failed"),
+            _ = stopped.changed() => return,
+        };
+        let entries: Vec<(String, String)> = reply
+            .into_iter()
+            .flat_map(|reply| reply.keys)
+            .flat_map(|key| key.ids)
+            .map(|entry| {
+                let key: String = entry
+                    .get("key")
+                    .expect("handrolled: every entry names its key");
+                (entry.id, key)
+            })
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        let mut pipe = redis::pipe();
+        for (_, key) in &entries {
+            pipe.cmd("SET")
+                .arg(format!("dedupe:{key}"))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(window_ms);
+        }
+        if fused {
+            pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids);
+        }
+        let replies: Vec<redis::Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .expect("handrolled: the dedupe request failed");
+        let (sets, ack) = replies.split_at(entries.len());
+        // `SET NX` answers OK when it set the key, nil when a delivery of
+        // the same key already did: only the former run the work.
+        let fresh = sets
+            .iter()
+            .filter(|reply| !matches!(reply, redis::Value::Nil))
+            .count();
+        tally.ran.fetch_add(fresh as u64, Ordering::Relaxed);
+        let acked: usize = if fused {
+            redis::from_redis_value(ack[0].clone()).expect("handrolled: XACK answers a count")
+        } else {
+            redis::cmd("XACK")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await
+                .expect("handrolled: XACK failed")
+        };
+        assert_eq!(
+            acked,
+            ids.len(),
+            "handrolled: an entry read was not pending"
+        );
         tally.settle(ids.len() as u64);
     }
 }
