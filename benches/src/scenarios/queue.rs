@@ -20,6 +20,14 @@
 //!   the acknowledgement only after the work. `handrolled-fused` puts the
 //!   `XACK` in the same pipeline as the `SET`s, which only a no-op body
 //!   allows: two requests per batch, the floor of this design.
+//! - `apalis`: apalis-redis workers (see `peers::apalis`), one per
+//!   consumer, running a no-op job. Its queue is no stream: each drain
+//!   pushes N jobs through apalis's own `push_bulk` into a fresh queue
+//!   beforehand, and a message counts when apalis publishes that its job is
+//!   recorded done (the `PUBLISH` of its result script, received on a
+//!   pub/sub connection of lockbench's). Afterwards the done set must hold
+//!   N jobs, with none left queued or in flight. Its drains hold at most
+//!   7,000 jobs (see [`APALIS_MAX_DRAIN`]).
 //! - `soloist`: one `Worker` per consumer, each with its own `StreamSource`
 //!   consumer name and its own `LockClient`, consuming a keyed job with
 //!   dedupe whose body only returns. Per message the worker checks the
@@ -51,6 +59,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::{Bench, Scenario, key};
+use crate::peers::apalis::ApalisPeer;
 use crate::probe::Cost;
 use crate::report::Row;
 
@@ -83,6 +92,13 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 const HANDROLLED: &str = "handrolled";
 /// The hand-rolled consumer with the acknowledgement in the dedupe pipeline.
 const HANDROLLED_FUSED: &str = "handrolled-fused";
+/// apalis-redis workers.
+const APALIS: &str = "apalis";
+/// The most jobs an apalis drain holds. apalis-redis 1.0 pushes every job
+/// to its scheduled set, and its fetch script moves all those due to the
+/// queue in one `RPUSH` of `unpack(ids)`, which fails with "too many results
+/// to unpack" past Lua's stack limit of 8,000 values.
+const APALIS_MAX_DRAIN: u64 = 7_000;
 
 /// Raw and soloist, at one consumer and then at four, drained in rounds.
 pub(super) async fn run(bench: &Bench) -> Vec<Row> {
@@ -96,6 +112,10 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
             if bench.wants(library) {
                 runs.push(Run::new(library, consumers, Kind::Handrolled { fused }));
             }
+        }
+        if bench.wants(APALIS) {
+            let peer = ApalisPeer::connect(&bench.url).await;
+            runs.push(Run::new(APALIS, consumers, Kind::Apalis(peer)));
         }
         if bench.wants("soloist") {
             let mut locks = Vec::with_capacity(consumers);
@@ -117,7 +137,7 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
         let deadline = Instant::now() + bench.warmup;
         let mut size = FIRST_DRAIN;
         loop {
-            let drained = queue.drain(bench, run, size).await;
+            let drained = queue.drain(bench, &mut *run, size).await;
             run.rate = drained.messages as f64 / drained.secs;
             if Instant::now() >= deadline {
                 break;
@@ -137,7 +157,7 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
         for index in order {
             let run = &mut runs[index];
             let size = run.size(SLICE);
-            let drained = queue.drain(bench, run, size).await;
+            let drained = queue.drain(bench, &mut *run, size).await;
             run.add(drained);
         }
     }
@@ -180,6 +200,8 @@ enum Kind {
     },
     /// Soloist workers, one lock client per consumer, kept across drains.
     Soloist(Vec<LockClient>),
+    /// apalis-redis workers on a queue of its own kind.
+    Apalis(ApalisPeer),
 }
 
 /// One contestant: a library at a number of consumers.
@@ -210,7 +232,11 @@ impl Run {
 
     /// How many messages take about `span` at the rate seen so far.
     fn size(&self, span: Duration) -> u64 {
-        ((self.rate * span.as_secs_f64()) as u64).max(MIN_DRAIN)
+        let size = ((self.rate * span.as_secs_f64()) as u64).max(MIN_DRAIN);
+        match self.kind {
+            Kind::Apalis(_) => size.min(APALIS_MAX_DRAIN),
+            _ => size,
+        }
     }
 
     /// Adds a measured drain to the totals and the rate.
@@ -295,13 +321,17 @@ impl Queue {
 
     /// Fills a fresh stream with `messages` entries, lets `run`'s consumers
     /// drain it, checks that nothing is left, and deletes it.
-    async fn drain(&mut self, bench: &Bench, run: &Run, messages: u64) -> Drained {
+    async fn drain(&mut self, bench: &Bench, run: &mut Run, messages: u64) -> Drained {
         self.drains += 1;
         let stream = format!(
             "{}:{}",
             key(Scenario::Queue, run.library, run.consumers, self.drains),
             self.nonce
         );
+        if let Kind::Apalis(peer) = &mut run.kind {
+            return drain_apalis(bench, peer, &stream, run.consumers, messages).await;
+        }
+        let run = &*run;
         let tag = format!("{}.{}", self.nonce, self.drains);
         self.fill(&stream, &tag, messages).await;
         let tally = Arc::new(Tally::new(messages));
@@ -345,7 +375,7 @@ impl Queue {
             (mark, started, handles)
         } else {
             let Kind::Soloist(clients) = &run.kind else {
-                unreachable!("raw and hand-rolled runs are handled above");
+                unreachable!("raw, hand-rolled and apalis runs are handled above");
             };
             let mut workers = Vec::with_capacity(run.consumers);
             for (index, locks) in clients.iter().enumerate() {
@@ -507,6 +537,62 @@ impl Queue {
             .query_async::<()>(&mut self.setup)
             .await
             .expect("queue: UNLINK failed");
+    }
+}
+
+/// Pushes `messages` jobs to a fresh apalis queue named `queue`, lets
+/// `consumers` apalis workers drain it, checks that every job is done and
+/// none is left, and deletes the queue's keys.
+async fn drain_apalis(
+    bench: &Bench,
+    peer: &mut ApalisPeer,
+    queue: &str,
+    consumers: usize,
+    messages: u64,
+) -> Drained {
+    peer.fill(queue, messages).await;
+    let tally = Arc::new(Tally::new(messages));
+    let (stop, stopped) = watch::channel(false);
+    let counter = tally.clone();
+    let watcher = peer
+        .watch_done(queue, move |count| counter.settle(count), stopped.clone())
+        .await;
+    let workers = peer.workers(queue, consumers, COUNT).await;
+    let mark = bench.probe.mark().await;
+    let started = Instant::now();
+    let handles = workers.start(&stopped);
+    let drained = tokio::time::timeout(DRAIN_LIMIT, tally.done.notified()).await;
+    let (cost, calls) = bench.probe.since(&mark).await;
+    stop.send_replace(true);
+    for handle in handles.into_iter().chain([watcher]) {
+        if let Err(err) = handle.await {
+            if err.is_panic() {
+                std::panic::resume_unwind(err.into_panic());
+            }
+            panic!("an apalis worker was cancelled: {err}");
+        }
+    }
+    let settled = tally.settled.load(Ordering::Relaxed);
+    assert!(
+        drained.is_ok(),
+        "queue: apalis with {consumers} workers settled {settled} of {messages} jobs in {DRAIN_LIMIT:?}"
+    );
+    assert_eq!(
+        settled, messages,
+        "queue: apalis recorded more jobs done than it held"
+    );
+    let finished = tally
+        .finished
+        .lock()
+        .expect("the tally's lock is never poisoned")
+        .expect("a drained tally knows when it finished");
+    peer.check_and_delete(queue, consumers, messages).await;
+    Drained {
+        messages,
+        secs: (finished - started).as_secs_f64(),
+        cost,
+        calls,
+        dead: 0,
     }
 }
 
