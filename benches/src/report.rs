@@ -70,6 +70,12 @@ pub(crate) struct Row {
     /// How late a bare tokio sleep to the same ticks woke, at most (`cron`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) timer_max_us: Option<f64>,
+    /// Each tick's lateness less the timer's, median (`cron`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) claim_p50_us: Option<f64>,
+    /// Each tick's lateness less the timer's, at most (`cron`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) claim_max_us: Option<f64>,
     /// Failed operations: lock waits that timed out, leases lost; in
     /// `cron`, ticks that did not run exactly once.
     pub(crate) errors: u64,
@@ -90,6 +96,10 @@ pub(crate) struct TickLatency {
     pub(crate) timer_p50_us: f64,
     /// Greatest lateness of that timer, in microseconds.
     pub(crate) timer_max_us: f64,
+    /// Median of each tick's lateness less the timer's, in microseconds.
+    pub(crate) claim_p50_us: f64,
+    /// Greatest of each tick's lateness less the timer's, in microseconds.
+    pub(crate) claim_max_us: f64,
 }
 
 impl Row {
@@ -121,6 +131,8 @@ impl Row {
             max_us: None,
             timer_p50_us: None,
             timer_max_us: None,
+            claim_p50_us: None,
+            claim_max_us: None,
             errors: 0,
         }
     }
@@ -149,6 +161,8 @@ impl Row {
             max_us: Some(round3(latency.max_us)),
             timer_p50_us: Some(round3(latency.timer_p50_us)),
             timer_max_us: Some(round3(latency.timer_max_us)),
+            claim_p50_us: Some(round3(latency.claim_p50_us)),
+            claim_max_us: Some(round3(latency.claim_max_us)),
             cmds_per_op: per_tick(cost.commands),
             evalsha_per_op: per_tick(cost.scripts),
             cpu_us_per_op: us_per_tick(cost.cpu_secs),

@@ -189,10 +189,11 @@ impl Bench {
 
     /// Reports a finished row on stderr, so a long run shows it is alive.
     pub(crate) fn done(&self, row: Row, rows: &mut Vec<Row>) {
-        let (rate, unit) = match (row.ops_per_sec, row.renewal_calls_per_sec) {
-            (Some(ops), _) => (ops, "ops/s"),
-            (None, Some(calls)) => (calls, "renewal calls/s"),
-            (None, None) => (0.0, ""),
+        let (rate, unit) = match (row.ops_per_sec, row.renewal_calls_per_sec, row.p99_us) {
+            (Some(ops), _, _) => (ops, "ops/s"),
+            (None, Some(calls), _) => (calls, "renewal calls/s"),
+            (None, None, Some(p99_us)) => (p99_us, "µs p99"),
+            (None, None, None) => (0.0, ""),
         };
         eprintln!(
             "  {:<12} {:>3} tasks  {:<12} {rate:>10.0} {unit}",
