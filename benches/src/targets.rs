@@ -288,9 +288,12 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
     }
 
     // Soloist against every peer, wherever both ran; soloist's other
-    // primitives (`soloist-semaphore`) are not peers.
+    // primitives (`soloist-semaphore`) are not peers. The queue's baselines
+    // have targets of their own, above.
     for peer in rows.iter().filter(|row| {
-        !matches!(row.library.as_str(), "raw" | SINGLE_NODE) && !row.library.starts_with("soloist")
+        !matches!(row.library.as_str(), "raw" | SINGLE_NODE)
+            && !row.library.starts_with("soloist")
+            && row.scenario != Scenario::Queue.name()
     }) {
         let Some(ours) = rows.iter().find(|row| {
             row.scenario == peer.scenario && row.tasks == peer.tasks && row.library == "soloist"
@@ -380,6 +383,7 @@ mod tests {
     use super::*;
     use crate::measure::Summary;
     use crate::probe::Cost;
+    use crate::report::TickLatency;
 
     fn row(scenario: Scenario, library: &str, ops: u64, p50_us: f64) -> Row {
         let summary = Summary {
@@ -419,6 +423,69 @@ mod tests {
             "queue 1-consumer soloist / raw (messages/s)"
         );
         assert!((checks[0].value - 0.25).abs() < 1e-9 && checks[0].met == Some(false));
+    }
+
+    #[test]
+    fn queue_baselines_have_their_targets_once_each() {
+        let messages = |library: &str, secs: f64| {
+            Row::messages(
+                4,
+                library,
+                1000,
+                secs,
+                Cost::default(),
+                &Default::default(),
+                0,
+            )
+        };
+        let rows = [
+            messages("soloist", 0.1),
+            messages("handrolled", 0.1),
+            messages("handrolled-fused", 0.05),
+            messages("apalis", 0.2),
+        ];
+        let checks = evaluate(&rows);
+        let names: Vec<&str> = checks.iter().map(|check| check.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "queue 4-consumer soloist / handrolled (messages/s)",
+                "queue 4-consumer soloist / handrolled-fused (messages/s)",
+                "queue 4-consumer soloist / apalis (messages/s)",
+            ]
+        );
+        assert_eq!(
+            checks[0].met,
+            Some(true),
+            "level with the hand-rolled consumer meets ≥ 1"
+        );
+        assert_eq!(checks[1].met, None);
+        assert!((checks[2].value - 2.0).abs() < 1e-9 && checks[2].met == Some(true));
+    }
+
+    #[test]
+    fn cron_p99_is_held_to_20_ms() {
+        let latency = |p99_us: f64| TickLatency {
+            ticks: 20,
+            p99_us,
+            ..TickLatency::default()
+        };
+        let rows = [
+            Row::ticks("soloist", 5, latency(19_000.0), Cost::default(), 20.0, 0),
+            Row::ticks(
+                "soloist-skew2m",
+                5,
+                latency(21_000.0),
+                Cost::default(),
+                20.0,
+                0,
+            ),
+        ];
+        let checks = evaluate(&rows);
+        assert_eq!(checks.len(), 2, "{checks:?}");
+        assert_eq!(checks[0].met, Some(true));
+        assert_eq!(checks[1].met, Some(false));
+        assert!(checks[1].name.contains("soloist-skew2m"));
     }
 
     #[test]
