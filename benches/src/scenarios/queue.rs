@@ -115,7 +115,7 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
         }
         if bench.wants(APALIS) {
             let peer = ApalisPeer::connect(&bench.url).await;
-            runs.push(Run::new(APALIS, consumers, Kind::Apalis(peer)));
+            runs.push(Run::new(APALIS, consumers, Kind::Apalis(Box::new(peer))));
         }
         if bench.wants("soloist") {
             let mut locks = Vec::with_capacity(consumers);
@@ -201,7 +201,7 @@ enum Kind {
     /// Soloist workers, one lock client per consumer, kept across drains.
     Soloist(Vec<LockClient>),
     /// apalis-redis workers on a queue of its own kind.
-    Apalis(ApalisPeer),
+    Apalis(Box<ApalisPeer>),
 }
 
 /// One contestant: a library at a number of consumers.
