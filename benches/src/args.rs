@@ -25,17 +25,23 @@ usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
                     watchdog, queue, cron; default all but cron, which
                     runs max(N, 20) one-second ticks twice)
   --library NAME    run only this library's rows; repeat for several
-                    (raw, soloist, rslock, rslock-1ms, redlock, redlock-1ms,
-                    soloist-1node, soloist-semaphore, soloist-semaphore-busy,
-                    handrolled, handrolled-fused, apalis, soloist-skew2m;
-                    default all; `soloist` includes `soloist-1node`, the
-                    single-node rows of `redlock3` and `cluster`;
+                    (raw, soloist, soloist-unfenced, rslock, rslock-1ms,
+                    redlock, redlock-1ms, soloist-1node, soloist-semaphore,
+                    soloist-semaphore-busy, handrolled, handrolled-fused,
+                    apalis, soloist-skew2m; default all; `soloist` includes
+                    `soloist-1node`, the single-node rows of `redlock3` and
+                    `cluster`; `soloist-unfenced` acquires with
+                    `acquire_unfenced` in `uncontended` and `cluster`;
                     `soloist-semaphore` is a 4-permit semaphore's acquire
                     and release in `uncontended`, `soloist-semaphore-busy`
                     the same with 3 of its permits held elsewhere;
                     `handrolled`, `handrolled-fused` and `apalis` are
                     `queue` baselines; `soloist-skew2m` is `cron` with one
-                    replica's clock 2 minutes fast)
+                    replica's clock 2 minutes fast; only when named:
+                    alt-script, alt-lean, alt-multi, alt-fcall,
+                    alt-unfenced, ways to take a fenced lock on a bare
+                    connection in `uncontended` (alt-fcall loads a function
+                    library `lbalt` into the server))
 ";
 
 /// How many servers `redlock3` runs on.

@@ -36,7 +36,8 @@ const NOT_FOUND: &str = "redis-server not found on PATH: install it (e.g. `sudo 
 /// The least privileges soloist needs, as `ACL SETUSER` rules: its own keys
 /// (the default prefix `soloist:`) and those of the streams the tests use
 /// (`orders*`), its own wake-up channels, and the command categories its
-/// scripts, streams and wake-ups use, without the dangerous ones.
+/// scripts, streams and wake-ups use, without the dangerous ones; `MULTI`
+/// and `EXEC` let an acquisition take a free key without a script.
 pub const SOLOIST_ACL_RULES: &[&str] = &[
     "resetkeys",
     "~soloist:*",
@@ -52,6 +53,8 @@ pub const SOLOIST_ACL_RULES: &[&str] = &[
     "+@stream",
     "+@connection",
     "+time",
+    "+multi",
+    "+exec",
     "-@dangerous",
 ];
 

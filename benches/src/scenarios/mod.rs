@@ -1,5 +1,6 @@
 //! The scenarios, one per file, and what they share.
 
+mod alternatives;
 mod cluster;
 mod contended;
 mod cron;
@@ -96,7 +97,10 @@ pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
     for scenario in scenarios {
         match scenario {
             Scenario::Raw => contestants.extend(raw::contestants(bench).await),
-            Scenario::Uncontended => contestants.extend(uncontended::contestants(bench).await),
+            Scenario::Uncontended => {
+                contestants.extend(uncontended::contestants(bench).await);
+                contestants.extend(alternatives::contestants(bench).await);
+            }
             Scenario::Contended => contestants.extend(contended::contestants(bench).await),
             Scenario::Redlock3 => contestants.extend(redlock3::contestants(bench).await),
             Scenario::Cluster => contestants.extend(cluster::contestants(bench).await),
