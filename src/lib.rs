@@ -194,6 +194,8 @@
 //!   increasing as long as that clock does not step back. Counters expire a
 //!   week after they were started, and start again from the clock the same
 //!   way, so a lock on every order id does not leave a key per id forever.
+//!   [`LockRequest::acquire_unfenced`] leaves the fence out, for callers
+//!   with nothing to fence: its [`UnfencedGuard`] has no fence to give.
 //! - **Liveness**: a holder that crashes, panics or is aborted stops renewing
 //!   and its key expires within one ttl; a dropped guard releases at once.
 //!   A *leaked* guard (`std::mem::forget`) looks exactly like a guard held on
@@ -339,8 +341,8 @@ pub use soloist_core::{
     Lease, LockClient, LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_KEYS, MAX_PERMITS,
     MAX_RATE_COUNT, MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, MultiLockGuard,
     MultiLockRequest, PermitGuard, RateLimit, Result, RwLock, RwLockGuard, RwLockRequest,
-    SemaphoreRequest, Settle, Settled, TokenInfo, colocated, hash_slot, metrics, owner_id,
-    parse_token, redis,
+    SemaphoreRequest, Settle, Settled, TokenInfo, UnfencedGuard, colocated, hash_slot, metrics,
+    owner_id, parse_token, redis,
 };
 /// The web dashboard: an axum `Router` to mount in a service (feature `dashboard`).
 #[cfg(feature = "dashboard")]

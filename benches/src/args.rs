@@ -22,15 +22,26 @@ usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
   --json            print one JSON object per result row instead of tables
   --scenario NAME   run only this scenario; repeat for several
                     (raw, uncontended, contended, redlock3, cluster,
-                    watchdog, queue; default all)
+                    watchdog, queue, cron; default all but cron, which
+                    runs max(N, 20) one-second ticks twice)
   --library NAME    run only this library's rows; repeat for several
-                    (raw, soloist, rslock, rslock-1ms, redlock, redlock-1ms,
-                    soloist-1node, soloist-semaphore, soloist-semaphore-busy;
-                    default all; `soloist` includes `soloist-1node`, the
-                    single-node rows of `redlock3` and `cluster`;
+                    (raw, soloist, soloist-unfenced, rslock, rslock-1ms,
+                    redlock, redlock-1ms, soloist-1node, soloist-semaphore,
+                    soloist-semaphore-busy, handrolled, handrolled-fused,
+                    apalis, soloist-skew2m; default all; `soloist` includes
+                    `soloist-1node`, the single-node rows of `redlock3` and
+                    `cluster`; `soloist-unfenced` acquires with
+                    `acquire_unfenced` in `uncontended` and `cluster`;
                     `soloist-semaphore` is a 4-permit semaphore's acquire
                     and release in `uncontended`, `soloist-semaphore-busy`
-                    the same with 3 of its permits held elsewhere)
+                    the same with 3 of its permits held elsewhere;
+                    `handrolled`, `handrolled-fused` and `apalis` are
+                    `queue` baselines; `soloist-skew2m` is `cron` with one
+                    replica's clock 2 minutes fast; only when named:
+                    alt-script, alt-lean, alt-multi, alt-fcall,
+                    alt-unfenced, ways to take a fenced lock on a bare
+                    connection in `uncontended` (alt-fcall loads a function
+                    library `lbalt` into the server))
 ";
 
 /// How many servers `redlock3` runs on.
@@ -115,7 +126,10 @@ impl Args {
             ));
         }
         parsed.scenarios = if parsed.scenarios.is_empty() {
-            Scenario::ALL.to_vec()
+            Scenario::ALL
+                .into_iter()
+                .filter(|scenario| scenario.is_default())
+                .collect()
         } else {
             Scenario::ALL
                 .into_iter()
@@ -150,7 +164,8 @@ mod tests {
             panic!("an empty command line must run");
         };
         assert_eq!(args.secs, Duration::from_secs(5));
-        assert_eq!(args.scenarios, Scenario::ALL.to_vec());
+        assert_eq!(args.scenarios, Scenario::ALL[..7].to_vec());
+        assert!(!args.scenarios.contains(&Scenario::Cron));
         assert!(!args.json && args.url.is_none() && args.redlock_urls.is_empty());
         assert!(args.cluster_urls.is_empty() && args.scenarios.contains(&Scenario::Cluster));
     }
@@ -200,6 +215,14 @@ mod tests {
             args.cluster_urls,
             vec!["redis://a:7000".to_owned(), "redis://b:7001".to_owned()]
         );
+    }
+
+    #[test]
+    fn cron_runs_only_when_asked_for() {
+        let Ok(Command::Run(args)) = parse("--scenario cron --scenario queue") else {
+            panic!("`--scenario cron` must parse");
+        };
+        assert_eq!(args.scenarios, vec![Scenario::Queue, Scenario::Cron]);
     }
 
     #[test]

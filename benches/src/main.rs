@@ -12,8 +12,8 @@
 //! `raw`, `uncontended`, `contended`, `redlock3` and `cluster`'s lock cycles
 //! are measured in one-second slices, round robin, so that all of them
 //! share the machine's good and bad moments alike (see `rounds.rs`);
-//! `watchdog` runs on its own after them, then `cluster`'s leases, and
-//! `queue` last, in rounds of its own.
+//! `watchdog` runs on its own after them, then `cluster`'s leases, then
+//! `queue`, in rounds of its own, and `cron` last, on the wall clock.
 //!
 //! Scenarios:
 //! - `raw`: `SET NX PX` plus a compare-and-delete script on one connection,
@@ -32,9 +32,17 @@
 //! - `watchdog`: 10,000 leases of 3 s held by one client; renewal calls,
 //!   Redis commands and CPU spent keeping them alive.
 //! - `queue`: messages per second through one Redis Streams consumer group,
-//!   with 1 and 4 consumers: bare `XREADGROUP` + `XACK` loops (`raw`)
-//!   against soloist `Worker`s consuming a keyed job with dedupe whose body
-//!   only returns; each run drains a freshly filled stream.
+//!   with 1 and 4 consumers: bare `XREADGROUP` + `XACK` loops (`raw`),
+//!   hand-rolled idempotent consumers (`SET NX` dedupe keys, then `XACK`:
+//!   `handrolled`, `handrolled-fused`) and apalis-redis workers (`apalis`,
+//!   on a job queue of its own kind) against soloist `Worker`s consuming a
+//!   keyed job with dedupe whose body only returns; each run drains a
+//!   freshly filled stream.
+//! - `cron` (only when asked for): a per-second cron job on five soloist
+//!   replicas sharing the server, with every clock right and then with one
+//!   replica's clock two minutes fast; latency from a tick's due time to its
+//!   body starting, p50/p99/max over `--secs` ticks (at least 20), and each
+//!   tick checked to run exactly once.
 //!
 //! Redis counts the commands a Lua script runs in `INFO commandstats` as
 //! well as the `EVALSHA` itself; `cmds/op` includes them, `evalsha/op` does not.

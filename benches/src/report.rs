@@ -61,8 +61,45 @@ pub(crate) struct Row {
     pub(crate) cpu_pct: Option<f64>,
     /// CPU time of the Redis server, in percent of one core (when lockbench started it).
     pub(crate) redis_cpu_pct: Option<f64>,
-    /// Failed operations: lock waits that timed out, leases lost.
+    /// The slowest tick's latency (`cron`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_us: Option<f64>,
+    /// How late a bare tokio sleep to the same ticks woke, median (`cron`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) timer_p50_us: Option<f64>,
+    /// How late a bare tokio sleep to the same ticks woke, at most (`cron`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) timer_max_us: Option<f64>,
+    /// Each tick's lateness less the timer's, median (`cron`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) claim_p50_us: Option<f64>,
+    /// Each tick's lateness less the timer's, at most (`cron`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) claim_max_us: Option<f64>,
+    /// Failed operations: lock waits that timed out, leases lost; in
+    /// `cron`, ticks that did not run exactly once.
     pub(crate) errors: u64,
+}
+
+/// How late the bodies of a run of cron ticks started after their due time.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TickLatency {
+    /// Bodies that started in the measured ticks.
+    pub(crate) ticks: u64,
+    /// Median lateness, in microseconds.
+    pub(crate) p50_us: f64,
+    /// 99th percentile lateness, in microseconds.
+    pub(crate) p99_us: f64,
+    /// Greatest lateness, in microseconds.
+    pub(crate) max_us: f64,
+    /// Median lateness of a bare timer to the same ticks, in microseconds.
+    pub(crate) timer_p50_us: f64,
+    /// Greatest lateness of that timer, in microseconds.
+    pub(crate) timer_max_us: f64,
+    /// Median of each tick's lateness less the timer's, in microseconds.
+    pub(crate) claim_p50_us: f64,
+    /// Greatest of each tick's lateness less the timer's, in microseconds.
+    pub(crate) claim_max_us: f64,
 }
 
 impl Row {
@@ -91,7 +128,49 @@ impl Row {
             cmds_per_sec: None,
             cpu_pct: None,
             redis_cpu_pct: None,
+            max_us: None,
+            timer_p50_us: None,
+            timer_max_us: None,
+            claim_p50_us: None,
+            claim_max_us: None,
             errors: 0,
+        }
+    }
+
+    /// A row for cron ticks run by a fleet of `replicas`: latency from due
+    /// time to body start, and commands and CPU per tick over `secs`;
+    /// `errors` counts ticks that did not run exactly once.
+    pub(crate) fn ticks(
+        library: &str,
+        replicas: usize,
+        latency: TickLatency,
+        cost: Cost,
+        secs: f64,
+        errors: u64,
+    ) -> Row {
+        let ticks = latency.ticks;
+        let per_tick = |count: u64| (ticks > 0).then(|| round3(count as f64 / ticks as f64));
+        let us_per_tick = |secs: Option<f64>| {
+            secs.filter(|_| ticks > 0)
+                .map(|secs| round3(secs * 1e6 / ticks as f64))
+        };
+        let cost = Cost { secs, ..cost };
+        Row {
+            p50_us: Some(round3(latency.p50_us)),
+            p99_us: Some(round3(latency.p99_us)),
+            max_us: Some(round3(latency.max_us)),
+            timer_p50_us: Some(round3(latency.timer_p50_us)),
+            timer_max_us: Some(round3(latency.timer_max_us)),
+            claim_p50_us: Some(round3(latency.claim_p50_us)),
+            claim_max_us: Some(round3(latency.claim_max_us)),
+            cmds_per_op: per_tick(cost.commands),
+            evalsha_per_op: per_tick(cost.scripts),
+            cpu_us_per_op: us_per_tick(cost.cpu_secs),
+            redis_cpu_us_per_op: us_per_tick(cost.redis_cpu_secs),
+            cpu_pct: cost.cpu_pct().map(round3),
+            redis_cpu_pct: cost.redis_cpu_pct().map(round3),
+            errors,
+            ..Row::empty(Scenario::Cron, replicas, library)
         }
     }
 

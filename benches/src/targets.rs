@@ -212,8 +212,15 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
     }
 
     // What the job runtime costs a queue consumer: soloist's workers against
-    // bare XREADGROUP + XACK loops, on as many consumers in one group.
+    // bare XREADGROUP + XACK loops, on as many consumers in one group, then
+    // against the idempotent baselines: a hand-rolled dedupe-key consumer
+    // and apalis-redis.
     for consumers in [1, 4] {
+        let (floor, target) = if consumers == 1 {
+            (0.5, "≥ 0.50")
+        } else {
+            (0.35, "≥ 0.35")
+        };
         if let Some(value) = ratio(
             ops(Scenario::Queue, consumers, "soloist"),
             ops(Scenario::Queue, consumers, "raw"),
@@ -221,8 +228,43 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
             checks.push(Check::new(
                 format!("queue {consumers}-consumer soloist / raw (messages/s)"),
                 value,
-                "",
-                None,
+                target,
+                Some(value >= floor),
+            ));
+        }
+        for (baseline, floor, target) in [
+            ("handrolled", 1.0, "≥ 1.00"),
+            ("handrolled-fused", 0.0, ""),
+            ("apalis", 1.0, "> 1.00"),
+        ] {
+            if let Some(value) = ratio(
+                ops(Scenario::Queue, consumers, "soloist"),
+                ops(Scenario::Queue, consumers, baseline),
+            ) {
+                let met = match target {
+                    "" => None,
+                    "> 1.00" => Some(value > floor),
+                    _ => Some(value >= floor),
+                };
+                checks.push(Check::new(
+                    format!("queue {consumers}-consumer soloist / {baseline} (messages/s)"),
+                    value,
+                    target,
+                    met,
+                ));
+            }
+        }
+    }
+
+    // Cron precision: from a tick's due time to its body starting.
+    for library in ["soloist", "soloist-skew2m"] {
+        if let Some(p99_us) = find(rows, Scenario::Cron, 5, library).and_then(|row| row.p99_us) {
+            let value = p99_us / 1000.0;
+            checks.push(Check::new(
+                format!("cron 5-replica {library} tick start p99 (ms)"),
+                value,
+                "< 20",
+                Some(value < 20.0),
             ));
         }
     }
@@ -246,9 +288,12 @@ pub(crate) fn evaluate(rows: &[Row]) -> Vec<Check> {
     }
 
     // Soloist against every peer, wherever both ran; soloist's other
-    // primitives (`soloist-semaphore`) are not peers.
+    // primitives (`soloist-semaphore`) are not peers. The queue's baselines
+    // have targets of their own, above.
     for peer in rows.iter().filter(|row| {
-        !matches!(row.library.as_str(), "raw" | SINGLE_NODE) && !row.library.starts_with("soloist")
+        !matches!(row.library.as_str(), "raw" | SINGLE_NODE)
+            && !row.library.starts_with("soloist")
+            && row.scenario != Scenario::Queue.name()
     }) {
         let Some(ours) = rows.iter().find(|row| {
             row.scenario == peer.scenario && row.tasks == peer.tasks && row.library == "soloist"
@@ -338,6 +383,7 @@ mod tests {
     use super::*;
     use crate::measure::Summary;
     use crate::probe::Cost;
+    use crate::report::TickLatency;
 
     fn row(scenario: Scenario, library: &str, ops: u64, p50_us: f64) -> Row {
         let summary = Summary {
@@ -376,7 +422,70 @@ mod tests {
             checks[0].name,
             "queue 1-consumer soloist / raw (messages/s)"
         );
-        assert!((checks[0].value - 0.25).abs() < 1e-9 && checks[0].met.is_none());
+        assert!((checks[0].value - 0.25).abs() < 1e-9 && checks[0].met == Some(false));
+    }
+
+    #[test]
+    fn queue_baselines_have_their_targets_once_each() {
+        let messages = |library: &str, secs: f64| {
+            Row::messages(
+                4,
+                library,
+                1000,
+                secs,
+                Cost::default(),
+                &Default::default(),
+                0,
+            )
+        };
+        let rows = [
+            messages("soloist", 0.1),
+            messages("handrolled", 0.1),
+            messages("handrolled-fused", 0.05),
+            messages("apalis", 0.2),
+        ];
+        let checks = evaluate(&rows);
+        let names: Vec<&str> = checks.iter().map(|check| check.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "queue 4-consumer soloist / handrolled (messages/s)",
+                "queue 4-consumer soloist / handrolled-fused (messages/s)",
+                "queue 4-consumer soloist / apalis (messages/s)",
+            ]
+        );
+        assert_eq!(
+            checks[0].met,
+            Some(true),
+            "level with the hand-rolled consumer meets ≥ 1"
+        );
+        assert_eq!(checks[1].met, None);
+        assert!((checks[2].value - 2.0).abs() < 1e-9 && checks[2].met == Some(true));
+    }
+
+    #[test]
+    fn cron_p99_is_held_to_20_ms() {
+        let latency = |p99_us: f64| TickLatency {
+            ticks: 20,
+            p99_us,
+            ..TickLatency::default()
+        };
+        let rows = [
+            Row::ticks("soloist", 5, latency(19_000.0), Cost::default(), 20.0, 0),
+            Row::ticks(
+                "soloist-skew2m",
+                5,
+                latency(21_000.0),
+                Cost::default(),
+                20.0,
+                0,
+            ),
+        ];
+        let checks = evaluate(&rows);
+        assert_eq!(checks.len(), 2, "{checks:?}");
+        assert_eq!(checks[0].met, Some(true));
+        assert_eq!(checks[1].met, Some(false));
+        assert!(checks[1].name.contains("soloist-skew2m"));
     }
 
     #[test]

@@ -117,6 +117,24 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
         waiting: Option<Waiting>,
     ) -> BoxFuture<'a, Result<Attempt>>;
 
+    /// As [`try_acquire`](Backend::try_acquire), issuing no fence: an
+    /// acquisition yields `Acquired(0)`. Backends whose fence is part of
+    /// how they take a key (a Redlock) refuse.
+    fn try_acquire_unfenced<'a>(
+        &'a self,
+        _key: &'a str,
+        _token: &'a str,
+        _ttl: Duration,
+        _waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        Box::pin(futures::future::ready(Err(
+            crate::error::LockError::invalid(
+                "unfenced",
+                "a Redlock takes a key and chooses its fence in the same two phases, so an unfenced acquisition saves it nothing and is not offered; use `acquire`",
+            ),
+        )))
+    }
+
     /// Takes one of `permits` permits of the semaphore `name` for `token`
     /// if fewer are held, issuing a fence from the semaphore's own counter
     /// atomically with it; holders whose lease ran out are dropped first.

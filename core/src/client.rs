@@ -472,7 +472,12 @@ impl ClientBuilder {
     /// the lock key, after which a second owner could take it. It does not
     /// make Redis strongly consistent. Replication stays asynchronous; a
     /// replica that acknowledged can still lose the write if another
-    /// replica is promoted, or in a later failover. Redisson's lock does
+    /// replica is promoted, or in a later failover. Redis counts only
+    /// replicas that have the write: for up to about a second after a
+    /// replica's full resynchronisation its primary may send it nothing
+    /// although it shows as online, so a `timeout` shorter than that fails
+    /// acquisitions with `ReplicasUnconfirmed` in that window (rightly: a
+    /// lock taken then is not on the replica). Redisson's lock does
     /// the same check (`WAIT` after the lock script). Only a single node
     /// takes it: [`redlock`](Self::redlock) fails with
     /// [`LockError::InvalidArgument`], as its nodes are meant to be

@@ -388,3 +388,71 @@ impl Drop for LockGuard {
         }
     }
 }
+
+/// Proof of holding a lock taken without a fencing token, by
+/// [`LockRequest::acquire_unfenced`](crate::LockRequest::acquire_unfenced):
+/// a [`LockGuard`] without [`fence`](LockGuard::fence) and
+/// [`commit`](LockGuard::commit). Renewed, released and dropped as a
+/// [`LockGuard`] is; its [`Lease`]'s [`fence`](Lease::fence) is 0, which no
+/// fenced acquisition is ever given.
+///
+/// ```
+/// use std::time::Duration;
+/// use soloist::LockClient;
+/// # async fn demo() -> Result<(), soloist::LockError> {
+/// let locks = LockClient::memory();
+/// let guard = locks.lock("orders:sweep").ttl(Duration::from_secs(30)).acquire_unfenced().await?;
+/// assert_eq!(guard.key(), "orders:sweep");
+/// guard.extend(Duration::from_secs(60)).await?;
+/// guard.release().await?;
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug)]
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct UnfencedGuard {
+    guard: LockGuard,
+}
+
+impl UnfencedGuard {
+    pub(crate) fn new(guard: LockGuard) -> Self {
+        UnfencedGuard { guard }
+    }
+
+    /// The key as the caller gave it.
+    pub fn key(&self) -> &str {
+        self.guard.key()
+    }
+
+    /// Whether the lease is still guaranteed; see [`Lease::is_held`].
+    pub fn is_held(&self) -> bool {
+        self.guard.is_held()
+    }
+
+    /// How much of the lease is still guaranteed locally; see [`Lease::remaining`].
+    pub fn remaining(&self) -> Duration {
+        self.guard.remaining()
+    }
+
+    /// Resolves once the lease can no longer be guaranteed; see
+    /// [`Lease::lost`]. Without a fence, stopping by then is what keeps
+    /// this holder's writes from overlapping the next holder's.
+    pub async fn lost(&self) {
+        self.guard.lost().await;
+    }
+
+    /// A cloneable view of this lease, to hand the lost signal to other tasks.
+    pub fn lease(&self) -> Lease {
+        self.guard.lease()
+    }
+
+    /// Sets the lease to `ttl` from now, if it is still ours; see [`LockGuard::extend`].
+    pub async fn extend(&self, ttl: Duration) -> Result<()> {
+        self.guard.extend(ttl).await
+    }
+
+    /// Gives the lock back now; see [`LockGuard::release`].
+    pub async fn release(self) -> Result<()> {
+        self.guard.release().await
+    }
+}

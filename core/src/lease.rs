@@ -389,7 +389,9 @@ impl Lease {
     }
 
     /// The fencing token issued with this acquisition: strictly greater than
-    /// every fence issued for the same key before it.
+    /// every fence issued for the same key before it. 0 for the lease of an
+    /// [`UnfencedGuard`](crate::UnfencedGuard), which has none: no
+    /// acquisition that issues a fence is given 0.
     pub fn fence(&self) -> u64 {
         self.cell.fence
     }

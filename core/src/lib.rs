@@ -63,7 +63,7 @@ pub use client::{ClientBuilder, LockClient};
 pub use deployment::Deployment;
 pub use error::{LockError, Result};
 pub use fence::{FencedValue, FencedWrite, MAX_EFFECT_ARGS, MAX_RECORD_TTL};
-pub use guard::LockGuard;
+pub use guard::{LockGuard, UnfencedGuard};
 pub use lease::Lease;
 pub use multi::{MAX_KEYS, MultiLockGuard, MultiLockRequest};
 #[doc(hidden)]

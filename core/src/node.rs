@@ -2,7 +2,9 @@
 //! backend runs them on. `SET NX PX` takes a key; release and renewal act
 //! only while the caller's owner token still matches.
 
-use std::sync::LazyLock;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
@@ -175,6 +177,33 @@ pub(crate) struct RedisNode {
     client_id: String,
     op_timeout: Duration,
     replicas: Option<Replicas>,
+    /// Whether acquisitions that do not wait try the transaction fast path
+    /// first (see [`take_fast`](Self::take_fast)); off for good once the
+    /// server refuses it.
+    fast_path: AtomicBool,
+    /// Fence counters this client has seen seeded, by their Redis key: only
+    /// those take the fast path, so that a key acquired for the first time
+    /// (a lock per run, per message) costs one script call, not a
+    /// transaction that finds the counter new and then the script.
+    seeded: Mutex<HashSet<String>>,
+}
+
+/// The most counters [`RedisNode::seeded`] remembers; past it, it starts over.
+const SEEDED_REMEMBERED: usize = 4096;
+
+/// A fence counter below this was never seeded from the server clock: it is
+/// new, or an `INCR` created it after the counter was lost. 10^15 µs after
+/// the epoch is 2001-09-09; `scripts/acquire.lua` seeds such a counter.
+const SEEDED: i64 = 1_000_000_000_000_000;
+
+/// How [`RedisNode::take_fast`] takes a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fast<'a> {
+    /// `SET NX PX GET` and `INCR` of the fence counter (its Redis key) in
+    /// one `MULTI`/`EXEC`.
+    Fenced { counter: &'a str },
+    /// `SET NX PX GET` alone.
+    Unfenced,
 }
 
 impl RedisNode {
@@ -189,6 +218,8 @@ impl RedisNode {
             client_id: settings.client_id.clone(),
             op_timeout: settings.op_timeout,
             replicas: settings.replicas,
+            fast_path: AtomicBool::new(true),
+            seeded: Mutex::default(),
         }
     }
 
@@ -223,7 +254,37 @@ impl RedisNode {
     /// [`check_wake_permission`](Self::check_wake_permission).
     pub(crate) async fn check_server(&self) -> Result<()> {
         self.check_eviction_policy().await?;
-        self.check_wake_permission().await
+        self.check_wake_permission().await?;
+        self.check_transactions().await
+    }
+
+    /// Whether the user may run `MULTI` and `EXEC`, which the fast path of
+    /// an acquisition needs (see [`take_fast`](Self::take_fast)); without
+    /// them every acquisition goes through the acquire script. Asked with
+    /// an empty transaction sent as two plain commands: a transaction whose
+    /// `MULTI` is refused must not be sent as one, since redis-rs' reply
+    /// accounting fails on an error in `MULTI`'s own reply.
+    async fn check_transactions(&self) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().cmd("MULTI").cmd("EXEC");
+        let replies: Vec<redis::RedisResult<redis::Value>> = self
+            .with_connection("multi", async |conn| pipe.query_async(&mut conn.conn).await)
+            .await?;
+        let allowed = |at: usize| matches!(replies.get(at), Some(Ok(_)));
+        match (allowed(0), allowed(1)) {
+            (true, true) => Ok(()),
+            (true, false) => Err(LockError::invalid(
+                "acl",
+                "the user may run `MULTI` but not `EXEC`, which leaves its connections inside a transaction: grant both (`+multi +exec`) or neither",
+            )),
+            (false, _) => {
+                tracing::debug!(
+                    "the user may not run MULTI; acquisitions that do not wait go through the acquire script"
+                );
+                self.fast_path.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
 
     /// Releases wake waiters over pub/sub, so an ACL user needs the wake
@@ -444,6 +505,15 @@ fn push_commands(invocation: &mut ScriptInvocation<'_>, commands: &[Vec<Vec<u8>>
     }
 }
 
+/// Whether the server refused the fast path itself rather than failed: it
+/// does not know `SET … NX … GET` (a syntax error; inside a transaction,
+/// `EXECABORT`), and nothing ran.
+fn refused(err: &RedisError) -> bool {
+    err.code() == Some("EXECABORT")
+        || (err.code() == Some("ERR")
+            && err.detail().is_some_and(|detail| detail.contains("syntax")))
+}
+
 /// A ttl as Redis takes it: whole milliseconds, at least one.
 pub(crate) fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -467,9 +537,29 @@ impl RedisNode {
         ttl: Duration,
         waiting: Option<Waiting>,
     ) -> Result<Attempt> {
+        self.check_counter_slot(key, counter)?;
+        let counter_key = self.keys.fence(counter);
+        if waiting.is_none()
+            && self.remembers_seeded(&counter_key)
+            && let Some(attempt) = self
+                .take_fast(
+                    key,
+                    token,
+                    ttl,
+                    Fast::Fenced {
+                        counter: &counter_key,
+                    },
+                )
+                .await?
+        {
+            return Ok(attempt);
+        }
         let (acquired, value, acknowledged) = self
             .take(key, counter, token, ttl, waiting, "fence")
             .await?;
+        if acquired {
+            self.remember_seeded(counter_key);
+        }
         if acquired && let Some(err) = self.unconfirmed(key, acknowledged) {
             // Not replicated enough to count: give the key back rather than
             // hold a lock a failover could hand to someone else.
@@ -483,6 +573,141 @@ impl RedisNode {
                 expires_in: value.map(Duration::from_millis),
             }
         })
+    }
+
+    /// Takes `key` for `token` if free, issuing no fence: a bare `SET NX PX`
+    /// when the caller does not wait, the acquire script when it does (its
+    /// queue of waiting clients needs it); `Acquired(0)` when taken.
+    pub(crate) async fn try_acquire_unfenced(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> Result<Attempt> {
+        if waiting.is_none()
+            && let Some(attempt) = self.take_fast(key, token, ttl, Fast::Unfenced).await?
+        {
+            return Ok(attempt);
+        }
+        let (acquired, value, acknowledged) =
+            self.take(key, key, token, ttl, waiting, "none").await?;
+        if acquired && let Some(err) = self.unconfirmed(key, acknowledged) {
+            self.release(key, token).await?;
+            return Err(err);
+        }
+        Ok(if acquired {
+            Attempt::Acquired(0)
+        } else {
+            Attempt::Held {
+                expires_in: value.map(Duration::from_millis),
+            }
+        })
+    }
+
+    /// The common case without a script: `SET key token NX PX ttl GET`
+    /// (with `INCR` of the fence counter in the same `MULTI`/`EXEC` for
+    /// `Fast::Fenced`), deciding at once when the key was free and the
+    /// counter seeded (taken), or when another token holds it (held; the
+    /// holder's ttl is not read). A caller that does not wait needs no more:
+    /// the acquire script leaves the queue of waiting clients alone for it.
+    ///
+    /// `None` leaves the attempt to the script: when the counter was never
+    /// seeded (the script seeds it), when the key already holds `token` (the
+    /// same attempt sent again after its reply was lost: the script renews
+    /// it and issues a higher fence), with replicas to wait for, for a user
+    /// without `MULTI` in its ACL (found at connect), and from the first
+    /// refusal on (a server before Redis 7.0, where `SET` takes `NX` or
+    /// `GET`, not both: the transaction is discarded, nothing ran).
+    ///
+    /// An `INCR` beside a `SET` that found the key held is harmless: fences
+    /// only need to grow. One that creates the counter (lost meanwhile)
+    /// leaves it unseeded, below [`SEEDED`], for the next acquisition to seed.
+    async fn take_fast(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+        way: Fast<'_>,
+    ) -> Result<Option<Attempt>> {
+        if self.replicas.is_some() || !self.fast_path.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys.lock(key))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .arg("GET");
+        let reply: Result<(Option<Vec<u8>>, i64)> = match way {
+            Fast::Fenced { counter } => {
+                let mut pipe = redis::pipe();
+                pipe.atomic().add_command(set).cmd("INCR").arg(counter);
+                self.with_connection("acquire", async |conn| {
+                    pipe.query_async(&mut conn.conn).await
+                })
+                .await
+            }
+            Fast::Unfenced => {
+                self.with_connection("acquire", async |conn| {
+                    let holder = set.query_async(&mut conn.conn).await?;
+                    Ok((holder, SEEDED))
+                })
+                .await
+            }
+        };
+        let (holder, fence) = match reply {
+            Err(LockError::Protocol(err)) if refused(&err) => {
+                tracing::debug!(error = %err, "the server refused the transaction fast path; acquiring with the script");
+                self.fast_path.store(false, Ordering::Relaxed);
+                return Ok(None);
+            }
+            reply => reply?,
+        };
+        Ok(match holder {
+            None if fence >= SEEDED => Some(Attempt::Acquired(match way {
+                Fast::Fenced { .. } => {
+                    u64::try_from(fence).map_err(|_| unexpected("negative fence"))?
+                }
+                Fast::Unfenced => 0,
+            })),
+            None => None,
+            Some(holder) if holder.strip_suffix(b"+").unwrap_or(&holder) == token.as_bytes() => {
+                None
+            }
+            Some(_) => Some(Attempt::Held { expires_in: None }),
+        })
+    }
+
+    /// Whether this client saw the fence counter `counter_key` seeded.
+    fn remembers_seeded(&self, counter_key: &str) -> bool {
+        let seeded = self.seeded.lock().unwrap_or_else(PoisonError::into_inner);
+        seeded.contains(counter_key)
+    }
+
+    /// Records that an acquisition issued a fence from `counter_key`, which
+    /// is seeded from then on (unless the server loses it: the fast path
+    /// then finds it unseeded and leaves the attempt to the script).
+    fn remember_seeded(&self, counter_key: String) {
+        let mut seeded = self.seeded.lock().unwrap_or_else(PoisonError::into_inner);
+        if seeded.len() >= SEEDED_REMEMBERED && !seeded.contains(&counter_key) {
+            seeded.clear();
+        }
+        seeded.insert(counter_key);
+    }
+
+    /// On a cluster the fence counter must share the key's hash slot.
+    fn check_counter_slot(&self, key: &str, counter: &str) -> Result<()> {
+        if self.is_cluster() && slot_of_tagged(counter) != slot_of_tagged(key) {
+            return Err(LockError::invalid(
+                "fence_counter",
+                format!(
+                    "`{counter}` is in another hash slot than the key `{key}`; on a cluster give both the same hash tag, e.g. `{{report}}` and `{{report}}:monday`"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Redlock's first phase: takes `key` here and reads this node's `counter`.
@@ -521,14 +746,7 @@ impl RedisNode {
         waiting: Option<Waiting>,
         mode: &str,
     ) -> Result<(bool, Option<u64>, Option<u32>)> {
-        if self.is_cluster() && slot_of_tagged(counter) != slot_of_tagged(key) {
-            return Err(LockError::invalid(
-                "fence_counter",
-                format!(
-                    "`{counter}` is in another hash slot than the key `{key}`; on a cluster give both the same hash tag, e.g. `{{report}}` and `{{report}}:monday`"
-                ),
-            ));
-        }
+        self.check_counter_slot(key, counter)?;
         let mut invocation = ACQUIRE.prepare_invoke();
         invocation
             .key(self.keys.lock(key))
@@ -1198,5 +1416,74 @@ impl RedisNode {
         Ok(fence
             .zip(value)
             .map(|(fence, value)| FencedValue { fence, value }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use soloist_testkit::RedisServer;
+
+    use super::*;
+    use crate::deployment::Deployment;
+
+    fn node(server: &RedisServer) -> RedisNode {
+        let timeout = Duration::from_secs(2);
+        let target = Target::open(&Deployment::server(server.url()), timeout, timeout).unwrap();
+        let settings = RedisSettings {
+            prefix: "soloist:".to_owned(),
+            op_timeout: timeout,
+            client_id: "client".to_owned(),
+            replicas: None,
+        };
+        RedisNode::new(target, &settings)
+    }
+
+    fn fence_of(attempt: Attempt) -> u64 {
+        match attempt {
+            Attempt::Acquired(fence) => fence,
+            other => panic!("expected the key taken, got {other:?}"),
+        }
+    }
+
+    /// The fast path's transaction sent again after its reply was lost finds
+    /// the key holding its own token (marked by a waiter or not): it leaves
+    /// the attempt to the script, which renews the key and issues a fence
+    /// above the one nobody received; another token is refused.
+    #[tokio::test]
+    async fn a_resent_fast_attempt_takes_the_key_it_already_holds() {
+        let server = RedisServer::start();
+        let node = node(&server);
+        let ttl = Duration::from_secs(5);
+        let first = fence_of(node.try_acquire("k", "k", "tok", ttl, None).await.unwrap());
+        server.cli(&["PEXPIRE", "soloist:lock:{k}", "1000"]);
+        let resent = fence_of(node.try_acquire("k", "k", "tok", ttl, None).await.unwrap());
+        assert!(resent > first, "{resent} > {first}");
+        let pttl: u64 = server.cli(&["PTTL", "soloist:lock:{k}"]).parse().unwrap();
+        assert!(pttl > 1000, "renewed to the ttl asked: {pttl} ms");
+        server.cli(&["SET", "soloist:lock:{k}", "tok+", "PX", "1000"]);
+        let marked = fence_of(node.try_acquire("k", "k", "tok", ttl, None).await.unwrap());
+        assert!(marked > resent);
+        assert_eq!(
+            server.cli(&["GET", "soloist:lock:{k}"]),
+            "tok+",
+            "mark kept"
+        );
+        assert_eq!(
+            node.try_acquire("k", "k", "other", ttl, None)
+                .await
+                .unwrap(),
+            Attempt::Held { expires_in: None }
+        );
+        // Unfenced, likewise: taken again, renewed, no fence.
+        server.cli(&["SET", "soloist:lock:{u}", "tok", "PX", "1000"]);
+        assert_eq!(
+            node.try_acquire_unfenced("u", "tok", ttl, None)
+                .await
+                .unwrap(),
+            Attempt::Acquired(0)
+        );
+        let pttl: u64 = server.cli(&["PTTL", "soloist:lock:{u}"]).parse().unwrap();
+        assert!(pttl > 1000, "renewed to the ttl asked: {pttl} ms");
+        assert_eq!(server.cli(&["EXISTS", "soloist:fence:{u}"]), "0");
     }
 }

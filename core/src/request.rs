@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::backend::{Attempt, LeaseKind, Waiting};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
-use crate::guard::LockGuard;
+use crate::guard::{LockGuard, UnfencedGuard};
 use crate::lease::{Lease, LeaseCell, whole_millis};
 use crate::metrics;
 use crate::token::new_token;
@@ -67,6 +67,8 @@ pub struct LockRequest {
     watchdog: bool,
     max_hold: Option<Duration>,
     fence_counter: Option<String>,
+    /// Whether the acquisition issues a fence; see [`acquire_unfenced`](Self::acquire_unfenced).
+    fenced: bool,
 }
 
 impl LockRequest {
@@ -79,6 +81,7 @@ impl LockRequest {
             watchdog: true,
             max_hold: None,
             fence_counter: None,
+            fenced: true,
         }
     }
 
@@ -154,6 +157,12 @@ impl LockRequest {
         if self.fence_counter.as_ref().is_some_and(String::is_empty) {
             return Err(LockError::invalid("fence_counter", "must not be empty"));
         }
+        if !self.fenced && self.fence_counter.is_some() {
+            return Err(LockError::invalid(
+                "fence_counter",
+                "an unfenced acquisition issues no fence; drop `fence_counter` or use `acquire`",
+            ));
+        }
         self.ttl = check_ttl(self.ttl)?;
         match self.max_hold {
             Some(max_hold) if max_hold.is_zero() => {
@@ -194,6 +203,53 @@ impl LockRequest {
         result
     }
 
+    /// Takes the lock as [`acquire`](Self::acquire) does, but issues no
+    /// fencing token: on one Redis server, Sentinel or a Cluster an
+    /// acquisition that does not wait is a bare `SET NX PX`, the same one
+    /// command other Redis locks send, where [`acquire`](Self::acquire) also
+    /// increments the key's fence counter in the same transaction. Waiting,
+    /// renewal, release and the lost signal work as for any lock.
+    ///
+    /// What is given up is the fence, and with it the one defence against a
+    /// holder that pauses past its lease (a stop-the-world pause, a
+    /// partition) and then writes as if it still held the lock: the
+    /// [`UnfencedGuard`] has no [`fence`](LockGuard::fence) to pass to a
+    /// resource, and no [`commit`](LockGuard::commit), whose write refuses
+    /// a holder whose lease ended. Mutual exclusion then holds only as long
+    /// as every holder stops before its [`lost`](UnfencedGuard::lost) signal
+    /// fires. Fences of the key's fenced acquisitions still grow.
+    ///
+    /// Fails as [`acquire`](Self::acquire) does, and with
+    /// [`LockError::InvalidArgument`] naming `fence_counter` when one is set,
+    /// or naming `unfenced` on a Redlock, where the fence comes with the
+    /// phases that take the key and leaving it out saves nothing.
+    ///
+    /// ```
+    /// use soloist::LockClient;
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::memory();
+    /// let guard = locks.lock("cache:refresh").acquire_unfenced().await?;
+    /// assert!(guard.is_held());
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn acquire_unfenced(mut self) -> Result<UnfencedGuard> {
+        self.fenced = false;
+        self.validate()?;
+        let span = tracing::debug_span!("soloist.acquire", key = %self.key, fence = "none");
+        let started = Instant::now();
+        let result = self.acquire_inner(started).instrument(span).await;
+        let outcome = match &result {
+            Ok(_) => "acquired",
+            Err(LockError::Busy { .. }) => "busy",
+            Err(LockError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        metrics::acquisition(outcome, started.elapsed());
+        result.map(UnfencedGuard::new)
+    }
+
     async fn acquire_inner(&self, started: Instant) -> Result<LockGuard> {
         let contention = Contention {
             client: &self.client,
@@ -221,18 +277,22 @@ impl LockRequest {
             kind: LeaseKind::Lock,
             armed: true,
         };
-        let attempt = self
-            .client
-            .inner
-            .backend
-            .try_acquire(
-                &self.key,
-                self.fence_counter.as_deref().unwrap_or(&self.key),
-                &token,
-                self.ttl,
-                waiting,
-            )
-            .await?;
+        let backend = &self.client.inner.backend;
+        let attempt = if self.fenced {
+            backend
+                .try_acquire(
+                    &self.key,
+                    self.fence_counter.as_deref().unwrap_or(&self.key),
+                    &token,
+                    self.ttl,
+                    waiting,
+                )
+                .await?
+        } else {
+            backend
+                .try_acquire_unfenced(&self.key, &token, self.ttl, waiting)
+                .await?
+        };
         pending.armed = false;
         drop(pending);
         Ok(match attempt {

@@ -52,6 +52,18 @@ impl Backend for RedisBackend {
             .boxed()
     }
 
+    fn try_acquire_unfenced<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        waiting: Option<Waiting>,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        self.node
+            .try_acquire_unfenced(key, token, ttl, waiting)
+            .boxed()
+    }
+
     fn try_acquire_permit<'a>(
         &'a self,
         name: &'a str,

@@ -155,7 +155,7 @@ async fn run(
     loop {
         let next_due = {
             let mut schedule = lock();
-            let next = schedule.first_due();
+            let next = next_look(schedule.first_due(), schedule.next_wake, Instant::now());
             schedule.next_wake = next;
             next
         };
@@ -183,6 +183,23 @@ async fn run(
             }
         }
     }
+}
+
+/// When the task looks at the schedule next: when its first lease falls
+/// due, or, with nothing scheduled, at the wake-up it last promised
+/// (`promised`) if that is still ahead, rather than never. A lease that is
+/// released before the task wakes for it leaves the schedule empty; going
+/// idle then would make the next acquisition wake the task again, and a
+/// client that takes and releases a lock in a loop would wake it once per
+/// cycle (a thread wake-up each, most of its CPU). Sleeping on to the
+/// promised time, the task wakes once per period instead: later leases are
+/// due after it.
+fn next_look(
+    first_due: Option<Instant>,
+    promised: Option<Instant>,
+    now: Instant,
+) -> Option<Instant> {
+    first_due.or(promised.filter(|&at| at > now))
 }
 
 /// Cuts `due` into calls of up to [`BATCH`] leases, keeping the leases of
@@ -275,6 +292,20 @@ async fn renew(backend: Arc<dyn Backend>, leases: Vec<Arc<LeaseCell>>) -> Resche
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_emptied_schedule_keeps_the_promised_wake_up() {
+        let now = Instant::now();
+        let (soon, later) = (now + Duration::from_secs(1), now + Duration::from_secs(2));
+        // A lease scheduled: its due time, whatever was promised.
+        assert_eq!(next_look(Some(later), Some(soon), now), Some(later));
+        assert_eq!(next_look(Some(soon), None, now), Some(soon));
+        // Emptied before the promised wake-up: sleep on to it.
+        assert_eq!(next_look(None, Some(soon), now), Some(soon));
+        // Nothing scheduled and the promise kept: idle.
+        assert_eq!(next_look(None, Some(now), now), None);
+        assert_eq!(next_look(None, None, now), None);
+    }
 
     #[test]
     fn the_leases_of_one_slot_share_one_call() {

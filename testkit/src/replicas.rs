@@ -14,17 +14,21 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// The fault verbs are those of [`RedisServer`]: pause the replica
 /// ([`RedisServer::pause`], `SIGSTOP`) and the primary's writes stay unacknowledged until it
-/// resumes; kill it and they are never acknowledged.
+/// resumes; kill it and they are never acknowledged. Check acknowledgements with
+/// [`RedisServer::write_and_wait`]: a `WAIT` sent through [`RedisServer::cli`] is on a
+/// connection of its own and waits for nothing.
 ///
 /// ```no_run
+/// use std::time::Duration;
 /// use soloist_testkit::ReplicaSet;
 ///
 /// let set = ReplicaSet::start();
-/// set.primary().cli(&["SET", "k", "v"]);
-/// assert_eq!(set.primary().cli(&["WAIT", "1", "1000"]), "1");
-/// assert_eq!(set.replica().cli(&["GET", "k"]), "v");
+/// let second = Duration::from_secs(1);
+/// assert_eq!(set.primary().write_and_wait(&["SET", "k", "v"], 1, second), 1);
+/// assert_eq!(set.replica().get("k").as_deref(), Some("v"));
 /// set.replica().pause(); // writes go unacknowledged
-/// assert_eq!(set.primary().cli(&["WAIT", "1", "100"]), "0");
+/// let quick = Duration::from_millis(100);
+/// assert_eq!(set.primary().write_and_wait(&["SET", "k", "w"], 1, quick), 0);
 /// set.replica().resume();
 /// ```
 #[derive(Debug)]

@@ -1,5 +1,5 @@
-//! A minimal blocking RESP2 client for the testkit's own polling and slot migration: one
-//! command per call, no pooling, every read bounded by a timeout.
+//! A minimal blocking RESP2 client for the testkit's own polling, slot migration and typed
+//! queries: one fresh connection per call, no pooling, every read bounded by a timeout.
 //!
 //! [`RedisServer::cli`](crate::RedisServer::cli) runs `redis-cli`, one process per command;
 //! cluster waits poll six servers several times a second, which on a small loaded machine is
@@ -40,20 +40,39 @@ pub(crate) fn command<A: AsRef<[u8]>>(
     args: &[A],
     timeout: Duration,
 ) -> io::Result<Reply> {
+    let mut replies = pipeline(port, &[args], timeout)?;
+    Ok(replies.remove(0))
+}
+
+/// Sends `commands` one after another on **one** fresh connection to `127.0.0.1:port` and
+/// reads one reply for each, waiting at most `timeout` for any read or write. Redis error
+/// replies are `Ok(Reply::Error)`.
+///
+/// One connection matters for commands whose meaning depends on the connection's history:
+/// `WAIT` counts the replicas that acknowledged this connection's last write.
+pub(crate) fn pipeline<A: AsRef<[u8]>>(
+    port: u16,
+    commands: &[&[A]],
+    timeout: Duration,
+) -> io::Result<Vec<Reply>> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        let arg = arg.as_ref();
-        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        request.extend_from_slice(arg);
-        request.extend_from_slice(b"\r\n");
+    let mut request = Vec::new();
+    for args in commands {
+        request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in *args {
+            let arg = arg.as_ref();
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg);
+            request.extend_from_slice(b"\r\n");
+        }
     }
     (&stream).write_all(&request)?;
-    read_reply(&mut BufReader::new(stream))
+    let mut reader = BufReader::new(stream);
+    commands.iter().map(|_| read_reply(&mut reader)).collect()
 }
 
 fn read_reply(reader: &mut impl BufRead) -> io::Result<Reply> {

@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::TestCertificates;
+use crate::resp::{self, Reply};
 use crate::signal;
 
 /// How long a freshly spawned server may take to answer.
@@ -23,6 +24,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const START_ATTEMPTS: usize = 5;
 /// Pause between readiness probes and between relaunches on the same port.
 const RETRY_INTERVAL: Duration = Duration::from_millis(10);
+/// How long [`RedisServer::get`] waits for an answer, and
+/// [`RedisServer::write_and_wait`] beyond its `WAIT`'s own timeout.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many lines of `redis.log` a startup failure quotes.
 const LOG_TAIL_LINES: usize = 25;
 
@@ -32,7 +36,8 @@ const NOT_FOUND: &str = "redis-server not found on PATH: install it (e.g. `sudo 
 /// The least privileges soloist needs, as `ACL SETUSER` rules: its own keys
 /// (the default prefix `soloist:`) and those of the streams the tests use
 /// (`orders*`), its own wake-up channels, and the command categories its
-/// scripts, streams and wake-ups use, without the dangerous ones.
+/// scripts, streams and wake-ups use, without the dangerous ones; `MULTI`
+/// and `EXEC` let an acquisition take a free key without a script.
 pub const SOLOIST_ACL_RULES: &[&str] = &[
     "resetkeys",
     "~soloist:*",
@@ -48,6 +53,8 @@ pub const SOLOIST_ACL_RULES: &[&str] = &[
     "+@stream",
     "+@connection",
     "+time",
+    "+multi",
+    "+exec",
     "-@dangerous",
 ];
 
@@ -395,13 +402,19 @@ impl RedisServer {
 
     /// Runs `redis-cli -h 127.0.0.1 -p PORT args...` and returns its trimmed stdout.
     ///
-    /// Redis error replies come back as text (`ERR ...`), since `redis-cli` exits successfully
-    /// for them. Blocks while the server is paused. `redis-cli` is looked up through
-    /// `REDIS_CLI_BIN`, next to `redis-server`, then on `PATH`.
+    /// Redis error replies come back as text (`ERR ...`, `MOVED ...`), since `redis-cli`
+    /// exits successfully for them, and a nil reply comes back as `""`, like an empty string:
+    /// to check a value, use [`get`](Self::get), which tells nil, a value and an error
+    /// apart. Every call is a new `redis-cli` process with a connection of its own, so
+    /// `cli(&["WAIT", ..])` waits for no write at all: use
+    /// [`write_and_wait`](Self::write_and_wait). Blocks while the server is paused.
+    /// `redis-cli` is looked up through `REDIS_CLI_BIN`, next to `redis-server`, then on
+    /// `PATH`.
     ///
     /// # Panics
     ///
-    /// If `redis-cli` cannot be run or exits unsuccessfully (the message includes its stderr).
+    /// If `redis-cli` cannot be run or exits unsuccessfully (the message includes its stderr):
+    /// the server refused the connection or closed it before answering.
     pub fn cli(&self, args: &[&str]) -> String {
         let mut command = self.cli_command();
         let output = command
@@ -424,6 +437,100 @@ impl RedisServer {
             stdout.trim(),
         );
         stdout.trim().to_owned()
+    }
+
+    /// The value of the string `key` (`GET key`): `None` when the key does not exist.
+    ///
+    /// Unlike [`cli`](Self::cli), where a missing key, an empty value and a failed call can
+    /// all look alike, an answer here is the server's own: any error reply (`MOVED`,
+    /// `CLUSTERDOWN`, `LOADING`, `WRONGTYPE`, ...) or a connection the server closes panics
+    /// with what happened.
+    ///
+    /// ```no_run
+    /// use soloist_testkit::RedisServer;
+    ///
+    /// let server = RedisServer::start();
+    /// assert_eq!(server.get("k"), None);
+    /// server.cli(&["SET", "k", ""]);
+    /// assert_eq!(server.get("k").as_deref(), Some(""));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// On an error reply, or when the server does not answer within 10 s (paused, killed).
+    pub fn get(&self, key: &str) -> Option<String> {
+        match self.call(&[&["GET", key]], REPLY_TIMEOUT).remove(0) {
+            Reply::Bulk(value) => value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+            other => panic!(
+                "redis-server on port {}: GET {key:?} answered {other:?}",
+                self.port
+            ),
+        }
+    }
+
+    /// Runs the write `command`, then `WAIT replicas timeout`, on **one** connection, and
+    /// returns how many replicas `WAIT` counted as having the write.
+    ///
+    /// `WAIT` waits for the last write of the connection it is sent on. A `WAIT` on a
+    /// connection of its own, as [`cli`](Self::cli) sends it, has no write to wait for: it
+    /// answers at once with every replica the primary counts as online, whether or not the
+    /// write has reached it: a replica frozen with [`pause`](Self::pause), or one that has
+    /// just finished its full synchronisation, to which the primary sends no writes until
+    /// the replica's next `REPLCONF ACK` (up to a second later). A primary killed in between
+    /// takes the write with it.
+    ///
+    /// `timeout` is rounded down to whole milliseconds, and up to one: Redis reads
+    /// `WAIT n 0` as "wait forever".
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use soloist_testkit::ReplicaSet;
+    ///
+    /// let set = ReplicaSet::start();
+    /// let acknowledged = set
+    ///     .primary()
+    ///     .write_and_wait(&["SET", "k", "v"], 1, Duration::from_secs(1));
+    /// assert_eq!(acknowledged, 1); // the replica has `k`
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `command` is empty, `command` or `WAIT` answers an error (a replica answers
+    /// `READONLY`), or the server does not answer within `timeout` plus 10 s.
+    pub fn write_and_wait(&self, command: &[&str], replicas: u32, timeout: Duration) -> u32 {
+        assert!(
+            !command.is_empty(),
+            "write_and_wait: the command is empty; pass the write, e.g. [\"SET\", \"k\", \"v\"]"
+        );
+        let millis = timeout.as_millis().max(1).to_string();
+        let count = replicas.to_string();
+        let wait = ["WAIT", count.as_str(), millis.as_str()];
+        let mut replies = self.call(&[command, &wait], timeout + REPLY_TIMEOUT);
+        let (written, waited) = (replies.remove(0), replies.remove(0));
+        if let Reply::Error(error) = written {
+            panic!(
+                "redis-server on port {}: {command:?} answered {error}",
+                self.port
+            );
+        }
+        match waited {
+            Reply::Integer(acknowledged) => u32::try_from(acknowledged).unwrap_or_else(|_| {
+                panic!(
+                    "redis-server on port {}: WAIT answered {acknowledged}",
+                    self.port
+                )
+            }),
+            other => panic!(
+                "redis-server on port {}: {wait:?} answered {other:?}",
+                self.port
+            ),
+        }
+    }
+
+    /// Sends `commands` on one connection and returns their replies.
+    fn call(&self, commands: &[&[&str]], timeout: Duration) -> Vec<Reply> {
+        resp::pipeline(self.port, commands, timeout)
+            .unwrap_or_else(|e| panic!("redis-server on port {}: {commands:?}: {e}", self.port))
     }
 
     /// Creates the ACL user `user` with `password` and the least privileges

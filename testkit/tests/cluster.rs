@@ -167,12 +167,15 @@ fn killed_primary_is_replaced_by_its_replica() {
     let slot = RedisCluster::slot_of(key);
     let owner = cluster.primary_for_slot(slot);
     let (killed_port, owner_id) = (owner.port(), cluster.node_id(owner).to_owned());
-    assert_eq!(owner.cli(&["SET", key, "before"]), "OK");
     // Every replica following the owner has the write, whichever of them
-    // is promoted.
-    let replicas = info_field(owner, &["INFO", "replication"], "connected_slaves");
-    assert_ne!(replicas, "0", "the owner has a replica");
-    assert_eq!(owner.cli(&["WAIT", &replicas, "5000"]), replicas);
+    // is promoted: `WAIT` on the write's own connection says so.
+    let replicas: u32 = info_field(owner, &["INFO", "replication"], "connected_slaves")
+        .parse()
+        .expect("connected_slaves is a number");
+    assert_ne!(replicas, 0, "the owner has a replica");
+    let acknowledged =
+        owner.write_and_wait(&["SET", key, "before"], replicas, Duration::from_secs(5));
+    assert_eq!(acknowledged, replicas, "replicas that have the write");
     let replica = cluster
         .replicas()
         .into_iter()
@@ -196,15 +199,9 @@ fn killed_primary_is_replaced_by_its_replica() {
         info_field(promoted, &["INFO", "replication"], "role"),
         "master"
     );
-    // Read until the promoted node answers with the value, for a while:
-    // right after its promotion it may not serve the slot yet.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut value = promoted.cli(&["GET", key]);
-    while value.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        value = promoted.cli(&["GET", key]);
-    }
-    assert_eq!(value, "before");
+    // The whole cluster agrees the promoted node owns the slot: it serves
+    // it, and has the acknowledged write.
+    assert_eq!(promoted.get(key).as_deref(), Some("before"));
     assert_eq!(
         (cluster.primaries().len(), cluster.replicas().len()),
         (3, 2)

@@ -40,8 +40,11 @@ fn a_killed_primary_is_replaced_and_comes_back_as_a_replica() {
     let started = Instant::now();
     let mut group = SentinelGroup::start("orders");
     let (old, promoted) = (group.primary().port(), group.replica().port());
-    group.primary().cli(&["SET", "before", "1"]);
-    assert_eq!(group.primary().cli(&["WAIT", "1", "2000"]), "1");
+    let acknowledged =
+        group
+            .primary()
+            .write_and_wait(&["SET", "before", "1"], 1, Duration::from_secs(2));
+    assert_eq!(acknowledged, 1, "the replica has the write");
 
     let took = group.kill_primary_and_wait_failover();
     assert!(took < PROMOTION_BOUND, "promotion took {took:?}");
@@ -49,7 +52,7 @@ fn a_killed_primary_is_replaced_and_comes_back_as_a_replica() {
     assert_eq!(group.replica().port(), old);
     assert!(!group.replica().is_running());
     assert_eq!(group.current_primary_port(), promoted);
-    assert_eq!(group.primary().cli(&["GET", "before"]), "1");
+    assert_eq!(group.primary().get("before").as_deref(), Some("1"));
     assert_eq!(group.primary().cli(&["SET", "after", "1"]), "OK");
 
     group.restart_old_primary();
@@ -59,7 +62,7 @@ fn a_killed_primary_is_replaced_and_comes_back_as_a_replica() {
     let refused = demoted.cli(&["SET", "k", "v"]);
     assert!(refused.starts_with("READONLY"), "{refused}");
     // It resynchronised from the new primary.
-    assert_eq!(demoted.cli(&["GET", "after"]), "1");
+    assert_eq!(demoted.get("after").as_deref(), Some("1"));
     assert_eq!(group.current_primary_port(), promoted);
     eprintln!("failover in {took:?}, whole test {:?}", started.elapsed());
 }

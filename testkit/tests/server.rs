@@ -209,3 +209,25 @@ fn tls_server_listens_with_its_certificates_across_restarts() {
 fn plain_server_has_no_tls_url() {
     let _ = RedisServer::start().tls_url();
 }
+
+#[test]
+fn get_tells_a_missing_key_an_empty_value_and_an_error_apart() {
+    let server = RedisServer::start();
+    assert_eq!(server.get("missing"), None);
+    assert_eq!(server.cli(&["SET", "empty", ""]), "OK");
+    assert_eq!(server.get("empty").as_deref(), Some(""));
+    // redis-cli prints both as nothing.
+    assert_eq!(
+        server.cli(&["GET", "missing"]),
+        server.cli(&["GET", "empty"])
+    );
+    assert_eq!(server.cli(&["SET", "k", "v"]), "OK");
+    assert_eq!(server.get("k").as_deref(), Some("v"));
+
+    assert_eq!(server.cli(&["RPUSH", "list", "a"]), "1");
+    let failed = std::panic::catch_unwind(|| server.get("list")).expect_err("GET of a list");
+    let message = failed
+        .downcast_ref::<String>()
+        .expect("a formatted panic message");
+    assert!(message.contains("WRONGTYPE"), "{message}");
+}

@@ -8,7 +8,12 @@
 //!
 //! Neither has release notices, fencing tokens or batched renewal; only
 //! rslock renews a held lock (`LockManager::using`).
+//!
+//! - [`apalis-redis`](https://crates.io/crates/apalis-redis): a Redis job
+//!   queue (lists and sets, not streams) with apalis's worker runtime; a
+//!   baseline of the `queue` scenario.
 
+pub(crate) mod apalis;
 pub(crate) mod redlock;
 pub(crate) mod rslock;
 

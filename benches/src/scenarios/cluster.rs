@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use redis::aio::MultiplexedConnection;
 use soloist_core::{LockClient, hash_slot};
 
-use super::uncontended::soloist_cycles;
+use super::uncontended::{soloist_cycles, soloist_unfenced_cycles};
 use super::watchdog::{lease_keys, soloist_leases};
 use super::{Bench, ClusterNodes, SINGLE_NODE, Scenario};
 use crate::probe::Probe;
@@ -48,6 +48,15 @@ pub(super) async fn contestants(bench: &Bench) -> Vec<Contestant> {
             .expect("soloist cannot connect to the Redis Cluster");
         contestants.push(
             soloist_cycles(Scenario::Cluster, "soloist", TASKS, locks)
+                .observed_by(cluster.probe.clone()),
+        );
+    }
+    if bench.wants("soloist-unfenced") {
+        let locks = LockClient::cluster(&cluster.seeds)
+            .await
+            .expect("soloist cannot connect to the Redis Cluster");
+        contestants.push(
+            soloist_unfenced_cycles(Scenario::Cluster, "soloist-unfenced", TASKS, locks)
                 .observed_by(cluster.probe.clone()),
         );
     }

@@ -1,7 +1,9 @@
 //! The scenarios, one per file, and what they share.
 
+mod alternatives;
 mod cluster;
 mod contended;
+mod cron;
 mod queue;
 mod raw;
 mod redlock3;
@@ -40,11 +42,14 @@ pub(crate) enum Scenario {
     Watchdog,
     /// Messages through one Redis Streams consumer group, 1 and 4 consumers.
     Queue,
+    /// A per-second cron job on five replicas: how late each tick starts.
+    /// Only on request: it runs on the wall clock, at least 20 s a run.
+    Cron,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub(crate) const ALL: [Scenario; 7] = [
+    pub(crate) const ALL: [Scenario; 8] = [
         Scenario::Raw,
         Scenario::Uncontended,
         Scenario::Contended,
@@ -52,7 +57,14 @@ impl Scenario {
         Scenario::Cluster,
         Scenario::Watchdog,
         Scenario::Queue,
+        Scenario::Cron,
     ];
+
+    /// Whether a run without `--scenario` includes this one: all but
+    /// `cron`, whose ticks take wall-clock seconds however fast things are.
+    pub(crate) fn is_default(self) -> bool {
+        self != Scenario::Cron
+    }
 
     /// The name used by `--scenario` and in the report.
     pub(crate) fn name(self) -> &'static str {
@@ -64,6 +76,7 @@ impl Scenario {
             Scenario::Cluster => "cluster",
             Scenario::Watchdog => "watchdog",
             Scenario::Queue => "queue",
+            Scenario::Cron => "cron",
         }
     }
 
@@ -78,22 +91,30 @@ impl Scenario {
 /// Runs `scenarios`: the lock-cycle ones interleaved (see [`crate::rounds`]),
 /// then `watchdog`, which holds its leases for one long stretch, then the
 /// leases of `cluster` likewise, then `queue`, whose runs drain a stream in
-/// rounds of their own.
+/// rounds of their own, then `cron`, on the wall clock.
 pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
     let mut contestants = Vec::new();
     for scenario in scenarios {
         match scenario {
             Scenario::Raw => contestants.extend(raw::contestants(bench).await),
-            Scenario::Uncontended => contestants.extend(uncontended::contestants(bench).await),
+            Scenario::Uncontended => {
+                contestants.extend(uncontended::contestants(bench).await);
+                contestants.extend(alternatives::contestants(bench).await);
+            }
             Scenario::Contended => contestants.extend(contended::contestants(bench).await),
             Scenario::Redlock3 => contestants.extend(redlock3::contestants(bench).await),
             Scenario::Cluster => contestants.extend(cluster::contestants(bench).await),
-            Scenario::Watchdog | Scenario::Queue => {}
+            Scenario::Watchdog | Scenario::Queue | Scenario::Cron => {}
         }
     }
     let names: Vec<&str> = scenarios
         .iter()
-        .filter(|scenario| !matches!(scenario, Scenario::Watchdog | Scenario::Queue))
+        .filter(|scenario| {
+            !matches!(
+                scenario,
+                Scenario::Watchdog | Scenario::Queue | Scenario::Cron
+            )
+        })
         .map(|scenario| scenario.name())
         .collect();
     if !contestants.is_empty() {
@@ -115,6 +136,10 @@ pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
     if scenarios.contains(&Scenario::Queue) {
         eprintln!("queue:");
         rows.extend(queue::run(bench).await);
+    }
+    if scenarios.contains(&Scenario::Cron) {
+        eprintln!("cron:");
+        rows.extend(cron::run(bench).await);
     }
     rows
 }
@@ -168,10 +193,11 @@ impl Bench {
 
     /// Reports a finished row on stderr, so a long run shows it is alive.
     pub(crate) fn done(&self, row: Row, rows: &mut Vec<Row>) {
-        let (rate, unit) = match (row.ops_per_sec, row.renewal_calls_per_sec) {
-            (Some(ops), _) => (ops, "ops/s"),
-            (None, Some(calls)) => (calls, "renewal calls/s"),
-            (None, None) => (0.0, ""),
+        let (rate, unit) = match (row.ops_per_sec, row.renewal_calls_per_sec, row.p99_us) {
+            (Some(ops), _, _) => (ops, "ops/s"),
+            (None, Some(calls), _) => (calls, "renewal calls/s"),
+            (None, None, Some(p99_us)) => (p99_us, "µs p99"),
+            (None, None, None) => (0.0, ""),
         };
         eprintln!(
             "  {:<12} {:>3} tasks  {:<12} {rate:>10.0} {unit}",

@@ -12,6 +12,22 @@
 //! - `raw`: the floor of any consumer group. Each consumer loops over a
 //!   bare `XREADGROUP … COUNT 16 BLOCK 1000` and one `XACK` of the whole
 //!   batch, on a redis-rs connection of its own; no job runtime.
+//! - `handrolled`: what a careful user writes for idempotent consumption
+//!   without a job runtime. Each consumer reads like `raw`, then sends one
+//!   pipelined request with a `SET dedupe:<key> 1 NX PX <window>` per
+//!   entry, runs the (no-op) work for the entries whose `SET` succeeded,
+//!   and sends one `XACK` of the whole batch: three requests per batch,
+//!   the acknowledgement only after the work. `handrolled-fused` puts the
+//!   `XACK` in the same pipeline as the `SET`s, which only a no-op body
+//!   allows: two requests per batch, the floor of this design.
+//! - `apalis`: apalis-redis workers (see `peers::apalis`), one per
+//!   consumer, running a no-op job. Its queue is no stream: each drain
+//!   pushes N jobs through apalis's own `push_bulk` into a fresh queue
+//!   beforehand, and a message counts when apalis publishes that its job is
+//!   recorded done (the `PUBLISH` of its result script, received on a
+//!   pub/sub connection of lockbench's). Afterwards the done set must hold
+//!   N jobs, with none left queued or in flight. Its drains hold at most
+//!   7,000 jobs (see [`APALIS_MAX_DRAIN`]).
 //! - `soloist`: one `Worker` per consumer, each with its own `StreamSource`
 //!   consumer name and its own `LockClient`, consuming a keyed job with
 //!   dedupe whose body only returns. Per message the worker checks the
@@ -20,7 +36,7 @@
 //!   acknowledges the entry. It reads up to its `max_in_flight` (16, the
 //!   default) entries at once, the same `COUNT` as `raw`.
 //!
-//! Like the lock-cycle runs, the four runs are interleaved: after warm-up
+//! Like the lock-cycle runs, the runs are interleaved: after warm-up
 //! drains, each drains about a second's worth of messages per round, round
 //! robin (odd rounds reversed), for `--secs` rounds. Filling a stream takes
 //! longer than the lead-in of a slice of the lock-cycle rounds, so `queue`
@@ -43,6 +59,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::{Bench, Scenario, key};
+use crate::peers::apalis::ApalisPeer;
 use crate::probe::Cost;
 use crate::report::Row;
 
@@ -71,6 +88,17 @@ const MIN_DRAIN: u64 = 1_000;
 const FILL_BATCH: u64 = 1_000;
 /// The longest a drain may take before the run is abandoned.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+/// The hand-rolled idempotent consumer, acknowledging after the work.
+const HANDROLLED: &str = "handrolled";
+/// The hand-rolled consumer with the acknowledgement in the dedupe pipeline.
+const HANDROLLED_FUSED: &str = "handrolled-fused";
+/// apalis-redis workers.
+const APALIS: &str = "apalis";
+/// The most jobs an apalis drain holds. apalis-redis 1.0 pushes every job
+/// to its scheduled set, and its fetch script moves all those due to the
+/// queue in one `RPUSH` of `unpack(ids)`, which fails with "too many results
+/// to unpack" past Lua's stack limit of 8,000 values.
+const APALIS_MAX_DRAIN: u64 = 7_000;
 
 /// Raw and soloist, at one consumer and then at four, drained in rounds.
 pub(super) async fn run(bench: &Bench) -> Vec<Row> {
@@ -78,7 +106,16 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
     let mut runs = Vec::new();
     for consumers in CONSUMERS {
         if bench.wants("raw") {
-            runs.push(Run::new("raw", consumers, Vec::new()));
+            runs.push(Run::new("raw", consumers, Kind::Raw));
+        }
+        for (library, fused) in [(HANDROLLED, false), (HANDROLLED_FUSED, true)] {
+            if bench.wants(library) {
+                runs.push(Run::new(library, consumers, Kind::Handrolled { fused }));
+            }
+        }
+        if bench.wants(APALIS) {
+            let peer = ApalisPeer::connect(&bench.url).await;
+            runs.push(Run::new(APALIS, consumers, Kind::Apalis(Box::new(peer))));
         }
         if bench.wants("soloist") {
             let mut locks = Vec::with_capacity(consumers);
@@ -89,7 +126,7 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
                         .expect("soloist cannot connect to Redis"),
                 );
             }
-            runs.push(Run::new("soloist", consumers, locks));
+            runs.push(Run::new("soloist", consumers, Kind::Soloist(locks)));
         }
     }
     if runs.is_empty() {
@@ -100,7 +137,7 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
         let deadline = Instant::now() + bench.warmup;
         let mut size = FIRST_DRAIN;
         loop {
-            let drained = queue.drain(bench, run, size).await;
+            let drained = queue.drain(bench, &mut *run, size).await;
             run.rate = drained.messages as f64 / drained.secs;
             if Instant::now() >= deadline {
                 break;
@@ -120,7 +157,7 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
         for index in order {
             let run = &mut runs[index];
             let size = run.size(SLICE);
-            let drained = queue.drain(bench, run, size).await;
+            let drained = queue.drain(bench, &mut *run, size).await;
             run.add(drained);
         }
     }
@@ -151,14 +188,30 @@ pub(super) async fn run(bench: &Bench) -> Vec<Row> {
     rows
 }
 
+/// What consumes the stream in a run.
+enum Kind {
+    /// Bare `XREADGROUP` + `XACK` loops.
+    Raw,
+    /// Hand-rolled idempotent consumers: `SET NX` dedupe keys, then `XACK`;
+    /// `fused` sends both in one pipeline.
+    Handrolled {
+        /// Whether the `XACK` rides in the dedupe request.
+        fused: bool,
+    },
+    /// Soloist workers, one lock client per consumer, kept across drains.
+    Soloist(Vec<LockClient>),
+    /// apalis-redis workers on a queue of its own kind.
+    Apalis(Box<ApalisPeer>),
+}
+
 /// One contestant: a library at a number of consumers.
 struct Run {
-    /// `raw` or `soloist`.
+    /// The row's library label.
     library: &'static str,
     /// Consumers in the group.
     consumers: usize,
-    /// Soloist: one lock client per consumer, kept across drains. Raw: none.
-    locks: Vec<LockClient>,
+    /// What consumes.
+    kind: Kind,
     /// Messages per second so far, to size the next drain.
     rate: f64,
     /// What the measured drains added up to.
@@ -167,11 +220,11 @@ struct Run {
 
 impl Run {
     /// A run of `library` with `consumers` consumers, not yet measured.
-    fn new(library: &'static str, consumers: usize, locks: Vec<LockClient>) -> Run {
+    fn new(library: &'static str, consumers: usize, kind: Kind) -> Run {
         Run {
             library,
             consumers,
-            locks,
+            kind,
             rate: 0.0,
             totals: Drained::default(),
         }
@@ -179,7 +232,11 @@ impl Run {
 
     /// How many messages take about `span` at the rate seen so far.
     fn size(&self, span: Duration) -> u64 {
-        ((self.rate * span.as_secs_f64()) as u64).max(MIN_DRAIN)
+        let size = ((self.rate * span.as_secs_f64()) as u64).max(MIN_DRAIN);
+        match self.kind {
+            Kind::Apalis(_) => size.min(APALIS_MAX_DRAIN),
+            _ => size,
+        }
     }
 
     /// Adds a measured drain to the totals and the rate.
@@ -264,18 +321,22 @@ impl Queue {
 
     /// Fills a fresh stream with `messages` entries, lets `run`'s consumers
     /// drain it, checks that nothing is left, and deletes it.
-    async fn drain(&mut self, bench: &Bench, run: &Run, messages: u64) -> Drained {
+    async fn drain(&mut self, bench: &Bench, run: &mut Run, messages: u64) -> Drained {
         self.drains += 1;
         let stream = format!(
             "{}:{}",
             key(Scenario::Queue, run.library, run.consumers, self.drains),
             self.nonce
         );
+        if let Kind::Apalis(peer) = &mut run.kind {
+            return drain_apalis(bench, peer, &stream, run.consumers, messages).await;
+        }
+        let run = &*run;
         let tag = format!("{}.{}", self.nonce, self.drains);
         self.fill(&stream, &tag, messages).await;
         let tally = Arc::new(Tally::new(messages));
         let (stop, stopped) = watch::channel(false);
-        let (mark, started, handles) = if run.locks.is_empty() {
+        let (mark, started, handles) = if let Kind::Raw | Kind::Handrolled { .. } = run.kind {
             let mut conns = Vec::with_capacity(run.consumers);
             for _ in 0..run.consumers {
                 conns.push(
@@ -291,19 +352,33 @@ impl Queue {
                 .into_iter()
                 .enumerate()
                 .map(|(index, conn)| {
-                    tokio::spawn(raw_consumer(
-                        conn,
-                        stream.clone(),
-                        format!("raw-{index}"),
-                        tally.clone(),
-                        stopped.clone(),
-                    ))
+                    let consumer = format!("{}-{index}", run.library);
+                    match run.kind {
+                        Kind::Handrolled { fused } => tokio::spawn(handrolled_consumer(
+                            conn,
+                            stream.clone(),
+                            consumer,
+                            fused,
+                            tally.clone(),
+                            stopped.clone(),
+                        )),
+                        _ => tokio::spawn(raw_consumer(
+                            conn,
+                            stream.clone(),
+                            consumer,
+                            tally.clone(),
+                            stopped.clone(),
+                        )),
+                    }
                 })
                 .collect();
             (mark, started, handles)
         } else {
+            let Kind::Soloist(clients) = &run.kind else {
+                unreachable!("raw, hand-rolled and apalis runs are handled above");
+            };
             let mut workers = Vec::with_capacity(run.consumers);
-            for (index, locks) in run.locks.iter().enumerate() {
+            for (index, locks) in clients.iter().enumerate() {
                 let consumer = format!("soloist-{index}");
                 let source = StreamSource::builder(&stream)
                     .group(GROUP)
@@ -370,6 +445,14 @@ impl Queue {
             .expect("the tally's lock is never poisoned")
             .expect("a drained tally knows when it finished");
         let dead = tally.dead.load(Ordering::Relaxed);
+        if let Kind::Handrolled { .. } = run.kind {
+            assert_eq!(
+                tally.ran.load(Ordering::Relaxed),
+                messages,
+                "queue: {} did not run each message exactly once",
+                run.library
+            );
+        }
         self.check_empty(&stream, dead, run.library).await;
         Drained {
             messages,
@@ -457,6 +540,62 @@ impl Queue {
     }
 }
 
+/// Pushes `messages` jobs to a fresh apalis queue named `queue`, lets
+/// `consumers` apalis workers drain it, checks that every job is done and
+/// none is left, and deletes the queue's keys.
+async fn drain_apalis(
+    bench: &Bench,
+    peer: &mut ApalisPeer,
+    queue: &str,
+    consumers: usize,
+    messages: u64,
+) -> Drained {
+    peer.fill(queue, messages).await;
+    let tally = Arc::new(Tally::new(messages));
+    let (stop, stopped) = watch::channel(false);
+    let counter = tally.clone();
+    let watcher = peer
+        .watch_done(queue, move |count| counter.settle(count), stopped.clone())
+        .await;
+    let workers = peer.workers(queue, consumers, COUNT).await;
+    let mark = bench.probe.mark().await;
+    let started = Instant::now();
+    let handles = workers.start(&stopped);
+    let drained = tokio::time::timeout(DRAIN_LIMIT, tally.done.notified()).await;
+    let (cost, calls) = bench.probe.since(&mark).await;
+    stop.send_replace(true);
+    for handle in handles.into_iter().chain([watcher]) {
+        if let Err(err) = handle.await {
+            if err.is_panic() {
+                std::panic::resume_unwind(err.into_panic());
+            }
+            panic!("an apalis worker was cancelled: {err}");
+        }
+    }
+    let settled = tally.settled.load(Ordering::Relaxed);
+    assert!(
+        drained.is_ok(),
+        "queue: apalis with {consumers} workers settled {settled} of {messages} jobs in {DRAIN_LIMIT:?}"
+    );
+    assert_eq!(
+        settled, messages,
+        "queue: apalis recorded more jobs done than it held"
+    );
+    let finished = tally
+        .finished
+        .lock()
+        .expect("the tally's lock is never poisoned")
+        .expect("a drained tally knows when it finished");
+    peer.check_and_delete(queue, consumers, messages).await;
+    Drained {
+        messages,
+        secs: (finished - started).as_secs_f64(),
+        cost,
+        calls,
+        dead: 0,
+    }
+}
+
 /// The key a message's run locks and records under, rendered from its id.
 fn message_key(id: &str) -> String {
     format!("msg:{id}")
@@ -484,6 +623,9 @@ struct Tally {
     settled: AtomicU64,
     /// Of those, dead-lettered.
     dead: AtomicU64,
+    /// Bodies run, counted by the hand-rolled consumers only (each entry's
+    /// dedupe key is new, so each must run exactly once).
+    ran: AtomicU64,
     /// When the last message was settled.
     finished: Mutex<Option<Instant>>,
     /// Notified once every message is settled.
@@ -497,6 +639,7 @@ impl Tally {
             target,
             settled: AtomicU64::new(0),
             dead: AtomicU64::new(0),
+            ran: AtomicU64::new(0),
             finished: Mutex::new(None),
             done: Notify::new(),
         }
@@ -559,6 +702,102 @@ async fn raw_consumer(
             .await
             .expect("raw: XACK failed");
         assert_eq!(acked, ids.len(), "raw: an entry read was not pending");
+        tally.settle(ids.len() as u64);
+    }
+}
+
+/// One hand-rolled idempotent consumer: reads up to [`COUNT`] entries like
+/// [`raw_consumer`], then sends one pipelined request with a
+/// `SET dedupe:<key> 1 NX PX <window>` per entry, runs the work (none) for
+/// those whose `SET` succeeded, and acknowledges the whole batch in one
+/// `XACK`: in a request of its own after the work, or when `fused` at the
+/// end of the dedupe pipeline. Loops until told to stop.
+///
+/// This is the shape a user writes to skip redeliveries without a job
+/// runtime. It is cheaper than soloist's path because it promises less: a
+/// consumer that dies between its `SET` and its work leaves the message
+/// marked done though its work never ran, and nothing keeps two deliveries
+/// of one key from running at once.
+async fn handrolled_consumer(
+    mut conn: MultiplexedConnection,
+    stream: String,
+    consumer: String,
+    fused: bool,
+    tally: Arc<Tally>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let window_ms = u64::try_from(DEDUPE.as_millis()).unwrap_or(u64::MAX);
+    let mut read = redis::cmd("XREADGROUP");
+    read.arg("GROUP")
+        .arg(GROUP)
+        .arg(&consumer)
+        .arg("COUNT")
+        .arg(COUNT)
+        .arg("BLOCK")
+        .arg(BLOCK_MS)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">");
+    loop {
+        let reply: Option<StreamReadReply> = tokio::select! {
+            reply = read.query_async(&mut conn) => reply.expect("handrolled: XREADGROUP failed"),
+            _ = stopped.changed() => return,
+        };
+        let entries: Vec<(String, String)> = reply
+            .into_iter()
+            .flat_map(|reply| reply.keys)
+            .flat_map(|key| key.ids)
+            .map(|entry| {
+                let key: String = entry
+                    .get("key")
+                    .expect("handrolled: every entry names its key");
+                (entry.id, key)
+            })
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        let mut pipe = redis::pipe();
+        for (_, key) in &entries {
+            pipe.cmd("SET")
+                .arg(format!("dedupe:{key}"))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(window_ms);
+        }
+        if fused {
+            pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids);
+        }
+        let replies: Vec<redis::Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .expect("handrolled: the dedupe request failed");
+        let (sets, ack) = replies.split_at(entries.len());
+        // `SET NX` answers OK when it set the key, nil when a delivery of
+        // the same key already did: only the former run the work.
+        let fresh = sets
+            .iter()
+            .filter(|reply| !matches!(reply, redis::Value::Nil))
+            .count();
+        tally.ran.fetch_add(fresh as u64, Ordering::Relaxed);
+        let acked: usize = if fused {
+            redis::from_redis_value(ack[0].clone()).expect("handrolled: XACK answers a count")
+        } else {
+            redis::cmd("XACK")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await
+                .expect("handrolled: XACK failed")
+        };
+        assert_eq!(
+            acked,
+            ids.len(),
+            "handrolled: an entry read was not pending"
+        );
         tally.settle(ids.len() as u64);
     }
 }

@@ -25,6 +25,17 @@ pub(super) async fn contestants(bench: &Bench) -> Vec<Contestant> {
         if bench.wants("soloist") {
             contestants.push(soloist(bench, tasks).await);
         }
+        if bench.wants("soloist-unfenced") {
+            let locks = LockClient::connect(&bench.url)
+                .await
+                .expect("soloist cannot connect to Redis");
+            contestants.push(soloist_unfenced_cycles(
+                Scenario::Uncontended,
+                "soloist-unfenced",
+                tasks,
+                locks,
+            ));
+        }
         if bench.wants("soloist-semaphore") {
             contestants.push(semaphore(bench, tasks, "soloist-semaphore", 0).await);
         }
@@ -149,6 +160,26 @@ pub(super) fn soloist_cycles(
     tasks: usize,
     locks: LockClient,
 ) -> Contestant {
+    cycles_of(scenario, library, tasks, locks, true)
+}
+
+/// As [`soloist_cycles`], acquiring with `acquire_unfenced`.
+pub(super) fn soloist_unfenced_cycles(
+    scenario: Scenario,
+    library: &str,
+    tasks: usize,
+    locks: LockClient,
+) -> Contestant {
+    cycles_of(scenario, library, tasks, locks, false)
+}
+
+fn cycles_of(
+    scenario: Scenario,
+    library: &str,
+    tasks: usize,
+    locks: LockClient,
+    fenced: bool,
+) -> Contestant {
     let keys = keys(scenario, library, tasks);
     Contestant::new(scenario, tasks, library, false, move |window| {
         let handles = keys
@@ -159,13 +190,20 @@ pub(super) fn soloist_cycles(
                     let mut samples = Samples::default();
                     while window.is_open() {
                         let started = Instant::now();
-                        let guard = locks
-                            .lock(key.as_str())
-                            .ttl(CYCLE_TTL)
-                            .acquire()
-                            .await
-                            .expect("soloist could not take an unshared lock");
-                        guard.release().await.expect("soloist release failed");
+                        let request = locks.lock(key.as_str()).ttl(CYCLE_TTL);
+                        if fenced {
+                            let guard = request
+                                .acquire()
+                                .await
+                                .expect("soloist could not take an unshared lock");
+                            guard.release().await.expect("soloist release failed");
+                        } else {
+                            let guard = request
+                                .acquire_unfenced()
+                                .await
+                                .expect("soloist could not take an unshared lock");
+                            guard.release().await.expect("soloist release failed");
+                        }
                         samples.record(&window, started, false);
                     }
                     samples

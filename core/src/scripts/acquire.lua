@@ -5,9 +5,16 @@
 -- when it waits ('' when it does not), ARGV[4] '1' when more of that
 -- client's waiters queue behind this one, ARGV[5] 'fence' to issue the
 -- fence here, 'counter' to only report the counter (Redlock's first phase:
--- the fence is chosen over a majority and committed by commit_fence.lua).
--- Returns {1, fence or counter} when taken, {0, pttl} when another owner
--- holds it.
+-- the fence is chosen over a majority and committed by commit_fence.lua),
+-- 'none' to issue no fence (an unfenced acquisition).
+-- Returns {1, fence or counter (0 for 'none')} when taken, {0, pttl} when
+-- another owner holds it.
+--
+-- A counter below 10^15 was never seeded from the clock (10^15 us is
+-- 2001-09-09): it is new, or an INCR created it after the counter was lost
+-- (the client's MULTI fast path, see node.rs, increments the counter even
+-- when its SET finds the key held). Whoever issues a fence from such a
+-- counter seeds it first.
 --
 -- The waiting queue: a list of client ids, each once, oldest first. The
 -- lock's value is its owner token, followed by '+' while the queue may be
@@ -53,9 +60,12 @@ if waiting then
     end
   end
 end
+if ARGV[5] == 'none' then
+  return {1, 0}
+end
 if ARGV[5] == 'counter' then
   local counter = redis.call('GET', KEYS[2])
-  if not counter then
+  if not counter or tonumber(counter) < 1e15 then
     -- A node that lost its counter (restarted without persistence) reports
     -- its clock in microseconds instead of zero; see below.
     local now = redis.call('TIME')
@@ -64,17 +74,18 @@ if ARGV[5] == 'counter' then
   return {1, tonumber(counter)}
 end
 local fence = redis.call('INCR', KEYS[2])
-if fence == 1 then
+if fence < 1e15 then
   -- The counter is new, or the server lost it (restart without persistence,
   -- failover to a replica that missed it). Seeding it with the server clock in
   -- microseconds keeps fences above every value issued before: each earlier
   -- fence is at most its seed plus one per acquisition, and no acquisition
-  -- completes in under a microsecond.
+  -- completes in under a microsecond. (The larger of the two, should the
+  -- server's clock read before 2001: fences still only grow.)
   -- The counter lives for a week from its seeding (INCR keeps the ttl),
   -- then starts again from the clock: one key per lock name does not stay
   -- forever, and fences still only grow.
   local now = redis.call('TIME')
-  fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  fence = math.max(fence, tonumber(now[1]) * 1000000 + tonumber(now[2]))
   redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', 604800000)
 end
 return {1, fence}
