@@ -96,6 +96,18 @@
 //! decoded go at once. The job's dedupe window must be at least the
 //! source's visibility timeout.
 //!
+//! A [`StreamSource`] on the lock client's own Redis server is consumed in
+//! batches, with the same guarantees: one request claims every message of a
+//! read ([`LockClient::claim_all`]: dedupe check, lock and fence, attempt
+//! count, duplicates acknowledged) and one more settles every run that
+//! finished together ([`LockClient::settle_all`]: records and effects,
+//! releases, history entries, and acknowledgements only where the record
+//! was written), so a batch costs three requests (read, claim, settle)
+//! whatever its size. On a cluster, with a Redlock or the memory backend,
+//! and for what a batch does not take (busy keys, paused jobs, malformed
+//! entries, a message's last attempt, jobs with a `rate` or a
+//! `concurrency` above one), deliveries are handled one at a time.
+//!
 //! ## Losing a lease
 //! When a run's lease is lost (Redis unreachable past the lease's
 //! deadline, the key gone), the job's future is dropped by default and the
@@ -325,11 +337,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use soloist_core::{
-    Admission, ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite, Lease, LockClient,
-    LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_KEYS, MAX_PERMITS, MAX_RATE_COUNT,
-    MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, MultiLockGuard, MultiLockRequest,
-    PermitGuard, RateLimit, Result, RwLock, RwLockGuard, RwLockRequest, SemaphoreRequest,
-    TokenInfo, UnfencedGuard, colocated, hash_slot, metrics, owner_id, parse_token, redis,
+    Admission, Claim, Claimed, ClientBuilder, DEFAULT_TTL, Deployment, FencedValue, FencedWrite,
+    Lease, LockClient, LockError, LockGuard, LockRequest, MAX_EFFECT_ARGS, MAX_KEYS, MAX_PERMITS,
+    MAX_RATE_COUNT, MAX_RATE_PERIOD, MAX_RECORD_TTL, MAX_TTL, MIN_TTL, MultiLockGuard,
+    MultiLockRequest, PermitGuard, RateLimit, Result, RwLock, RwLockGuard, RwLockRequest,
+    SemaphoreRequest, Settle, Settled, TokenInfo, UnfencedGuard, colocated, hash_slot, metrics,
+    owner_id, parse_token, redis,
 };
 /// The web dashboard: an axum `Router` to mount in a service (feature `dashboard`).
 #[cfg(feature = "dashboard")]

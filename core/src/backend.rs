@@ -52,6 +52,10 @@ pub(crate) struct Record<'a> {
     pub(crate) commit: Option<&'a str>,
 }
 
+/// What a release with commands sent along found: whether the lease was
+/// ours, and the first refusal of a command.
+pub(crate) type ReleasedWith = (bool, Option<String>);
+
 /// The error of a backend that keeps no read-write locks (a Redlock).
 pub(crate) fn no_rw_locks() -> crate::error::LockError {
     crate::error::LockError::invalid(
@@ -206,6 +210,28 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Deletes `key` if `token` still owns it and wakes its waiters; `false` if not ours.
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// Gives back `token`'s lease of `key` (a lock's or a permit's, by
+    /// `kind`) and runs the commands `along` (each as its arguments) in the
+    /// same round trip: whether the lease was ours, and the first refusal
+    /// of a command. `None` where commands cannot go along: only one Redis
+    /// deployment carries them (see `along.rs`).
+    fn release_with<'a>(
+        &'a self,
+        _kind: LeaseKind,
+        _key: &'a str,
+        _token: &'a str,
+        _along: &'a [Vec<Vec<u8>>],
+    ) -> Option<BoxFuture<'a, Result<ReleasedWith>>> {
+        None
+    }
+
+    /// The one Redis server this backend talks to, when batched claims and
+    /// settlements can run there (see `batch.rs`): not on a cluster, a
+    /// Redlock or the memory backend.
+    fn batch_node(&self) -> Option<&crate::node::RedisNode> {
+        None
+    }
 
     /// Starts listening for the wake-ups of `key`'s waiters, at once: a
     /// wake-up that reaches this process from now on reaches the listener.

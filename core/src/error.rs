@@ -94,6 +94,17 @@ pub enum LockError {
         /// Redis' error for the first refused effect.
         error: String,
     },
+    /// [`LockGuard::release_with`](crate::LockGuard::release_with): the
+    /// key was given back, but Redis refused one of the commands sent along
+    /// with it (or, on a cluster, could not be reached for it); that
+    /// command changed nothing, and the others were applied.
+    #[error("`{key}` was released, but a command sent along was refused: {error}")]
+    AlongRefused {
+        /// The key as the caller gave it.
+        key: String,
+        /// Redis' error for the first refused command.
+        error: String,
+    },
     /// [`ClientBuilder::min_replicas`](crate::ClientBuilder::min_replicas):
     /// fewer replicas than required acknowledged the write within the
     /// timeout. An acquisition gave the key back; a renewal or an

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::along::check_along;
 use crate::backend::{Backend, LeaseKind, Record, Renewal};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
@@ -36,9 +37,9 @@ use crate::token::new_token;
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct LockGuard {
     client: LockClient,
-    lease: Lease,
+    pub(crate) lease: Lease,
     /// Set once `release` took over; `Drop` then has nothing to do.
-    released: bool,
+    pub(crate) released: bool,
 }
 
 impl LockGuard {
@@ -104,6 +105,44 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         release_lease(&self.client, &self.lease).await
+    }
+
+    /// Gives the lock back, as [`release`](Self::release) does, and sends
+    /// the Redis commands `along` in the same round trip: a record of the
+    /// work done under the lock (a history entry, a metric) costs no
+    /// request of its own.
+    ///
+    /// On one Redis server (or the primary Sentinel names) they run in the
+    /// release's script, right after the release and atomically with it,
+    /// in order, whether or not the key was still ours. On a Redis Cluster,
+    /// where a script may only touch keys of one hash slot, each command is
+    /// sent at the same time as the release instead (the cluster connection
+    /// pipelines what goes to one node): same round trip, but not atomic
+    /// with it; one can apply while the release fails, or the other way
+    /// round.
+    ///
+    /// Errors as for [`release`](Self::release) first; then, the lock
+    /// given back, [`LockError::AlongRefused`] for the first command that
+    /// Redis refused (it changed nothing; the others were applied). The
+    /// memory backend and a Redlock have no one Redis to send them to:
+    /// they release the lock without them and return
+    /// [`LockError::InvalidArgument`], as does a command without a name or
+    /// with more than [`MAX_EFFECT_ARGS`](crate::MAX_EFFECT_ARGS) arguments.
+    ///
+    /// ```no_run
+    /// use soloist::{LockClient, redis};
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::connect("redis://127.0.0.1:6379").await?;
+    /// let guard = locks.lock("report:monday").acquire().await?;
+    /// // ... the work ...
+    /// let mut done = redis::cmd("XADD");
+    /// done.arg("reports:log").arg("*").arg("report").arg("monday");
+    /// guard.release_with(&[done]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn release_with(mut self, along: &[redis::Cmd]) -> Result<()> {
+        self.released = true;
+        release_lease_with(&self.client, &self.lease, along).await
     }
 
     /// Stores `value` for `resource` with this guard's fence, as
@@ -249,6 +288,48 @@ pub(crate) async fn release_lease(client: &LockClient, lease: &Lease) -> Result<
     }
 }
 
+/// [`LockGuard::release_with`] for any lease: renewals stop, and the
+/// backend gives the key or the permit back with `along`.
+pub(crate) async fn release_lease_with(
+    client: &LockClient,
+    lease: &Lease,
+    along: &[redis::Cmd],
+) -> Result<()> {
+    if along.is_empty() {
+        return release_lease(client, lease).await;
+    }
+    let along: Vec<Vec<Vec<u8>>> = along.iter().map(command_args).collect();
+    if let Err(err) = check_along(&along) {
+        release_lease(client, lease).await?;
+        return Err(err);
+    }
+    let cell = &lease.cell;
+    let backend = client.inner.backend.as_ref();
+    let Some(sent) = backend.release_with(cell.kind, &cell.key, &cell.token, &along) else {
+        release_lease(client, lease).await?;
+        return Err(LockError::invalid(
+            "along",
+            "only one Redis deployment (a server, Sentinel or a Cluster) can carry commands along a release; the lock was released without them",
+        ));
+    };
+    cell.mark_released();
+    client.inner.watchdog.forget(cell);
+    let outcome = sent.await;
+    metrics::release(match &outcome {
+        Ok((true, _)) => "released",
+        Ok((false, _)) => "lost",
+        Err(_) => "error",
+    });
+    match outcome? {
+        (false, _) => Err(lost_error(cell)),
+        (true, Some(error)) => Err(LockError::AlongRefused {
+            key: cell.key.clone(),
+            error,
+        }),
+        (true, None) => Ok(()),
+    }
+}
+
 /// What dropping an unreleased guard does: renewals stop at once and the
 /// release is sent in the background.
 pub(crate) fn drop_lease(client: &LockClient, lease: &Lease) {
@@ -278,11 +359,11 @@ pub(crate) async fn give_back(backend: &dyn Backend, cell: &LeaseCell) -> Result
 
 /// The first pause before a commit is sent again; it doubles up to
 /// [`COMMIT_RETRY_MAX`], with jitter, while the lease lasts.
-const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(20);
-const COMMIT_RETRY_MAX: Duration = Duration::from_millis(500);
+pub(crate) const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(20);
+pub(crate) const COMMIT_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// A command's arguments, its name first.
-fn command_args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
+pub(crate) fn command_args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
     cmd.args_iter()
         .map(|arg| match arg {
             redis::Arg::Simple(bytes) => bytes.to_vec(),

@@ -26,8 +26,10 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod along;
 mod backend;
 mod background;
+mod batch;
 mod client;
 mod deployment;
 mod error;
@@ -56,6 +58,7 @@ mod tls;
 mod token;
 mod watchdog;
 
+pub use batch::{Claim, Claimed, Settle, Settled};
 pub use client::{ClientBuilder, LockClient};
 pub use deployment::Deployment;
 pub use error::{LockError, Result};

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
+use crate::along::{carrying, push_args};
 use crate::backend::{Attempt, LeaseKind, Record, Renewal, Waiting};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
@@ -40,6 +41,28 @@ static RW_RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rw_release.lua")));
 static RATE_GCRA: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rate_gcra.lua")));
+/// [`RELEASE`] and [`PERMIT_RELEASE`], carrying commands along (see `along.rs`).
+static RELEASE_ALONG: LazyLock<Script> =
+    LazyLock::new(|| carrying(include_str!("scripts/release.lua")));
+static PERMIT_RELEASE_ALONG: LazyLock<Script> =
+    LazyLock::new(|| carrying(include_str!("scripts/semaphore_release.lua")));
+/// Many claims and many settlements in one call each (see `batch.rs`),
+/// built around the single-key scripts' own text.
+static CLAIM_ALL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "local function acquire(KEYS, ARGV)\n{}\nend\n{}",
+        include_str!("scripts/acquire.lua"),
+        include_str!("scripts/claim_all.lua")
+    ))
+});
+static SETTLE_ALL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "local function commit(KEYS, ARGV)\n{}\nend\nlocal function release(KEYS, ARGV)\n{}\nend\n{}",
+        include_str!("scripts/fenced_set.lua"),
+        include_str!("scripts/release.lua"),
+        include_str!("scripts/settle_all.lua")
+    ))
+});
 #[cfg(feature = "redlock")]
 static COMMIT_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
@@ -445,6 +468,40 @@ async fn send<T: FromRedisValue>(
     } else {
         let (reply,) = pipe.query_async(conn).await?;
         Ok((reply, None))
+    }
+}
+
+/// One claim of [`RedisNode::claim_all`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawClaim<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) token: &'a str,
+    pub(crate) ttl: Duration,
+    pub(crate) record: Option<&'a str>,
+    pub(crate) if_recorded: &'a [Vec<Vec<u8>>],
+    pub(crate) if_acquired: &'a [Vec<Vec<u8>>],
+}
+
+/// One item of [`RedisNode::settle_all`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawSettle<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) token: &'a str,
+    /// The record's resource, the holder's fence and what to write.
+    pub(crate) record: Option<(&'a str, u64, Record<'a>)>,
+    pub(crate) if_committed: &'a [Vec<Vec<u8>>],
+    pub(crate) otherwise: &'a [Vec<Vec<u8>>],
+}
+
+/// Appends a list of commands as the batch scripts take it: its length,
+/// then each command as its argument count and its arguments.
+fn push_commands(invocation: &mut ScriptInvocation<'_>, commands: &[Vec<Vec<u8>>]) {
+    invocation.arg(commands.len());
+    for command in commands {
+        invocation.arg(command.len());
+        for arg in command {
+            invocation.arg(arg.as_slice());
+        }
     }
 }
 
@@ -864,6 +921,179 @@ impl RedisNode {
             .arg(key);
         let released: i64 = self.script("release", &RELEASE, &invocation).await?;
         Ok(released == 1)
+    }
+
+    /// Gives back `token`'s lease of `key` as [`release`](Self::release) or
+    /// [`release_permit`](Self::release_permit) do, and runs the commands
+    /// `along` in the same round trip: on one server in the same script,
+    /// after the release and whatever it found; on a cluster, where they
+    /// may be in another hash slot, each sent at the same time as the
+    /// release (the cluster connection pipelines what goes to one node),
+    /// not atomically with it. Returns whether the lease was ours and the
+    /// first refusal of a command.
+    pub(crate) async fn release_with(
+        &self,
+        kind: LeaseKind,
+        key: &str,
+        token: &str,
+        along: &[Vec<Vec<u8>>],
+    ) -> Result<(bool, Option<String>)> {
+        if self.is_cluster() {
+            return self.release_beside(kind, key, token, along).await;
+        }
+        let (script, keys, line) = match kind {
+            LeaseKind::Lock => (
+                &*RELEASE_ALONG,
+                [self.keys.lock(key), self.keys.waiters(key)],
+                key.to_owned(),
+            ),
+            LeaseKind::Permit => (
+                &*PERMIT_RELEASE_ALONG,
+                [
+                    named(&self.keys.permits, key),
+                    named(&self.keys.permit_waiters, key),
+                ],
+                crate::semaphore::line(key),
+            ),
+            LeaseKind::Read | LeaseKind::Write => {
+                return Err(LockError::invalid(
+                    "along",
+                    "a read-write lock's release carries no commands",
+                ));
+            }
+        };
+        let mut invocation = script.prepare_invoke();
+        for name in keys {
+            invocation.key(name);
+        }
+        push_args(
+            &mut invocation,
+            &[
+                token.as_bytes(),
+                self.wake_prefix.as_bytes(),
+                line.as_bytes(),
+            ],
+            along,
+        );
+        let (released, failed): (i64, String) = self.script("release", script, &invocation).await?;
+        Ok((released == 1, (!failed.is_empty()).then_some(failed)))
+    }
+
+    /// [`release_with`](Self::release_with) on a cluster: the release and
+    /// each command sent together.
+    async fn release_beside(
+        &self,
+        kind: LeaseKind,
+        key: &str,
+        token: &str,
+        along: &[Vec<Vec<u8>>],
+    ) -> Result<(bool, Option<String>)> {
+        let conn = self.connection().await?;
+        let sends = along.iter().map(|command| {
+            let mut cmd = redis::Cmd::new();
+            for arg in command {
+                cmd.arg(arg.as_slice());
+            }
+            let mut conn = conn.clone();
+            async move { cmd.query_async::<redis::Value>(&mut conn).await }
+        });
+        let release = async {
+            match kind {
+                LeaseKind::Lock => self.release(key, token).await,
+                LeaseKind::Permit => self.release_permit(key, token).await,
+                LeaseKind::Read | LeaseKind::Write => Err(LockError::invalid(
+                    "along",
+                    "a read-write lock's release carries no commands",
+                )),
+            }
+        };
+        let (released, answers) = futures::join!(release, futures::future::join_all(sends));
+        let failed = answers
+            .into_iter()
+            .find_map(|answer| answer.err())
+            .map(|err| err.to_string());
+        Ok((released?, failed))
+    }
+
+    /// Whether [`claim_all`](Self::claim_all) and
+    /// [`settle_all`](Self::settle_all) can run here: one server, where a
+    /// script may touch any key.
+    pub(crate) fn batches(&self) -> bool {
+        !self.is_cluster()
+    }
+
+    /// Claims every key of `claims` in one script call; see
+    /// `scripts/claim_all.lua`.
+    pub(crate) async fn claim_all(&self, claims: &[RawClaim<'_>]) -> Result<Vec<redis::Value>> {
+        let mut invocation = CLAIM_ALL.prepare_invoke();
+        for claim in claims {
+            invocation
+                .key(self.keys.fenced(claim.record.unwrap_or(claim.key)))
+                .key(self.keys.lock(claim.key))
+                .key(self.keys.fence(claim.key))
+                .key(self.keys.waiters(claim.key))
+                .arg(claim.token)
+                .arg(millis(claim.ttl))
+                .arg(if claim.record.is_some() { "1" } else { "0" });
+            push_commands(&mut invocation, claim.if_recorded);
+            push_commands(&mut invocation, claim.if_acquired);
+        }
+        let (replies, acknowledged): (Vec<redis::Value>, _) = self
+            .script_replicated("claim_all", &CLAIM_ALL, &invocation)
+            .await?;
+        if let Some(first) = claims.first()
+            && let Some(err) = self.unconfirmed(first.key, acknowledged)
+        {
+            return Err(err);
+        }
+        if replies.len() != claims.len() {
+            return Err(unexpected(
+                "claim_all returned a reply count that does not match the claims",
+            ));
+        }
+        Ok(replies)
+    }
+
+    /// Settles every item of `items` in one script call; see
+    /// `scripts/settle_all.lua`.
+    pub(crate) async fn settle_all(
+        &self,
+        items: &[RawSettle<'_>],
+    ) -> Result<Vec<(String, String, String, i64, String)>> {
+        let mut invocation = SETTLE_ALL.prepare_invoke();
+        invocation.arg(&self.wake_prefix);
+        for item in items {
+            invocation
+                .key(self.keys.fenced(item.record.map_or(item.key, |r| r.0)))
+                .key(self.keys.lock(item.key))
+                .key(self.keys.waiters(item.key))
+                .arg(item.token)
+                .arg(item.key);
+            match item.record {
+                Some((_, fence, record)) => {
+                    invocation
+                        .arg("1")
+                        .arg(fence.to_string())
+                        .arg(record.value)
+                        .arg(record.ttl.map_or(0, millis))
+                        .arg(record.commit.unwrap_or(""));
+                    push_commands(&mut invocation, record.effects);
+                }
+                None => {
+                    invocation.arg("0");
+                }
+            }
+            push_commands(&mut invocation, item.if_committed);
+            push_commands(&mut invocation, item.otherwise);
+        }
+        let replies: Vec<(String, String, String, i64, String)> =
+            self.script("settle_all", &SETTLE_ALL, &invocation).await?;
+        if replies.len() != items.len() {
+            return Err(unexpected(
+                "settle_all returned a reply count that does not match the items",
+            ));
+        }
+        Ok(replies)
     }
 
     /// Leaves `key`'s queue after a wake-up nobody here wants any more, and

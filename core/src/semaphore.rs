@@ -10,7 +10,7 @@ use tracing::Instrument;
 use crate::backend::{Attempt, LeaseKind, Waiting};
 use crate::client::LockClient;
 use crate::error::{LockError, Result};
-use crate::guard::{drop_lease, extend_lease, release_lease};
+use crate::guard::{drop_lease, extend_lease, release_lease, release_lease_with};
 use crate::lease::{Lease, LeaseCell};
 use crate::metrics;
 use crate::request::{Abandon, Attempts, Contention, DEFAULT_TTL, LONGEST, check_ttl, contend};
@@ -365,6 +365,26 @@ impl PermitGuard {
         self.released = true;
         metrics::permit_held(self.name(), -1.0);
         release_lease(&self.client, &self.lease).await
+    }
+
+    /// Gives the permit back and sends the Redis commands `along` in the
+    /// same round trip, with the guarantees and errors of
+    /// [`LockGuard::release_with`](crate::LockGuard::release_with).
+    ///
+    /// ```no_run
+    /// use soloist::{LockClient, redis};
+    /// # async fn demo() -> Result<(), soloist::LockError> {
+    /// let locks = LockClient::connect("redis://127.0.0.1:6379").await?;
+    /// let permit = locks.semaphore("exports", 4).acquire().await?;
+    /// let mut done = redis::cmd("INCR");
+    /// done.arg("exports:done");
+    /// permit.release_with(&[done]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn release_with(mut self, along: &[redis::Cmd]) -> Result<()> {
+        self.released = true;
+        metrics::permit_held(self.name(), -1.0);
+        release_lease_with(&self.client, &self.lease, along).await
     }
 }
 

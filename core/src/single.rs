@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::backend::{Attempt, Backend, Record, Renewal, Renewed, Waiting};
+use crate::backend::{
+    Attempt, Backend, LeaseKind, Record, ReleasedWith, Renewal, Renewed, Waiting,
+};
 use crate::deployment::Deployment;
 use crate::error::Result;
 use crate::fence::{FencedValue, FencedWrite};
@@ -120,6 +122,20 @@ impl Backend for RedisBackend {
 
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
         self.node.release(key, token).boxed()
+    }
+
+    fn release_with<'a>(
+        &'a self,
+        kind: LeaseKind,
+        key: &'a str,
+        token: &'a str,
+        along: &'a [Vec<Vec<u8>>],
+    ) -> Option<BoxFuture<'a, Result<ReleasedWith>>> {
+        Some(self.node.release_with(kind, key, token, along).boxed())
+    }
+
+    fn batch_node(&self) -> Option<&RedisNode> {
+        self.node.batches().then_some(&*self.node)
     }
 
     fn listen(&self, key: &str) -> Listener {

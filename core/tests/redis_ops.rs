@@ -693,3 +693,78 @@ async fn a_resent_read_attempt_takes_the_lock_it_already_holds() {
     let other = attempt("someone-else", "another-reader");
     assert_eq!(other.lines().next(), Some("0"), "{other}");
 }
+
+/// `release_with`: the commands run with the release (a waiter is still
+/// woken at once), also when the key was no longer ours; a refused one is
+/// reported after the release; a permit carries them too; the memory
+/// backend releases and refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_ride_on_a_release() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    let guard = locks.lock("ride").ttl(10 * SECOND).acquire().await.unwrap();
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let guard = locks.lock("ride").wait(10 * SECOND).acquire().await;
+            (started.elapsed(), guard.map(drop))
+        })
+    };
+    until("the waiter queued", || queued(&server, "ride") == 1).await;
+    let mut log = soloist::redis::cmd("RPUSH");
+    log.arg("ride:log").arg("done");
+    guard.release_with(&[log.clone()]).await.unwrap();
+    let (waited, taken) = finished(waiter).await;
+    taken.unwrap();
+    assert!(waited < 5 * SECOND, "the waiter was woken, not polled");
+    assert_eq!(server.cli(&["LRANGE", "ride:log", "0", "-1"]), "done");
+
+    // Not ours any more: Lost, and the command ran all the same.
+    let guard = locks
+        .lock("lapse")
+        .ttl(Duration::from_millis(50))
+        .watchdog(false)
+        .acquire()
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(120)).await;
+    assert!(matches!(
+        guard.release_with(&[log.clone()]).await,
+        Err(LockError::Lost { .. })
+    ));
+    assert_eq!(server.cli(&["LLEN", "ride:log"]), "2");
+
+    // A refused command: released, reported, the next one applied.
+    server.cli(&["SET", "ride:string", "x"]);
+    let mut wrong = soloist::redis::cmd("RPUSH");
+    wrong.arg("ride:string").arg("y");
+    let guard = locks.lock("refuse").acquire().await.unwrap();
+    let refused = guard.release_with(&[wrong, log.clone()]).await;
+    assert!(
+        matches!(refused, Err(LockError::AlongRefused { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{refuse}"]), "0");
+    assert_eq!(server.cli(&["LLEN", "ride:log"]), "3");
+
+    let permit = locks.semaphore("pool", 2).acquire().await.unwrap();
+    permit.release_with(&[log.clone()]).await.unwrap();
+    assert_eq!(server.cli(&["ZCARD", "soloist:sem:{pool}"]), "0");
+    assert_eq!(server.cli(&["LLEN", "ride:log"]), "4");
+
+    let memory = LockClient::memory();
+    let guard = memory.lock("m").acquire().await.unwrap();
+    assert!(matches!(
+        guard.release_with(&[log]).await,
+        Err(LockError::InvalidArgument { name: "along", .. })
+    ));
+    memory
+        .lock("m")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}

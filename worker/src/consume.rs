@@ -51,6 +51,22 @@ pub(crate) trait Consumed: Send + Sync {
         started: BoxFuture<'a, ()>,
     ) -> BoxFuture<'a, Result<Handled>>;
 
+    /// What a batched claim needs to run this payload (see `batch.rs`):
+    /// `None` unless the payload decodes and the job's runs can be claimed
+    /// in a batch (each holds its key alone, with no rate limit).
+    #[cfg(feature = "streams")]
+    fn prepare(&self, payload: &[u8]) -> Option<crate::batch::Prepared>;
+
+    /// Runs the body of a run a batch claimed, its key held by `guard`.
+    #[cfg(feature = "streams")]
+    fn run_claimed<'a>(
+        &'a self,
+        shared: Arc<Shared>,
+        payload: &'a [u8],
+        prepared: &'a crate::batch::Prepared,
+        guard: soloist_core::LockGuard,
+    ) -> BoxFuture<'a, crate::batch::Finished>;
+
     /// Whether a run with this payload succeeded within the dedupe window;
     /// `None` if the payload does not decode.
     fn succeeded<'a>(
@@ -85,6 +101,32 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
                 },
             )
         })
+    }
+
+    #[cfg(feature = "streams")]
+    fn prepare(&self, payload: &[u8]) -> Option<crate::batch::Prepared> {
+        let args: J::Args = serde_json::from_slice(payload).ok()?;
+        let spec = self.0.spec().ok()?;
+        spec.validate().ok()?;
+        if spec.concurrency.is_some_and(|permits| permits > 1) || spec.rate.is_some() {
+            return None;
+        }
+        let key = self.0.key(&args);
+        let record = keyed::record_name(&spec, &key);
+        Some(crate::batch::Prepared { spec, key, record })
+    }
+
+    #[cfg(feature = "streams")]
+    fn run_claimed<'a>(
+        &'a self,
+        shared: Arc<Shared>,
+        payload: &'a [u8],
+        prepared: &'a crate::batch::Prepared,
+        guard: soloist_core::LockGuard,
+    ) -> BoxFuture<'a, crate::batch::Finished> {
+        Box::pin(crate::batch::run_claimed(
+            shared, &self.0, payload, prepared, guard,
+        ))
     }
 
     fn succeeded<'a>(
@@ -129,10 +171,10 @@ pub(crate) fn check(spec: &JobSpec, source: &dyn Source) -> Result<()> {
 }
 
 /// How often a consumer reports its source's lag.
-const LAG_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const LAG_EVERY: Duration = Duration::from_secs(5);
 /// The first and the longest pause after a failed read.
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Consumes `source` until the worker stops claiming, with at most
 /// `in_flight` deliveries running at once.
@@ -142,6 +184,10 @@ pub(crate) async fn consume(
     jobs: Arc<HashMap<String, Arc<dyn Consumed>>>,
     in_flight: usize,
 ) {
+    #[cfg(feature = "streams")]
+    if let Some(stream) = crate::batch::batchable(&shared, source.as_ref()).await {
+        return crate::batch::consume(shared, source, stream, jobs, in_flight).await;
+    }
     let slots = Arc::new(Semaphore::new(in_flight));
     let mut lag_reported: Option<tokio::time::Instant> = None;
     let mut backoff = MIN_BACKOFF;
@@ -204,7 +250,7 @@ pub(crate) async fn consume(
     }
 }
 
-async fn handle(
+pub(crate) async fn handle(
     shared: &Arc<Shared>,
     source: &dyn Source,
     jobs: &HashMap<String, Arc<dyn Consumed>>,
@@ -284,12 +330,18 @@ async fn handle(
             tracing::debug!(source = name, id = %delivery.id, "job paused; left for redelivery")
         }
         Ok(Handled::Failed(reason)) => {
-            ran_without_success(source, &delivery, &counted, &reason).await;
+            ran_without_success(source, &delivery, counted.load(Ordering::Relaxed), &reason).await;
         }
         // It ran, to its max_hold, past its lease or into shutdown: a job
         // that always does would otherwise come back forever.
         Ok(Handled::Unfinished(how)) => {
-            ran_without_success(source, &delivery, &counted, &format!("run ended {how}")).await;
+            ran_without_success(
+                source,
+                &delivery,
+                counted.load(Ordering::Relaxed),
+                &format!("run ended {how}"),
+            )
+            .await;
         }
         // The lock backend is unreachable: nothing ran, and the message
         // waits for it to come back, however long that takes.
@@ -321,7 +373,7 @@ async fn handle(
             ran_without_success(
                 source,
                 &delivery,
-                &counted,
+                counted.load(Ordering::Relaxed),
                 &format!("could not run: {err}"),
             )
             .await;
@@ -331,14 +383,13 @@ async fn handle(
 
 /// Dead-letters a message whose run did not succeed once it has had
 /// `max_deliveries` runs; otherwise it is left for redelivery.
-async fn ran_without_success(
+pub(crate) async fn ran_without_success(
     source: &dyn Source,
     delivery: &Delivery,
-    counted: &AtomicU32,
+    attempts: u32,
     reason: &str,
 ) {
     let name = source.name();
-    let attempts = counted.load(Ordering::Relaxed);
     if attempts >= source.max_deliveries() {
         dead_letter(
             source,

@@ -7,7 +7,12 @@
 //!   worker's `history_limit` entries (`XADD MAXLEN ~`). Its hash tag is
 //!   the job's, like every key of a cron job's ticks, so on a Redis
 //!   Cluster a tick's history entry is written by the same script as its
-//!   done-marker;
+//!   done-marker. A keyed run's (and so a consumed message's) entry rides
+//!   on the release of the run's key (`LockGuard::release_with`): on one
+//!   server the release's script writes it, atomically with the release;
+//!   on a cluster, where the history is in the job's slot and the key in
+//!   its own, it is sent in the same round trip as the release, but not
+//!   atomically with it (a failure can cost the entry, never the run);
 //! - `P replica:<id>`: a replica's registry entry (JSON), expiring one
 //!   heartbeat period after it was last written;
 //! - `P paused`: a hash of paused job names, each with when it was paused;

@@ -95,11 +95,22 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
             return Ok(RunOutcome::RateLimited { retry_after });
         }
         started.await;
-        let outcome = execute(&shared, &job, args, &spec, (&key, &record), &guard).await?;
-        if let Err(err) = guard.release().await {
+        let (outcome, history) =
+            execute(&shared, &job, args, &spec, (&key, &record), &guard).await?;
+        // The run's history entry rides on the release: written in the
+        // release's own script on one server, sent in the same round trip
+        // on a cluster (see `LockGuard::release_with`).
+        let along: Vec<soloist_core::redis::Cmd> = shared
+            .fleet
+            .as_ref()
+            .zip(history)
+            .map(|(fleet, run)| fleet.history_entry(&run))
+            .into_iter()
+            .collect();
+        if let Err(err) = guard.release_with(&along).await {
             tracing::debug!(error = %err, "releasing after the run");
         }
-        Ok(outcome)
+        outcome
     }
     .instrument(span)
     .await;
@@ -125,7 +136,7 @@ pub(crate) async fn succeeded<J: KeyedJob>(
 }
 
 /// The dedupe record (and lock) of the run of `spec` with the rendered `key`.
-fn record_name(spec: &JobSpec, key: &str) -> String {
+pub(crate) fn record_name(spec: &JobSpec, key: &str) -> String {
     record_of(&spec.name, key)
 }
 
@@ -180,14 +191,23 @@ async fn hold(shared: &Shared, spec: &JobSpec, record: &str) -> soloist_core::Re
     }
 }
 
-async fn execute<J: KeyedJob>(
+/// How a run's body went, before anything is recorded.
+pub(crate) struct Body<T> {
+    pub(crate) ended: Ended<T>,
+    pub(crate) last_ctx: Option<JobContext>,
+    pub(crate) started_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) started: Instant,
+}
+
+/// Runs the job's body with its retries while `lease` holds.
+pub(crate) async fn body<J: KeyedJob>(
     shared: &Shared,
     job: &J,
     args: J::Args,
     spec: &JobSpec,
-    (key, record): (&str, &str),
-    guard: &Held,
-) -> Result<RunOutcome<J::Output>> {
+    key: &str,
+    lease: soloist_core::Lease,
+) -> Result<Body<J::Output>> {
     let started_at = shared.clock.now();
     let started = Instant::now();
     // Retries need the arguments again: keep them serialized.
@@ -199,12 +219,12 @@ async fn execute<J: KeyedJob>(
     let mut last_ctx = None;
     let ended = attempts(
         spec,
-        &[guard.lease()],
+        std::slice::from_ref(&lease),
         &shared.cancel_runs,
         |attempt, cancel| {
             let ctx = JobContext::builder(&spec.name)
                 .key(key)
-                .lease(guard.lease())
+                .lease(lease.clone())
                 .attempt(attempt)
                 .replica(&shared.replica)
                 .cancellation(cancel)
@@ -222,34 +242,73 @@ async fn execute<J: KeyedJob>(
     )
     .await;
     metrics::run_time(&spec.name, started.elapsed());
-    let outcome = outcome_of(shared, ended, last_ctx, spec, record, guard).await;
-    if let Some(fleet) = &shared.fleet {
-        let run = RunRecord {
-            id: String::new(),
-            job: spec.name.clone(),
-            tick_ms: None,
-            triggered: false,
-            key: Some(key.to_owned()),
-            replica: shared.replica.clone(),
-            fence: guard.fence(),
-            outcome: match &outcome {
-                Ok(outcome) => outcome.label().to_owned(),
-                Err(_) => "unrecorded".to_owned(),
+    Ok(Body {
+        ended,
+        last_ctx,
+        started_at,
+        started,
+    })
+}
+
+/// The history entry of a keyed run of `spec` on `key` that came to
+/// `outcome` (with `error`).
+pub(crate) fn run_record<T>(
+    shared: &Shared,
+    spec: &JobSpec,
+    key: &str,
+    fence: u64,
+    body: &Body<T>,
+    outcome: &str,
+    error: Option<String>,
+) -> RunRecord {
+    RunRecord {
+        id: String::new(),
+        job: spec.name.clone(),
+        tick_ms: None,
+        triggered: false,
+        key: Some(key.to_owned()),
+        replica: shared.replica.clone(),
+        fence,
+        outcome: outcome.to_owned(),
+        started_ms: body.started_at.timestamp_millis(),
+        duration_ms: u64::try_from(body.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        error,
+    }
+}
+
+/// Runs the job's body with its retries and records a success: the run's
+/// outcome, and its history entry (on a Redis backend) for the release to
+/// carry.
+async fn execute<J: KeyedJob>(
+    shared: &Shared,
+    job: &J,
+    args: J::Args,
+    spec: &JobSpec,
+    (key, record): (&str, &str),
+    guard: &Held,
+) -> Result<(Result<RunOutcome<J::Output>>, Option<RunRecord>)> {
+    let mut ran = body(shared, job, args, spec, key, guard.lease()).await?;
+    let ended = std::mem::replace(&mut ran.ended, Ended::Cancelled);
+    let outcome = outcome_of(shared, ended, ran.last_ctx.take(), spec, record, guard).await;
+    let history = shared.fleet.as_ref().map(|_| {
+        run_record(
+            shared,
+            spec,
+            key,
+            guard.fence(),
+            &ran,
+            match &outcome {
+                Ok(outcome) => outcome.label(),
+                Err(_) => "unrecorded",
             },
-            started_ms: started_at.timestamp_millis(),
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            error: match &outcome {
+            match &outcome {
                 Ok(RunOutcome::Failed(error)) => Some(error.to_string()),
                 Err(error) => Some(error.to_string()),
                 Ok(_) => None,
             },
-        };
-        // Written after the caller has its outcome, not before: the history
-        // costs the run no wait. Shutdown waits for it like for a run.
-        let fleet = fleet.clone();
-        shared.runs.spawn(async move { fleet.record(&run).await });
-    }
-    outcome
+        )
+    });
+    Ok((outcome, history))
 }
 
 /// What the run that `ended` comes to, its success recorded.

@@ -10,6 +10,8 @@
 //! [soloist documentation](https://docs.rs/soloist/latest/soloist/#jobs).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "streams")]
+mod batch;
 mod clock;
 mod consume;
 mod context;

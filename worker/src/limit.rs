@@ -108,6 +108,15 @@ impl Held {
         }
     }
 
+    /// Gives the key back, sending `along` in the same round trip (see
+    /// [`LockGuard::release_with`]).
+    pub(crate) async fn release_with(self, along: &[redis::Cmd]) -> Result<(), LockError> {
+        match self {
+            Held::Lock(guard) => guard.release_with(along).await,
+            Held::Permit(permit) => permit.release_with(along).await,
+        }
+    }
+
     /// Writes a successful run's `record` with the run's fence; `true` when
     /// it counts as recorded.
     ///

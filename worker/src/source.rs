@@ -174,6 +174,27 @@ pub trait Source: Send + Sync + 'static {
         Duration::from_secs(30)
     }
 
+    /// The Redis stream this source reads, if it is one (or wraps one):
+    /// with a lock client on the same Redis server, the worker then
+    /// consumes it in batches, claiming the keys of a whole read in one
+    /// call and settling every run that finished together in one more,
+    /// acknowledging entries inside those calls rather than through
+    /// [`ack`](Source::ack) (see [`acknowledged`](Source::acknowledged)).
+    /// Default `None`; a source that wraps a [`StreamSource`](crate::StreamSource)
+    /// returns the inner one to keep the batched path.
+    #[cfg(feature = "streams")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "streams")))]
+    fn as_stream(&self) -> Option<&crate::StreamSource> {
+        None
+    }
+
+    /// Told of deliveries the worker acknowledged itself, in a batch's
+    /// claim or settle call (see [`as_stream`](Source::as_stream)), for which
+    /// [`ack`](Source::ack) is not called. Default: nothing.
+    fn acknowledged(&self, deliveries: &[&Delivery]) {
+        let _ = deliveries;
+    }
+
     /// Where this source keeps its entries, for the fleet registry and
     /// inspection: a Redis stream, its consumer group and its dead-letter
     /// stream. `None` (the default) for sources that are not Redis streams,

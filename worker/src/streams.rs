@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -89,6 +89,8 @@ struct Inner {
     dead_letter_limit: u64,
     /// Acknowledgements since the source started, to trim every so many.
     acked: AtomicU64,
+    /// When idle entries are next looked for; see [`Inner::reclaim_due`].
+    reclaim_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Trims the entries every group has finished with.
@@ -339,6 +341,7 @@ impl StreamSourceBuilder {
                 retain: self.retain,
                 dead_letter_limit: self.dead_letter_limit,
                 acked: AtomicU64::new(0),
+                reclaim_at: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -434,7 +437,90 @@ fn delivery(entry: &StreamId, deliveries: u32) -> Delivery {
     }
 }
 
+impl StreamSource {
+    /// The commands that acknowledge the entry `id` and forget its count of
+    /// attempts, for a batch's claim or settle call to run.
+    pub(crate) fn ack_commands(&self, id: &str) -> Vec<redis::Cmd> {
+        let inner = &self.inner;
+        let mut ack = redis::cmd("XACK");
+        ack.arg(&inner.stream).arg(&inner.group).arg(id);
+        let mut forget = redis::cmd("HDEL");
+        forget.arg(&inner.attempts).arg(id);
+        vec![ack, forget]
+    }
+
+    /// The command that counts a run of the entry `id` starting (`by` 1),
+    /// or takes back one that did not start (`by` -1).
+    pub(crate) fn attempt_command(&self, id: &str, by: i64) -> redis::Cmd {
+        let mut count = redis::cmd("HINCRBY");
+        count.arg(&self.inner.attempts).arg(id).arg(by);
+        count
+    }
+
+    /// Counts `count` acknowledgements made in batch calls, trimming as
+    /// [`ack`](Source::ack) does.
+    pub(crate) async fn acknowledged_many(&self, count: usize) {
+        for _ in 0..count {
+            self.inner.acknowledged().await;
+        }
+    }
+
+    /// Leaves a random token under a name beside the stream, kept for a
+    /// minute, for the lock client to read: if it finds the token (and may
+    /// delete it), the stream is on its server and the batch scripts may
+    /// touch the stream's keys. Returns the name and the token; `Some(None)`
+    /// on a cluster; `None` if it cannot be written now.
+    pub(crate) async fn place_probe(&self) -> Option<Option<(String, String)>> {
+        let token = format!("{:016x}", rand::random::<u64>());
+        let suffix = format!(":probe:{token}");
+        let name = colocated(&self.inner.stream, &suffix)
+            .unwrap_or_else(|| format!("{}{suffix}", self.inner.stream));
+        let placed: bool = self
+            .inner
+            .writer
+            .run(async |conn| match conn {
+                soloist_core::Conn::Server(_) => redis::cmd("SET")
+                    .arg(&name)
+                    .arg(&token)
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async::<()>(conn)
+                    .await
+                    .map(|()| true),
+                #[allow(unreachable_patterns)]
+                _ => Ok(false),
+            })
+            .await
+            .ok()?;
+        Some(placed.then_some((name, token)))
+    }
+}
+
 impl Inner {
+    /// Whether to look for idle entries before this read: not on every
+    /// read, which would cost each batch a round trip more, but at least
+    /// every quarter of the visibility timeout (and every half second), and
+    /// at once again after a look that found a full batch.
+    fn reclaim_due(&self) -> bool {
+        let at = *self
+            .reclaim_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        at.is_none_or(|at| tokio::time::Instant::now() >= at)
+    }
+
+    fn reclaimed(&self, full: bool) {
+        let next = if full {
+            tokio::time::Instant::now()
+        } else {
+            tokio::time::Instant::now() + (self.visibility / 4).min(Duration::from_millis(500))
+        };
+        *self
+            .reclaim_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(next);
+    }
+
     /// Entries idle past the visibility timeout in any consumer's hands,
     /// claimed for this consumer.
     async fn reclaim(&self, max: usize) -> Result<Vec<Delivery>, BoxError> {
@@ -551,7 +637,13 @@ impl Source for StreamSource {
     fn receive(&self, max: usize) -> BoxFuture<'_, std::result::Result<Vec<Delivery>, BoxError>> {
         Box::pin(async move {
             let max = max.max(1);
-            let mut batch = self.inner.reclaim(max).await?;
+            let mut batch = if self.inner.reclaim_due() {
+                let reclaimed = self.inner.reclaim(max).await?;
+                self.inner.reclaimed(reclaimed.len() >= max);
+                reclaimed
+            } else {
+                Vec::new()
+            };
             if batch.len() < max {
                 batch.extend(self.inner.read_new(max - batch.len()).await?);
             }
@@ -705,6 +797,10 @@ impl Source for StreamSource {
                 .and_then(|group| group.lag)
                 .map(|lag| lag as u64))
         })
+    }
+
+    fn as_stream(&self) -> Option<&StreamSource> {
+        Some(self)
     }
 
     fn stream_names(&self) -> Option<crate::inspect::QueueDecl> {

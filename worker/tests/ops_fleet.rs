@@ -721,3 +721,91 @@ async fn paused_ticks_are_not_caught_up_after_resume() {
         "ticks missed after the resume not caught up: {runs:?}"
     );
 }
+
+/// A keyed run's and a consumed message's history entry cost no request of
+/// their own: on one server the release's script writes them (`MONITOR`
+/// shows every history `XADD` run by a script, none sent by a client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_rides_on_the_release_on_one_server() {
+    let server = RedisServer::start();
+    let source = StreamSource::builder("orders")
+        .block(Duration::from_millis(100))
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let worker = Worker::builder(client(&server).await)
+        .replica_id("m")
+        .consume(source, charge())
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let running = Running::start(worker);
+    let monitor = common::Monitor::start(server.port());
+    for i in 0..10 {
+        handle.run(charge(), format!("m{i}")).await.unwrap();
+    }
+    handle.run(charge(), "bad".to_owned()).await.unwrap();
+    handle.enqueue(charge(), "q1".to_owned()).await.unwrap();
+    let inspector = Inspector::new(&client(&server).await).unwrap();
+    until("every run recorded", 10 * SECOND, async || {
+        inspector
+            .runs(&RunFilter::job("charge"))
+            .await
+            .unwrap()
+            .len()
+            == 12
+    })
+    .await;
+    running.stop().await;
+    let lines = monitor.lines();
+    let entries: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("] \"XADD\" \"soloist:runs:{charge}\""))
+        .collect();
+    assert_eq!(entries.len(), 12, "{entries:#?}");
+    assert!(
+        entries.iter().all(|line| line.contains(" lua] ")),
+        "a history entry was sent on its own: {entries:#?}"
+    );
+}
+
+/// On a cluster, where the history is in another slot than a run's key,
+/// every run's entry is written all the same (sent beside the release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_rides_on_the_release_on_a_cluster() {
+    let cluster = soloist_testkit::RedisCluster::start();
+    let locks = LockClient::cluster(cluster.urls()).await.unwrap();
+    let worker = Worker::builder(locks.clone())
+        .replica_id("c")
+        .job(charge())
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let running = Running::start(worker);
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    let slots: std::collections::HashSet<u16> = keys
+        .iter()
+        .map(|k| soloist::hash_slot(&format!("job:charge:order:{k}")))
+        .collect();
+    assert!(slots.len() > 10, "keys spread over slots");
+    for key in &keys {
+        handle.run(charge(), key.clone()).await.unwrap();
+    }
+    handle.run(charge(), "bad".to_owned()).await.unwrap();
+    let inspector = Inspector::new(&locks).unwrap();
+    until("every run recorded", 10 * SECOND, async || {
+        inspector
+            .runs(&RunFilter::job("charge"))
+            .await
+            .unwrap()
+            .len()
+            == 41
+    })
+    .await;
+    let failed = inspector
+        .runs(&RunFilter::job("charge").outcome("failure"))
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    running.stop().await;
+}

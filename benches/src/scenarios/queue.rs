@@ -870,4 +870,14 @@ impl Source for Counted {
     fn visibility_timeout(&self) -> Duration {
         self.inner.visibility_timeout()
     }
+
+    // The worker's batched path: it acknowledges inside its claim and
+    // settle calls, and says so here instead of calling `ack`.
+    fn as_stream(&self) -> Option<&StreamSource> {
+        Some(&self.inner)
+    }
+
+    fn acknowledged(&self, deliveries: &[&Delivery]) {
+        self.tally.settle(deliveries.len() as u64);
+    }
 }

@@ -99,6 +99,11 @@ pub(crate) async fn scan_page(
         }
         #[cfg(feature = "cluster")]
         (Conn::Cluster(_), Node::Server) => return Err(unexpected("SCAN routing")),
+        // soloist-core built with its `cluster` feature (by another crate of
+        // the build) and this crate without: no node to route to.
+        #[cfg(not(feature = "cluster"))]
+        #[allow(unreachable_patterns)]
+        _ => return Err(unexpected("SCAN routing")),
     }
     .map_err(lock_err)?;
     <(u64, Vec<String>)>::from_redis_value(reply).map_err(|err| lock_err(err.into()))
@@ -132,6 +137,9 @@ pub(crate) async fn pipeline_on(
         }
         #[cfg(feature = "cluster")]
         (Conn::Cluster(_), Node::Server) => return Err(unexpected("pipeline routing")),
+        #[cfg(not(feature = "cluster"))]
+        #[allow(unreachable_patterns)]
+        _ => return Err(unexpected("pipeline routing")),
     }
     .map_err(lock_err)
 }

@@ -114,3 +114,54 @@ impl<F: Fn(&Delivery) + Send + Sync + 'static> Source for NeverAcks<F> {
         self.source.visibility_timeout()
     }
 }
+
+/// The commands a redis-server runs, as `MONITOR` reports them (through
+/// `redis-cli`): each line says whether a client sent the command (`[0
+/// 127.0.0.1:port]`) or a script ran it (`[0 lua]`).
+pub struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Monitor {
+    /// Starts watching the server on `port`; returns once it reports.
+    pub fn start(port: u16) -> Monitor {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli runs (it comes with redis-server: apt-get install redis-server)");
+        let stdout = child.stdout.take().expect("piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                seen.lock().unwrap().push(line);
+            }
+        });
+        // `MONITOR` answers `OK` before the first command it shows.
+        let started = std::time::Instant::now();
+        while lines.lock().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "MONITOR started"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Monitor { child, lines }
+    }
+
+    /// The lines seen so far (the first, `OK`, left out).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().iter().skip(1).cloned().collect()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

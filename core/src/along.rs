@@ -1,0 +1,60 @@
+//! Commands sent along with a release: they cost no round trip of their
+//! own. On one server (or a Sentinel-managed primary) the release script's
+//! own text runs as a function inside a script that then runs the
+//! commands, so they apply atomically with the release; on a cluster, where
+//! they may live in another hash slot, they are sent at the same time as
+//! the release, on the connection that pipelines per node.
+
+use redis::Script;
+
+use crate::error::{LockError, Result};
+use crate::fence::MAX_EFFECT_ARGS;
+
+/// `inner`, a script of soloist's, wrapped so that the commands sent along
+/// run after it in the same call (see `scripts/along.lua`). Built from the
+/// script's own text, so the two cannot drift apart.
+pub(crate) fn carrying(inner: &str) -> Script {
+    Script::new(&format!(
+        "local function inner(KEYS, ARGV)\n{inner}\nend\n{}",
+        include_str!("scripts/along.lua")
+    ))
+}
+
+/// Checks commands to send along before anything is sent: each has a name
+/// and fits one script call's stack.
+pub(crate) fn check_along(along: &[Vec<Vec<u8>>]) -> Result<()> {
+    for command in along {
+        if command.is_empty() {
+            return Err(LockError::invalid("along", "a command has no name"));
+        }
+        if command.len() > MAX_EFFECT_ARGS {
+            return Err(LockError::invalid(
+                "along",
+                format!(
+                    "a command has {} arguments; at most {MAX_EFFECT_ARGS} fit",
+                    command.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Appends `inner_args` and `along` to `invocation` as `along.lua` takes them.
+pub(crate) fn push_args(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    inner_args: &[&[u8]],
+    along: &[Vec<Vec<u8>>],
+) {
+    invocation.arg(inner_args.len());
+    for arg in inner_args {
+        invocation.arg(*arg);
+    }
+    invocation.arg(along.len());
+    for command in along {
+        invocation.arg(command.len());
+        for arg in command {
+            invocation.arg(arg.as_slice());
+        }
+    }
+}

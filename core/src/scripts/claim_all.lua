@@ -1,0 +1,62 @@
+-- Claims many keys in one call (see `batch.rs`). The client puts
+-- acquire.lua's own text in front as the function `acquire(KEYS, ARGV)`,
+-- so each key is taken exactly as a single acquisition takes it.
+-- For each claim: its record is read when asked; if it holds a value, the
+-- claim is recorded and its commands `if recorded` run; otherwise the key
+-- is taken without waiting, with its fence, and if taken its commands
+-- `if acquired` run.
+-- KEYS, four per claim: its record, its lock key, its fence counter, its
+-- waiting clients.
+-- ARGV, per claim: the owner token, the ttl in ms, '1' to read the record,
+-- then the commands if recorded and the commands if acquired, each list as
+-- its length then each command as its argument count and its arguments.
+-- Returns one reply per claim: {0, fence, value} recorded, {1, fence,
+-- {replies of the commands}} acquired (a refused command answers false),
+-- {2, pttl} held by another owner.
+local at = 1
+local function commands()
+  local list = {}
+  local n = tonumber(ARGV[at])
+  at = at + 1
+  for i = 1, n do
+    local count = tonumber(ARGV[at])
+    list[i] = {at + 1, at + count}
+    at = at + count + 1
+  end
+  return list
+end
+local function run(list)
+  local replies = {}
+  for i, span in ipairs(list) do
+    local reply = redis.pcall(unpack(ARGV, span[1], span[2]))
+    if type(reply) == 'table' and reply.err then
+      reply = false
+    end
+    replies[i] = reply
+  end
+  return replies
+end
+local out = {}
+for i = 1, #KEYS / 4 do
+  local k = (i - 1) * 4
+  local token, ttl, check = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  at = at + 3
+  local if_recorded = commands()
+  local if_acquired = commands()
+  local found = false
+  if check == '1' then
+    found = redis.call('HMGET', KEYS[k + 1], 'fence', 'value')
+  end
+  if found and found[1] and found[2] then
+    run(if_recorded)
+    out[i] = {0, found[1], found[2]}
+  else
+    local taken = acquire({KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]}, {token, ttl, '', '0', 'fence'})
+    if taken[1] == 1 then
+      out[i] = {1, taken[2], run(if_acquired)}
+    else
+      out[i] = {2, taken[2]}
+    end
+  end
+end
+return out

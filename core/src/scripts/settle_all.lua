@@ -1,0 +1,80 @@
+-- Settles many held locks in one call (see `batch.rs`). The client puts
+-- fenced_set.lua's and release.lua's own text in front as the functions
+-- `commit(KEYS, ARGV)` and `release(KEYS, ARGV)`, so each record is
+-- written and each lock given back exactly as on their own.
+-- For each item: its record is committed, if it has one; the lock is
+-- released; then its commands `if committed` run when the record was
+-- written, its commands `otherwise` when it was not (or there was none).
+-- A copy of this call sent again after its reply was lost finds each
+-- record's commit id: the record is not written and no effect applied
+-- again (see fenced_set.lua), and its commands run again (they must bear
+-- it: an XACK, an HDEL; a history entry is written twice).
+-- KEYS, three per item: its record, its lock key, its waiting clients.
+-- ARGV[1]: the wake channel prefix; then per item: the owner token, the key
+-- as its clients name it, '1' when a record is written and then its fence,
+-- value, ttl in ms (0: keep), commit id and effects (their count, then
+-- each as its argument count and its arguments); then the commands if
+-- committed and the commands otherwise, each list as its length then each
+-- command as its argument count and its arguments.
+-- Returns per item {code, fence or highest, refused effect, released,
+-- refused command}: code 'A' written, 'R' a higher fence was seen, 'N'
+-- the token no longer held the lock, '-' no record.
+local at = 2
+local function span_of_commands()
+  local first = at
+  local n = tonumber(ARGV[at])
+  at = at + 1
+  for _ = 1, n do
+    at = at + tonumber(ARGV[at]) + 1
+  end
+  return first, at - 1
+end
+local function run(first)
+  local failed = ''
+  local n = tonumber(ARGV[first])
+  local p = first + 1
+  for _ = 1, n do
+    local count = tonumber(ARGV[p])
+    local reply = redis.pcall(unpack(ARGV, p + 1, p + count))
+    if type(reply) == 'table' and reply.err and failed == '' then
+      failed = reply.err
+    end
+    p = p + count + 1
+  end
+  return failed
+end
+local out = {}
+for i = 1, #KEYS / 3 do
+  local k = (i - 1) * 3
+  local token, line, has_record = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  at = at + 3
+  local code, fence, refused = '-', '', ''
+  if has_record == '1' then
+    local first = at
+    at = at + 4
+    local effects_from = at
+    span_of_commands()
+    local reply = commit({KEYS[k + 1], KEYS[k + 2]},
+      {ARGV[first], ARGV[first + 1], ARGV[first + 2], token, ARGV[first + 3], unpack(ARGV, effects_from, at - 1)})
+    if reply[1] == 1 then
+      code, fence, refused = 'A', reply[2], reply[3]
+    elseif reply[1] == 0 then
+      code, fence = 'R', reply[2]
+    else
+      code = 'N'
+    end
+  end
+  local if_committed = at
+  span_of_commands()
+  local otherwise = at
+  span_of_commands()
+  local released = release({KEYS[k + 2], KEYS[k + 3]}, {token, ARGV[1], line})
+  local failed
+  if code == 'A' then
+    failed = run(if_committed)
+  else
+    failed = run(otherwise)
+  end
+  out[i] = {code, fence, refused, released, failed}
+end
+return out

@@ -1,0 +1,140 @@
+//! Claiming and settling many locks in one call each, against a real
+//! redis-server.
+
+use std::time::Duration;
+
+use soloist::{Claim, Claimed, FencedWrite, LockClient, LockError, Settle, redis};
+use soloist_testkit::RedisServer;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn push(list: &str, item: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("RPUSH");
+    cmd.arg(list).arg(item);
+    cmd
+}
+
+/// One call finds a record, a held key and a free one; the free one is
+/// taken with a fence above the last and runs its commands; one settle call
+/// writes the record, releases, and runs the commands of each outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_settles_in_one_call_each() {
+    let server = RedisServer::start();
+    let locks = LockClient::connect(&server.url()).await.unwrap();
+    let done = locks.lock("done").acquire().await.unwrap();
+    let last_fence = done.fence();
+    assert!(
+        done.commit("done", b"v1", None, &[])
+            .await
+            .unwrap()
+            .is_accepted()
+    );
+    done.release().await.unwrap();
+    let other = locks.lock("busy").ttl(10 * SECOND).acquire().await.unwrap();
+
+    let claims: Vec<Claim> = ["done", "busy", "free"]
+        .iter()
+        .map(|key| {
+            Claim::new(*key)
+                .ttl(10 * SECOND)
+                .unless_recorded(*key)
+                .if_recorded(vec![push("log", &format!("dup:{key}"))])
+                .if_acquired(vec![push("log", &format!("got:{key}"))])
+        })
+        .collect();
+    let mut claimed = locks.claim_all(&claims).await.unwrap().into_iter();
+    let Some(Claimed::Recorded(found)) = claimed.next() else {
+        panic!("done is recorded")
+    };
+    assert_eq!(
+        (found.fence, found.value.as_slice()),
+        (last_fence, &b"v1"[..])
+    );
+    assert!(matches!(
+        claimed.next(),
+        Some(Claimed::Held {
+            expires_in: Some(_)
+        })
+    ));
+    let Some(Claimed::Acquired { guard, replies }) = claimed.next() else {
+        panic!("free is taken")
+    };
+    assert!(guard.fence() > last_fence);
+    assert_eq!(replies, vec![redis::Value::Int(2)]);
+    assert_eq!(
+        server.cli(&["LRANGE", "log", "0", "-1"]),
+        "dup:done\ngot:free"
+    );
+    assert!(guard.is_held());
+
+    // A second holder of "free" cannot take it while the guard lives.
+    assert!(locks.lock("free").acquire().await.is_err());
+    let settle = Settle::new(guard)
+        .record(
+            "free",
+            b"v2".to_vec(),
+            Some(60 * SECOND),
+            vec![push("effects", "once")],
+        )
+        .if_committed(vec![push("log", "committed")])
+        .otherwise(vec![push("log", "not committed")]);
+    let settled = locks.settle_all(vec![settle]).await.unwrap();
+    assert_eq!(settled[0].write, Some(FencedWrite::Accepted));
+    assert!(settled[0].released);
+    assert_eq!(
+        locks.fenced_get("free").await.unwrap().unwrap().value,
+        b"v2"
+    );
+    assert_eq!(server.cli(&["LLEN", "effects"]), "1");
+    assert_eq!(server.cli(&["LINDEX", "log", "-1"]), "committed");
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{free}"]), "0");
+
+    // A lease that ended: nothing written, the other commands run.
+    let lapsed = match locks
+        .claim_all(&[Claim::new("lapse").ttl(Duration::from_millis(50))])
+        .await
+        .unwrap()
+        .pop()
+    {
+        Some(Claimed::Acquired { guard, .. }) => guard,
+        other => panic!("{other:?}"),
+    };
+    server.cli(&["DEL", "soloist:lock:{lapse}"]);
+    locks
+        .lock("lapse")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let settled = locks
+        .settle_all(vec![
+            Settle::new(lapsed)
+                .record(
+                    "lapse",
+                    b"late".to_vec(),
+                    None,
+                    vec![push("effects", "twice")],
+                )
+                .otherwise(vec![push("log", "lost")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(settled[0].write, Some(FencedWrite::NotHeld));
+    assert!(!settled[0].released);
+    assert_eq!(server.cli(&["LLEN", "effects"]), "1");
+    assert_eq!(server.cli(&["LINDEX", "log", "-1"]), "lost");
+    other.release().await.unwrap();
+
+    // Backends that cannot batch say so.
+    let memory = LockClient::memory();
+    assert!(!memory.batches());
+    assert!(matches!(
+        memory.claim_all(&[Claim::new("x")]).await,
+        Err(LockError::InvalidArgument {
+            name: "backend",
+            ..
+        })
+    ));
+}
