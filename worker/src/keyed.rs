@@ -107,8 +107,14 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
             .map(|(fleet, run)| fleet.history_entry(&run))
             .into_iter()
             .collect();
-        if let Err(err) = guard.release_with(&along).await {
-            tracing::debug!(error = %err, "releasing after the run");
+        match guard.release_with(&along).await {
+            // Released; the history refused its entry (a full or mistyped
+            // key): an operator should hear of it, as before.
+            Err(err @ LockError::AlongRefused { .. }) => {
+                tracing::warn!(error = %err, "cannot record the run in the history")
+            }
+            Err(err) => tracing::debug!(error = %err, "releasing after the run"),
+            Ok(()) => {}
         }
         outcome
     }
