@@ -120,6 +120,14 @@ pub enum Claimed {
         /// The holder's remaining ttl, if Redis knew it.
         expires_in: Option<Duration>,
     },
+    /// Redis refused this claim (its record or fence counter holds a value
+    /// of the wrong type, say): the lock was not kept (given back in the
+    /// same call if it had been taken), its commands did not run, and the
+    /// other claims of the call were made as if it were not there.
+    Failed {
+        /// Redis' error.
+        error: String,
+    },
 }
 
 /// One held lock to settle with [`LockClient::settle_all`]: its record
@@ -271,11 +279,16 @@ impl LockClient {
     /// would, and the claim's commands for that outcome run, all in one
     /// atomic script call.
     ///
+    /// A claim Redis refuses (a record or fence counter holding a value of
+    /// the wrong type) comes back [`Claimed::Failed`], its key not kept and
+    /// its commands not run; the others are made all the same.
+    ///
     /// # Errors
     /// [`LockError::InvalidArgument`] when the backend cannot batch (see
     /// [`batches`](Self::batches)), a ttl is out of range or a command is
     /// malformed; a backend error, in which case every key the call may
-    /// have taken is given back in the background.
+    /// have taken is given back in the background (the commands the call
+    /// may have run, an `if_acquired` counter's increment say, stay run).
     ///
     /// ```no_run
     /// use soloist::{Claim, Claimed, LockClient};
@@ -398,6 +411,13 @@ impl LockClient {
                     replies,
                 }
             }
+            3 => Claimed::Failed {
+                error: match parts.get(1) {
+                    Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                    Some(Value::SimpleString(text)) => text.clone(),
+                    _ => String::new(),
+                },
+            },
             _ => Claimed::Held {
                 expires_in: number(parts.get(1))
                     .and_then(|ms| u64::try_from(ms).ok())

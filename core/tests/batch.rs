@@ -138,3 +138,49 @@ async fn claims_and_settles_in_one_call_each() {
         })
     ));
 }
+
+/// A claim Redis refuses (a record of the wrong type, a fence counter that
+/// is not an integer) answers for itself: the other claims of the call are
+/// made and their commands run once, the refused ones keep no lock and run
+/// no command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_claim_answers_for_itself() {
+    let server = RedisServer::start();
+    let locks = LockClient::connect(&server.url()).await.unwrap();
+    server.cli(&["SET", "soloist:fenced:{wrongtype}", "a string"]);
+    server.cli(&["SET", "soloist:fence:{badfence}", "not a number"]);
+    let claims: Vec<Claim> = ["first", "wrongtype", "badfence", "last"]
+        .iter()
+        .map(|key| {
+            Claim::new(*key)
+                .ttl(10 * SECOND)
+                .unless_recorded(*key)
+                .if_acquired(vec![push("log", key)])
+        })
+        .collect();
+    let claimed = locks.claim_all(&claims).await.unwrap();
+    assert!(
+        matches!(claimed[0], Claimed::Acquired { .. }),
+        "{claimed:?}"
+    );
+    assert!(
+        matches!(&claimed[1], Claimed::Failed { error } if error.contains("WRONGTYPE")),
+        "{claimed:?}"
+    );
+    assert!(
+        matches!(&claimed[2], Claimed::Failed { error } if error.contains("not an integer")),
+        "{claimed:?}"
+    );
+    assert!(
+        matches!(claimed[3], Claimed::Acquired { .. }),
+        "{claimed:?}"
+    );
+    assert_eq!(server.cli(&["LRANGE", "log", "0", "-1"]), "first\nlast");
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{wrongtype}"]), "0");
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{badfence}"]), "0");
+    for claimed in claimed {
+        if let Claimed::Acquired { guard, .. } = claimed {
+            guard.release().await.unwrap();
+        }
+    }
+}

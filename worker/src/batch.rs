@@ -342,8 +342,13 @@ impl Batch<'_> {
         let requested = Instant::now();
         let claimed = match self.shared.locks.claim_all(&claims).await {
             Ok(claimed) => claimed,
-            // Nothing ran and nothing was counted: the messages come back
-            // after the visibility timeout.
+            // No body ran; the messages come back after the visibility
+            // timeout. A claim Redis refused alone answers for itself
+            // (`Claimed::Failed`, below); this is the whole call failing (a
+            // lost reply, a timeout), after which the script may still have
+            // run: its keys are given back in the background, but an
+            // attempt it counted with one stays counted, so such a message
+            // reaches its last attempt one run earlier per failed call.
             Err(err) => {
                 tracing::warn!(source = self.source.name(), error = %err, messages = batch.len(), "cannot claim; left for redelivery");
                 return;
@@ -397,6 +402,13 @@ impl Batch<'_> {
                         });
                         running.fetch_sub(1, Ordering::SeqCst);
                     });
+                }
+                // Redis refused this claim alone (its record or fence
+                // counter is of the wrong type): nothing ran or was counted,
+                // and the path one delivery at a time reports the error.
+                Claimed::Failed { error } => {
+                    tracing::debug!(source = self.source.name(), id = %delivery.id, error = %error, "claim refused; handled on its own");
+                    self.one_by_one(delivery, slot);
                 }
                 // Another consumer runs the key: waited for one by one.
                 _ => self.one_by_one(delivery, slot),
