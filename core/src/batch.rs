@@ -260,6 +260,10 @@ pub struct Settled {
     pub released: bool,
     /// Redis' error for the first refused command sent along.
     pub command_refused: Option<String>,
+    /// Redis' error when it refused the record itself (its resource holds a
+    /// value of the wrong type, say): nothing was written (`write` is
+    /// `None`), and the other settlements of the call went on.
+    pub record_refused: Option<String>,
 }
 
 impl LockClient {
@@ -432,7 +436,9 @@ impl LockClient {
     /// given back as [`LockGuard::release`] would (waking a waiting
     /// client), then its commands `if_committed` or `otherwise` run, all in
     /// one atomic script call. The guards' renewals stop once it is
-    /// answered.
+    /// answered. A record Redis refuses (see [`Settled::record_refused`])
+    /// answers for its settlement alone: its lock is still given back and
+    /// its commands `otherwise` run.
     ///
     /// A call whose reply is lost (a timeout, a broken connection) is sent
     /// again while any of its leases is held and, for records with a ttl,
@@ -517,8 +523,13 @@ impl LockClient {
                 }),
                 _ => None,
             };
+            let (refused, record_refused) = match code.as_str() {
+                "E" => (String::new(), Some(refused)),
+                _ => (refused, None),
+            };
             settled.push(Settled {
                 write,
+                record_refused,
                 effect_refused: (!refused.is_empty()).then_some(refused),
                 released: released == 1,
                 command_refused: (!failed.is_empty()).then_some(failed),

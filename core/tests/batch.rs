@@ -184,3 +184,58 @@ async fn a_refused_claim_answers_for_itself() {
         }
     }
 }
+
+/// Effects as large as a single commit takes (each under the limit, many
+/// arguments together) are settled in a batch; a record Redis refuses
+/// answers for its settlement alone and the others are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_effects_and_a_refused_record_settle_item_by_item() {
+    let server = RedisServer::start();
+    let locks = LockClient::connect(&server.url()).await.unwrap();
+    server.cli(&["SET", "soloist:fenced:{wrongtype}", "a string"]);
+    let big = |list: &str| {
+        let mut cmd = redis::cmd("RPUSH");
+        cmd.arg(list);
+        for i in 0..4_000 {
+            cmd.arg(i);
+        }
+        cmd
+    };
+    let mut settles = Vec::new();
+    for key in ["wrongtype", "large", "after"] {
+        let guard = locks.lock(key).acquire().await.unwrap();
+        let effects = if key == "large" {
+            vec![big("one"), big("two")]
+        } else {
+            vec![push("effects", key)]
+        };
+        settles.push(
+            Settle::new(guard)
+                .record(key, b"v".to_vec(), None, effects)
+                .if_committed(vec![push("log", key)])
+                .otherwise(vec![push("log", &format!("not {key}"))]),
+        );
+    }
+    let settled = locks.settle_all(settles).await.unwrap();
+    assert_eq!(settled[0].write, None);
+    assert!(
+        settled[0]
+            .record_refused
+            .as_deref()
+            .is_some_and(|error| error.contains("WRONGTYPE")),
+        "{settled:?}"
+    );
+    assert!(settled[0].released);
+    for done in &settled[1..] {
+        assert_eq!(done.write, Some(FencedWrite::Accepted), "{settled:?}");
+        assert_eq!(done.record_refused, None);
+    }
+    assert_eq!(server.cli(&["LLEN", "one"]), "4000");
+    assert_eq!(server.cli(&["LLEN", "two"]), "4000");
+    assert_eq!(server.cli(&["LRANGE", "effects", "0", "-1"]), "after");
+    assert_eq!(
+        server.cli(&["LRANGE", "log", "0", "-1"]),
+        "not wrongtype\nlarge\nafter"
+    );
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{wrongtype}"]), "0");
+}

@@ -560,7 +560,12 @@ async fn settle(shared: &Shared, source: &dyn Source, stream: &StreamSource, bat
                 acked.push(item.delivery);
             } else {
                 metrics::run(&item.job, "lost");
-                ran_without_success(source, &item.delivery, item.attempts, "run ended lost").await;
+                // A record Redis refused is an unrecorded success too.
+                let reason = match &settled.record_refused {
+                    Some(error) => format!("its record was refused: {error}"),
+                    None => "run ended lost".to_owned(),
+                };
+                ran_without_success(source, &item.delivery, item.attempts, &reason).await;
             }
         } else {
             metrics::run(&item.job, item.label);
