@@ -105,8 +105,10 @@ impl Claim {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Claimed {
-    /// The record holds a value; the lock was not taken.
-    Recorded(FencedValue),
+    /// The record holds a value; the lock was not taken. Then the replies
+    /// of the claim's commands `if_recorded`, in order (`Value::Nil` for
+    /// one Redis refused).
+    Recorded(FencedValue, Vec<Value>),
     /// The lock is held, with a fresh fence, and renewed while the guard lives.
     Acquired {
         /// The held lock.
@@ -381,15 +383,21 @@ impl LockClient {
             }
         };
         Ok(match number(parts.first()).ok_or_else(bad)? {
-            0 => Claimed::Recorded(FencedValue {
-                fence: number(parts.get(1))
-                    .and_then(|f| u64::try_from(f).ok())
-                    .ok_or_else(bad)?,
-                value: match parts.get(2) {
-                    Some(Value::BulkString(bytes)) => bytes.clone(),
-                    _ => return Err(bad()),
+            0 => Claimed::Recorded(
+                FencedValue {
+                    fence: number(parts.get(1))
+                        .and_then(|f| u64::try_from(f).ok())
+                        .ok_or_else(bad)?,
+                    value: match parts.get(2) {
+                        Some(Value::BulkString(bytes)) => bytes.clone(),
+                        _ => return Err(bad()),
+                    },
                 },
-            }),
+                match parts.into_iter().nth(3) {
+                    Some(Value::Array(replies)) => replies,
+                    _ => Vec::new(),
+                },
+            ),
             1 => {
                 let fence = number(parts.get(1))
                     .and_then(|f| u64::try_from(f).ok())

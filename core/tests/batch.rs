@@ -43,9 +43,10 @@ async fn claims_and_settles_in_one_call_each() {
         })
         .collect();
     let mut claimed = locks.claim_all(&claims).await.unwrap().into_iter();
-    let Some(Claimed::Recorded(found)) = claimed.next() else {
+    let Some(Claimed::Recorded(found, replies)) = claimed.next() else {
         panic!("done is recorded")
     };
+    assert_eq!(replies, vec![redis::Value::Int(1)]);
     assert_eq!(
         (found.fence, found.value.as_slice()),
         (last_fence, &b"v1"[..])

@@ -10,8 +10,9 @@
 -- ARGV, per claim: the owner token, the ttl in ms, '1' to read the record,
 -- then the commands if recorded and the commands if acquired, each list as
 -- its length then each command as its argument count and its arguments.
--- Returns one reply per claim: {0, fence, value} recorded, {1, fence,
--- {replies of the commands}} acquired (a refused command answers false),
+-- Returns one reply per claim: {0, fence, value, {replies of the
+-- commands}} recorded, {1, fence, {replies of the commands}} acquired (a
+-- refused command answers false),
 -- {2, pttl} held by another owner, {3, error} when Redis refused the claim
 -- itself (a record or fence counter of the wrong type): that claim's key
 -- is given back if it was taken, its commands do not run, and the other
@@ -72,8 +73,7 @@ for i = 1, #KEYS / 4 do
     end
     out[i] = {3, tostring(err)}
   elseif not taken then
-    run(if_recorded)
-    out[i] = {0, found[1], found[2]}
+    out[i] = {0, found[1], found[2], run(if_recorded)}
   elseif taken[1] == 1 then
     out[i] = {1, taken[2], run(if_acquired)}
   else
