@@ -48,6 +48,7 @@ pub struct Claim {
     record: Option<String>,
     if_recorded: Vec<redis::Cmd>,
     if_acquired: Vec<redis::Cmd>,
+    if_abandoned: Vec<redis::Cmd>,
 }
 
 impl Claim {
@@ -60,6 +61,7 @@ impl Claim {
             record: None,
             if_recorded: Vec::new(),
             if_acquired: Vec::new(),
+            if_abandoned: Vec::new(),
         }
     }
 
@@ -97,6 +99,18 @@ impl Claim {
     /// come back with the guard.
     pub fn if_acquired(mut self, commands: Vec<redis::Cmd>) -> Self {
         self.if_acquired = commands;
+        self
+    }
+
+    /// Commands that undo the commands `if_acquired` (a counter's
+    /// decrement) when the call fails as a whole (a lost reply, a timeout):
+    /// they run, atomically with the key's release in the background, only
+    /// if the key is found held by this claim, that is only if the call did
+    /// take it. A call that runs only after that release was tried (still
+    /// queued behind a stall) keeps its key until its ttl and its commands
+    /// `if_acquired` stay done.
+    pub fn if_abandoned(mut self, commands: Vec<redis::Cmd>) -> Self {
+        self.if_abandoned = commands;
         self
     }
 }
@@ -293,8 +307,8 @@ impl LockClient {
     /// [`LockError::InvalidArgument`] when the backend cannot batch (see
     /// [`batches`](Self::batches)), a ttl is out of range or a command is
     /// malformed; a backend error, in which case every key the call may
-    /// have taken is given back in the background (the commands the call
-    /// may have run, an `if_acquired` counter's increment say, stay run).
+    /// have taken is given back in the background, with its commands
+    /// [`if_abandoned`](Claim::if_abandoned) if it had been taken.
     ///
     /// ```no_run
     /// use soloist::{Claim, Claimed, LockClient};
@@ -317,6 +331,13 @@ impl LockClient {
             let if_acquired: Vec<_> = claim.if_acquired.iter().map(command_args).collect();
             crate::along::check_along(&if_recorded)?;
             crate::along::check_along(&if_acquired)?;
+            crate::along::check_along(
+                &claim
+                    .if_abandoned
+                    .iter()
+                    .map(command_args)
+                    .collect::<Vec<_>>(),
+            )?;
             if claim.key.is_empty() {
                 return Err(LockError::invalid("key", "must not be empty"));
             }
@@ -351,7 +372,27 @@ impl LockClient {
             })
             .collect();
         let sent_at = Instant::now();
-        let replies = node.claim_all(&raw).await?;
+        let replies = match node.claim_all(&raw).await {
+            Ok(replies) => replies,
+            Err(err) => {
+                for (abandon, claim) in pending.iter_mut().zip(claims) {
+                    if claim.if_abandoned.is_empty() {
+                        continue;
+                    }
+                    // Given back with its undo instead of plainly.
+                    abandon.armed = false;
+                    let undo: Vec<_> = claim.if_abandoned.iter().map(command_args).collect();
+                    let (client, key, token) =
+                        (self.clone(), claim.key.clone(), abandon.token.to_owned());
+                    tokio::spawn(async move {
+                        if let Some(node) = client.inner.backend.batch_node() {
+                            let _ = node.abandon_claim(&key, &token, &undo).await;
+                        }
+                    });
+                }
+                return Err(err);
+            }
+        };
         for abandon in &mut pending {
             abandon.armed = false;
         }

@@ -240,3 +240,42 @@ async fn large_effects_and_a_refused_record_settle_item_by_item() {
     );
     assert_eq!(server.cli(&["EXISTS", "soloist:lock:{wrongtype}"]), "0");
 }
+
+/// A claim call whose reply does not come in time (the server stalls past
+/// the op timeout, then carries on) gives its key back once Redis answers
+/// again, and its commands `if_abandoned` undo what `if_acquired` counted,
+/// in the same step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_claim_call_takes_back_what_it_counted() {
+    let server = RedisServer::start();
+    let locks = LockClient::builder()
+        .op_timeout(Duration::from_millis(300))
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let count = |by: i64| {
+        let mut cmd = redis::cmd("HINCRBY");
+        cmd.arg("attempts").arg("m").arg(by);
+        cmd
+    };
+    // The claim script loaded, so the stalled call is a single EVALSHA.
+    for claimed in locks.claim_all(&[Claim::new("warm")]).await.unwrap() {
+        if let Claimed::Acquired { guard, .. } = claimed {
+            guard.release().await.unwrap();
+        }
+    }
+    server.pause();
+    let claim = Claim::new("k")
+        .ttl(10 * SECOND)
+        .if_acquired(vec![count(1)])
+        .if_abandoned(vec![count(-1)]);
+    let claimed = locks.claim_all(&[claim]).await;
+    server.resume();
+    assert!(claimed.is_err(), "{claimed:?}");
+    let deadline = tokio::time::Instant::now() + 5 * SECOND;
+    while server.cli(&["EXISTS", "soloist:lock:{k}"]) != "0" {
+        assert!(tokio::time::Instant::now() < deadline, "k given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.cli(&["HGET", "attempts", "m"]), "0");
+}

@@ -356,7 +356,8 @@ impl Batch<'_> {
                     .ttl(prepared.spec.ttl)
                     .unless_recorded(&prepared.record)
                     .if_recorded(self.stream.ack_commands(&delivery.id))
-                    .if_acquired(vec![self.stream.attempt_command(&delivery.id, 1)]);
+                    .if_acquired(vec![self.stream.attempt_command(&delivery.id, 1)])
+                    .if_abandoned(vec![self.stream.attempt_command(&delivery.id, -1)]);
                 if let Some(max_hold) = prepared.spec.max_hold {
                     claim = claim.max_hold(max_hold);
                 }
@@ -370,9 +371,11 @@ impl Batch<'_> {
             // timeout. A claim Redis refused alone answers for itself
             // (`Claimed::Failed`, below); this is the whole call failing (a
             // lost reply, a timeout), after which the script may still have
-            // run: its keys are given back in the background, but an
-            // attempt it counted with one stays counted, so such a message
-            // reaches its last attempt one run earlier per failed call.
+            // run: each key it took is given back in the background and its
+            // attempt taken back with it (`if_abandoned`). Only a call that
+            // runs after that release (queued behind a stall) keeps its
+            // attempts counted: such a message reaches its last attempt one
+            // run earlier.
             Err(err) => {
                 tracing::warn!(source = self.source.name(), error = %err, messages = batch.len(), "cannot claim; left for redelivery");
                 return;
