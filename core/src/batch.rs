@@ -48,6 +48,7 @@ pub struct Claim {
     record: Option<String>,
     if_recorded: Vec<redis::Cmd>,
     if_acquired: Vec<redis::Cmd>,
+    if_abandoned: Vec<redis::Cmd>,
 }
 
 impl Claim {
@@ -60,6 +61,7 @@ impl Claim {
             record: None,
             if_recorded: Vec::new(),
             if_acquired: Vec::new(),
+            if_abandoned: Vec::new(),
         }
     }
 
@@ -99,14 +101,28 @@ impl Claim {
         self.if_acquired = commands;
         self
     }
+
+    /// Commands that undo the commands `if_acquired` (a counter's
+    /// decrement) when the call fails as a whole (a lost reply, a timeout):
+    /// they run, atomically with the key's release in the background, only
+    /// if the key is found held by this claim, that is only if the call did
+    /// take it. A call that runs only after that release was tried (still
+    /// queued behind a stall) keeps its key until its ttl and its commands
+    /// `if_acquired` stay done.
+    pub fn if_abandoned(mut self, commands: Vec<redis::Cmd>) -> Self {
+        self.if_abandoned = commands;
+        self
+    }
 }
 
 /// What [`LockClient::claim_all`] found for one claim.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Claimed {
-    /// The record holds a value; the lock was not taken.
-    Recorded(FencedValue),
+    /// The record holds a value; the lock was not taken. Then the replies
+    /// of the claim's commands `if_recorded`, in order (`Value::Nil` for
+    /// one Redis refused).
+    Recorded(FencedValue, Vec<Value>),
     /// The lock is held, with a fresh fence, and renewed while the guard lives.
     Acquired {
         /// The held lock.
@@ -119,6 +135,14 @@ pub enum Claimed {
     Held {
         /// The holder's remaining ttl, if Redis knew it.
         expires_in: Option<Duration>,
+    },
+    /// Redis refused this claim (its record or fence counter holds a value
+    /// of the wrong type, say): the lock was not kept (given back in the
+    /// same call if it had been taken), its commands did not run, and the
+    /// other claims of the call were made as if it were not there.
+    Failed {
+        /// Redis' error.
+        error: String,
     },
 }
 
@@ -252,6 +276,10 @@ pub struct Settled {
     pub released: bool,
     /// Redis' error for the first refused command sent along.
     pub command_refused: Option<String>,
+    /// Redis' error when it refused the record itself (its resource holds a
+    /// value of the wrong type, say): nothing was written (`write` is
+    /// `None`), and the other settlements of the call went on.
+    pub record_refused: Option<String>,
 }
 
 impl LockClient {
@@ -271,11 +299,16 @@ impl LockClient {
     /// would, and the claim's commands for that outcome run, all in one
     /// atomic script call.
     ///
+    /// A claim Redis refuses (a record or fence counter holding a value of
+    /// the wrong type) comes back [`Claimed::Failed`], its key not kept and
+    /// its commands not run; the others are made all the same.
+    ///
     /// # Errors
     /// [`LockError::InvalidArgument`] when the backend cannot batch (see
     /// [`batches`](Self::batches)), a ttl is out of range or a command is
     /// malformed; a backend error, in which case every key the call may
-    /// have taken is given back in the background.
+    /// have taken is given back in the background, with its commands
+    /// [`if_abandoned`](Claim::if_abandoned) if it had been taken.
     ///
     /// ```no_run
     /// use soloist::{Claim, Claimed, LockClient};
@@ -298,6 +331,13 @@ impl LockClient {
             let if_acquired: Vec<_> = claim.if_acquired.iter().map(command_args).collect();
             crate::along::check_along(&if_recorded)?;
             crate::along::check_along(&if_acquired)?;
+            crate::along::check_along(
+                &claim
+                    .if_abandoned
+                    .iter()
+                    .map(command_args)
+                    .collect::<Vec<_>>(),
+            )?;
             if claim.key.is_empty() {
                 return Err(LockError::invalid("key", "must not be empty"));
             }
@@ -332,7 +372,27 @@ impl LockClient {
             })
             .collect();
         let sent_at = Instant::now();
-        let replies = node.claim_all(&raw).await?;
+        let replies = match node.claim_all(&raw).await {
+            Ok(replies) => replies,
+            Err(err) => {
+                for (abandon, claim) in pending.iter_mut().zip(claims) {
+                    if claim.if_abandoned.is_empty() {
+                        continue;
+                    }
+                    // Given back with its undo instead of plainly.
+                    abandon.armed = false;
+                    let undo: Vec<_> = claim.if_abandoned.iter().map(command_args).collect();
+                    let (client, key, token) =
+                        (self.clone(), claim.key.clone(), abandon.token.to_owned());
+                    tokio::spawn(async move {
+                        if let Some(node) = client.inner.backend.batch_node() {
+                            let _ = node.abandon_claim(&key, &token, &undo).await;
+                        }
+                    });
+                }
+                return Err(err);
+            }
+        };
         for abandon in &mut pending {
             abandon.armed = false;
         }
@@ -364,15 +424,21 @@ impl LockClient {
             }
         };
         Ok(match number(parts.first()).ok_or_else(bad)? {
-            0 => Claimed::Recorded(FencedValue {
-                fence: number(parts.get(1))
-                    .and_then(|f| u64::try_from(f).ok())
-                    .ok_or_else(bad)?,
-                value: match parts.get(2) {
-                    Some(Value::BulkString(bytes)) => bytes.clone(),
-                    _ => return Err(bad()),
+            0 => Claimed::Recorded(
+                FencedValue {
+                    fence: number(parts.get(1))
+                        .and_then(|f| u64::try_from(f).ok())
+                        .ok_or_else(bad)?,
+                    value: match parts.get(2) {
+                        Some(Value::BulkString(bytes)) => bytes.clone(),
+                        _ => return Err(bad()),
+                    },
                 },
-            }),
+                match parts.into_iter().nth(3) {
+                    Some(Value::Array(replies)) => replies,
+                    _ => Vec::new(),
+                },
+            ),
             1 => {
                 let fence = number(parts.get(1))
                     .and_then(|f| u64::try_from(f).ok())
@@ -398,6 +464,13 @@ impl LockClient {
                     replies,
                 }
             }
+            3 => Claimed::Failed {
+                error: match parts.get(1) {
+                    Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                    Some(Value::SimpleString(text)) => text.clone(),
+                    _ => String::new(),
+                },
+            },
             _ => Claimed::Held {
                 expires_in: number(parts.get(1))
                     .and_then(|ms| u64::try_from(ms).ok())
@@ -412,7 +485,9 @@ impl LockClient {
     /// given back as [`LockGuard::release`] would (waking a waiting
     /// client), then its commands `if_committed` or `otherwise` run, all in
     /// one atomic script call. The guards' renewals stop once it is
-    /// answered.
+    /// answered. A record Redis refuses (see [`Settled::record_refused`])
+    /// answers for its settlement alone: its lock is still given back and
+    /// its commands `otherwise` run.
     ///
     /// A call whose reply is lost (a timeout, a broken connection) is sent
     /// again while any of its leases is held and, for records with a ttl,
@@ -497,8 +572,13 @@ impl LockClient {
                 }),
                 _ => None,
             };
+            let (refused, record_refused) = match code.as_str() {
+                "E" => (String::new(), Some(refused)),
+                _ => (refused, None),
+            };
             settled.push(Settled {
                 write,
+                record_refused,
                 effect_refused: (!refused.is_empty()).then_some(refused),
                 released: released == 1,
                 command_refused: (!failed.is_empty()).then_some(failed),

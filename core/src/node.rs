@@ -63,6 +63,13 @@ static SETTLE_ALL: LazyLock<Script> = LazyLock::new(|| {
         include_str!("scripts/settle_all.lua")
     ))
 });
+static ABANDON_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "local function release(KEYS, ARGV)\n{}\nend\n{}",
+        include_str!("scripts/release.lua"),
+        include_str!("scripts/abandon_claim.lua")
+    ))
+});
 #[cfg(feature = "redlock")]
 static COMMIT_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/commit_fence.lua")));
@@ -1052,6 +1059,28 @@ impl RedisNode {
             ));
         }
         Ok(replies)
+    }
+
+    /// Gives back `key` if `token` still holds it, and then only runs
+    /// `undo`; see `scripts/abandon_claim.lua`.
+    pub(crate) async fn abandon_claim(
+        &self,
+        key: &str,
+        token: &str,
+        undo: &[Vec<Vec<u8>>],
+    ) -> Result<bool> {
+        let mut invocation = ABANDON_CLAIM.prepare_invoke();
+        invocation
+            .key(self.keys.lock(key))
+            .key(self.keys.waiters(key))
+            .arg(token)
+            .arg(&self.wake_prefix)
+            .arg(key);
+        push_commands(&mut invocation, undo);
+        let released: i64 = self
+            .script("abandon_claim", &ABANDON_CLAIM, &invocation)
+            .await?;
+        Ok(released == 1)
     }
 
     /// Settles every item of `items` in one script call; see

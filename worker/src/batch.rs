@@ -31,7 +31,9 @@ use soloist_core::{Claim, Claimed, FencedWrite, LockGuard, Settle, redis};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
-use crate::consume::{Consumed, LAG_EVERY, MAX_BACKOFF, MIN_BACKOFF, handle, ran_without_success};
+use crate::consume::{
+    Consumed, LAG_EVERY, MAX_BACKOFF, MIN_BACKOFF, acknowledge, handle, ran_without_success,
+};
 use crate::inspect::RunRecord;
 use crate::job::KeyedJob;
 use crate::keyed;
@@ -142,7 +144,8 @@ pub(crate) async fn run_claimed<J: KeyedJob>(
 
 /// The stream under `source`, if it can be consumed in batches: a
 /// [`StreamSource`] on the lock client's Redis server, whose keys the lock
-/// client's user may write (the batch scripts acknowledge entries). Asked
+/// client's user may write and on which it may run the commands the batch
+/// scripts run (`HINCRBY`, `XACK`, `HDEL`; see [`probe_commands`]). Asked
 /// again while either cannot be reached (nothing can be consumed then), or
 /// until shutdown begins.
 pub(crate) async fn batchable(shared: &Shared, source: &dyn Source) -> Option<StreamSource> {
@@ -161,7 +164,10 @@ pub(crate) async fn batchable(shared: &Shared, source: &dyn Source) -> Option<St
                         .query_async::<Option<String>>(&mut conn)
                         .await
                     {
-                        Ok(read) => Some(read.as_deref() == Some(token.as_str())),
+                        Ok(read) if read.as_deref() == Some(token.as_str()) => {
+                            probe_commands(&stream, &mut conn).await
+                        }
+                        Ok(_) => Some(false),
                         // Refused (an ACL without the stream's keys): the
                         // batch scripts could not acknowledge.
                         Err(err) if !(err.is_io_error() || err.is_timeout()) => Some(false),
@@ -184,6 +190,24 @@ pub(crate) async fn batchable(shared: &Shared, source: &dyn Source) -> Option<St
             }
         }
     }
+}
+
+/// Runs, as the lock client's user, the commands the batch scripts run on
+/// the stream's keys (counting an attempt, acknowledging, forgetting the
+/// count; on the entry `0-0`, which no stream holds): `Some(false)` if
+/// Redis refuses one, so that a user who may not run them keeps the path
+/// one delivery at a time; `None` if they cannot be sent now.
+async fn probe_commands(stream: &StreamSource, conn: &mut soloist_core::Conn) -> Option<bool> {
+    let mut commands = vec![stream.attempt_command("0-0", 0)];
+    commands.extend(stream.ack_commands("0-0"));
+    for command in commands {
+        match command.query_async::<redis::Value>(conn).await {
+            Ok(_) => {}
+            Err(err) if !(err.is_io_error() || err.is_timeout()) => return Some(false),
+            Err(_) => return None,
+        }
+    }
+    Some(true)
 }
 
 /// A run that finished, with what its settlement needs.
@@ -332,7 +356,8 @@ impl Batch<'_> {
                     .ttl(prepared.spec.ttl)
                     .unless_recorded(&prepared.record)
                     .if_recorded(self.stream.ack_commands(&delivery.id))
-                    .if_acquired(vec![self.stream.attempt_command(&delivery.id, 1)]);
+                    .if_acquired(vec![self.stream.attempt_command(&delivery.id, 1)])
+                    .if_abandoned(vec![self.stream.attempt_command(&delivery.id, -1)]);
                 if let Some(max_hold) = prepared.spec.max_hold {
                     claim = claim.max_hold(max_hold);
                 }
@@ -342,8 +367,15 @@ impl Batch<'_> {
         let requested = Instant::now();
         let claimed = match self.shared.locks.claim_all(&claims).await {
             Ok(claimed) => claimed,
-            // Nothing ran and nothing was counted: the messages come back
-            // after the visibility timeout.
+            // No body ran; the messages come back after the visibility
+            // timeout. A claim Redis refused alone answers for itself
+            // (`Claimed::Failed`, below); this is the whole call failing (a
+            // lost reply, a timeout), after which the script may still have
+            // run: each key it took is given back in the background and its
+            // attempt taken back with it (`if_abandoned`). Only a call that
+            // runs after that release (queued behind a stall) keeps its
+            // attempts counted: such a message reaches its last attempt one
+            // run earlier.
             Err(err) => {
                 tracing::warn!(source = self.source.name(), error = %err, messages = batch.len(), "cannot claim; left for redelivery");
                 return;
@@ -352,11 +384,19 @@ impl Batch<'_> {
         let mut duplicates = Vec::new();
         for ((delivery, slot, job, prepared), claimed) in batch.into_iter().zip(claimed) {
             match claimed {
-                Claimed::Recorded(_) => {
+                Claimed::Recorded(_, replies) => {
                     metrics::consumed(self.source.name(), delivery.deliveries > 1);
+                    metrics::run(&prepared.spec.name, "duplicate");
+                    if replies.contains(&redis::Value::Nil) {
+                        // Refused inside the script (an ACL, a proxy that
+                        // wants every key declared): acknowledged on the
+                        // stream's own connection instead.
+                        tracing::warn!(source = self.source.name(), id = %delivery.id, "acknowledgement refused in the claim; acknowledging on its own");
+                        acknowledge(self.source.as_ref(), &delivery, true).await;
+                        continue;
+                    }
                     metrics::duplicate_skipped(self.source.name());
                     metrics::acked(self.source.name());
-                    metrics::run(&prepared.spec.name, "duplicate");
                     duplicates.push(delivery);
                 }
                 Claimed::Acquired { guard, replies } => {
@@ -397,6 +437,13 @@ impl Batch<'_> {
                         });
                         running.fetch_sub(1, Ordering::SeqCst);
                     });
+                }
+                // Redis refused this claim alone (its record or fence
+                // counter is of the wrong type): nothing ran or was counted,
+                // and the path one delivery at a time reports the error.
+                Claimed::Failed { error } => {
+                    tracing::debug!(source = self.source.name(), id = %delivery.id, error = %error, "claim refused; handled on its own");
+                    self.one_by_one(delivery, slot);
                 }
                 // Another consumer runs the key: waited for one by one.
                 _ => self.one_by_one(delivery, slot),
@@ -545,10 +592,23 @@ async fn settle(shared: &Shared, source: &dyn Source, stream: &StreamSource, bat
                 if let Some(error) = &settled.effect_refused {
                     tracing::warn!(source = source.name(), id = %item.delivery.id, error = %error, "an effect was refused");
                 }
+                if let Some(error) = &settled.command_refused {
+                    // The acknowledgement (or the history entry) was
+                    // refused inside the script: acknowledged on the
+                    // stream's own connection, which bears a second XACK.
+                    tracing::warn!(source = source.name(), id = %item.delivery.id, error = %error, "a command of the settlement was refused; acknowledging on its own");
+                    acknowledge(source, &item.delivery, false).await;
+                    continue;
+                }
                 acked.push(item.delivery);
             } else {
                 metrics::run(&item.job, "lost");
-                ran_without_success(source, &item.delivery, item.attempts, "run ended lost").await;
+                // A record Redis refused is an unrecorded success too.
+                let reason = match &settled.record_refused {
+                    Some(error) => format!("its record was refused: {error}"),
+                    None => "run ended lost".to_owned(),
+                };
+                ran_without_success(source, &item.delivery, item.attempts, &reason).await;
             }
         } else {
             metrics::run(&item.job, item.label);

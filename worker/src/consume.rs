@@ -402,7 +402,7 @@ pub(crate) async fn ran_without_success(
     }
 }
 
-async fn acknowledge(source: &dyn Source, delivery: &Delivery, duplicate: bool) {
+pub(crate) async fn acknowledge(source: &dyn Source, delivery: &Delivery, duplicate: bool) {
     let name = source.name();
     if duplicate {
         metrics::duplicate_skipped(name);

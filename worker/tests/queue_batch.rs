@@ -204,6 +204,8 @@ async fn a_batch_mixing_duplicates_busy_keys_new_keys_and_malformed() {
         lines
             .iter()
             .filter(|line| !line.contains(" lua] "))
+            // The probe before batching runs them once on the entry 0-0.
+            .filter(|line| !line.contains("\"0-0\""))
             .filter(|line| line.contains(&format!("] \"{command}\"")) && line.contains(key_part))
             .count()
     };
@@ -240,9 +242,10 @@ async fn a_batch_costs_a_read_a_claim_and_a_settle() {
     until("nothing pending", 10 * SECOND, || pending(&server) == 0).await;
     running.stop().await;
     let lines = monitor.lines();
+    // The probe before batching (on the entry 0-0) aside.
     let from_clients: Vec<&String> = lines
         .iter()
-        .filter(|line| !line.contains(" lua] "))
+        .filter(|line| !line.contains(" lua] ") && !line.contains("\"0-0\""))
         .collect();
     let count = |command: &str| {
         from_clients
@@ -548,4 +551,86 @@ async fn a_cluster_consumer_with_keys_over_many_slots() {
     }
     running.stop().await;
     assert!(ran.lock().unwrap().values().all(|&runs| runs == 1));
+}
+
+/// The lock client's user loses `XACK` after the consumer chose batches:
+/// the acknowledgements refused inside the claim (a duplicate) and the
+/// settle (a success) are made on the stream's own connection instead, so
+/// nothing stays pending and nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_acknowledgements_are_made_on_the_streams_connection() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let rules = ["ACL", "SETUSER", "locks", "on", ">secret", "allkeys"];
+    assert_eq!(
+        server.cli(&[&rules[..], &["allchannels", "+@all"]].concat()),
+        "OK"
+    );
+    let locks_url = url.replace("redis://", "redis://locks:secret@");
+    // Redelivered only after the test: each acknowledgement must be made
+    // when it is refused, not by the claim of a redelivery.
+    let source = StreamSource::builder("orders")
+        .consumer("acl")
+        .visibility_timeout(60 * SECOND)
+        .block(Duration::from_millis(100))
+        .connect(&url)
+        .await
+        .unwrap();
+    let worker = Worker::builder(LockClient::connect(&locks_url).await.unwrap())
+        .consume(source, charge(&url, Duration::ZERO))
+        .build()
+        .unwrap();
+    let running = Running::start(worker);
+    enqueue(&url, &["first"]).await;
+    until("the first message acknowledged", 10 * SECOND, || {
+        field(&server, "runs", "first") == "1" && pending(&server) == 0
+    })
+    .await;
+    assert_eq!(server.cli(&["ACL", "SETUSER", "locks", "-xack"]), "OK");
+    enqueue(&url, &["first", "second"]).await;
+    until("both messages acknowledged", 10 * SECOND, || {
+        field(&server, "runs", "second") == "1" && pending(&server) == 0
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        field(&server, "runs", "first"),
+        "1",
+        "the duplicate did not run"
+    );
+    assert_eq!(field(&server, "effects", "second"), "1");
+}
+
+/// A lock client's user that may not acknowledge keeps the path one
+/// delivery at a time: no claim script counts an attempt, and the stream's
+/// own connection acknowledges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_may_not_acknowledge_does_not_batch() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let rules = ["ACL", "SETUSER", "locks", "on", ">secret", "allkeys"];
+    assert_eq!(
+        server.cli(&[&rules[..], &["allchannels", "+@all", "-xack"]].concat()),
+        "OK"
+    );
+    let locks_url = url.replace("redis://", "redis://locks:secret@");
+    let monitor = Monitor::start(server.port());
+    let worker = Worker::builder(LockClient::connect(&locks_url).await.unwrap())
+        .consume(source(&url, "acl").await, charge(&url, Duration::ZERO))
+        .build()
+        .unwrap();
+    let running = Running::start(worker);
+    enqueue(&url, &["one", "two"]).await;
+    until("both messages acknowledged", 10 * SECOND, || {
+        field(&server, "runs", "two") == "1" && pending(&server) == 0
+    })
+    .await;
+    running.stop().await;
+    let counted_in_scripts = monitor
+        .lines()
+        .iter()
+        .filter(|line| line.contains(" lua] ") && line.contains("\"HINCRBY\" \"{orders}"))
+        .count();
+    assert_eq!(counted_in_scripts, 0, "no batch claim");
+    assert_eq!(field(&server, "runs", "one"), "1");
 }

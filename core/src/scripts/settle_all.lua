@@ -18,7 +18,9 @@
 -- command as its argument count and its arguments.
 -- Returns per item {code, fence or highest, refused effect, released,
 -- refused command}: code 'A' written, 'R' a higher fence was seen, 'N'
--- the token no longer held the lock, '-' no record.
+-- the token no longer held the lock, '-' no record, 'E' Redis refused the
+-- record itself (nothing written; its error in place of the refused
+-- effect), which answers for that item alone.
 local at = 2
 local function span_of_commands()
   local first = at
@@ -54,9 +56,16 @@ for i = 1, #KEYS / 3 do
     at = at + 4
     local effects_from = at
     span_of_commands()
-    local reply = commit({KEYS[k + 1], KEYS[k + 2]},
-      {ARGV[first], ARGV[first + 1], ARGV[first + 2], token, ARGV[first + 3], unpack(ARGV, effects_from, at - 1)})
-    if reply[1] == 1 then
+    -- Copied one by one: all the effects' arguments at once may not fit
+    -- `unpack` (each effect alone does; see fenced_set.lua).
+    local args = {ARGV[first], ARGV[first + 1], ARGV[first + 2], token, ARGV[first + 3]}
+    for j = effects_from, at - 1 do
+      args[#args + 1] = ARGV[j]
+    end
+    local ok, reply = pcall(commit, {KEYS[k + 1], KEYS[k + 2]}, args)
+    if not ok then
+      code, refused = 'E', tostring(type(reply) == 'table' and reply.err or reply)
+    elseif reply[1] == 1 then
       code, fence, refused = 'A', reply[2], reply[3]
     elseif reply[1] == 0 then
       code, fence = 'R', reply[2]
