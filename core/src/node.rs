@@ -152,6 +152,22 @@ impl KeySpace {
     fn fenced(&self, resource: &str) -> String {
         named(&self.fenced, resource)
     }
+
+    /// [`lock`](Self::lock), written where it is sent.
+    fn lock_name<'a>(&'a self, key: &'a str) -> Name<'a> {
+        Name {
+            prefix: &self.lock,
+            key,
+        }
+    }
+
+    /// [`waiters`](Self::waiters), written where it is sent.
+    fn waiters_name<'a>(&'a self, key: &'a str) -> Name<'a> {
+        Name {
+            prefix: &self.waiters,
+            key,
+        }
+    }
 }
 
 /// `prefix` followed by `key` [`tagged`](crate::slot::tagged), in one allocation: key names are
@@ -161,6 +177,53 @@ fn named(prefix: &str, key: &str) -> String {
     name.push_str(prefix);
     push_tagged(&mut name, key);
     name
+}
+
+/// A key name as [`named`] builds it, written straight into the command
+/// that sends it: the names of a lock cycle's commands cost no `String`
+/// each.
+#[derive(Debug, Clone, Copy)]
+struct Name<'a> {
+    prefix: &'a str,
+    key: &'a str,
+}
+
+impl redis::ToRedisArgs for Name<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        use std::io::Write;
+        let (before, after) = crate::slot::tag_around(self.key);
+        let mut arg = out.writer_for_next_arg();
+        for part in [self.prefix, before, self.key, after] {
+            // Writing into the command's buffer cannot fail.
+            let _ = arg.write_all(part.as_bytes());
+        }
+    }
+}
+
+/// An `EVALSHA` of `script` built as the command that is sent: a
+/// `ScriptInvocation` gathers every key and argument in a vector of its
+/// own and copies them into the command after, and is then sent as a
+/// pipeline of one.
+struct Eval<'s> {
+    script: &'s Script,
+    cmd: redis::Cmd,
+}
+
+impl<'s> Eval<'s> {
+    /// An `EVALSHA` of `script` with `keys` keys, to be given next.
+    fn new(script: &'s Script, keys: usize, args: usize) -> Self {
+        let mut cmd = redis::Cmd::with_capacity(3 + keys + args, 64 + 48 * (keys + args));
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+        Eval { script, cmd }
+    }
+
+    fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
 }
 
 /// What one node answered to the first Redlock phase.
@@ -419,6 +482,28 @@ impl RedisNode {
     }
 }
 
+impl RedisNode {
+    /// Runs `eval` as [`script`](Self::script) runs an invocation: one
+    /// command, not a pipeline, unless the server does not know the script.
+    async fn eval<T: FromRedisValue>(&self, op: &'static str, eval: &Eval<'_>) -> Result<T> {
+        self.with_connection(op, async |conn| {
+            match eval.cmd.query_async(&mut conn.conn).await {
+                Err(err)
+                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let mut pipe = redis::pipe();
+                    pipe.load_script(eval.script).ignore();
+                    pipe.add_command(eval.cmd.clone());
+                    let (reply,) = pipe.query_async(&mut conn.conn).await?;
+                    Ok(reply)
+                }
+                outcome => outcome,
+            }
+        })
+        .await
+    }
+}
+
 /// Runs `invocation` of `script` on `conn`, loading the script on the node
 /// that runs it when that node does not know it (see `run_script`); for
 /// scripts of the worker's stream sources.
@@ -640,8 +725,9 @@ impl RedisNode {
         if self.replicas.is_some() || !self.fast_path.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let mut set = redis::cmd("SET");
-        set.arg(self.keys.lock(key))
+        let mut set = redis::Cmd::with_capacity(7, 64 + key.len() + token.len());
+        set.arg("SET")
+            .arg(self.keys.lock_name(key))
             .arg(token)
             .arg("NX")
             .arg("PX")
@@ -919,14 +1005,13 @@ impl RedisNode {
     /// Deletes `key` if `token` owns it and, if clients queued for it,
     /// wakes the first that still listens.
     pub(crate) async fn release(&self, key: &str, token: &str) -> Result<bool> {
-        let mut invocation = RELEASE.prepare_invoke();
-        invocation
-            .key(self.keys.lock(key))
-            .key(self.keys.waiters(key))
+        let mut eval = Eval::new(&RELEASE, 2, 3);
+        eval.arg(self.keys.lock_name(key))
+            .arg(self.keys.waiters_name(key))
             .arg(token)
             .arg(&self.wake_prefix)
             .arg(key);
-        let released: i64 = self.script("release", &RELEASE, &invocation).await?;
+        let released: i64 = self.eval("release", &eval).await?;
         Ok(released == 1)
     }
 

@@ -58,13 +58,20 @@ pub(crate) fn tagged(key: &str) -> String {
 
 /// Appends [`tagged`]`(key)` to `name`, for names built in one allocation.
 pub(crate) fn push_tagged(name: &mut String, key: &str) {
+    let (before, after) = tag_around(key);
+    name.push_str(before);
+    name.push_str(key);
+    name.push_str(after);
+}
+
+/// What [`tagged`] puts before and after `key`.
+pub(crate) fn tag_around(key: &str) -> (&'static str, &'static str) {
     if hash_tag(key).is_some() {
-        name.push('=');
-        name.push_str(key);
+        ("=", "")
+    } else if key.contains('}') {
+        ("{=", "}")
     } else {
-        name.push_str(if key.contains('}') { "{=" } else { "{" });
-        name.push_str(key);
-        name.push('}');
+        ("{", "}")
     }
 }
 

@@ -28,12 +28,34 @@ pub fn owner_id() -> &'static str {
 /// 128 bits from the thread-local CSPRNG (ChaCha, seeded from the operating
 /// system). Nothing about one token predicts another's secret, so no client
 /// can forge a release or an extension.
+///
+/// Written digit by digit into one allocation of the right size: every
+/// acquisition attempt makes one, and `format!` with padded hex fields
+/// cost several reallocations and most of a lock cycle's formatting time.
 pub(crate) fn new_token() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis();
-    format!("{}.{now:012x}.{:032x}", owner_id(), rand::random::<u128>())
+    let owner = owner_id();
+    let mut token = String::with_capacity(owner.len() + 2 + 32 + 32);
+    token.push_str(owner);
+    token.push('.');
+    push_hex(&mut token, now, 12);
+    token.push('.');
+    push_hex(&mut token, rand::random::<u128>(), 32);
+    token
+}
+
+/// Appends `value` in lowercase hex, zero-padded to at least `width`
+/// digits: what `{value:0width$x}` writes.
+fn push_hex(out: &mut String, value: u128, width: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let significant = (128 - value.leading_zeros() as usize).div_ceil(4);
+    for at in (0..significant.max(width).max(1)).rev() {
+        let nibble = (value >> (4 * at.min(31))) as usize & 0xf;
+        out.push(char::from(if at < 32 { DIGITS[nibble] } else { b'0' }));
+    }
 }
 
 /// What a lock's stored value says about its holder; see [`parse_token`].
@@ -104,6 +126,19 @@ mod tests {
             "0123456789abcdef.zz.0123456789abcdef0123456789abcdef",
         ] {
             assert!(parse_token(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hex_is_written_as_format_writes_it() {
+        let mut values = vec![0, 1, 0xf, 0x10, u128::from(u64::MAX), u128::MAX];
+        values.extend((0..1000).map(|_| rand::random::<u128>() >> rand::random_range(0..128)));
+        for value in values {
+            for width in [0, 1, 12, 32, 40] {
+                let mut written = String::new();
+                push_hex(&mut written, value, width);
+                assert_eq!(written, format!("{value:0width$x}"), "{value} at {width}");
+            }
         }
     }
 

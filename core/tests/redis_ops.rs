@@ -768,3 +768,35 @@ async fn commands_ride_on_a_release() {
         .await
         .unwrap();
 }
+
+/// The lock cycle's commands write each key's name where they send it:
+/// the names hold the key as the key layout says (in braces, after `=`
+/// when it carries a hash tag, in `{=…}` when it holds a `}`), and the
+/// release finds them, also after the server forgot its scripts.
+#[tokio::test]
+async fn the_cycle_names_keys_by_the_layout_and_releases_after_a_script_flush() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    for (key, name) in [
+        ("plain", "soloist:lock:{plain}"),
+        ("{user:7}:cart", "soloist:lock:={user:7}:cart"),
+        ("a}b", "soloist:lock:{=a}b}"),
+    ] {
+        for fenced in [true, false] {
+            let request = locks.lock(key).ttl(5 * SECOND);
+            let release = if fenced {
+                let guard = request.acquire().await.unwrap();
+                assert_eq!(server.cli(&["EXISTS", name]), "1", "{key}: {name}");
+                server.cli(&["SCRIPT", "FLUSH"]);
+                guard.release().await
+            } else {
+                let guard = request.acquire_unfenced().await.unwrap();
+                assert_eq!(server.cli(&["EXISTS", name]), "1", "{key}: {name}");
+                server.cli(&["SCRIPT", "FLUSH"]);
+                guard.release().await
+            };
+            release.unwrap_or_else(|err| panic!("{key}: release after SCRIPT FLUSH: {err}"));
+            assert_eq!(server.cli(&["EXISTS", name]), "0", "{key}: released");
+        }
+    }
+}
