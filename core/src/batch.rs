@@ -147,6 +147,7 @@ pub struct Settle {
     record: Option<SettleRecord>,
     if_committed: Vec<Vec<Vec<u8>>>,
     otherwise: Vec<Vec<Vec<u8>>>,
+    together: Vec<Vec<Vec<u8>>>,
     commit: String,
 }
 
@@ -158,6 +159,7 @@ impl Settle {
             record: None,
             if_committed: Vec::new(),
             otherwise: Vec::new(),
+            together: Vec::new(),
             commit: new_token(),
         }
     }
@@ -187,6 +189,32 @@ impl Settle {
         self
     }
 
+    /// Commands run once for the whole [`LockClient::settle_all`] call, at
+    /// its end, gathered from every settlement whose record was written:
+    /// the commands that share all their arguments but the last run as one
+    /// command with every last argument, in the order of the settlements
+    /// (`XACK orders workers 1-0` and `XACK orders workers 2-0` run as
+    /// `XACK orders workers 1-0 2-0`). Only for commands where that is the
+    /// same as running each (`XACK`, `HDEL`, `SREM`, `DEL`); each needs a
+    /// name and at least one argument. A refused gathered command is
+    /// reported in [`Settled::command_refused`] of every settlement it
+    /// gathered from.
+    ///
+    /// ```
+    /// # use soloist::{LockGuard, Settle, redis};
+    /// # fn demo(guard: LockGuard) -> Settle {
+    /// let mut ack = redis::cmd("XACK");
+    /// ack.arg("orders").arg("workers").arg("1-0");
+    /// Settle::new(guard)
+    ///     .record("order:42", b"receipt-1".to_vec(), None, Vec::new())
+    ///     .if_committed_together(vec![ack])
+    /// # }
+    /// ```
+    pub fn if_committed_together(mut self, commands: Vec<redis::Cmd>) -> Self {
+        self.together = commands.iter().map(command_args).collect();
+        self
+    }
+
     /// Commands run after the release when the record was not written, or
     /// there was none.
     pub fn otherwise(mut self, commands: Vec<redis::Cmd>) -> Self {
@@ -196,14 +224,23 @@ impl Settle {
 
     /// Checks the settlement as [`LockClient::settle_all`] will, before
     /// anything is sent: a record with an empty resource or an out-of-range
-    /// ttl, or a command without a name or with too many arguments, is an
+    /// ttl, a command without a name or with too many arguments, or a
+    /// command gathered over the call without an argument, is an
     /// [`LockError::InvalidArgument`].
     pub fn check(&self) -> Result<()> {
         if let Some(SettleRecord(resource, value, ttl, effects)) = &self.record {
             check_record(resource, &self.raw_record(value, *ttl, effects))?;
         }
         crate::along::check_along(&self.if_committed)?;
-        crate::along::check_along(&self.otherwise)
+        crate::along::check_along(&self.otherwise)?;
+        crate::along::check_along(&self.together)?;
+        if self.together.iter().any(|command| command.len() < 2) {
+            return Err(LockError::invalid(
+                "together",
+                "a command gathered over the call needs a name and at least one argument",
+            ));
+        }
+        Ok(())
     }
 
     /// The guard being settled.
@@ -453,6 +490,7 @@ impl LockClient {
                     ),
                     if_committed: &settle.if_committed,
                     otherwise: &settle.otherwise,
+                    together: &settle.together,
                 }
             })
             .collect();
