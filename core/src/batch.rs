@@ -447,9 +447,11 @@ impl LockClient {
     /// order, its record is committed as [`LockGuard::commit`] would (only
     /// while the guard holds the lock, effects applied once), the lock is
     /// given back as [`LockGuard::release`] would (waking a waiting
-    /// client), then its commands `if_committed` or `otherwise` run, all in
-    /// one atomic script call. The guards' renewals stop once it is
-    /// answered.
+    /// client), then its commands `if_committed` or `otherwise` run; last,
+    /// the commands gathered with
+    /// [`if_committed_together`](Settle::if_committed_together) run once
+    /// each. All in one atomic script call. The guards' renewals stop once
+    /// it is answered.
     ///
     /// A call whose reply is lost (a timeout, a broken connection) is sent
     /// again while any of its leases is held and, for records with a ttl,

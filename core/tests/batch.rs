@@ -214,7 +214,7 @@ async fn settles_gather_commands_and_release_as_alone() {
         })
         .collect();
     let settled = locks.settle_all(settles).await.unwrap();
-    let written: Vec<_> = settled.iter().map(|s| s.write.clone()).collect();
+    let written: Vec<_> = settled.iter().map(|s| s.write).collect();
     assert_eq!(
         written,
         vec![
