@@ -171,6 +171,7 @@ pub struct Settle {
     record: Option<SettleRecord>,
     if_committed: Vec<Vec<Vec<u8>>>,
     otherwise: Vec<Vec<Vec<u8>>>,
+    together: Vec<Vec<Vec<u8>>>,
     commit: String,
 }
 
@@ -182,6 +183,7 @@ impl Settle {
             record: None,
             if_committed: Vec::new(),
             otherwise: Vec::new(),
+            together: Vec::new(),
             commit: new_token(),
         }
     }
@@ -211,6 +213,32 @@ impl Settle {
         self
     }
 
+    /// Commands run once for the whole [`LockClient::settle_all`] call, at
+    /// its end, gathered from every settlement whose record was written:
+    /// the commands that share all their arguments but the last run as one
+    /// command with every last argument, in the order of the settlements
+    /// (`XACK orders workers 1-0` and `XACK orders workers 2-0` run as
+    /// `XACK orders workers 1-0 2-0`). Only for commands where that is the
+    /// same as running each (`XACK`, `HDEL`, `SREM`, `DEL`); each needs a
+    /// name and at least one argument. A refused gathered command is
+    /// reported in [`Settled::command_refused`] of every settlement it
+    /// gathered from.
+    ///
+    /// ```
+    /// # use soloist::{LockGuard, Settle, redis};
+    /// # fn demo(guard: LockGuard) -> Settle {
+    /// let mut ack = redis::cmd("XACK");
+    /// ack.arg("orders").arg("workers").arg("1-0");
+    /// Settle::new(guard)
+    ///     .record("order:42", b"receipt-1".to_vec(), None, Vec::new())
+    ///     .if_committed_together(vec![ack])
+    /// # }
+    /// ```
+    pub fn if_committed_together(mut self, commands: Vec<redis::Cmd>) -> Self {
+        self.together = commands.iter().map(command_args).collect();
+        self
+    }
+
     /// Commands run after the release when the record was not written, or
     /// there was none.
     pub fn otherwise(mut self, commands: Vec<redis::Cmd>) -> Self {
@@ -220,14 +248,23 @@ impl Settle {
 
     /// Checks the settlement as [`LockClient::settle_all`] will, before
     /// anything is sent: a record with an empty resource or an out-of-range
-    /// ttl, or a command without a name or with too many arguments, is an
+    /// ttl, a command without a name or with too many arguments, or a
+    /// command gathered over the call without an argument, is an
     /// [`LockError::InvalidArgument`].
     pub fn check(&self) -> Result<()> {
         if let Some(SettleRecord(resource, value, ttl, effects)) = &self.record {
             check_record(resource, &self.raw_record(value, *ttl, effects))?;
         }
         crate::along::check_along(&self.if_committed)?;
-        crate::along::check_along(&self.otherwise)
+        crate::along::check_along(&self.otherwise)?;
+        crate::along::check_along(&self.together)?;
+        if self.together.iter().any(|command| command.len() < 2) {
+            return Err(LockError::invalid(
+                "together",
+                "a command gathered over the call needs a name and at least one argument",
+            ));
+        }
+        Ok(())
     }
 
     /// The guard being settled.
@@ -483,11 +520,13 @@ impl LockClient {
     /// order, its record is committed as [`LockGuard::commit`] would (only
     /// while the guard holds the lock, effects applied once), the lock is
     /// given back as [`LockGuard::release`] would (waking a waiting
-    /// client), then its commands `if_committed` or `otherwise` run, all in
-    /// one atomic script call. The guards' renewals stop once it is
-    /// answered. A record Redis refuses (see [`Settled::record_refused`])
-    /// answers for its settlement alone: its lock is still given back and
-    /// its commands `otherwise` run.
+    /// client), then its commands `if_committed` or `otherwise` run; last,
+    /// the commands gathered with
+    /// [`if_committed_together`](Settle::if_committed_together) run once
+    /// each. All in one atomic script call. The guards' renewals stop once
+    /// it is answered. A record Redis refuses (see
+    /// [`Settled::record_refused`]) answers for its settlement alone: its
+    /// lock is still given back and its commands `otherwise` run.
     ///
     /// A call whose reply is lost (a timeout, a broken connection) is sent
     /// again while any of its leases is held and, for records with a ttl,
@@ -528,6 +567,7 @@ impl LockClient {
                     ),
                     if_committed: &settle.if_committed,
                     otherwise: &settle.otherwise,
+                    together: &settle.together,
                 }
             })
             .collect();

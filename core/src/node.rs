@@ -2,7 +2,7 @@
 //! backend runs them on. `SET NX PX` takes a key; release and renewal act
 //! only while the caller's owner token still matches.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -583,13 +583,16 @@ pub(crate) struct RawSettle<'a> {
     pub(crate) record: Option<(&'a str, u64, Record<'a>)>,
     pub(crate) if_committed: &'a [Vec<Vec<u8>>],
     pub(crate) otherwise: &'a [Vec<Vec<u8>>],
+    /// Commands gathered over the call, each with at least two arguments.
+    pub(crate) together: &'a [Vec<Vec<u8>>],
 }
 
 /// Appends a list of commands as the batch scripts take it: its length,
 /// then each command as its argument count and its arguments.
-fn push_commands(invocation: &mut ScriptInvocation<'_>, commands: &[Vec<Vec<u8>>]) {
+fn push_commands<C: AsRef<[Vec<u8>]>>(invocation: &mut ScriptInvocation<'_>, commands: &[C]) {
     invocation.arg(commands.len());
     for command in commands {
+        let command = command.as_ref();
         invocation.arg(command.len());
         for arg in command {
             invocation.arg(arg.as_slice());
@@ -1176,7 +1179,27 @@ impl RedisNode {
     ) -> Result<Vec<(String, String, String, i64, String)>> {
         let mut invocation = SETTLE_ALL.prepare_invoke();
         invocation.arg(&self.wake_prefix);
+        // The commands gathered over the call, by all their arguments but
+        // the last: each is sent once, and each item names it by index.
+        let mut shared: Vec<&[Vec<u8>]> = Vec::new();
+        let mut index: HashMap<&[Vec<u8>], usize> = HashMap::new();
+        let mut together: Vec<Vec<(usize, &[u8])>> = Vec::with_capacity(items.len());
         for item in items {
+            let mut mine = Vec::with_capacity(item.together.len());
+            for command in item.together {
+                let Some((last, prefix)) = command.split_last() else {
+                    continue;
+                };
+                let at = *index.entry(prefix).or_insert_with(|| {
+                    shared.push(prefix);
+                    shared.len()
+                });
+                mine.push((at, last.as_slice()));
+            }
+            together.push(mine);
+        }
+        push_commands(&mut invocation, &shared);
+        for (item, together) in items.iter().zip(&together) {
             invocation
                 .key(self.keys.fenced(item.record.map_or(item.key, |r| r.0)))
                 .key(self.keys.lock(item.key))
@@ -1199,6 +1222,10 @@ impl RedisNode {
             }
             push_commands(&mut invocation, item.if_committed);
             push_commands(&mut invocation, item.otherwise);
+            invocation.arg(together.len());
+            for (at, last) in together {
+                invocation.arg(*at).arg(*last);
+            }
         }
         let replies: Vec<(String, String, String, i64, String)> =
             self.script("settle_all", &SETTLE_ALL, &invocation).await?;

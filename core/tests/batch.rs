@@ -278,4 +278,158 @@ async fn an_abandoned_claim_call_takes_back_what_it_counted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(server.cli(&["HGET", "attempts", "m"]), "0");
+
+fn claimed_guard(claimed: Option<Claimed>) -> soloist::LockGuard {
+    match claimed {
+        Some(Claimed::Acquired { guard, .. }) => guard,
+        other => panic!("not taken: {other:?}"),
+    }
+}
+
+/// Commands gathered over a call run once, with the last argument of every
+/// settlement whose record was written and no other; each lock is given
+/// back as release.lua would: a waiting client is woken, a lock an effect
+/// removed is not reported released, a lock taken over is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_gather_commands_and_release_as_alone() {
+    let server = RedisServer::start();
+    let locks = LockClient::connect(&server.url()).await.unwrap();
+    let keys = ["plain", "effect", "taken", "waited"];
+    let claims: Vec<Claim> = keys
+        .iter()
+        .map(|key| Claim::new(*key).ttl(10 * SECOND))
+        .collect();
+    let mut claimed = locks.claim_all(&claims).await.unwrap().into_iter();
+    let mut guards: Vec<_> = (0..keys.len())
+        .map(|_| claimed_guard(claimed.next()))
+        .collect();
+
+    // "taken": its lease ends and another client holds the key.
+    server.cli(&["DEL", "soloist:lock:{taken}"]);
+    let thief = locks
+        .lock("taken")
+        .ttl(10 * SECOND)
+        .acquire()
+        .await
+        .unwrap();
+    // "waited": a client queues for it.
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let guard = locks
+                .lock("waited")
+                .wait(20 * SECOND)
+                .acquire()
+                .await
+                .unwrap();
+            guard.release().await.unwrap();
+            started.elapsed()
+        })
+    };
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    while !server.cli(&["GET", "soloist:lock:{waited}"]).ends_with('+') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut gone = redis::cmd("DEL");
+    gone.arg("soloist:lock:{effect}");
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let settles: Vec<Settle> = guards
+        .drain(..)
+        .zip(keys)
+        .map(|(guard, key)| {
+            let effects = if key == "effect" {
+                vec![gone.clone()]
+            } else {
+                Vec::new()
+            };
+            Settle::new(guard)
+                .record(key, key.as_bytes().to_vec(), None, effects)
+                .if_committed_together(vec![push("acks", key), push("order", key)])
+        })
+        .collect();
+    let settled = locks.settle_all(settles).await.unwrap();
+    let written: Vec<_> = settled.iter().map(|s| s.write).collect();
+    assert_eq!(
+        written,
+        vec![
+            Some(FencedWrite::Accepted),
+            Some(FencedWrite::Accepted),
+            Some(FencedWrite::NotHeld),
+            Some(FencedWrite::Accepted)
+        ]
+    );
+    let released: Vec<_> = settled.iter().map(|s| s.released).collect();
+    assert_eq!(released, vec![true, false, false, true]);
+    assert!(settled.iter().all(|s| s.command_refused.is_none()));
+    assert_eq!(
+        server.cli(&["LRANGE", "acks", "0", "-1"]),
+        "plain\neffect\nwaited"
+    );
+    assert_eq!(
+        server.cli(&["LRANGE", "order", "0", "-1"]),
+        "plain\neffect\nwaited"
+    );
+    let stats = server.cli(&["INFO", "commandstats"]);
+    assert!(
+        stats.contains("cmdstat_rpush:calls=2,"),
+        "one RPUSH per gathered command: {stats}"
+    );
+    assert!(thief.is_held());
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{taken}"]), "1");
+    let waited = tokio::time::timeout(5 * SECOND, waiter)
+        .await
+        .expect("the waiting client was woken")
+        .unwrap();
+    assert!(waited < 5 * SECOND);
+    thief.release().await.unwrap();
+
+    // A refused gathered command is reported by every settlement it
+    // gathered from, and by no other; a malformed one sends nothing.
+    server.cli(&["SET", "wrong", "type"]);
+    let mut claimed = locks
+        .claim_all(&[Claim::new("x"), Claim::new("y"), Claim::new("z")])
+        .await
+        .unwrap()
+        .into_iter();
+    let (x, y, z) = (
+        claimed_guard(claimed.next()),
+        claimed_guard(claimed.next()),
+        claimed_guard(claimed.next()),
+    );
+    let malformed = Settle::new(z).if_committed_together(vec![redis::cmd("PING")]);
+    assert!(matches!(
+        malformed.check(),
+        Err(LockError::InvalidArgument {
+            name: "together",
+            ..
+        })
+    ));
+    let settled = locks
+        .settle_all(vec![
+            Settle::new(x)
+                .record("x", b"x".to_vec(), None, Vec::new())
+                .if_committed_together(vec![push("wrong", "x")]),
+            Settle::new(y).if_committed_together(vec![push("wrong", "y")]),
+            Settle::new(malformed.into_guard())
+                .record("z", b"z".to_vec(), None, Vec::new())
+                .if_committed_together(vec![push("wrong", "z")]),
+        ])
+        .await
+        .unwrap();
+    let refused: Vec<_> = settled
+        .iter()
+        .map(|s| {
+            s.command_refused
+                .as_deref()
+                .map(|e| e.starts_with("WRONGTYPE"))
+        })
+        .collect();
+    assert_eq!(refused, vec![Some(true), None, Some(true)]);
+    assert!(settled.iter().all(|s| s.released));
 }

@@ -529,11 +529,11 @@ async fn settle(shared: &Shared, source: &dyn Source, stream: &StreamSource, bat
                 .spec
                 .dedupe
                 .unwrap_or_else(|| prepared.spec.ttl.max(Duration::from_secs(60)));
-            let mut if_committed = history("success");
-            if_committed.extend(stream.ack_commands(&delivery.id));
+            // The batch's acknowledgements go as one XACK and one HDEL.
             settle = settle
                 .record(&prepared.record, value, Some(keep), effects)
-                .if_committed(if_committed)
+                .if_committed(history("success"))
+                .if_committed_together(stream.ack_commands(&delivery.id))
                 .otherwise(lost);
         } else {
             settle = settle.otherwise(otherwise);

@@ -14,11 +14,17 @@
 -- A commit sent again after its reply was lost finds its id on the record:
 -- it was applied once, and is not applied again, even if the lock has
 -- since expired; it gets the first delivery's answer.
+-- The highest fence is read with the commit id: one read of the record,
+-- and nothing writes it before the comparison below.
+local highest
 if ARGV[5] ~= '' then
-  local applied = redis.call('HMGET', KEYS[1], 'commit', 'failed')
+  local applied = redis.call('HMGET', KEYS[1], 'commit', 'failed', 'fence')
   if applied[1] == ARGV[5] then
     return {1, ARGV[1], applied[2] or ''}
   end
+  highest = applied[3]
+else
+  highest = redis.call('HGET', KEYS[1], 'fence')
 end
 if ARGV[4] ~= '' then
   -- A trailing '+' marks a lock with waiting clients (see acquire.lua).
@@ -27,7 +33,6 @@ if ARGV[4] ~= '' then
     return {2, ''}
   end
 end
-local highest = redis.call('HGET', KEYS[1], 'fence')
 if highest then
   local fence = ARGV[1]
   if #highest > #fence or (#highest == #fence and highest > fence) then
