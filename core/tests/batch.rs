@@ -278,6 +278,7 @@ async fn an_abandoned_claim_call_takes_back_what_it_counted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(server.cli(&["HGET", "attempts", "m"]), "0");
+}
 
 fn claimed_guard(claimed: Option<Claimed>) -> soloist::LockGuard {
     match claimed {

@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::consume::{
-    Consumed, LAG_EVERY, MAX_BACKOFF, MIN_BACKOFF, acknowledge, handle, ran_without_success,
+    Consumed, MAX_BACKOFF, MIN_BACKOFF, Reader, acknowledge, handle, ran_without_success,
 };
 use crate::inspect::RunRecord;
 use crate::job::KeyedJob;
@@ -241,46 +241,8 @@ pub(crate) async fn consume(
         settling,
         running.clone(),
     ));
-    let mut lag_reported: Option<Instant> = None;
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        if lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
-            lag_reported = Some(Instant::now());
-            match source.lag().await {
-                Ok(Some(lag)) => metrics::lag(source.name(), lag),
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::debug!(source = source.name(), error = %err, "cannot read the lag")
-                }
-            }
-        }
-        let first = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = shared.stop_claiming.cancelled() => return,
-        };
-        let Ok(first) = first else { return };
-        let free = 1 + slots.available_permits();
-        let received = tokio::select! {
-            received = source.receive(free) => received,
-            () = shared.stop_claiming.cancelled() => return,
-        };
-        let deliveries = match received {
-            Ok(deliveries) => {
-                backoff = MIN_BACKOFF;
-                deliveries
-            }
-            Err(err) => {
-                let pause = backoff.mul_f64(rand::random_range(0.5..=1.0));
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                tracing::warn!(source = source.name(), error = %err, retry_in = ?pause, "receiving failed; retrying");
-                drop(first);
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = shared.stop_claiming.cancelled() => return,
-                }
-                continue;
-            }
-        };
+    let mut reader = Reader::new(&shared, source.as_ref(), &slots);
+    while let Some((first, deliveries)) = reader.next().await {
         let mut claimed_slots = vec![first];
         while claimed_slots.len() < deliveries.len() {
             match slots.clone().acquire_owned().await {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use soloist_core::LockError;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Result, WorkerError};
 use crate::job::KeyedJob;
@@ -176,6 +176,80 @@ pub(crate) const LAG_EVERY: Duration = Duration::from_secs(5);
 pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(50);
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// The reading half of every consumer loop: reports the source's lag now
+/// and then, waits for a free run slot, and reads as many deliveries as
+/// slots are free, pausing with jitter after a failed read.
+pub(crate) struct Reader<'a> {
+    shared: &'a Shared,
+    source: &'a dyn Source,
+    slots: &'a Arc<Semaphore>,
+    lag_reported: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(
+        shared: &'a Shared,
+        source: &'a dyn Source,
+        slots: &'a Arc<Semaphore>,
+    ) -> Self {
+        Reader {
+            shared,
+            source,
+            slots,
+            lag_reported: None,
+            backoff: MIN_BACKOFF,
+        }
+    }
+
+    /// The next deliveries with the run slot of the first; `None` once the
+    /// worker stops claiming.
+    pub(crate) async fn next(&mut self) -> Option<(OwnedSemaphorePermit, Vec<Delivery>)> {
+        let (shared, source) = (self.shared, self.source);
+        loop {
+            if self.lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+                self.lag_reported = Some(tokio::time::Instant::now());
+                match source.lag().await {
+                    Ok(Some(lag)) => metrics::lag(source.name(), lag),
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::debug!(source = source.name(), error = %err, "cannot read the lag")
+                    }
+                }
+            }
+            let first = tokio::select! {
+                slot = self.slots.clone().acquire_owned() => slot,
+                () = shared.stop_claiming.cancelled() => return None,
+            };
+            let first = first.ok()?;
+            let free = 1 + self.slots.available_permits();
+            let received = tokio::select! {
+                received = source.receive(free) => received,
+                () = shared.stop_claiming.cancelled() => return None,
+            };
+            match received {
+                Ok(deliveries) => {
+                    self.backoff = MIN_BACKOFF;
+                    return Some((first, deliveries));
+                }
+                Err(err) => {
+                    // The source reconnects on its next call; the jitter
+                    // keeps a fleet cut off together from coming back in
+                    // one instant.
+                    let pause = self.backoff.mul_f64(rand::random_range(0.5..=1.0));
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    tracing::warn!(source = source.name(), error = %err, retry_in = ?pause, "receiving failed; retrying");
+                    drop(first);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shared.stop_claiming.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Consumes `source` until the worker stops claiming, with at most
 /// `in_flight` deliveries running at once.
 pub(crate) async fn consume(
@@ -189,48 +263,8 @@ pub(crate) async fn consume(
         return crate::batch::consume(shared, source, stream, jobs, in_flight).await;
     }
     let slots = Arc::new(Semaphore::new(in_flight));
-    let mut lag_reported: Option<tokio::time::Instant> = None;
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        if lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
-            lag_reported = Some(tokio::time::Instant::now());
-            match source.lag().await {
-                Ok(Some(lag)) => metrics::lag(source.name(), lag),
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::debug!(source = source.name(), error = %err, "cannot read the lag")
-                }
-            }
-        }
-        let first = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = shared.stop_claiming.cancelled() => return,
-        };
-        let Ok(first) = first else { return };
-        let free = 1 + slots.available_permits();
-        let received = tokio::select! {
-            received = source.receive(free) => received,
-            () = shared.stop_claiming.cancelled() => return,
-        };
-        let deliveries = match received {
-            Ok(deliveries) => {
-                backoff = MIN_BACKOFF;
-                deliveries
-            }
-            Err(err) => {
-                // The source reconnects on its next call; the jitter keeps a
-                // fleet cut off together from coming back in one instant.
-                let pause = backoff.mul_f64(rand::random_range(0.5..=1.0));
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                tracing::warn!(source = source.name(), error = %err, retry_in = ?pause, "receiving failed; retrying");
-                drop(first);
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = shared.stop_claiming.cancelled() => return,
-                }
-                continue;
-            }
-        };
+    let mut reader = Reader::new(&shared, source.as_ref(), &slots);
+    while let Some((first, deliveries)) = reader.next().await {
         let mut slot = Some(first);
         for delivery in deliveries {
             let permit = match slot.take() {
