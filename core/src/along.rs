@@ -14,10 +14,22 @@ use crate::fence::MAX_EFFECT_ARGS;
 /// run after it in the same call (see `scripts/along.lua`). Built from the
 /// script's own text, so the two cannot drift apart.
 pub(crate) fn carrying(inner: &str) -> Script {
-    Script::new(&format!(
-        "local function inner(KEYS, ARGV)\n{inner}\nend\n{}",
-        include_str!("scripts/along.lua")
-    ))
+    composed(&[("inner", inner)], include_str!("scripts/along.lua"))
+}
+
+/// A script whose `body` calls other scripts of soloist's as Lua functions
+/// (`name(KEYS, ARGV)`), each defined from that script's own text: a
+/// script that does what several do, one after another, cannot drift from
+/// them.
+pub(crate) fn composed(functions: &[(&str, &str)], body: &str) -> Script {
+    let mut text = String::new();
+    for (name, script) in functions {
+        text.push_str(&format!(
+            "local function {name}(KEYS, ARGV)\n{script}\nend\n"
+        ));
+    }
+    text.push_str(body);
+    Script::new(&text)
 }
 
 /// Checks commands to send along before anything is sent: each has a name

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use crate::along::{carrying, push_args};
+use crate::along::{carrying, composed, push_args};
 use crate::backend::{Attempt, LeaseKind, Record, Renewal, Waiting};
 use crate::error::{LockError, Result};
 use crate::fence::{FencedValue, FencedWrite};
@@ -49,26 +49,25 @@ static PERMIT_RELEASE_ALONG: LazyLock<Script> =
 /// Many claims and many settlements in one call each (see `batch.rs`),
 /// built around the single-key scripts' own text.
 static CLAIM_ALL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "local function acquire(KEYS, ARGV)\n{}\nend\n{}",
-        include_str!("scripts/acquire.lua"),
-        include_str!("scripts/claim_all.lua")
-    ))
+    composed(
+        &[("acquire", include_str!("scripts/acquire.lua"))],
+        include_str!("scripts/claim_all.lua"),
+    )
 });
 static SETTLE_ALL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "local function commit(KEYS, ARGV)\n{}\nend\nlocal function release(KEYS, ARGV)\n{}\nend\n{}",
-        include_str!("scripts/fenced_set.lua"),
-        include_str!("scripts/release.lua"),
-        include_str!("scripts/settle_all.lua")
-    ))
+    composed(
+        &[
+            ("commit", include_str!("scripts/fenced_set.lua")),
+            ("release", include_str!("scripts/release.lua")),
+        ],
+        include_str!("scripts/settle_all.lua"),
+    )
 });
 static ABANDON_CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "local function release(KEYS, ARGV)\n{}\nend\n{}",
-        include_str!("scripts/release.lua"),
-        include_str!("scripts/abandon_claim.lua")
-    ))
+    composed(
+        &[("release", include_str!("scripts/release.lua"))],
+        include_str!("scripts/abandon_claim.lua"),
+    )
 });
 #[cfg(feature = "redlock")]
 static COMMIT_FENCE: LazyLock<Script> =
