@@ -849,12 +849,7 @@ impl RedisNode {
             .key(self.keys.waiters(key))
             .arg(token)
             .arg(millis(ttl))
-            .arg(waiting.map_or("", |_| self.client_id.as_str()))
-            .arg(if waiting.is_some_and(|w| w.more) {
-                "1"
-            } else {
-                "0"
-            })
+            .arg(self.waiter_args(waiting))
             .arg(mode);
         let ((taken, value), acknowledged): ((i64, i64), _) = self
             .script_replicated("acquire", &ACQUIRE, &invocation)
@@ -1260,6 +1255,20 @@ impl RedisNode {
         Ok(())
     }
 
+    /// The waiting arguments of the acquire scripts: this client's id when
+    /// the caller waits ('' when it does not), then '1' when more of its
+    /// waiters queue behind this one.
+    fn waiter_args(&self, waiting: Option<Waiting>) -> (&str, &str) {
+        (
+            waiting.map_or("", |_| self.client_id.as_str()),
+            if waiting.is_some_and(|w| w.more) {
+                "1"
+            } else {
+                "0"
+            },
+        )
+    }
+
     /// Takes one of `permits` permits of `name` for `token`, if fewer are
     /// held; see `scripts/semaphore_acquire.lua`.
     pub(crate) async fn try_acquire_permit(
@@ -1278,12 +1287,7 @@ impl RedisNode {
             .arg(token)
             .arg(millis(ttl))
             .arg(permits)
-            .arg(waiting.map_or("", |_| self.client_id.as_str()))
-            .arg(if waiting.is_some_and(|w| w.more) {
-                "1"
-            } else {
-                "0"
-            });
+            .arg(self.waiter_args(waiting));
         let ((taken, value), acknowledged): ((i64, i64), _) = self
             .script_replicated("acquire_permit", &PERMIT_ACQUIRE, &invocation)
             .await?;
