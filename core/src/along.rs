@@ -35,19 +35,27 @@ pub(crate) fn composed(functions: &[(&str, &str)], body: &str) -> Script {
 /// Checks commands to send along before anything is sent: each has a name
 /// and fits one script call's stack.
 pub(crate) fn check_along(along: &[Vec<Vec<u8>>]) -> Result<()> {
-    for command in along {
-        if command.is_empty() {
-            return Err(LockError::invalid("along", "a command has no name"));
-        }
-        if command.len() > MAX_EFFECT_ARGS {
-            return Err(LockError::invalid(
-                "along",
-                format!(
-                    "a command has {} arguments; at most {MAX_EFFECT_ARGS} fit",
-                    command.len()
-                ),
-            ));
-        }
+    along
+        .iter()
+        .try_for_each(|command| check_length(command.len()))
+}
+
+/// [`check_along`] for commands kept as built.
+pub(crate) fn check_commands(commands: &[redis::Cmd]) -> Result<()> {
+    commands
+        .iter()
+        .try_for_each(|command| check_length(command.args_iter().count()))
+}
+
+fn check_length(args: usize) -> Result<()> {
+    if args == 0 {
+        return Err(LockError::invalid("along", "a command has no name"));
+    }
+    if args > MAX_EFFECT_ARGS {
+        return Err(LockError::invalid(
+            "along",
+            format!("a command has {args} arguments; at most {MAX_EFFECT_ARGS} fit"),
+        ));
     }
     Ok(())
 }

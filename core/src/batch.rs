@@ -169,8 +169,8 @@ pub enum Claimed {
 pub struct Settle {
     guard: LockGuard,
     record: Option<SettleRecord>,
-    if_committed: Vec<Vec<Vec<u8>>>,
-    otherwise: Vec<Vec<Vec<u8>>>,
+    if_committed: Vec<redis::Cmd>,
+    otherwise: Vec<redis::Cmd>,
     together: Vec<Vec<Vec<u8>>>,
     commit: String,
 }
@@ -209,7 +209,7 @@ impl Settle {
 
     /// Commands run after the release when the record was written.
     pub fn if_committed(mut self, commands: Vec<redis::Cmd>) -> Self {
-        self.if_committed = commands.iter().map(command_args).collect();
+        self.if_committed = commands;
         self
     }
 
@@ -242,7 +242,7 @@ impl Settle {
     /// Commands run after the release when the record was not written, or
     /// there was none.
     pub fn otherwise(mut self, commands: Vec<redis::Cmd>) -> Self {
-        self.otherwise = commands.iter().map(command_args).collect();
+        self.otherwise = commands;
         self
     }
 
@@ -255,8 +255,8 @@ impl Settle {
         if let Some(SettleRecord(resource, value, ttl, effects)) = &self.record {
             check_record(resource, &self.raw_record(value, *ttl, effects))?;
         }
-        crate::along::check_along(&self.if_committed)?;
-        crate::along::check_along(&self.otherwise)?;
+        crate::along::check_commands(&self.if_committed)?;
+        crate::along::check_commands(&self.otherwise)?;
         crate::along::check_along(&self.together)?;
         if self.together.iter().any(|command| command.len() < 2) {
             return Err(LockError::invalid(
@@ -364,21 +364,13 @@ impl LockClient {
         let mut prepared = Vec::with_capacity(claims.len());
         for claim in claims {
             check_ttl(claim.ttl)?;
-            let if_recorded: Vec<_> = claim.if_recorded.iter().map(command_args).collect();
-            let if_acquired: Vec<_> = claim.if_acquired.iter().map(command_args).collect();
-            crate::along::check_along(&if_recorded)?;
-            crate::along::check_along(&if_acquired)?;
-            crate::along::check_along(
-                &claim
-                    .if_abandoned
-                    .iter()
-                    .map(command_args)
-                    .collect::<Vec<_>>(),
-            )?;
+            crate::along::check_commands(&claim.if_recorded)?;
+            crate::along::check_commands(&claim.if_acquired)?;
+            crate::along::check_commands(&claim.if_abandoned)?;
             if claim.key.is_empty() {
                 return Err(LockError::invalid("key", "must not be empty"));
             }
-            prepared.push((new_token(), if_recorded, if_acquired));
+            prepared.push(new_token());
         }
         if claims.is_empty() {
             return Ok(Vec::new());
@@ -388,7 +380,7 @@ impl LockClient {
         let mut pending: Vec<Abandon<'_>> = claims
             .iter()
             .zip(&prepared)
-            .map(|(claim, (token, _, _))| Abandon {
+            .map(|(claim, token)| Abandon {
                 client: self,
                 key: &claim.key,
                 token,
@@ -399,13 +391,13 @@ impl LockClient {
         let raw: Vec<RawClaim<'_>> = claims
             .iter()
             .zip(&prepared)
-            .map(|(claim, (token, if_recorded, if_acquired))| RawClaim {
+            .map(|(claim, token)| RawClaim {
                 key: &claim.key,
                 token,
                 ttl: claim.ttl,
                 record: claim.record.as_deref(),
-                if_recorded,
-                if_acquired,
+                if_recorded: &claim.if_recorded,
+                if_acquired: &claim.if_acquired,
             })
             .collect();
         let sent_at = Instant::now();
@@ -435,7 +427,7 @@ impl LockClient {
         }
         drop(pending);
         let mut claimed = Vec::with_capacity(claims.len());
-        for ((claim, (token, _, _)), reply) in claims.iter().zip(prepared).zip(replies) {
+        for ((claim, token), reply) in claims.iter().zip(prepared).zip(replies) {
             claimed.push(self.claimed(claim, token, reply, sent_at)?);
         }
         Ok(claimed)

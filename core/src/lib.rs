@@ -54,6 +54,7 @@ mod semaphore;
 mod sentinel;
 mod single;
 mod slot;
+mod table;
 mod tls;
 mod token;
 mod watchdog;

@@ -16,6 +16,7 @@ use crate::fence::{FencedValue, FencedWrite};
 use crate::metrics;
 use crate::pool::{Connection, Pool};
 use crate::slot::{push_tagged, slot_of_tagged};
+use crate::table::CommandTable;
 use crate::tls::Target;
 
 static ACQUIRE: LazyLock<Script> =
@@ -51,7 +52,11 @@ static PERMIT_RELEASE_ALONG: LazyLock<Script> =
 static CLAIM_ALL: LazyLock<Script> = LazyLock::new(|| {
     composed(
         &[("acquire", include_str!("scripts/acquire.lua"))],
-        include_str!("scripts/claim_all.lua"),
+        &[
+            include_str!("scripts/commands.lua"),
+            include_str!("scripts/claim_all.lua"),
+        ]
+        .concat(),
     )
 });
 static SETTLE_ALL: LazyLock<Script> = LazyLock::new(|| {
@@ -60,7 +65,11 @@ static SETTLE_ALL: LazyLock<Script> = LazyLock::new(|| {
             ("commit", include_str!("scripts/fenced_set.lua")),
             ("release", include_str!("scripts/release.lua")),
         ],
-        include_str!("scripts/settle_all.lua"),
+        &[
+            include_str!("scripts/commands.lua"),
+            include_str!("scripts/settle_all.lua"),
+        ]
+        .concat(),
     )
 });
 static ABANDON_CLAIM: LazyLock<Script> = LazyLock::new(|| {
@@ -242,6 +251,9 @@ pub(crate) struct RedisNode {
     keys: KeySpace,
     /// Where wake-ups are published; a client id completes the channel name.
     wake_prefix: String,
+    /// Where [`claim_all`](Self::claim_all) keeps the last fence it issued
+    /// (see `scripts/claim_all.lua`).
+    fence_clock: String,
     prefix: String,
     client_id: String,
     op_timeout: Duration,
@@ -283,6 +295,7 @@ impl RedisNode {
             target,
             keys: KeySpace::new(&settings.prefix),
             wake_prefix: format!("{}wake:", settings.prefix),
+            fence_clock: format!("{}fence-clock", settings.prefix),
             prefix: settings.prefix.clone(),
             client_id: settings.client_id.clone(),
             op_timeout: settings.op_timeout,
@@ -482,6 +495,40 @@ impl RedisNode {
 }
 
 impl RedisNode {
+    /// Runs `eval` as [`script_replicated`](Self::script_replicated) runs an
+    /// invocation: with replicas configured, a pipeline of the script and
+    /// `WAIT`; else as [`eval`](Self::eval).
+    async fn eval_replicated<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        eval: &Eval<'_>,
+    ) -> Result<(T, Option<u32>)> {
+        let Some(replicas) = self.replicas else {
+            return Ok((self.eval(op, eval).await?, None));
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas.count).arg(millis(replicas.timeout));
+        self.with_connection(op, async |conn| {
+            let pipeline = |load: bool| {
+                let mut pipe = redis::pipe();
+                if load {
+                    pipe.load_script(eval.script).ignore();
+                }
+                pipe.add_command(eval.cmd.clone()).add_command(wait.clone());
+                pipe
+            };
+            match send(&mut conn.conn, &pipeline(false), true).await {
+                Err(err)
+                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    send(&mut conn.conn, &pipeline(true), true).await
+                }
+                outcome => outcome,
+            }
+        })
+        .await
+    }
+
     /// Runs `eval` as [`script`](Self::script) runs an invocation: one
     /// command, not a pipeline, unless the server does not know the script.
     async fn eval<T: FromRedisValue>(&self, op: &'static str, eval: &Eval<'_>) -> Result<T> {
@@ -569,8 +616,8 @@ pub(crate) struct RawClaim<'a> {
     pub(crate) token: &'a str,
     pub(crate) ttl: Duration,
     pub(crate) record: Option<&'a str>,
-    pub(crate) if_recorded: &'a [Vec<Vec<u8>>],
-    pub(crate) if_acquired: &'a [Vec<Vec<u8>>],
+    pub(crate) if_recorded: &'a [redis::Cmd],
+    pub(crate) if_acquired: &'a [redis::Cmd],
 }
 
 /// One item of [`RedisNode::settle_all`].
@@ -580,21 +627,21 @@ pub(crate) struct RawSettle<'a> {
     pub(crate) token: &'a str,
     /// The record's resource, the holder's fence and what to write.
     pub(crate) record: Option<(&'a str, u64, Record<'a>)>,
-    pub(crate) if_committed: &'a [Vec<Vec<u8>>],
-    pub(crate) otherwise: &'a [Vec<Vec<u8>>],
+    pub(crate) if_committed: &'a [redis::Cmd],
+    pub(crate) otherwise: &'a [redis::Cmd],
     /// Commands gathered over the call, each with at least two arguments.
     pub(crate) together: &'a [Vec<Vec<u8>>],
 }
 
 /// Appends a list of commands as the batch scripts take it: its length,
 /// then each command as its argument count and its arguments.
-fn push_commands<C: AsRef<[Vec<u8>]>>(invocation: &mut ScriptInvocation<'_>, commands: &[C]) {
-    invocation.arg(commands.len());
+fn push_commands<C: AsRef<[Vec<u8>]>>(out: &mut redis::Cmd, commands: &[C]) {
+    out.arg(commands.len());
     for command in commands {
         let command = command.as_ref();
-        invocation.arg(command.len());
+        out.arg(command.len());
         for arg in command {
-            invocation.arg(arg.as_slice());
+            out.arg(arg.as_slice());
         }
     }
 }
@@ -1114,22 +1161,30 @@ impl RedisNode {
     /// Claims every key of `claims` in one script call; see
     /// `scripts/claim_all.lua`.
     pub(crate) async fn claim_all(&self, claims: &[RawClaim<'_>]) -> Result<Vec<redis::Value>> {
-        let mut invocation = CLAIM_ALL.prepare_invoke();
+        let mut eval = Eval::new(&CLAIM_ALL, 1 + 4 * claims.len(), 8 * claims.len());
+        eval.arg(&self.fence_clock);
         for claim in claims {
-            invocation
-                .key(self.keys.fenced(claim.record.unwrap_or(claim.key)))
-                .key(self.keys.lock(claim.key))
-                .key(self.keys.fence(claim.key))
-                .key(self.keys.waiters(claim.key))
-                .arg(claim.token)
+            eval.arg(Name {
+                prefix: &self.keys.fenced,
+                key: claim.record.unwrap_or(claim.key),
+            })
+            .arg(self.keys.lock_name(claim.key))
+            .arg(Name {
+                prefix: &self.keys.fence,
+                key: claim.key,
+            })
+            .arg(self.keys.waiters_name(claim.key));
+        }
+        let mut table = CommandTable::default();
+        for claim in claims {
+            eval.arg(claim.token)
                 .arg(millis(claim.ttl))
                 .arg(if claim.record.is_some() { "1" } else { "0" });
-            push_commands(&mut invocation, claim.if_recorded);
-            push_commands(&mut invocation, claim.if_acquired);
+            table.write(&mut eval.cmd, claim.if_recorded);
+            table.write(&mut eval.cmd, claim.if_acquired);
         }
-        let (replies, acknowledged): (Vec<redis::Value>, _) = self
-            .script_replicated("claim_all", &CLAIM_ALL, &invocation)
-            .await?;
+        let (replies, acknowledged): (Vec<redis::Value>, _) =
+            self.eval_replicated("claim_all", &eval).await?;
         if let Some(first) = claims.first()
             && let Some(err) = self.unconfirmed(first.key, acknowledged)
         {
@@ -1151,17 +1206,14 @@ impl RedisNode {
         token: &str,
         undo: &[Vec<Vec<u8>>],
     ) -> Result<bool> {
-        let mut invocation = ABANDON_CLAIM.prepare_invoke();
-        invocation
-            .key(self.keys.lock(key))
-            .key(self.keys.waiters(key))
+        let mut eval = Eval::new(&ABANDON_CLAIM, 2, 4 + undo.len() * 4);
+        eval.arg(self.keys.lock_name(key))
+            .arg(self.keys.waiters_name(key))
             .arg(token)
             .arg(&self.wake_prefix)
             .arg(key);
-        push_commands(&mut invocation, undo);
-        let released: i64 = self
-            .script("abandon_claim", &ABANDON_CLAIM, &invocation)
-            .await?;
+        push_commands(&mut eval.cmd, undo);
+        let released: i64 = self.eval("abandon_claim", &eval).await?;
         Ok(released == 1)
     }
 
@@ -1171,8 +1223,6 @@ impl RedisNode {
         &self,
         items: &[RawSettle<'_>],
     ) -> Result<Vec<(String, String, String, i64, String)>> {
-        let mut invocation = SETTLE_ALL.prepare_invoke();
-        invocation.arg(&self.wake_prefix);
         // The commands gathered over the call, by all their arguments but
         // the last: each is sent once, and each item names it by index.
         let mut shared: Vec<&[Vec<u8>]> = Vec::new();
@@ -1192,37 +1242,42 @@ impl RedisNode {
             }
             together.push(mine);
         }
-        push_commands(&mut invocation, &shared);
+        let mut eval = Eval::new(&SETTLE_ALL, 3 * items.len(), 16 * items.len());
+        for item in items {
+            eval.arg(Name {
+                prefix: &self.keys.fenced,
+                key: item.record.map_or(item.key, |r| r.0),
+            })
+            .arg(self.keys.lock_name(item.key))
+            .arg(self.keys.waiters_name(item.key));
+        }
+        eval.arg(&self.wake_prefix);
+        push_commands(&mut eval.cmd, &shared);
+        let mut table = CommandTable::default();
         for (item, together) in items.iter().zip(&together) {
-            invocation
-                .key(self.keys.fenced(item.record.map_or(item.key, |r| r.0)))
-                .key(self.keys.lock(item.key))
-                .key(self.keys.waiters(item.key))
-                .arg(item.token)
-                .arg(item.key);
+            eval.arg(item.token).arg(item.key);
             match item.record {
                 Some((_, fence, record)) => {
-                    invocation
-                        .arg("1")
-                        .arg(fence.to_string())
+                    eval.arg("1")
+                        .arg(fence)
                         .arg(record.value)
                         .arg(record.ttl.map_or(0, millis))
                         .arg(record.commit.unwrap_or(""));
-                    push_commands(&mut invocation, record.effects);
+                    push_commands(&mut eval.cmd, record.effects);
                 }
                 None => {
-                    invocation.arg("0");
+                    eval.arg("0");
                 }
             }
-            push_commands(&mut invocation, item.if_committed);
-            push_commands(&mut invocation, item.otherwise);
-            invocation.arg(together.len());
+            table.write(&mut eval.cmd, item.if_committed);
+            table.write(&mut eval.cmd, item.otherwise);
+            eval.arg(together.len());
             for (at, last) in together {
-                invocation.arg(*at).arg(*last);
+                eval.arg(*at).arg(*last);
             }
         }
         let replies: Vec<(String, String, String, i64, String)> =
-            self.script("settle_all", &SETTLE_ALL, &invocation).await?;
+            self.eval("settle_all", &eval).await?;
         if replies.len() != items.len() {
             return Err(unexpected(
                 "settle_all returned a reply count that does not match the items",

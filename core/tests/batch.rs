@@ -434,3 +434,140 @@ async fn settles_gather_commands_and_release_as_alone() {
     assert_eq!(refused, vec![Some(true), None, Some(true)]);
     assert!(settled.iter().all(|s| s.released));
 }
+
+fn taken(claimed: Vec<Claimed>) -> Vec<soloist::LockGuard> {
+    claimed
+        .into_iter()
+        .map(|claimed| claimed_guard(Some(claimed)))
+        .collect()
+}
+
+fn server_micros(server: &RedisServer) -> u64 {
+    let time = server.cli(&["TIME"]);
+    let mut parts = time.lines().map(|part| part.parse::<u64>().unwrap());
+    parts.next().unwrap() * 1_000_000 + parts.next().unwrap()
+}
+
+/// Keys taken by a batch get fences from the server's clock and the fence
+/// clock key, not a counter per key: a queue's key per message leaves no
+/// key behind. The fences still only grow, per key and across calls:
+/// above the key's own counter when it has one (which then follows), above
+/// a clock key that runs ahead of the server's clock, and below what a
+/// later single acquisition of the key gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_fences_come_from_the_clock_and_only_grow() {
+    let server = RedisServer::start();
+    let locks = LockClient::connect(&server.url()).await.unwrap();
+
+    // No counter per key is left behind, and the fence is about the clock.
+    let before = server_micros(&server);
+    let claims: Vec<Claim> = (0..20).map(|i| Claim::new(format!("m{i}"))).collect();
+    let guards = taken(locks.claim_all(&claims).await.unwrap());
+    let after = server_micros(&server);
+    let first = guards[0].fence();
+    assert!(
+        first + 1 >= before && first <= after,
+        "{first} {before} {after}"
+    );
+    assert!(guards.iter().all(|guard| guard.fence() == first));
+    for guard in guards {
+        guard.release().await.unwrap();
+    }
+    assert_eq!(server.cli(&["KEYS", "soloist:fence:*"]), "");
+    assert_eq!(
+        server.cli(&["GET", "soloist:fence-clock"]),
+        first.to_string()
+    );
+
+    // A later single acquisition of a key a batch fenced is above it, and
+    // a later batch is above both.
+    let single = locks.lock("m0").acquire().await.unwrap();
+    assert!(single.fence() > first);
+    let single_fence = single.fence();
+    single.release().await.unwrap();
+    let again = taken(
+        locks
+            .claim_all(&[Claim::new("m0"), Claim::new("m1")])
+            .await
+            .unwrap(),
+    );
+    assert!(again[0].fence() > single_fence, "its counter is read");
+    assert!(again[1].fence() > first);
+    assert_eq!(
+        server.cli(&["GET", "soloist:fence:{m0}"]),
+        again[0].fence().to_string(),
+        "the key's counter follows the fence it issued"
+    );
+    for guard in again {
+        guard.release().await.unwrap();
+    }
+
+    // A clock key ahead of the server's clock: the next fences go on from
+    // it, and a key so fenced gets a counter so that its next single
+    // acquisition is above.
+    let ahead = server_micros(&server) + 3_600_000_000;
+    server.cli(&["SET", "soloist:fence-clock", &ahead.to_string()]);
+    let guard = taken(locks.claim_all(&[Claim::new("fresh")]).await.unwrap()).remove(0);
+    assert_eq!(guard.fence(), ahead + 1);
+    guard.release().await.unwrap();
+    let single = locks.lock("fresh").acquire().await.unwrap();
+    assert!(single.fence() > ahead + 1);
+    single.release().await.unwrap();
+
+    // A clock key that holds no integer fails every claim alone; none
+    // keeps its key.
+    server.cli(&["SET", "soloist:fence-clock", "not a number"]);
+    let claimed = locks
+        .claim_all(&[Claim::new("x"), Claim::new("y")])
+        .await
+        .unwrap();
+    for claimed in &claimed {
+        assert!(
+            matches!(claimed, Claimed::Failed { error } if error.contains("not an integer")),
+            "{claimed:?}"
+        );
+    }
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{x}"]), "0");
+}
+
+/// Commands a batch sends share what they have in common with an earlier
+/// one of the call; each still runs with exactly its own arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_share_arguments_run_as_given() {
+    let server = RedisServer::start();
+    let locks = LockClient::connect(&server.url()).await.unwrap();
+    let entry = |key: &str, outcome: &str| {
+        let mut cmd = redis::cmd("RPUSH");
+        cmd.arg("log").arg("same").arg(key).arg(outcome);
+        cmd
+    };
+    let claims: Vec<Claim> = ["a", "b", "c"]
+        .iter()
+        .map(|key| Claim::new(*key).if_acquired(vec![entry(key, "claimed"), push("other", key)]))
+        .collect();
+    let guards = taken(locks.claim_all(&claims).await.unwrap());
+    let settles: Vec<Settle> = guards
+        .into_iter()
+        .zip(["a", "b", "c"])
+        .map(|(guard, key)| {
+            Settle::new(guard)
+                .record(key, b"v".to_vec(), None, vec![])
+                .if_committed(vec![entry(key, "done")])
+                .otherwise(vec![entry(key, "lost")])
+        })
+        .collect();
+    locks.settle_all(settles).await.unwrap();
+    assert_eq!(
+        server.cli(&["LRANGE", "log", "0", "-1"]),
+        [
+            "same\na\nclaimed",
+            "same\nb\nclaimed",
+            "same\nc\nclaimed",
+            "same\na\ndone",
+            "same\nb\ndone",
+            "same\nc\ndone",
+        ]
+        .join("\n")
+    );
+    assert_eq!(server.cli(&["LRANGE", "other", "0", "-1"]), "a\nb\nc");
+}

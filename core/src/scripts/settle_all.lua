@@ -1,7 +1,8 @@
 -- Settles many held locks in one call (see `batch.rs`). The client puts
 -- fenced_set.lua's and release.lua's own text in front as the functions
 -- `commit(KEYS, ARGV)` and `release(KEYS, ARGV)`, so each record is
--- written and each lock given back exactly as on their own.
+-- written and each lock given back exactly as on their own, and
+-- commands.lua's, which reads the items' commands.
 -- For each item: its record is committed, if it has one; the lock is
 -- released; then its commands `if committed` run when the record was
 -- written, its commands `otherwise` when it was not (or there was none).
@@ -23,8 +24,7 @@
 -- written and then its fence, value, ttl in ms (0: keep), commit id and
 -- effects (their count, then each as its argument count and its
 -- arguments); then the commands if committed and the commands otherwise,
--- each list as its length then each command as its argument count and its
--- arguments; then the commands together: their count, then each as the
+-- each list as commands.lua reads it; then the commands together: their count, then each as the
 -- index of its shared command and its last argument.
 -- Returns per item {code, fence or highest, refused effect, released,
 -- refused command}: code 'A' written, 'R' a higher fence was seen, 'N'
@@ -46,20 +46,6 @@ local function span_of_commands()
     at = at + tonumber(ARGV[at]) + 1
   end
   return first, at - 1
-end
-local function run(first)
-  local failed = ''
-  local n = tonumber(ARGV[first])
-  local p = first + 1
-  for _ = 1, n do
-    local count = tonumber(ARGV[p])
-    local reply = redis.pcall(unpack(ARGV, p + 1, p + count))
-    if type(reply) == 'table' and reply.err and failed == '' then
-      failed = reply.err
-    end
-    p = p + count + 1
-  end
-  return failed
 end
 local out = {}
 for i = 1, #KEYS / 3 do
@@ -98,10 +84,9 @@ for i = 1, #KEYS / 3 do
       code = 'N'
     end
   end
-  local if_committed = at
-  span_of_commands()
-  local otherwise = at
-  span_of_commands()
+  local if_committed, otherwise
+  if_committed, at = read_commands(at)
+  otherwise, at = read_commands(at)
   local together = at
   at = at + 1 + 2 * tonumber(ARGV[at])
   local released
@@ -116,14 +101,14 @@ for i = 1, #KEYS / 3 do
   end
   local failed
   if code == 'A' then
-    failed = run(if_committed)
+    failed = select(2, run_commands(if_committed))
     for p = together + 1, at - 1, 2 do
       local group = shared[tonumber(ARGV[p])]
       group.tails[#group.tails + 1] = ARGV[p + 1]
       group.items[#group.items + 1] = i
     end
   else
-    failed = run(otherwise)
+    failed = select(2, run_commands(otherwise))
   end
   out[i] = {code, fence, refused, released, failed}
 end
