@@ -474,16 +474,10 @@ async fn settle(shared: &Shared, source: &dyn Source, stream: &StreamSource, bat
                 .fleet
                 .as_ref()
                 .zip(finished.history.as_ref())
-                .map(|(fleet, run)| {
-                    let mut run = run.clone();
-                    run.outcome = outcome.to_owned();
-                    fleet.history_entry(&run)
-                })
+                .map(|(fleet, run)| fleet.history_entry_as(run, outcome))
                 .into_iter()
                 .collect()
         };
-        let lost = history("lost");
-        let otherwise = history(finished.label);
         let succeeded = finished.success.is_some();
         let mut settle = Settle::new(finished.guard);
         if let Some((value, effects)) = finished.success {
@@ -496,9 +490,9 @@ async fn settle(shared: &Shared, source: &dyn Source, stream: &StreamSource, bat
                 .record(&prepared.record, value, Some(keep), effects)
                 .if_committed(history("success"))
                 .if_committed_together(stream.ack_commands(&delivery.id))
-                .otherwise(lost);
+                .otherwise(history("lost"));
         } else {
-            settle = settle.otherwise(otherwise);
+            settle = settle.otherwise(history(finished.label));
         }
         if let Err(err) = settle.check() {
             // The job's effects are malformed: every run would repeat it,

@@ -127,6 +127,12 @@ impl Fleet {
 
     /// The `XADD` that records `run` in its job's history.
     pub(crate) fn history_entry(&self, run: &RunRecord) -> redis::Cmd {
+        self.history_entry_as(run, &run.outcome)
+    }
+
+    /// [`history_entry`](Self::history_entry) with another outcome than the
+    /// record's.
+    pub(crate) fn history_entry_as(&self, run: &RunRecord, outcome: &str) -> redis::Cmd {
         let mut add = redis::cmd("XADD");
         add.arg(self.keys.runs(&run.job))
             .arg("MAXLEN")
@@ -139,8 +145,6 @@ impl Fleet {
             .arg(&run.replica)
             .arg("fence")
             .arg(run.fence)
-            .arg("outcome")
-            .arg(&run.outcome)
             .arg("started")
             .arg(run.started_ms)
             .arg("duration")
@@ -157,6 +161,10 @@ impl Fleet {
         if let Some(error) = &run.error {
             add.arg("error").arg(truncated(error, MAX_ERROR_TEXT));
         }
+        // Last: entries of one run with different outcomes (a batch sends
+        // the one for success and the one for a lost lease) differ in
+        // their last argument alone.
+        add.arg("outcome").arg(outcome);
         add
     }
 
