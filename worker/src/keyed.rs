@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::context::JobContext;
 use crate::error::{Result, WorkerError};
+use crate::gather::{self, Gathered};
 use crate::inspect::RunRecord;
 use crate::job::KeyedJob;
 use crate::limit::Held;
@@ -63,10 +64,32 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
                 Err(err) => tracing::debug!(error = %err, "cannot read whether the job is paused"),
             }
         }
+        let requested = Instant::now();
+        if gather::fits(&shared, &spec) {
+            // A shutdown ends the wait, as below.
+            let claimed = tokio::select! {
+                claimed = gather::claim::<J::Output>(&shared, &spec, &record) => claimed?,
+                () = shared.stop_claiming.cancelled() => return Err(WorkerError::ShuttingDown),
+            };
+            match claimed {
+                Gathered::Duplicate(recorded) => return Ok(RunOutcome::Duplicate(recorded)),
+                Gathered::Busy => return Ok(RunOutcome::Busy),
+                Gathered::Acquired(guard) => {
+                    if shared.stop_claiming.is_cancelled() {
+                        let _ = guard.release().await;
+                        return Err(WorkerError::ShuttingDown);
+                    }
+                    metrics::claim_time(&spec.name, requested.elapsed());
+                    tracing::Span::current().record("fence", guard.fence());
+                    started.await;
+                    return gather::run(&shared, &job, args, &spec, (&key, &record), guard).await;
+                }
+                Gathered::Refused => {}
+            }
+        }
         if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
             return Ok(RunOutcome::Duplicate(recorded));
         }
-        let requested = Instant::now();
         // A shutdown ends the wait: no run starts once it has begun.
         let acquired = tokio::select! {
             acquired = hold(&shared, &spec, &record) => acquired,

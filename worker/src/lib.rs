@@ -18,6 +18,7 @@ mod context;
 mod cron;
 mod error;
 mod fleet;
+mod gather;
 pub mod inspect;
 mod job;
 mod keyed;

@@ -107,9 +107,14 @@ static DEAD_LETTER: LazyLock<Script> =
 const MAX_DEAD_LETTER_FIELDS: usize = 1000;
 
 /// The stream is trimmed once per this many acknowledgements (by this
-/// consumer), not per message: a trim walks the groups and their pending
-/// entries.
+/// consumer) at least, not per message: a trim walks the groups and their
+/// pending entries, then reads back the entries it keeps to find where to
+/// cut. With more kept, it trims once per half as many acknowledgements as
+/// it keeps (up to [`TRIM_EVERY_MAX`]), so what it reads stays at two
+/// entries per acknowledgement, and the stream at most half as many
+/// finished entries over what it keeps.
 const TRIM_EVERY: u64 = 100;
+const TRIM_EVERY_MAX: u64 = 50_000;
 
 /// A read that blocks longer than this holds up shutdown for nothing.
 const MAX_BLOCK: Duration = Duration::from_secs(60);
@@ -232,8 +237,10 @@ impl StreamSourceBuilder {
 
     /// How many entries that every group has finished with stay in the
     /// stream, newest first, for inspection; default 1000, at most 10^8.
-    /// Older ones are trimmed (every 100 acknowledgements): the stream keeps
-    /// this many, then everything from the oldest entry still pending (or
+    /// Older ones are trimmed every 100 acknowledgements, or every half as
+    /// many as it keeps if that is more (at most every 50,000), so between
+    /// trims it may hold up to half as many finished entries more: the
+    /// stream keeps this many, then everything from the oldest entry still pending (or
     /// not yet delivered) on, so one entry left pending for long holds the
     /// stream at its length from there.
     pub fn retain_acknowledged(mut self, entries: u64) -> Self {
@@ -586,7 +593,8 @@ impl Inner {
     /// trims once per start.
     async fn acknowledged(&self) {
         let acked = self.acked.fetch_add(1, Ordering::Relaxed) + 1;
-        if acked != 1 && !acked.is_multiple_of(TRIM_EVERY) {
+        let every = (self.retain / 2).clamp(TRIM_EVERY, TRIM_EVERY_MAX);
+        if acked != 1 && !acked.is_multiple_of(every) {
             return;
         }
         let mut trim = TRIM.key(&self.stream);

@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     pub(crate) queues: HashMap<String, Arc<dyn Source>>,
     /// The run history, registry and controls, on a Redis backend.
     pub(crate) fleet: Option<Arc<Fleet>>,
+    /// The claim and settle calls keyed runs share (see `gather.rs`),
+    /// started with the first.
+    pub(crate) gather: std::sync::OnceLock<crate::gather::Gather>,
 }
 
 impl fmt::Debug for Shared {
@@ -444,6 +447,7 @@ impl WorkerBuilder {
                 runs: TaskTracker::new(),
                 queues,
                 fleet: Fleet::new(&locks_for_fleet, self.history_limit).map(Arc::new),
+                gather: std::sync::OnceLock::new(),
             }),
             cron,
             consumers,

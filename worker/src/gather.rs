@@ -1,0 +1,282 @@
+//! Keyed runs started through a [`WorkerHandle`](crate::WorkerHandle) that
+//! fit a batch share their round trips: a run is claimed in one call (its
+//! dedupe record read, its key taken with its fence) and settled in one
+//! more (its record and effects committed while its lock holds, the lock
+//! released, its history entry written), and runs that claim or settle
+//! while another call is on its way go together in the next one. A caller
+//! alone pays two round trips where the path one step at a time pays five;
+//! many callers at once pay about two calls per batch.
+//!
+//! It fits a job with dedupe, no wait for a busy key, no `rate` and a
+//! `concurrency` of one, on a backend that batches
+//! ([`LockClient::batches`]: one Redis server or Sentinel's primary).
+//! Everything else, and a claim Redis refuses (a record of the wrong
+//! type), takes the path one step at a time (`keyed.rs`).
+
+use soloist_core::{Claim, Claimed, FencedWrite, LockClient, LockError, Settle, Settled, redis};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Result, WorkerError};
+use crate::inspect::RunRecord;
+use crate::job::KeyedJob;
+use crate::keyed::{body, run_record};
+use crate::outcome::RunOutcome;
+use crate::run::Ended;
+use crate::spec::JobSpec;
+use crate::worker::Shared;
+
+/// The most claims or settlements sent in one call.
+const MAX_BATCH: usize = 128;
+
+type Reply<T> = oneshot::Sender<soloist_core::Result<T>>;
+
+/// The two call loops a worker's gathered runs go through.
+#[derive(Debug)]
+pub(crate) struct Gather {
+    claims: mpsc::UnboundedSender<(Claim, Reply<Claimed>)>,
+    settles: mpsc::UnboundedSender<(Settle, Reply<Settled>)>,
+}
+
+impl Gather {
+    /// Starts the loops; they end once this is dropped and they are idle.
+    pub(crate) fn start(locks: &LockClient) -> Self {
+        let (claims, claim_queue) = mpsc::unbounded_channel();
+        let (settles, settle_queue) = mpsc::unbounded_channel();
+        let claimer = locks.clone();
+        tokio::spawn(calls(claim_queue, move |claims: Vec<Claim>| {
+            let locks = claimer.clone();
+            async move { locks.claim_all(&claims).await }
+        }));
+        let settler = locks.clone();
+        tokio::spawn(calls(settle_queue, move |settles: Vec<Settle>| {
+            let locks = settler.clone();
+            async move { locks.settle_all(settles).await }
+        }));
+        Gather { claims, settles }
+    }
+
+    async fn claim(&self, claim: Claim) -> soloist_core::Result<Claimed> {
+        request(&self.claims, claim).await
+    }
+
+    async fn settle(&self, settle: Settle) -> soloist_core::Result<Settled> {
+        request(&self.settles, settle).await
+    }
+}
+
+/// Sends `item` to its loop and waits for its answer.
+async fn request<T, R>(
+    queue: &mpsc::UnboundedSender<(T, Reply<R>)>,
+    item: T,
+) -> soloist_core::Result<R> {
+    let (reply, answer) = oneshot::channel();
+    let gone = || LockError::InvalidArgument {
+        name: "worker",
+        reason: "the worker's batch calls have stopped".to_owned(),
+    };
+    queue.send((item, reply)).map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
+}
+
+/// Sends what is queued as one call, whatever has queued meanwhile as the
+/// next: no wait added for a caller alone. An answer nobody awaits any more
+/// (its caller gave up) is dropped with what it holds: a guard so dropped
+/// gives its lock back.
+async fn calls<T, R, F, Fut>(mut queue: mpsc::UnboundedReceiver<(T, Reply<R>)>, call: F)
+where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = soloist_core::Result<Vec<R>>>,
+{
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.into_iter().unzip();
+        match call(items).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(err) => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Whether runs of `spec` take the gathered path.
+pub(crate) fn fits(shared: &Shared, spec: &JobSpec) -> bool {
+    spec.dedupe.is_some()
+        && spec.wait.is_zero()
+        && spec.rate.is_none()
+        && spec.concurrency.is_none_or(|permits| permits <= 1)
+        && shared.locks.batches()
+}
+
+/// What claiming a gathered run found.
+pub(crate) enum Gathered<T> {
+    /// Its record holds a success: the result.
+    Duplicate(T),
+    /// Another run holds the key.
+    Busy,
+    /// Taken: run it with [`run`].
+    Acquired(soloist_core::LockGuard),
+    /// Redis refused the claim itself: left to the path one step at a time,
+    /// which reports why.
+    Refused,
+}
+
+/// Claims the key of a run of `spec` whose record is `record`.
+pub(crate) async fn claim<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    spec: &JobSpec,
+    record: &str,
+) -> Result<Gathered<T>> {
+    let mut claim = Claim::new(record).ttl(spec.ttl).unless_recorded(record);
+    if let Some(max_hold) = spec.max_hold {
+        claim = claim.max_hold(max_hold);
+    }
+    let gather = shared.gather.get_or_init(|| Gather::start(&shared.locks));
+    Ok(match gather.claim(claim).await? {
+        Claimed::Recorded(found, _) => {
+            Gathered::Duplicate(serde_json::from_slice(&found.value).map_err(|source| {
+                WorkerError::Serde {
+                    job: spec.name.clone(),
+                    source,
+                }
+            })?)
+        }
+        Claimed::Acquired { guard, .. } => Gathered::Acquired(guard),
+        Claimed::Failed { error } => {
+            tracing::debug!(job = %spec.name, error = %error, "claim refused; run one step at a time");
+            Gathered::Refused
+        }
+        _ => Gathered::Busy,
+    })
+}
+
+/// Runs the body of a gathered run holding `guard`, and settles it: a
+/// success is recorded (with its effects) only while the lock holds, as on
+/// the path one step at a time, and comes to the same outcomes.
+pub(crate) async fn run<J: KeyedJob>(
+    shared: &Shared,
+    job: &J,
+    args: J::Args,
+    spec: &JobSpec,
+    (key, record): (&str, &str),
+    guard: soloist_core::LockGuard,
+) -> Result<RunOutcome<J::Output>> {
+    let mut ran = body(shared, job, args, spec, key, guard.lease()).await?;
+    let ended = std::mem::replace(&mut ran.ended, Ended::Cancelled);
+    let last_ctx = ran.last_ctx.take();
+    // The history entry as of the body's end, its outcome set when sent.
+    let mut entry = run_record(shared, spec, key, guard.fence(), &ran, "", None);
+    drop(ran);
+    let history = |entry: &RunRecord, outcome: &str| -> Vec<redis::Cmd> {
+        shared
+            .fleet
+            .as_ref()
+            .map(|fleet| fleet.history_entry_as(entry, outcome))
+            .into_iter()
+            .collect()
+    };
+    let gather = shared.gather.get_or_init(|| Gather::start(&shared.locks));
+    let (value, encoded, effects) = match ended {
+        Ended::Succeeded(value) => {
+            let effects = last_ctx
+                .map(|ctx| ctx.take_on_success())
+                .unwrap_or_default();
+            match serde_json::to_vec(&value) {
+                Ok(encoded) => (value, encoded, effects),
+                Err(source) => {
+                    let err = WorkerError::Serde {
+                        job: spec.name.clone(),
+                        source,
+                    };
+                    entry.error = Some(err.to_string());
+                    release(guard, history(&entry, "unrecorded")).await;
+                    return Err(err);
+                }
+            }
+        }
+        other => {
+            let outcome = match other {
+                Ended::Failed(error) => RunOutcome::Failed(error),
+                Ended::Lost => RunOutcome::Lost,
+                Ended::TimedOut => RunOutcome::TimedOut,
+                _ => RunOutcome::Cancelled,
+            };
+            if let RunOutcome::Failed(error) = &outcome {
+                entry.error = Some(error.to_string());
+            }
+            let settle = Settle::new(guard).otherwise(history(&entry, outcome.label()));
+            match gather.settle(settle).await {
+                Ok(settled) => warn_refused(&settled),
+                Err(err) => tracing::debug!(error = %err, "releasing after the run"),
+            }
+            return Ok(outcome);
+        }
+    };
+    let window = spec.dedupe.unwrap_or(spec.ttl);
+    let settle = Settle::new(guard)
+        .record(record, encoded, Some(window), effects)
+        .if_committed(history(&entry, "success"))
+        .otherwise(history(&entry, "lost"));
+    if let Err(err) = settle.check() {
+        // Malformed effects: a mistake in the job, refused before anything
+        // was sent, as a commit refuses them.
+        entry.error = Some(err.to_string());
+        release(settle.into_guard(), history(&entry, "unrecorded")).await;
+        return Err(err.into());
+    }
+    let settled = gather
+        .settle(settle)
+        .await
+        .map_err(|source| WorkerError::Unrecorded {
+            job: spec.name.clone(),
+            source,
+        })?;
+    warn_refused(&settled);
+    match (settled.write, settled.record_refused) {
+        (Some(FencedWrite::Accepted), _) => match settled.effect_refused {
+            // Recorded, an effect refused: the run counts as done, and
+            // the caller hears of the refusal, as from a commit.
+            Some(error) => Err(LockError::EffectRefused {
+                resource: record.to_owned(),
+                error,
+            }
+            .into()),
+            None => Ok(RunOutcome::Completed(value)),
+        },
+        (_, Some(error)) => Err(WorkerError::Unrecorded {
+            job: spec.name.clone(),
+            source: LockError::Protocol(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                "the record was refused",
+                error,
+            ))),
+        }),
+        // The lock was lost before the record: nothing written, no effect.
+        _ => Ok(RunOutcome::Lost),
+    }
+}
+
+/// Gives the key back with the run's history entry, outside a batch.
+async fn release(guard: soloist_core::LockGuard, history: Vec<redis::Cmd>) {
+    if let Err(err) = guard.release_with(&history).await {
+        tracing::debug!(error = %err, "releasing after the run");
+    }
+}
+
+fn warn_refused(settled: &Settled) {
+    if let Some(error) = &settled.command_refused {
+        tracing::warn!(error = %error, "cannot record the run in the history");
+    }
+}
