@@ -108,6 +108,13 @@
 //! entries, a message's last attempt, jobs with a `rate` or a
 //! `concurrency` above one), deliveries are handled one at a time.
 //!
+//! Keyed runs started through a [`WorkerHandle`] use the same two calls
+//! where they fit (a job with dedupe, no wait, no `rate`, a `concurrency`
+//! of one, one Redis server or Sentinel's primary): a run alone costs two
+//! requests (claim, settle) instead of five, and runs started while
+//! another's call is on its way go together in the next one, with the same
+//! outcomes as the path one step at a time.
+//!
 //! ## Losing a lease
 //! When a run's lease is lost (Redis unreachable past the lease's
 //! deadline, the key gone), the job's future is dropped by default and the

@@ -518,6 +518,15 @@ impl WorkerHandle {
     /// ([`RunOutcome::Busy`]) or, with dedupe, already succeeded within
     /// the window ([`RunOutcome::Duplicate`]). Fails only when the lock
     /// backend does, for invalid job settings, or during shutdown.
+    ///
+    /// A job with dedupe, no wait, no `rate` and a `concurrency` of one, on
+    /// a backend that batches ([`LockClient::batches`](soloist_core::LockClient::batches)),
+    /// costs two requests: one claims the key (dedupe record, lock, fence)
+    /// and one settles the run (record and effects while the lock holds,
+    /// release, history entry); runs started while another's call is on
+    /// its way share the next call. Other jobs read the record, take the
+    /// lock, read the record again, commit and release one request at a
+    /// time. Both come to the same outcomes.
     pub async fn run<J: KeyedJob>(&self, job: J, args: J::Args) -> Result<RunOutcome<J::Output>> {
         if self.shared.stop_claiming.is_cancelled() {
             return Err(WorkerError::ShuttingDown);
