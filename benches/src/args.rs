@@ -22,13 +22,13 @@ usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
   --json            print one JSON object per result row instead of tables
   --scenario NAME   run only this scenario; repeat for several
                     (raw, uncontended, contended, redlock3, cluster,
-                    watchdog, queue, cron; default all but cron, which
+                    keyed, watchdog, queue, cron; default all but cron, which
                     runs max(N, 20) one-second ticks twice)
   --library NAME    run only this library's rows; repeat for several
                     (raw, soloist, soloist-unfenced, rslock, rslock-1ms,
                     redlock, redlock-1ms, soloist-1node, soloist-semaphore,
                     soloist-semaphore-busy, handrolled, handrolled-fused,
-                    apalis, soloist-skew2m; default all; `soloist` includes
+                    apalis, soloist-skew2m, soloist-stepwise; default all; `soloist` includes
                     `soloist-1node`, the single-node rows of `redlock3` and
                     `cluster`; `soloist-unfenced` acquires with
                     `acquire_unfenced` in `uncontended` and `cluster`;
@@ -37,7 +37,8 @@ usage: lockbench [--secs N] [--warmup N] [--url URL] [--redlock-url URL]...
                     the same with 3 of its permits held elsewhere;
                     `handrolled`, `handrolled-fused` and `apalis` are
                     `queue` baselines; `soloist-skew2m` is `cron` with one
-                    replica's clock 2 minutes fast; only when named:
+                    replica's clock 2 minutes fast; `soloist-stepwise` is
+                    `keyed` with runs one step at a time; only when named:
                     alt-script, alt-lean, alt-multi, alt-fcall,
                     alt-unfenced, ways to take a fenced lock on a bare
                     connection in `uncontended` (alt-fcall loads a function

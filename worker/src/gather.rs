@@ -13,8 +13,11 @@
 //! Everything else, and a claim Redis refuses (a record of the wrong
 //! type), takes the path one step at a time (`keyed.rs`).
 
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::future::BoxFuture;
 use soloist_core::{Claim, Claimed, FencedWrite, LockClient, LockError, Settle, Settled, redis};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::{Result, WorkerError};
 use crate::inspect::RunRecord;
@@ -28,86 +31,141 @@ use crate::worker::Shared;
 /// The most claims or settlements sent in one call.
 const MAX_BATCH: usize = 128;
 
-type Reply<T> = oneshot::Sender<soloist_core::Result<T>>;
+type Reply<R> = oneshot::Sender<soloist_core::Result<R>>;
+type Call<T, R> =
+    Box<dyn Fn(Vec<T>) -> BoxFuture<'static, soloist_core::Result<Vec<R>>> + Send + Sync>;
 
-/// The two call loops a worker's gathered runs go through.
-#[derive(Debug)]
+/// The claim and settle calls a worker's gathered runs share.
 pub(crate) struct Gather {
-    claims: mpsc::UnboundedSender<(Claim, Reply<Claimed>)>,
-    settles: mpsc::UnboundedSender<(Settle, Reply<Settled>)>,
+    claims: Arc<Calls<Claim, Claimed>>,
+    settles: Arc<Calls<Settle, Settled>>,
+}
+
+impl std::fmt::Debug for Gather {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gather").finish_non_exhaustive()
+    }
 }
 
 impl Gather {
-    /// Starts the loops; they end once this is dropped and they are idle.
-    pub(crate) fn start(locks: &LockClient) -> Self {
-        let (claims, claim_queue) = mpsc::unbounded_channel();
-        let (settles, settle_queue) = mpsc::unbounded_channel();
+    pub(crate) fn new(locks: &LockClient) -> Self {
         let claimer = locks.clone();
-        tokio::spawn(calls(claim_queue, move |claims: Vec<Claim>| {
-            let locks = claimer.clone();
-            async move { locks.claim_all(&claims).await }
-        }));
         let settler = locks.clone();
-        tokio::spawn(calls(settle_queue, move |settles: Vec<Settle>| {
-            let locks = settler.clone();
-            async move { locks.settle_all(settles).await }
-        }));
-        Gather { claims, settles }
-    }
-
-    async fn claim(&self, claim: Claim) -> soloist_core::Result<Claimed> {
-        request(&self.claims, claim).await
-    }
-
-    async fn settle(&self, settle: Settle) -> soloist_core::Result<Settled> {
-        request(&self.settles, settle).await
+        Gather {
+            claims: Calls::new(Box::new(move |claims: Vec<Claim>| {
+                let locks = claimer.clone();
+                Box::pin(async move { locks.claim_all(&claims).await })
+            })),
+            settles: Calls::new(Box::new(move |settles: Vec<Settle>| {
+                let locks = settler.clone();
+                Box::pin(async move { locks.settle_all(settles).await })
+            })),
+        }
     }
 }
 
-/// Sends `item` to its loop and waits for its answer.
-async fn request<T, R>(
-    queue: &mpsc::UnboundedSender<(T, Reply<R>)>,
-    item: T,
-) -> soloist_core::Result<R> {
-    let (reply, answer) = oneshot::channel();
-    let gone = || LockError::InvalidArgument {
+/// One kind of call that callers share. A caller who finds none on its way
+/// sends its own at once (no hop to another task, no wait); callers who
+/// come while one is on its way queue, and go together in the next call,
+/// sent by a task of its own as soon as the previous one is answered.
+struct Calls<T, R> {
+    call: Call<T, R>,
+    queue: Mutex<Queue<T, R>>,
+}
+
+struct Queue<T, R> {
+    /// Whether a call is on its way (or about to be sent for the waiting).
+    busy: bool,
+    waiting: Vec<(T, Reply<R>)>,
+}
+
+impl<T: Send + 'static, R: Send + 'static> Calls<T, R> {
+    fn new(call: Call<T, R>) -> Arc<Self> {
+        Arc::new(Calls {
+            call,
+            queue: Mutex::new(Queue {
+                busy: false,
+                waiting: Vec::new(),
+            }),
+        })
+    }
+
+    async fn request(self: &Arc<Self>, item: T) -> soloist_core::Result<R> {
+        let queued = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.busy {
+                let (reply, answer) = oneshot::channel();
+                queue.waiting.push((item, reply));
+                Err(answer)
+            } else {
+                queue.busy = true;
+                Ok(item)
+            }
+        };
+        match queued {
+            Ok(item) => {
+                // Whatever queued meanwhile is sent once this is answered,
+                // or dropped (its caller gave up).
+                let _next = Next(self.clone());
+                let mut answers = (self.call)(vec![item]).await?;
+                answers.pop().ok_or_else(gone)
+            }
+            Err(answer) => answer.await.map_err(|_| gone())?,
+        }
+    }
+
+    /// Sends what waits as the next call, on a task of its own, or marks
+    /// the calls idle.
+    fn send_waiting(self: Arc<Self>) {
+        let (batch, runtime) = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let runtime = tokio::runtime::Handle::try_current();
+            if queue.waiting.is_empty() || runtime.is_err() {
+                // Without a runtime (it is shutting down) the waiting are
+                // dropped: their callers hear the calls have stopped.
+                queue.busy = false;
+                queue.waiting.clear();
+                return;
+            }
+            let count = queue.waiting.len().min(MAX_BATCH);
+            (queue.waiting.drain(..count).collect::<Vec<_>>(), runtime)
+        };
+        let Ok(runtime) = runtime else { return };
+        runtime.spawn(async move {
+            let _next = Next(self.clone());
+            let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.into_iter().unzip();
+            // An answer nobody awaits any more is dropped with what it
+            // holds: a guard so dropped gives its lock back.
+            match (self.call)(items).await {
+                Ok(answers) => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(err) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Sends the waiting when dropped: when a call is answered, or its caller
+/// gave up on it.
+struct Next<T: Send + 'static, R: Send + 'static>(Arc<Calls<T, R>>);
+
+impl<T: Send + 'static, R: Send + 'static> Drop for Next<T, R> {
+    fn drop(&mut self) {
+        self.0.clone().send_waiting();
+    }
+}
+
+fn gone() -> LockError {
+    LockError::InvalidArgument {
         name: "worker",
         reason: "the worker's batch calls have stopped".to_owned(),
-    };
-    queue.send((item, reply)).map_err(|_| gone())?;
-    answer.await.map_err(|_| gone())?
-}
-
-/// Sends what is queued as one call, whatever has queued meanwhile as the
-/// next: no wait added for a caller alone. An answer nobody awaits any more
-/// (its caller gave up) is dropped with what it holds: a guard so dropped
-/// gives its lock back.
-async fn calls<T, R, F, Fut>(mut queue: mpsc::UnboundedReceiver<(T, Reply<R>)>, call: F)
-where
-    F: Fn(Vec<T>) -> Fut,
-    Fut: Future<Output = soloist_core::Result<Vec<R>>>,
-{
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.into_iter().unzip();
-        match call(items).await {
-            Ok(answers) => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
-                }
-            }
-            Err(err) => {
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
-            }
-        }
     }
 }
 
@@ -143,8 +201,8 @@ pub(crate) async fn claim<T: serde::de::DeserializeOwned>(
     if let Some(max_hold) = spec.max_hold {
         claim = claim.max_hold(max_hold);
     }
-    let gather = shared.gather.get_or_init(|| Gather::start(&shared.locks));
-    Ok(match gather.claim(claim).await? {
+    let gather = shared.gather.get_or_init(|| Gather::new(&shared.locks));
+    Ok(match gather.claims.request(claim).await? {
         Claimed::Recorded(found, _) => {
             Gathered::Duplicate(serde_json::from_slice(&found.value).map_err(|source| {
                 WorkerError::Serde {
@@ -187,7 +245,7 @@ pub(crate) async fn run<J: KeyedJob>(
             .into_iter()
             .collect()
     };
-    let gather = shared.gather.get_or_init(|| Gather::start(&shared.locks));
+    let gather = shared.gather.get_or_init(|| Gather::new(&shared.locks));
     let (value, encoded, effects) = match ended {
         Ended::Succeeded(value) => {
             let effects = last_ctx
@@ -217,7 +275,7 @@ pub(crate) async fn run<J: KeyedJob>(
                 entry.error = Some(error.to_string());
             }
             let settle = Settle::new(guard).otherwise(history(&entry, outcome.label()));
-            match gather.settle(settle).await {
+            match gather.settles.request(settle).await {
                 Ok(settled) => warn_refused(&settled),
                 Err(err) => tracing::debug!(error = %err, "releasing after the run"),
             }
@@ -236,13 +294,15 @@ pub(crate) async fn run<J: KeyedJob>(
         release(settle.into_guard(), history(&entry, "unrecorded")).await;
         return Err(err.into());
     }
-    let settled = gather
-        .settle(settle)
-        .await
-        .map_err(|source| WorkerError::Unrecorded {
-            job: spec.name.clone(),
-            source,
-        })?;
+    let settled =
+        gather
+            .settles
+            .request(settle)
+            .await
+            .map_err(|source| WorkerError::Unrecorded {
+                job: spec.name.clone(),
+                source,
+            })?;
     warn_refused(&settled);
     match (settled.write, settled.record_refused) {
         (Some(FencedWrite::Accepted), _) => match settled.effect_refused {

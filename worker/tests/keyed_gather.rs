@@ -195,3 +195,38 @@ async fn outcomes_match_the_path_one_step_at_a_time() {
         "0"
     );
 }
+
+/// Callers who give up while their call is on its way (a timeout, a
+/// dropped future) neither stop the calls others share nor leave a lock
+/// behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_who_give_up_leave_nothing_behind() {
+    let server = RedisServer::start();
+    let worker = handle(LockClient::connect(&server.url()).await.unwrap(), "a");
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = counting_job(spec(), runs.clone(), Duration::from_millis(20));
+    assert!(worker.run(&job, 0).await.is_ok());
+    for round in 0..5u64 {
+        let impatient = (1..=20).map(|id| {
+            tokio::time::timeout(
+                Duration::from_micros(100 * (id % 7)),
+                worker.run(&job, round * 100 + id),
+            )
+        });
+        futures::future::join_all(impatient).await;
+    }
+    let last = tokio::time::timeout(10 * SECOND, worker.run(&job, 999))
+        .await
+        .expect("the calls go on");
+    assert!(matches!(last.unwrap(), RunOutcome::Completed(9990)));
+    // Every key a gave-up run took is given back (in the background).
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    loop {
+        let held = server.cli(&["KEYS", "soloist:lock:*"]);
+        if held.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "left held: {held}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

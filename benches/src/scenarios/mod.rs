@@ -4,6 +4,7 @@ mod alternatives;
 mod cluster;
 mod contended;
 mod cron;
+mod keyed;
 mod queue;
 mod raw;
 mod redlock3;
@@ -40,6 +41,9 @@ pub(crate) enum Scenario {
     Cluster,
     /// Ten thousand leases held and renewed in the background.
     Watchdog,
+    /// Keyed runs through a worker handle, each on a key of its own: the
+    /// gathered path against the path one step at a time.
+    Keyed,
     /// Messages through one Redis Streams consumer group, 1 and 4 consumers.
     Queue,
     /// A per-second cron job on five replicas: how late each tick starts.
@@ -49,12 +53,13 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub(crate) const ALL: [Scenario; 8] = [
+    pub(crate) const ALL: [Scenario; 9] = [
         Scenario::Raw,
         Scenario::Uncontended,
         Scenario::Contended,
         Scenario::Redlock3,
         Scenario::Cluster,
+        Scenario::Keyed,
         Scenario::Watchdog,
         Scenario::Queue,
         Scenario::Cron,
@@ -75,6 +80,7 @@ impl Scenario {
             Scenario::Redlock3 => "redlock3",
             Scenario::Cluster => "cluster",
             Scenario::Watchdog => "watchdog",
+            Scenario::Keyed => "keyed",
             Scenario::Queue => "queue",
             Scenario::Cron => "cron",
         }
@@ -104,6 +110,7 @@ pub(crate) async fn run(scenarios: &[Scenario], bench: &Bench) -> Vec<Row> {
             Scenario::Contended => contestants.extend(contended::contestants(bench).await),
             Scenario::Redlock3 => contestants.extend(redlock3::contestants(bench).await),
             Scenario::Cluster => contestants.extend(cluster::contestants(bench).await),
+            Scenario::Keyed => contestants.extend(keyed::contestants(bench).await),
             Scenario::Watchdog | Scenario::Queue | Scenario::Cron => {}
         }
     }
