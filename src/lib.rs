@@ -239,6 +239,12 @@
 //! on a single server every name works. Wake-ups go over the channel
 //! `wake:<client id>` under the same prefix.
 //!
+//! Keys taken in a batch ([`LockClient::claim_all`], one server only) get
+//! their fences from the server's clock and one key, `fence-clock` (the
+//! last fence a batch issued), not from a counter of their own: a queue's
+//! key per message leaves no counter behind. A key that has a counter
+//! still gets a fence above it, and the counter follows.
+//!
 //! A semaphore named `S` ([`LockClient::semaphore`]) keeps `sem:T` (its
 //! holders: a sorted set of owner tokens scored by when each lease runs
 //! out on the server's clock), `sem-fence:T` (its fence counter) and

@@ -331,10 +331,20 @@ impl LockClient {
 
     /// Claims the lock of every key in `claims` in one call, without
     /// waiting: for each, in order, its record is read if asked (found: not
-    /// taken), else the key is taken with a fresh fence, exactly as
+    /// taken), else the key is taken as
     /// [`LockRequest::acquire`](crate::LockRequest::acquire) with no wait
-    /// would, and the claim's commands for that outcome run, all in one
-    /// atomic script call.
+    /// would take it, and the claim's commands for that outcome run, all in
+    /// one atomic script call.
+    ///
+    /// The fences come from the server's clock (in microseconds) and the
+    /// last fence a call issued, kept in one key (`fence-clock` under the
+    /// client's prefix), not from a counter per key, so keys taken once (a
+    /// queue's key per message) leave no counter behind; keys taken in one
+    /// call may share a fence. Each is above every fence the key had before
+    /// (a key with a counter of its own gets one above it, and the counter
+    /// follows) and below any later acquisition's, as long as the server's
+    /// clock does not go back: the same assumption a new key's counter
+    /// rests on.
     ///
     /// A claim Redis refuses (a record or fence counter holding a value of
     /// the wrong type) comes back [`Claimed::Failed`], its key not kept and
