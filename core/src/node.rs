@@ -496,52 +496,60 @@ impl RedisNode {
 
 impl RedisNode {
     /// Runs `eval` as [`script_replicated`](Self::script_replicated) runs an
-    /// invocation: with replicas configured, a pipeline of the script and
-    /// `WAIT`; else as [`eval`](Self::eval).
+    /// invocation: with replicas configured, in one pipeline with `WAIT`.
     async fn eval_replicated<T: FromRedisValue>(
         &self,
         op: &'static str,
         eval: &Eval<'_>,
     ) -> Result<(T, Option<u32>)> {
-        let Some(replicas) = self.replicas else {
-            return Ok((self.eval(op, eval).await?, None));
-        };
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas.count).arg(millis(replicas.timeout));
-        self.with_connection(op, async |conn| {
-            let pipeline = |load: bool| {
-                let mut pipe = redis::pipe();
-                if load {
-                    pipe.load_script(eval.script).ignore();
-                }
-                pipe.add_command(eval.cmd.clone()).add_command(wait.clone());
-                pipe
-            };
-            match send(&mut conn.conn, &pipeline(false), true).await {
-                Err(err)
-                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    send(&mut conn.conn, &pipeline(true), true).await
-                }
-                outcome => outcome,
-            }
-        })
-        .await
+        let wait = self.replicas.map(|replicas| {
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(replicas.count).arg(millis(replicas.timeout));
+            wait
+        });
+        self.eval_then(op, eval, wait.as_ref()).await
     }
 
     /// Runs `eval` as [`script`](Self::script) runs an invocation: one
     /// command, not a pipeline, unless the server does not know the script.
     async fn eval<T: FromRedisValue>(&self, op: &'static str, eval: &Eval<'_>) -> Result<T> {
+        Ok(self.eval_then(op, eval, None).await?.0)
+    }
+
+    /// Runs `eval` alone, or in one pipeline with `wait` if given; a server
+    /// that does not know the script gets it again with `SCRIPT LOAD` in
+    /// front (see [`run_script`]).
+    async fn eval_then<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        eval: &Eval<'_>,
+        wait: Option<&redis::Cmd>,
+    ) -> Result<(T, Option<u32>)> {
+        let pipeline = |load: bool| {
+            let mut pipe = redis::pipe();
+            if load {
+                pipe.load_script(eval.script).ignore();
+            }
+            pipe.add_command(eval.cmd.clone());
+            if let Some(wait) = wait {
+                pipe.add_command(wait.clone());
+            }
+            pipe
+        };
         self.with_connection(op, async |conn| {
-            match eval.cmd.query_async(&mut conn.conn).await {
+            let first = match wait {
+                Some(_) => send(&mut conn.conn, &pipeline(false), true).await,
+                None => eval
+                    .cmd
+                    .query_async(&mut conn.conn)
+                    .await
+                    .map(|reply| (reply, None)),
+            };
+            match first {
                 Err(err)
                     if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    let mut pipe = redis::pipe();
-                    pipe.load_script(eval.script).ignore();
-                    pipe.add_command(eval.cmd.clone());
-                    let (reply,) = pipe.query_async(&mut conn.conn).await?;
-                    Ok(reply)
+                    send(&mut conn.conn, &pipeline(true), wait.is_some()).await
                 }
                 outcome => outcome,
             }

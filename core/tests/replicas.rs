@@ -250,3 +250,32 @@ async fn zero_replicas_is_no_check() {
     let guard = locks.lock("alone").acquire().await.expect("acquire");
     guard.release().await.expect("release");
 }
+
+/// A batch claim waits for the replica as a single acquisition does, in
+/// the same pipeline, loading its script again after `SCRIPT FLUSH`; one
+/// the replica did not acknowledge fails and gives its keys back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_claim_waits_for_the_replica() {
+    let set = ReplicaSet::start();
+    let locks = connect(&set).await;
+    assert_eq!(set.primary().cli(&["SCRIPT", "FLUSH"]), "OK");
+    let claims = [soloist::Claim::new("b1"), soloist::Claim::new("b2")];
+    for claimed in locks.claim_all(&claims).await.expect("claim") {
+        let soloist::Claimed::Acquired { guard, .. } = claimed else {
+            panic!("{claimed:?}")
+        };
+        assert!(exists(set.replica(), guard.key()));
+        guard.release().await.expect("release");
+    }
+    set.replica().pause();
+    match locks.claim_all(&claims).await {
+        Err(LockError::ReplicasUnconfirmed { wanted: 1, .. }) => {}
+        other => panic!("expected ReplicasUnconfirmed, got {other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while exists(set.primary(), "b1") || exists(set.primary(), "b2") {
+        assert!(Instant::now() < deadline, "keys left held on the primary");
+        sleep(Duration::from_millis(20)).await;
+    }
+    set.replica().resume();
+}
