@@ -152,8 +152,10 @@
 //!   release and renewal are Lua scripts that act only while the caller's
 //!   owner token still matches, so no client can delete or extend a lock it
 //!   does not hold. A token is the holder process's [`owner_id`], the time
-//!   of the acquisition and a 128-bit random secret: readable as "who holds
-//!   it since when" ([`parse_token`]), unguessable thanks to the secret.
+//!   of the acquisition and a 128-bit random secret in 43 bytes (short
+//!   enough for Redis to keep the value in one allocation): readable as
+//!   "who holds it since when" ([`parse_token`], which also reads the longer
+//!   hex tokens of earlier versions), unguessable thanks to the secret.
 //! - [`LockClient::sentinel`]: the primary that Redis Sentinel names, asked
 //!   again whenever a connection breaks or reaches a demoted server, so the
 //!   client follows failovers.

@@ -302,7 +302,8 @@ async fn no_renewal_after_release_or_drop() {
 }
 
 /// Tokens in Redis carry a 128-bit random secret, unrelated from token to
-/// token, after the holder's owner id and acquisition time.
+/// token, after the holder's owner id and acquisition time, and are short
+/// enough for Redis to keep the lock's value in one allocation.
 #[tokio::test]
 async fn owner_tokens_are_random_128_bit() {
     let server = RedisServer::start();
@@ -313,8 +314,14 @@ async fn owner_tokens_are_random_128_bit() {
         let token = token_of(&server, "tok");
         let info = soloist::parse_token(&token).expect("token with owner and time");
         assert_eq!(info.owner, soloist::owner_id());
+        assert!(token.len() <= 43, "{token}");
+        assert_eq!(
+            server.cli(&["OBJECT", "ENCODING", "soloist:lock:{tok}"]),
+            "embstr",
+            "{token}"
+        );
         let secret = token.rsplit('.').next().expect("secret");
-        tokens.push(u128::from_str_radix(secret, 16).expect("hex secret"));
+        tokens.push(base64url_number(secret));
         guard.release().await.unwrap();
     }
     let mut unique = tokens.clone();
@@ -327,6 +334,17 @@ async fn owner_tokens_are_random_128_bit() {
         (56.0..72.0).contains(&mean),
         "neighbouring tokens differ in {mean} bits"
     );
+}
+
+/// The number a token's part writes in base64url digits, most significant
+/// first.
+fn base64url_number(digits: &str) -> u128 {
+    const DIGITS: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    assert_eq!(digits.len(), 22, "{digits}");
+    digits.chars().fold(0, |value, digit| {
+        let digit = DIGITS.find(digit).expect("a base64url digit");
+        (value << 6) | digit as u128
+    })
 }
 
 /// Effects committed through a guard apply exactly when its write is

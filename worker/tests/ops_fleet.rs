@@ -237,6 +237,21 @@ async fn registry_shows_live_replicas_and_lock_holders() {
     guard.release().await.unwrap();
     assert!(inspector.locks("orders:*").await.unwrap().is_empty());
 
+    // A holder from an earlier soloist, whose tokens were hex (a rolling
+    // deploy has both kinds): the same owner, replica and time show.
+    let old = format!(
+        "{}.{:012x}.0123456789abcdef0123456789abcdef+",
+        soloist::owner_id(),
+        before_ms
+    );
+    server.cli(&["SET", "soloist:lock:{orders:43}", &old, "PX", "10000"]);
+    let held = inspector.locks("orders:*").await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].owner.as_deref(), Some(soloist::owner_id()));
+    assert!(["a", "b"].contains(&held[0].replica.as_deref().unwrap()));
+    assert_eq!(held[0].since_ms, Some(before_ms));
+    server.cli(&["DEL", "soloist:lock:{orders:43}"]);
+
     // Killed: no withdrawal, gone once its heartbeat runs out.
     a.kill();
     let killed = Instant::now();

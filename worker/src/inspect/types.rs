@@ -96,7 +96,7 @@ impl QueueDecl {
 pub struct ReplicaInfo {
     /// The replica's id ([`Worker::replica`](crate::Worker::replica)).
     pub replica: String,
-    /// The owner id its lock tokens start with ([`owner_id`](soloist_core::owner_id)).
+    /// The owner id its lock tokens carry ([`owner_id`](soloist_core::owner_id)).
     pub owner: String,
     /// The host name it runs on.
     pub host: String,
