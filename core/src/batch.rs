@@ -510,11 +510,14 @@ impl LockClient {
                     _ => String::new(),
                 },
             },
-            _ => Claimed::Held {
-                expires_in: number(parts.get(1))
-                    .and_then(|ms| u64::try_from(ms).ok())
-                    .map(Duration::from_millis),
-            },
+            _ => {
+                metrics::acquisition("busy", sent_at.elapsed());
+                Claimed::Held {
+                    expires_in: number(parts.get(1))
+                        .and_then(|ms| u64::try_from(ms).ok())
+                        .map(Duration::from_millis),
+                }
+            }
         })
     }
 

@@ -901,7 +901,12 @@ impl RedisNode {
         invocation
             .key(self.keys.lock(key))
             .key(self.keys.fence(counter))
-            .key(self.keys.waiters(key))
+            .key(self.keys.waiters(key));
+        if !self.is_cluster() {
+            // Batch claims fence from it (they run on one server only).
+            invocation.key(&self.fence_clock);
+        }
+        invocation
             .arg(token)
             .arg(millis(ttl))
             .arg(self.waiter_args(waiting))

@@ -513,6 +513,12 @@ async fn batch_fences_come_from_the_clock_and_only_grow() {
     let single = locks.lock("fresh").acquire().await.unwrap();
     assert!(single.fence() > ahead + 1);
     single.release().await.unwrap();
+    // A key that never had a counter starts one above the clock key too:
+    // the server's clock reads behind the fences a batch issued (as after
+    // a failover to a replica whose clock is behind).
+    let never = locks.lock("never-fenced").acquire().await.unwrap();
+    assert!(never.fence() > ahead + 1, "{} {ahead}", never.fence());
+    never.release().await.unwrap();
 
     // A clock key that holds no integer fails every claim alone; none
     // keeps its key.

@@ -48,18 +48,25 @@ impl std::fmt::Debug for Gather {
 }
 
 impl Gather {
+    /// Calls on `locks`, from the current runtime (it must be called in one).
     pub(crate) fn new(locks: &LockClient) -> Self {
         let claimer = locks.clone();
         let settler = locks.clone();
         Gather {
-            claims: Calls::new(Box::new(move |claims: Vec<Claim>| {
-                let locks = claimer.clone();
-                Box::pin(async move { locks.claim_all(&claims).await })
-            })),
-            settles: Calls::new(Box::new(move |settles: Vec<Settle>| {
-                let locks = settler.clone();
-                Box::pin(async move { locks.settle_all(settles).await })
-            })),
+            claims: Calls::new(
+                Box::new(move |claims: Vec<Claim>| {
+                    let locks = claimer.clone();
+                    Box::pin(async move { locks.claim_all(&claims).await })
+                }),
+                true,
+            ),
+            settles: Calls::new(
+                Box::new(move |settles: Vec<Settle>| {
+                    let locks = settler.clone();
+                    Box::pin(async move { locks.settle_all(settles).await })
+                }),
+                false,
+            ),
         }
     }
 }
@@ -71,6 +78,13 @@ impl Gather {
 struct Calls<T, R> {
     call: Call<T, R>,
     queue: Mutex<Queue<T, R>>,
+    /// The runtime the first call came from: the waiting are sent there
+    /// even when the last answer is dropped elsewhere.
+    runtime: tokio::runtime::Handle,
+    /// Whether to leave out waiting items whose caller has gone: a claim
+    /// nobody awaits would take a key for nothing, a settlement still
+    /// carries a success record.
+    skip_abandoned: bool,
 }
 
 struct Queue<T, R> {
@@ -80,13 +94,15 @@ struct Queue<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> Calls<T, R> {
-    fn new(call: Call<T, R>) -> Arc<Self> {
+    fn new(call: Call<T, R>, skip_abandoned: bool) -> Arc<Self> {
         Arc::new(Calls {
             call,
             queue: Mutex::new(Queue {
                 busy: false,
                 waiting: Vec::new(),
             }),
+            runtime: tokio::runtime::Handle::current(),
+            skip_abandoned,
         })
     }
 
@@ -117,26 +133,29 @@ impl<T: Send + 'static, R: Send + 'static> Calls<T, R> {
     /// Sends what waits as the next call, on a task of its own, or marks
     /// the calls idle.
     fn send_waiting(self: Arc<Self>) {
-        let (batch, runtime) = {
+        let batch = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let runtime = tokio::runtime::Handle::try_current();
-            if queue.waiting.is_empty() || runtime.is_err() {
-                // Without a runtime (it is shutting down) the waiting are
-                // dropped: their callers hear the calls have stopped.
+            if self.skip_abandoned {
+                queue.waiting.retain(|(_, reply)| !reply.is_closed());
+            }
+            if queue.waiting.is_empty() {
                 queue.busy = false;
-                queue.waiting.clear();
                 return;
             }
             let count = queue.waiting.len().min(MAX_BATCH);
-            (queue.waiting.drain(..count).collect::<Vec<_>>(), runtime)
+            queue.waiting.drain(..count).collect::<Vec<_>>()
         };
-        let Ok(runtime) = runtime else { return };
-        runtime.spawn(async move {
-            let _next = Next(self.clone());
+        // Made before the task runs: a runtime shutting down drops the task
+        // unrun, and with it this, which hands on to the next (whose
+        // callers then hear the calls have stopped) or marks them idle.
+        let next = Next(self.clone());
+        let calls = self.clone();
+        self.runtime.spawn(async move {
+            let _next = next;
             let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.into_iter().unzip();
             // An answer nobody awaits any more is dropped with what it
             // holds: a guard so dropped gives its lock back.
-            match (self.call)(items).await {
+            match (calls.call)(items).await {
                 Ok(answers) => {
                     for (reply, answer) in replies.into_iter().zip(answers) {
                         let _ = reply.send(Ok(answer));
@@ -162,10 +181,12 @@ impl<T: Send + 'static, R: Send + 'static> Drop for Next<T, R> {
     }
 }
 
+/// The calls stopped before answering (the runtime is shutting down): a
+/// transient error, which a queue consumer does not count as an attempt.
 fn gone() -> LockError {
-    LockError::InvalidArgument {
-        name: "worker",
-        reason: "the worker's batch calls have stopped".to_owned(),
+    LockError::Unresponsive {
+        op: "batch call",
+        after: std::time::Duration::ZERO,
     }
 }
 

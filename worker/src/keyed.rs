@@ -64,8 +64,8 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
                 Err(err) => tracing::debug!(error = %err, "cannot read whether the job is paused"),
             }
         }
-        let requested = Instant::now();
         if gather::fits(&shared, &spec) {
+            let requested = Instant::now();
             // A shutdown ends the wait, as below.
             let claimed = tokio::select! {
                 claimed = gather::claim::<J::Output>(&shared, &spec, &record) => claimed?,
@@ -90,6 +90,7 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
         if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
             return Ok(RunOutcome::Duplicate(recorded));
         }
+        let requested = Instant::now();
         // A shutdown ends the wait: no run starts once it has begun.
         let acquired = tokio::select! {
             acquired = hold(&shared, &spec, &record) => acquired,

@@ -1,6 +1,8 @@
 -- Take the lock and, on a single node, issue its fencing token in the same
 -- atomic step; a waiting caller also joins the key's queue of waiting clients.
--- KEYS[1] lock key, KEYS[2] fence counter, KEYS[3] waiting clients;
+-- KEYS[1] lock key, KEYS[2] fence counter, KEYS[3] waiting clients,
+-- KEYS[4] (on one server, not a cluster) the fence clock of batch claims
+-- (see claim_all.lua);
 -- ARGV[1] owner token, ARGV[2] ttl in ms, ARGV[3] the caller's client id
 -- when it waits ('' when it does not), ARGV[4] '1' when more of that
 -- client's waiters queue behind this one, ARGV[5] 'fence' to issue the
@@ -63,13 +65,27 @@ end
 if ARGV[5] == 'none' then
   return {1, 0}
 end
+-- Where a counter starts: the server clock in microseconds, or one more
+-- than the last fence a batch claim issued if that is higher (a key a
+-- batch fenced has no counter, and the clock may have gone back since:
+-- a failover to a replica whose clock is behind, a clock stepped back).
+local function start()
+  local now = redis.call('TIME')
+  local from = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if KEYS[4] then
+    local clock = tonumber(redis.call('GET', KEYS[4]) or '0')
+    if clock then
+      from = math.max(from, clock + 1)
+    end
+  end
+  return from
+end
 if ARGV[5] == 'counter' then
   local counter = redis.call('GET', KEYS[2])
   if not counter or tonumber(counter) < 1e15 then
     -- A node that lost its counter (restarted without persistence) reports
     -- its clock in microseconds instead of zero; see below.
-    local now = redis.call('TIME')
-    return {1, tonumber(now[1]) * 1000000 + tonumber(now[2])}
+    return {1, start()}
   end
   return {1, tonumber(counter)}
 end
@@ -84,8 +100,7 @@ if fence < 1e15 then
   -- The counter lives for a week from its seeding (INCR keeps the ttl),
   -- then starts again from the clock: one key per lock name does not stay
   -- forever, and fences still only grow.
-  local now = redis.call('TIME')
-  fence = math.max(fence, tonumber(now[1]) * 1000000 + tonumber(now[2]))
+  fence = math.max(fence, start())
   redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', 604800000)
 end
 return {1, fence}

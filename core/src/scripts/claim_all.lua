@@ -29,10 +29,10 @@
 -- this clock key, from the key's counter (read here), or from a counter
 -- since expired or lost, which stays below the clock (acquire.lua). It is
 -- below the fence of any later acquisition of the key: later calls read
--- the clock key; a later acquire.lua seeds a new counter from a later
--- clock reading, above the clock minus one. Where that would not hold
--- (the key has a counter; the fence is not below this reading of the
--- clock), the key's counter is set to the fence.
+-- the clock key; a later acquire.lua starts a new counter above both a
+-- later clock reading and the clock key. Where that would not hold (the
+-- key has a counter; the fence is not below this reading of the clock),
+-- the key's counter is set to the fence.
 local at = 1
 local now, issued, highest
 local function fence_for(counter)
@@ -54,8 +54,9 @@ local function fence_for(counter)
       error('ERR the fence counter ' .. counter .. ' is not an integer')
     end
     fence = math.max(fence, value + 1)
-    redis.call('SET', counter, string.format('%.0f', fence), 'KEEPTTL')
-  elseif fence >= now then
+  end
+  if own or fence >= now then
+    -- As acquire.lua keeps a counter: a week from its last seeding.
     redis.call('SET', counter, string.format('%.0f', fence), 'PX', 604800000)
   end
   highest = math.max(highest, fence)
