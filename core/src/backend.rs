@@ -18,6 +18,9 @@ pub(crate) enum Attempt<A = u64> {
     /// The lock is ours.
     Acquired(A),
     /// Another owner holds it; its lease runs out in `expires_in` if known.
+    /// Only a waiting attempt uses it (to sleep no longer than the lease),
+    /// so the single-node fast path, which never serves a waiting attempt,
+    /// does not read it: `None` there saves a `PTTL` per acquisition.
     Held { expires_in: Option<Duration> },
     /// Redlock only: neither a majority granted it nor a majority refused it.
     #[cfg_attr(not(feature = "redlock"), allow(dead_code))]

@@ -26,6 +26,8 @@ use crate::backend::Tally;
 #[non_exhaustive]
 pub enum LockError {
     /// The lock is held by another owner and the request did not ask to wait.
+    /// It does not say when the holder's lease ends: an acquisition that does
+    /// not wait is usually decided by one `SET … NX`, which does not read it.
     #[error("lock `{key}` is held by another owner")]
     Busy {
         /// The key as the caller gave it.

@@ -654,13 +654,138 @@ fn push_commands<C: AsRef<[Vec<u8>]>>(out: &mut redis::Cmd, commands: &[C]) {
     }
 }
 
-/// Whether the server refused the fast path itself rather than failed: it
-/// does not know `SET … NX … GET` (a syntax error; inside a transaction,
-/// `EXECABORT`), and nothing ran.
-fn refused(err: &RedisError) -> bool {
-    err.code() == Some("EXECABORT")
-        || (err.code() == Some("ERR")
-            && err.detail().is_some_and(|detail| detail.contains("syntax")))
+/// Whether a refusal of the fast path lasts as long as the client: the
+/// server cannot run one of its commands at all (`SET … NX … GET` before
+/// Redis 7.0 is a syntax error; a command unknown, renamed away, or not in
+/// the user's ACL). Anything else (out of memory under `noeviction`, a
+/// server still loading, a key the ACL denies, a redirection) passes, and
+/// only the attempt it met goes through the script.
+fn lasting(code: &str, detail: &str) -> bool {
+    match code {
+        "ERR" => detail.contains("syntax") || detail.contains("unknown command"),
+        // Redis 6 and 7.0 say "this user has no permissions to run the
+        // 'multi' command", 7.2 on "User … has no permissions to run the
+        // 'multi' command"; a denied key or channel says "access".
+        "NOPERM" => detail.contains("to run"),
+        _ => false,
+    }
+}
+
+/// What the server made of the fast path's `MULTI`, `SET`, `INCR`, `EXEC`,
+/// read from their four replies (see [`read_fast`]).
+#[derive(Debug, PartialEq, Eq)]
+struct FastReply {
+    /// `SET`'s reply (the previous holder, `None` when it took the key) and
+    /// `INCR`'s (`None` if it failed), when the `SET` ran: inside the
+    /// transaction, or on its own after a refused `MULTI`.
+    ran: Option<(Option<Vec<u8>>, Option<i64>)>,
+    /// The refusal met, as the server worded it, if any.
+    refusal: Option<String>,
+    /// The refusal will last (see [`lasting`]): no more fast path.
+    lasting: bool,
+    /// The server may have left the connection inside the transaction (an
+    /// `EXEC` refused, not discarded): it must not carry another command.
+    stuck: bool,
+}
+
+/// Reads the four replies of the fast path's transaction sent as plain
+/// commands. Sent as a redis-rs atomic pipeline, a refused `MULTI` breaks
+/// redis-rs' reply accounting (1.8.1 panics on it), and the `SET` and `INCR`
+/// that then run on their own (their replies real results, not `QUEUED`)
+/// would be lost with a lock taken. An `EXECABORT` carries no cause; the
+/// queued command's own reply does.
+fn read_fast(replies: &[redis::Value]) -> FastReply {
+    use redis::Value;
+    let refusal_of = |value: &Value| match value {
+        Value::ServerError(err) => Some((
+            err.code().to_owned(),
+            err.details().unwrap_or_default().to_owned(),
+        )),
+        _ => None,
+    };
+    let holder = |value: &Value| match value {
+        Value::Nil => Some(None),
+        Value::BulkString(holder) => Some(Some(holder.clone())),
+        _ => None,
+    };
+    let fence = |value: &Value| match value {
+        Value::Int(fence) => Some(*fence),
+        _ => None,
+    };
+    let mut reply = FastReply {
+        ran: None,
+        refusal: None,
+        lasting: false,
+        stuck: false,
+    };
+    let refused = |reply: &mut FastReply, (code, detail): (String, String)| {
+        reply.lasting |= lasting(&code, &detail);
+        reply.refusal.get_or_insert(format!("{code} {detail}"));
+    };
+    let [multi, set, incr, exec] = replies else {
+        reply.refusal = Some(format!("{} replies to 4 commands", replies.len()));
+        reply.stuck = true;
+        return reply;
+    };
+    if let Some(cause) = refusal_of(multi) {
+        refused(&mut reply, cause);
+        // No transaction: `SET` and `INCR` ran on their own, unless the
+        // connection was already inside one (then they answer `QUEUED`).
+        match holder(set) {
+            Some(holder) => reply.ran = Some((holder, fence(incr))),
+            None => match refusal_of(set) {
+                Some(cause) => refused(&mut reply, cause),
+                None => reply.stuck = true,
+            },
+        }
+        return reply;
+    }
+    match exec {
+        Value::Array(results) => match results.as_slice() {
+            [set, incr] if holder(set).is_some() => {
+                reply.ran = holder(set).map(|holder| (holder, fence(incr)));
+                if let Some(cause) = refusal_of(incr) {
+                    refused(&mut reply, cause);
+                }
+            }
+            [set, ..] => match refusal_of(set) {
+                Some(cause) => refused(&mut reply, cause),
+                None => reply.refusal = Some(format!("unexpected reply to SET: {set:?}")),
+            },
+            [] => reply.refusal = Some("EXEC answered an empty array".to_owned()),
+        },
+        Value::ServerError(err) if err.code() == "EXECABORT" => {
+            // Discarded, nothing ran: a queued command was refused (its own
+            // reply says why), or `EXEC` itself, "… because of: NOPERM …".
+            let exec_refused = err
+                .details()
+                .and_then(|detail| detail.split_once("because of: "))
+                .and_then(|(_, cause)| cause.split_once(' '))
+                .map(|(code, detail)| (code.to_owned(), detail.to_owned()));
+            match refusal_of(set)
+                .or_else(|| refusal_of(incr))
+                .or(exec_refused)
+            {
+                Some(cause) => refused(&mut reply, cause),
+                None => {
+                    reply.refusal = Some(format!("EXECABORT {}", err.details().unwrap_or_default()))
+                }
+            }
+        }
+        other => {
+            // Anything else from `EXEC` (a server that refuses it without
+            // discarding the transaction): the connection may still be
+            // inside it.
+            if let Some(cause) = refusal_of(other) {
+                refused(&mut reply, cause);
+            }
+            reply
+                .refusal
+                .get_or_insert(format!("unexpected reply to EXEC: {other:?}"));
+            reply.stuck = true;
+        }
+    }
+    reply
 }
 
 /// A ttl as Redis takes it: whole milliseconds, at least one.
@@ -765,9 +890,21 @@ impl RedisNode {
     /// seeded (the script seeds it), when the key already holds `token` (the
     /// same attempt sent again after its reply was lost: the script renews
     /// it and issues a higher fence), with replicas to wait for, for a user
-    /// without `MULTI` in its ACL (found at connect), and from the first
-    /// refusal on (a server before Redis 7.0, where `SET` takes `NX` or
-    /// `GET`, not both: the transaction is discarded, nothing ran).
+    /// without `MULTI` in its ACL (found at connect or at a refused `MULTI`),
+    /// and from a lasting refusal on (see [`lasting`]: a server before Redis
+    /// 7.0, where `SET` takes `NX` or `GET`, not both; a user whose ACL lost
+    /// `MULTI`, `EXEC`, `SET` or `INCR`). A passing refusal (out of memory,
+    /// loading) leaves only the attempt it met to the script, which answers
+    /// it as it answers any error.
+    ///
+    /// The four commands go out as a plain pipeline and their replies are
+    /// read here ([`read_fast`]): a refused `MULTI` lets `SET` and `INCR` run
+    /// on their own, and their replies then decide the attempt as a
+    /// transaction's would (the fence is still issued after the key was
+    /// taken, so it is above every earlier holder's). A refused `EXEC`
+    /// leaves the connection inside the transaction on the server, so the
+    /// connection is retired; commands other tasks sent on it meanwhile are
+    /// answered `QUEUED` and never run.
     ///
     /// An `INCR` beside a `SET` that found the key held is harmless: fences
     /// only need to grow. One that creates the counter (lost meanwhile)
@@ -790,30 +927,65 @@ impl RedisNode {
             .arg("PX")
             .arg(millis(ttl))
             .arg("GET");
-        let reply: Result<(Option<Vec<u8>>, i64)> = match way {
+        let (holder, fence) = match way {
             Fast::Fenced { counter } => {
                 let mut pipe = redis::pipe();
-                pipe.atomic().add_command(set).cmd("INCR").arg(counter);
-                self.with_connection("acquire", async |conn| {
-                    pipe.query_async(&mut conn.conn).await
-                })
-                .await
+                pipe.ignore_errors()
+                    .cmd("MULTI")
+                    .add_command(set)
+                    .cmd("INCR")
+                    .arg(counter)
+                    .cmd("EXEC");
+                let reply = self
+                    .with_connection("acquire", async |conn| {
+                        let replies: Vec<redis::Value> = pipe.query_async(&mut conn.conn).await?;
+                        let reply = read_fast(&replies);
+                        if reply.stuck {
+                            conn.retire();
+                        }
+                        Ok(reply)
+                    })
+                    .await?;
+                if let Some(refusal) = &reply.refusal {
+                    if reply.lasting {
+                        tracing::debug!(%refusal, "the server refused the transaction fast path; acquiring with the script from now on");
+                        self.fast_path.store(false, Ordering::Relaxed);
+                    } else {
+                        tracing::debug!(%refusal, "the server refused the transaction fast path; acquiring with the script this time");
+                    }
+                }
+                match reply.ran {
+                    Some((holder, Some(fence))) => (holder, fence),
+                    Some((None, None)) => {
+                        // Taken without a fence (the counter holds no
+                        // integer): give the key back, the script reports it.
+                        self.release(key, token).await?;
+                        return Ok(None);
+                    }
+                    Some((Some(holder), None)) => (Some(holder), SEEDED),
+                    None => return Ok(None),
+                }
             }
             Fast::Unfenced => {
-                self.with_connection("acquire", async |conn| {
-                    let holder = set.query_async(&mut conn.conn).await?;
-                    Ok((holder, SEEDED))
-                })
-                .await
+                let reply: Result<Option<Vec<u8>>> = self
+                    .with_connection("acquire", async |conn| {
+                        set.query_async(&mut conn.conn).await
+                    })
+                    .await;
+                match reply {
+                    Err(LockError::Protocol(err))
+                        if lasting(
+                            err.code().unwrap_or_default(),
+                            err.detail().unwrap_or_default(),
+                        ) =>
+                    {
+                        tracing::debug!(error = %err, "the server refused the fast path; acquiring with the script from now on");
+                        self.fast_path.store(false, Ordering::Relaxed);
+                        return Ok(None);
+                    }
+                    reply => (reply?, SEEDED),
+                }
             }
-        };
-        let (holder, fence) = match reply {
-            Err(LockError::Protocol(err)) if refused(&err) => {
-                tracing::debug!(error = %err, "the server refused the transaction fast path; acquiring with the script");
-                self.fast_path.store(false, Ordering::Relaxed);
-                return Ok(None);
-            }
-            reply => reply?,
         };
         Ok(match holder {
             None if fence >= SEEDED => Some(Attempt::Acquired(match way {
@@ -1697,5 +1869,127 @@ mod tests {
         let pttl: u64 = server.cli(&["PTTL", "soloist:lock:{u}"]).parse().unwrap();
         assert!(pttl > 1000, "renewed to the ttl asked: {pttl} ms");
         assert_eq!(server.cli(&["EXISTS", "soloist:fence:{u}"]), "0");
+    }
+
+    /// The four replies of the fast path, each in RESP.
+    fn fast_replies(replies: [&str; 4]) -> FastReply {
+        let replies: Vec<redis::Value> = replies
+            .iter()
+            .map(|reply| redis::parse_redis_value(reply.as_bytes()).unwrap())
+            .collect();
+        read_fast(&replies)
+    }
+
+    const QUEUED: &str = "+QUEUED\r\n";
+
+    #[test]
+    fn a_transaction_that_ran_gives_the_set_and_incr_replies() {
+        let reply = fast_replies([
+            "+OK\r\n",
+            QUEUED,
+            QUEUED,
+            "*2\r\n$-1\r\n:1000000000000000123\r\n",
+        ]);
+        assert_eq!(reply.ran, Some((None, Some(1_000_000_000_000_000_123))));
+        assert_eq!(
+            (reply.refusal, reply.lasting, reply.stuck),
+            (None, false, false)
+        );
+        let reply = fast_replies(["+OK\r\n", QUEUED, QUEUED, "*2\r\n$5\r\nother\r\n:7\r\n"]);
+        assert_eq!(reply.ran, Some((Some(b"other".to_vec()), Some(7))));
+    }
+
+    #[test]
+    fn a_refused_multi_lets_set_and_incr_run_on_their_own() {
+        let reply = fast_replies([
+            "-NOPERM this user has no permissions to run the 'multi' command\r\n",
+            "$-1\r\n",
+            ":1000000000000000124\r\n",
+            "-ERR EXEC without MULTI\r\n",
+        ]);
+        assert_eq!(reply.ran, Some((None, Some(1_000_000_000_000_000_124))));
+        assert!(reply.lasting && !reply.stuck, "{reply:?}");
+        // Redis 7.2's wording.
+        let reply = fast_replies([
+            "-NOPERM User soloist has no permissions to run the 'multi' command\r\n",
+            "$5\r\nother\r\n",
+            ":8\r\n",
+            "-NOPERM User soloist has no permissions to run the 'exec' command\r\n",
+        ]);
+        assert_eq!(reply.ran, Some((Some(b"other".to_vec()), Some(8))));
+        assert!(reply.lasting, "{reply:?}");
+    }
+
+    #[test]
+    fn queued_replies_after_a_refused_multi_mean_a_connection_inside_a_transaction() {
+        let reply = fast_replies([
+            "-ERR MULTI calls can not be nested\r\n",
+            QUEUED,
+            QUEUED,
+            "-NOPERM this user has no permissions to run the 'exec' command\r\n",
+        ]);
+        assert_eq!(reply.ran, None);
+        assert!(reply.stuck, "{reply:?}");
+    }
+
+    #[test]
+    fn an_exec_refused_for_good_turns_the_fast_path_off() {
+        // Redis 7.0 discards the transaction when `EXEC` is refused.
+        let reply = fast_replies([
+            "+OK\r\n",
+            QUEUED,
+            QUEUED,
+            "-EXECABORT Transaction discarded because of: NOPERM this user has no permissions to run the 'exec' command\r\n",
+        ]);
+        assert_eq!(reply.ran, None);
+        assert!(reply.lasting && !reply.stuck, "{reply:?}");
+        // One that is refused without discarding leaves the connection inside.
+        let reply = fast_replies([
+            "+OK\r\n",
+            QUEUED,
+            QUEUED,
+            "-NOPERM this user has no permissions to run the 'exec' command\r\n",
+        ]);
+        assert_eq!(reply.ran, None);
+        assert!(reply.lasting && reply.stuck, "{reply:?}");
+    }
+
+    #[test]
+    fn execabort_lasts_or_passes_with_its_cause() {
+        let aborted = "-EXECABORT Transaction discarded because of previous errors.\r\n";
+        for (set, lasts) in [
+            ("-ERR syntax error\r\n", true),
+            (
+                "-NOPERM this user has no permissions to run the 'set' command\r\n",
+                true,
+            ),
+            (
+                "-NOPERM this user has no permissions to access one of the keys used as arguments\r\n",
+                false,
+            ),
+            (
+                "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+                false,
+            ),
+            ("-LOADING Redis is loading the dataset in memory\r\n", false),
+            ("-MOVED 3999 127.0.0.1:6381\r\n", false),
+        ] {
+            let reply = fast_replies(["+OK\r\n", set, QUEUED, aborted]);
+            assert_eq!(reply.ran, None, "{set}");
+            assert_eq!(reply.lasting, lasts, "{set}");
+            assert!(!reply.stuck && reply.refusal.is_some(), "{set}");
+        }
+    }
+
+    #[test]
+    fn a_counter_that_holds_no_integer_leaves_the_set_reply() {
+        let reply = fast_replies([
+            "+OK\r\n",
+            QUEUED,
+            QUEUED,
+            "*2\r\n$-1\r\n-ERR value is not an integer or out of range\r\n",
+        ]);
+        assert_eq!(reply.ran, Some((None, None)));
+        assert!(!reply.lasting && reply.refusal.is_some(), "{reply:?}");
     }
 }

@@ -153,6 +153,13 @@ impl Connection {
         }
     }
 
+    /// Retires the connection for a state the server keeps on it (a
+    /// transaction it was left inside): the next command opens a fresh one,
+    /// and this one closes once its last user is done with it.
+    pub(crate) fn retire(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
     fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Relaxed)
     }

@@ -242,3 +242,172 @@ async fn a_user_with_multi_but_not_exec_is_refused_at_connect() {
         other => panic!("expected InvalidArgument(acl), got {other:?}"),
     }
 }
+
+/// Connects as the user `soloist`, granted [`SOLOIST_ACL_RULES`]; the
+/// default user stays on, for the test to change the grant.
+async fn connect_as_acl_user(server: &RedisServer) -> LockClient {
+    let mut command = vec!["ACL", "SETUSER", "soloist", "on", ">secret"];
+    command.extend_from_slice(SOLOIST_ACL_RULES);
+    assert_eq!(server.cli(&command), "OK");
+    let url = server.url().replace("redis://", "redis://soloist:secret@");
+    LockClient::connect(&url).await.expect("connect")
+}
+
+/// Takes and gives back `key` twice: the first acquisition seeds the
+/// counter through the script, the second takes the fast path.
+async fn warm_fast_path(server: &RedisServer, locks: &LockClient, key: &str) {
+    for _ in 0..2 {
+        locks
+            .lock(key)
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    assert!(command_calls(server, "multi") >= 1, "the fast path ran");
+}
+
+/// How many `MULTI`s the server refused.
+fn multi_rejected(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_multi:"))
+        .and_then(|line| {
+            line.split(',')
+                .find_map(|field| field.strip_prefix("rejected_calls="))
+        })
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// The lock takes turns with the guard: held while it lives, free after.
+async fn takes_turns(server: &RedisServer, locks: &LockClient, key: &str) -> u64 {
+    let guard = locks.lock(key).acquire().await.expect("acquire");
+    assert!(
+        matches!(
+            locks.lock(key).acquire().await,
+            Err(soloist::LockError::Busy { .. })
+        ),
+        "the key is held while the guard lives"
+    );
+    let fence = guard.fence();
+    guard.release().await.expect("release");
+    assert_eq!(
+        server.cli(&["EXISTS", &format!("soloist:lock:{{{key}}}")]),
+        "0"
+    );
+    fence
+}
+
+/// `MULTI` taken from the user while the client runs: the `SET` and `INCR`
+/// sent after the refused `MULTI` run on their own, and their replies are
+/// the acquisition's outcome. No panic, no lock left without a guard, and
+/// the client acquires through the script from then on.
+#[tokio::test]
+async fn multi_revoked_at_runtime_falls_back_to_the_script() {
+    let server = RedisServer::start();
+    let locks = connect_as_acl_user(&server).await;
+    warm_fast_path(&server, &locks, "revoked").await;
+    let before = server
+        .cli(&["GET", "soloist:fence:{revoked}"])
+        .parse::<u64>()
+        .unwrap();
+    assert_eq!(server.cli(&["ACL", "SETUSER", "soloist", "-multi"]), "OK");
+    let guard = tokio::time::timeout(10 * SECOND, locks.lock("revoked").acquire())
+        .await
+        .expect("answered")
+        .expect("acquired");
+    assert!(guard.fence() > before, "{} > {before}", guard.fence());
+    assert_eq!(
+        server.cli(&["EXISTS", "soloist:lock:{revoked}"]),
+        "1",
+        "the guard holds the key"
+    );
+    guard.release().await.expect("release");
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{revoked}"]), "0");
+    let refused = multi_rejected(&server);
+    let mut fences = Vec::new();
+    for _ in 0..3 {
+        fences.push(takes_turns(&server, &locks, "revoked").await);
+    }
+    assert!(
+        fences.windows(2).all(|pair| pair[0] < pair[1]),
+        "{fences:?}"
+    );
+    assert_eq!(multi_rejected(&server), refused, "no MULTI sent again");
+}
+
+/// `EXEC` taken from the user while the client runs: the server keeps the
+/// connection inside the transaction, so it is retired, and the attempt and
+/// those after it go through the script on a fresh connection.
+#[tokio::test]
+async fn exec_revoked_at_runtime_falls_back_to_the_script() {
+    let server = RedisServer::start();
+    let locks = connect_as_acl_user(&server).await;
+    warm_fast_path(&server, &locks, "revoked").await;
+    assert_eq!(server.cli(&["ACL", "SETUSER", "soloist", "-exec"]), "OK");
+    let multi = command_calls(&server, "multi");
+    let mut fences = Vec::new();
+    for _ in 0..3 {
+        let fence = tokio::time::timeout(10 * SECOND, takes_turns(&server, &locks, "revoked"))
+            .await
+            .expect("answered");
+        fences.push(fence);
+    }
+    assert!(
+        fences.windows(2).all(|pair| pair[0] < pair[1]),
+        "{fences:?}"
+    );
+    assert_eq!(
+        command_calls(&server, "multi"),
+        multi + 1,
+        "MULTI tried once"
+    );
+    until("no connection is left inside a transaction", || {
+        !server.cli(&["CLIENT", "LIST"]).lines().any(|client| {
+            client.split(' ').any(|field| {
+                field
+                    .strip_prefix("flags=")
+                    .is_some_and(|f| f.contains('x'))
+            })
+        })
+    })
+    .await;
+}
+
+/// A passing refusal (out of memory under `noeviction`) fails the attempts
+/// while it lasts and leaves the fast path on for when it is over.
+#[tokio::test]
+async fn a_passing_refusal_leaves_the_fast_path_on() {
+    let server = RedisServer::start();
+    let locks = connect(&server).await;
+    warm_fast_path(&server, &locks, "full").await;
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "maxmemory-policy"]),
+        "maxmemory-policy\nnoeviction"
+    );
+    assert_eq!(server.cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    for _ in 0..2 {
+        match locks.lock("full").acquire().await {
+            Err(soloist::LockError::Busy { .. }) | Ok(_) => {
+                panic!("acquired or busy while the server refuses writes")
+            }
+            Err(err) => assert!(err.to_string().contains("OOM"), "{err}"),
+        }
+    }
+    assert_eq!(server.cli(&["EXISTS", "soloist:lock:{full}"]), "0");
+    assert_eq!(server.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
+    let multi = command_calls(&server, "multi");
+    let guard = locks.lock("full").acquire().await.expect("acquire");
+    // (Scripts are not counted: the failed attempts' clean-up releases may
+    // still be on their way.)
+    assert_eq!(
+        command_calls(&server, "multi"),
+        multi + 1,
+        "the fast path is on again"
+    );
+    guard.release().await.expect("release");
+    takes_turns(&server, &locks, "full").await;
+}
