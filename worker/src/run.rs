@@ -138,9 +138,13 @@ async fn guarded<F: Future>(
 
 /// Resolves once any of `leases` is lost.
 async fn any_lost(leases: &[Lease]) {
-    let lost: Vec<_> = leases.iter().map(|lease| Box::pin(lease.lost())).collect();
-    if lost.is_empty() {
-        return std::future::pending().await;
+    match leases {
+        [] => std::future::pending().await,
+        // Most runs hold one lease: no boxes and no list to poll.
+        [lease] => lease.lost().await,
+        _ => {
+            let lost = leases.iter().map(|lease| Box::pin(lease.lost()));
+            futures::future::select_all(lost).await;
+        }
     }
-    futures::future::select_all(lost).await;
 }
