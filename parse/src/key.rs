@@ -12,6 +12,7 @@
 //! the rendering is injective.
 
 use std::fmt::{self, Write};
+use std::sync::Arc;
 
 /// Whether `c` is written as it is inside an escaped key part.
 #[doc(hidden)]
@@ -80,8 +81,9 @@ impl<T: fmt::Display> fmt::Display for KeyPart<T> {
 /// `{name}` placeholders for the job's arguments (`{{` and `}}` for braces).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTemplate {
-    template: String,
-    placeholders: Vec<String>,
+    // Shared: a job's spec, with its template, is cloned for every run.
+    template: Arc<str>,
+    placeholders: Arc<[String]>,
 }
 
 impl KeyTemplate {
@@ -166,8 +168,8 @@ impl KeyTemplate {
             }
         }
         Ok(KeyTemplate {
-            template: template.to_owned(),
-            placeholders,
+            template: template.into(),
+            placeholders: placeholders.into(),
         })
     }
 
