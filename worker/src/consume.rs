@@ -91,7 +91,7 @@ impl<J: KeyedJob> Erased<J> {
         #[cfg(feature = "streams")]
         let batched = job.spec().ok().filter(|spec| {
             spec.validate().is_ok()
-                && !spec.concurrency.is_some_and(|permits| permits > 1)
+                && spec.concurrency.is_none_or(|permits| permits <= 1)
                 && spec.rate.is_none()
         });
         Erased {
