@@ -2,7 +2,6 @@
 //! [`metrics`](https://docs.rs/metrics) facade.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata};
@@ -27,18 +26,26 @@ pub const CLOCK_SKEW_SECONDS: &str = "soloist_clock_skew_seconds";
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-/// Most keys a thread keeps per metric and fixed label; past it, that
-/// metric's keys are built afresh.
-const MAX_CACHED: usize = 256;
+/// Most keys a thread keeps; past it, the keys are built afresh.
+const MAX_CACHED: usize = 64;
 
-type Keys = HashMap<(&'static str, Option<(&'static str, &'static str)>), HashMap<Box<str>, Key>>;
+/// A cached key: the metric's name, its fixed label, and the value of its
+/// label by name.
+type Cached = (
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    Box<str>,
+    Key,
+);
 
 thread_local! {
-    /// Keys built for a job's or a source's name, by metric: a queue
-    /// records several metrics per message, and a key built per call
-    /// costs its label's string, the label list and the key's hash each
-    /// time. A cached key shares all three.
-    static KEYS: RefCell<Keys> = RefCell::new(HashMap::new());
+    /// Keys built for a job's or a source's name: a queue records several
+    /// metrics per message, and a key built per call costs its label's
+    /// string, the label list and the key's hash each time. A cached key
+    /// shares all three. A worker has few jobs and sources, so a list
+    /// searched in order (comparing the static names by address first)
+    /// beats hashing the name on every call.
+    static KEYS: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The key of metric `name` with the label `label` => `value` (and then
@@ -51,18 +58,22 @@ fn key(
 ) -> Key {
     KEYS.with(|keys| {
         let mut keys = keys.borrow_mut();
-        let by_value = keys.entry((name, fixed)).or_default();
-        if let Some(key) = by_value.get(value) {
+        let found = keys.iter().find(|(cached, cached_fixed, cached_value, _)| {
+            (std::ptr::eq(*cached, name) || *cached == name)
+                && *cached_fixed == fixed
+                && **cached_value == *value
+        });
+        if let Some((.., key)) = found {
             return key.clone();
         }
-        if by_value.len() >= MAX_CACHED {
-            by_value.clear();
+        if keys.len() >= MAX_CACHED {
+            keys.clear();
         }
         let mut labels = vec![Label::new(label, value.to_owned())];
         labels.extend(fixed.map(|(label, value)| Label::from_static_parts(label, value)));
         // Retained: its clones share the name, the labels and the hash.
         let key = Key::from_parts(name, labels).to_retained();
-        by_value.insert(value.into(), key.clone());
+        keys.push((name, fixed, value.into(), key.clone()));
         key
     })
 }
