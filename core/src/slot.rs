@@ -68,7 +68,7 @@ pub(crate) fn push_tagged(name: &mut String, key: &str) {
 pub(crate) fn tag_around(key: &str) -> (&'static str, &'static str) {
     // Most keys hold no brace at all: one pass tells, where the rules
     // below take two (every name of every lock call is built this way).
-    if !key.bytes().any(|b| b == b'{' || b == b'}') {
+    if !key.contains('{') && !key.contains('}') {
         ("{", "}")
     } else if hash_tag(key).is_some() {
         ("=", "")
