@@ -39,6 +39,11 @@ fn escape_into(out: &mut impl Write, part: &str) -> fmt::Result {
 /// becomes inside a lock key, a dedupe record or a queue entry.
 #[doc(hidden)]
 pub fn escaped(text: &str) -> String {
+    // Most names and arguments are plain already (every byte of a
+    // character outside ASCII is not).
+    if text.bytes().all(|b| is_plain(char::from(b))) {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(text.len());
     // Writing to a String cannot fail.
     let _ = escape_into(&mut out, text);
