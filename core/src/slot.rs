@@ -66,7 +66,11 @@ pub(crate) fn push_tagged(name: &mut String, key: &str) {
 
 /// What [`tagged`] puts before and after `key`.
 pub(crate) fn tag_around(key: &str) -> (&'static str, &'static str) {
-    if hash_tag(key).is_some() {
+    // Most keys hold no brace at all: one pass tells, where the rules
+    // below take two (every name of every lock call is built this way).
+    if !key.contains('{') && !key.contains('}') {
+        ("{", "}")
+    } else if hash_tag(key).is_some() {
         ("=", "")
     } else if key.contains('}') {
         ("{=", "}")
@@ -165,6 +169,10 @@ mod tests {
 
     #[test]
     fn tagged_names_differ_for_different_keys() {
+        assert_eq!(tagged("orders:42"), "{orders:42}");
+        assert_eq!(tagged("{"), "{{}");
+        assert_eq!(tagged("a}b"), "{=a}b}");
+        assert_eq!(tagged("{shop}:7"), "={shop}:7");
         let keys = ["x", "{x}", "=x", "{x}}", "x}", "=x}", "{{x}}", "}", "=}"];
         for a in keys {
             for b in keys {

@@ -12,6 +12,7 @@
 //! the rendering is injective.
 
 use std::fmt::{self, Write};
+use std::sync::Arc;
 
 /// Whether `c` is written as it is inside an escaped key part.
 #[doc(hidden)]
@@ -38,6 +39,11 @@ fn escape_into(out: &mut impl Write, part: &str) -> fmt::Result {
 /// becomes inside a lock key, a dedupe record or a queue entry.
 #[doc(hidden)]
 pub fn escaped(text: &str) -> String {
+    // Most names and arguments are plain already (every byte of a
+    // character outside ASCII is not).
+    if text.bytes().all(|b| is_plain(char::from(b))) {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(text.len());
     // Writing to a String cannot fail.
     let _ = escape_into(&mut out, text);
@@ -80,8 +86,9 @@ impl<T: fmt::Display> fmt::Display for KeyPart<T> {
 /// `{name}` placeholders for the job's arguments (`{{` and `}}` for braces).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTemplate {
-    template: String,
-    placeholders: Vec<String>,
+    // Shared: a job's spec, with its template, is cloned for every run.
+    template: Arc<str>,
+    placeholders: Arc<[String]>,
 }
 
 impl KeyTemplate {
@@ -166,8 +173,8 @@ impl KeyTemplate {
             }
         }
         Ok(KeyTemplate {
-            template: template.to_owned(),
-            placeholders,
+            template: template.into(),
+            placeholders: placeholders.into(),
         })
     }
 

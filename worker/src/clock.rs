@@ -56,7 +56,11 @@ impl FleetClock {
 
     /// The fleet's time now.
     pub(crate) fn now(&self) -> DateTime<Utc> {
-        self.local_now() + TimeDelta::microseconds(self.offset_us.load(Ordering::Relaxed))
+        // One addition rather than two: every run reads this as it starts.
+        let offset_us = self
+            .local_error_us
+            .saturating_add(self.offset_us.load(Ordering::Relaxed));
+        DateTime::<Utc>::from(SystemTime::now()) + TimeDelta::microseconds(offset_us)
     }
 
     /// Sleeps until the fleet's clock reads `at`.

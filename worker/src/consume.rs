@@ -76,7 +76,31 @@ pub(crate) trait Consumed: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<bool>>>;
 }
 
-pub(crate) struct Erased<J>(pub(crate) J);
+pub(crate) struct Erased<J> {
+    job: J,
+    /// The job's spec, read once as the worker is built (as the checks of
+    /// [`check`] read it), if it is valid and its runs can be claimed in a
+    /// batch: what every [`prepare`](Consumed::prepare) hands out, rather
+    /// than building and validating it again per delivery.
+    #[cfg(feature = "streams")]
+    batched: Option<JobSpec>,
+}
+
+impl<J: KeyedJob> Erased<J> {
+    pub(crate) fn new(job: J) -> Self {
+        #[cfg(feature = "streams")]
+        let batched = job.spec().ok().filter(|spec| {
+            spec.validate().is_ok()
+                && spec.concurrency.is_none_or(|permits| permits <= 1)
+                && spec.rate.is_none()
+        });
+        Erased {
+            job,
+            #[cfg(feature = "streams")]
+            batched,
+        }
+    }
+}
 
 impl<J: KeyedJob + 'static> Consumed for Erased<J> {
     fn run_payload<'a>(
@@ -91,7 +115,7 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
                 Err(err) => return Ok(Handled::Malformed(format!("bad arguments: {err}"))),
             };
             Ok(
-                match keyed::run_noting_start(shared, &self.0, args, started).await? {
+                match keyed::run_noting_start(shared, &self.job, args, started).await? {
                     RunOutcome::Completed(_) => Handled::Done { duplicate: false },
                     RunOutcome::Duplicate(_) => Handled::Done { duplicate: true },
                     RunOutcome::Busy => Handled::Busy,
@@ -105,15 +129,15 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
 
     #[cfg(feature = "streams")]
     fn prepare(&self, payload: &[u8]) -> Option<crate::batch::Prepared> {
+        let spec = self.batched.as_ref()?;
         let args: J::Args = serde_json::from_slice(payload).ok()?;
-        let spec = self.0.spec().ok()?;
-        spec.validate().ok()?;
-        if spec.concurrency.is_some_and(|permits| permits > 1) || spec.rate.is_some() {
-            return None;
-        }
-        let key = self.0.key(&args);
-        let record = keyed::record_name(&spec, &key);
-        Some(crate::batch::Prepared { spec, key, record })
+        let key = self.job.key(&args);
+        let record = keyed::record_name(spec, &key);
+        Some(crate::batch::Prepared {
+            spec: spec.clone(),
+            key,
+            record,
+        })
     }
 
     #[cfg(feature = "streams")]
@@ -125,7 +149,7 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
         guard: soloist_core::LockGuard,
     ) -> BoxFuture<'a, crate::batch::Finished> {
         Box::pin(crate::batch::run_claimed(
-            shared, &self.0, payload, prepared, guard,
+            shared, &self.job, payload, prepared, guard,
         ))
     }
 
@@ -138,7 +162,7 @@ impl<J: KeyedJob + 'static> Consumed for Erased<J> {
             let Ok(args) = serde_json::from_slice::<J::Args>(payload) else {
                 return Ok(None);
             };
-            keyed::succeeded(shared, &self.0, &args).await.map(Some)
+            keyed::succeeded(shared, &self.job, &args).await.map(Some)
         })
     }
 }

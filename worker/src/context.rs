@@ -1,5 +1,6 @@
 //! What a running job knows about its run.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -30,10 +31,12 @@ struct Inner {
     key: Option<String>,
     fence: u64,
     attempt: u32,
-    replica: String,
+    /// Borrowed for the default: a run's builder sets its own.
+    replica: Cow<'static, str>,
     scheduled_at: Option<DateTime<Utc>>,
     lease: Option<Lease>,
-    cancel: CancellationToken,
+    /// `None` for a context built without one, which is never cancelled.
+    cancel: Option<CancellationToken>,
     /// Commands to apply with the record of the run's success.
     on_success: Mutex<Vec<redis::Cmd>>,
 }
@@ -61,10 +64,10 @@ impl JobContext {
                 key: None,
                 fence: 0,
                 attempt: 1,
-                replica: "local".to_owned(),
+                replica: Cow::Borrowed("local"),
                 scheduled_at: None,
                 lease: None,
-                cancel: CancellationToken::new(),
+                cancel: None,
                 on_success: Mutex::new(Vec::new()),
             },
         }
@@ -126,12 +129,18 @@ impl JobContext {
     /// running). The runtime also drops the job's future then; this is for
     /// work the job spawned or handed elsewhere.
     pub async fn cancelled(&self) {
-        self.inner.cancel.cancelled().await;
+        match &self.inner.cancel {
+            Some(cancel) => cancel.cancelled().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Whether [`cancelled`](Self::cancelled) has resolved.
     pub fn is_cancelled(&self) -> bool {
-        self.inner.cancel.is_cancelled()
+        self.inner
+            .cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
     }
 
     /// Applies a Redis `command` when this run's success is recorded:
@@ -246,7 +255,7 @@ impl JobContextBuilder {
 
     /// The replica id; default `local`.
     pub fn replica(mut self, replica: &str) -> Self {
-        self.inner.replica = replica.to_owned();
+        self.inner.replica = Cow::Owned(replica.to_owned());
         self
     }
 
@@ -265,7 +274,7 @@ impl JobContextBuilder {
 
     /// The token whose cancellation [`JobContext::cancelled`] reports.
     pub fn cancellation(mut self, cancel: CancellationToken) -> Self {
-        self.inner.cancel = cancel;
+        self.inner.cancel = Some(cancel);
         self
     }
 

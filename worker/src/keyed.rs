@@ -28,7 +28,7 @@ use crate::outcome::RunOutcome;
 use crate::run::{Ended, attempts};
 use crate::spec::JobSpec;
 use crate::worker::Shared;
-use soloist_parse::escaped;
+use soloist_parse::{escaped, is_plain};
 
 pub(crate) async fn run<J: KeyedJob>(
     shared: Arc<Shared>,
@@ -173,7 +173,18 @@ pub(crate) fn record_name(spec: &JobSpec, key: &str) -> String {
 /// The dedupe record (and lock) of a run of the job named `job` with the
 /// rendered `key`.
 pub(crate) fn record_of(job: &str, key: &str) -> String {
-    format!("job:{}:{key}", escaped(job))
+    // Built in place, without formatting: every consumed message names its
+    // record. A name of plain characters only is its own escaped form.
+    let mut name = String::with_capacity("job::".len() + job.len() + key.len());
+    name.push_str("job:");
+    if job.chars().all(is_plain) {
+        name.push_str(job);
+    } else {
+        name.push_str(&escaped(job));
+    }
+    name.push(':');
+    name.push_str(key);
+    name
 }
 
 /// The result a successful run recorded within the dedupe window.
@@ -404,4 +415,18 @@ async fn outcome_of<T: serde::Serialize>(
         Ended::TimedOut => RunOutcome::TimedOut,
         Ended::Cancelled => RunOutcome::Cancelled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_of;
+
+    #[test]
+    fn a_record_names_the_escaped_job_and_the_rendered_key() {
+        assert_eq!(record_of("charge", "invoice:42"), "job:charge:invoice:42");
+        // A `:` in the job's name cannot make two jobs share a record.
+        assert_eq!(record_of("a:b", "c"), "job:a%3Ab:c");
+        assert_ne!(record_of("a:b", "c"), record_of("a", "b:c"));
+        assert_eq!(record_of("ü", "k"), "job:%C3%BC:k");
+    }
 }

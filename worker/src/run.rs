@@ -2,6 +2,7 @@
 //! and the ways a run is cut short.
 
 use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -121,6 +122,21 @@ async fn guarded<F: Future>(
     hold_until: Option<Instant>,
     watch_lost: bool,
 ) -> Result<F::Output, Interrupt> {
+    let mut work = std::pin::pin!(work);
+    // Work done at its first poll (a body that does not wait) while nothing
+    // stops the run needs none of the watchers below: the select would poll
+    // each (a timer for the lease's deadline, two wakers) only to find it
+    // pending, then drop it. Anything else goes through the select, which
+    // decides as it always has.
+    let quiet = !cancel.is_cancelled()
+        && hold_until.is_none_or(|at| Instant::now() < at)
+        && (!watch_lost || leases.iter().all(Lease::is_held));
+    if quiet {
+        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        if let Poll::Ready(output) = first {
+            return Ok(output);
+        }
+    }
     let max_hold = async {
         match hold_until {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -138,9 +154,82 @@ async fn guarded<F: Future>(
 
 /// Resolves once any of `leases` is lost.
 async fn any_lost(leases: &[Lease]) {
-    let lost: Vec<_> = leases.iter().map(|lease| Box::pin(lease.lost())).collect();
-    if lost.is_empty() {
-        return std::future::pending().await;
+    match leases {
+        [] => std::future::pending().await,
+        // Most runs hold one lease: no boxes and no list to poll.
+        [lease] => lease.lost().await,
+        _ => {
+            let lost = leases.iter().map(|lease| Box::pin(lease.lost()));
+            futures::future::select_all(lost).await;
+        }
     }
-    futures::future::select_all(lost).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind<T>(outcome: &Result<T, Interrupt>) -> &'static str {
+        match outcome {
+            Ok(_) => "done",
+            Err(Interrupt::Lost) => "lost",
+            Err(Interrupt::TimedOut) => "timed_out",
+            Err(Interrupt::Cancelled) => "cancelled",
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_ready_at_once_still_yields_to_what_stopped_the_run() {
+        let locks = soloist_core::LockClient::memory();
+        let guard = locks.lock("k").acquire().await.unwrap();
+        let held = [guard.lease()];
+        let ready = || std::future::ready(());
+        let open = CancellationToken::new();
+        let later = Some(Instant::now() + Duration::from_secs(1));
+        let done = guarded(ready(), &held, &open, later, true).await;
+        assert_eq!(kind(&done), "done");
+
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        let outcome = guarded(ready(), &held, &cancelled, later, true).await;
+        assert_eq!(kind(&outcome), "cancelled");
+
+        let past = Some(Instant::now());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let outcome = guarded(ready(), &held, &open, past, true).await;
+        assert_eq!(kind(&outcome), "timed_out");
+
+        let lease = guard.lease();
+        guard.release().await.unwrap();
+        let ended = [lease];
+        assert_eq!(
+            kind(&guarded(ready(), &ended, &open, later, true).await),
+            "lost"
+        );
+        // A job that asked only to be told of the loss runs on.
+        assert_eq!(
+            kind(&guarded(ready(), &ended, &open, later, false).await),
+            "done"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_waits_is_watched_as_before() {
+        let open = CancellationToken::new();
+        let hold = Some(Instant::now() + Duration::from_secs(1));
+        let slow = tokio::time::sleep(Duration::from_secs(5));
+        assert_eq!(
+            kind(&guarded(slow, &[], &open, hold, true).await),
+            "timed_out"
+        );
+        let hold = Some(Instant::now() + Duration::from_secs(1));
+        let quick = tokio::time::sleep(Duration::from_millis(10));
+        assert_eq!(kind(&guarded(quick, &[], &open, hold, true).await), "done");
+        open.cancel();
+        let slow = tokio::time::sleep(Duration::from_secs(5));
+        assert_eq!(
+            kind(&guarded(slow, &[], &open, None, true).await),
+            "cancelled"
+        );
+    }
 }

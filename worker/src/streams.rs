@@ -6,9 +6,7 @@ use std::sync::{Arc, LazyLock, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use redis::streams::{
-    StreamClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
-};
+use redis::streams::{StreamClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply};
 use redis::{Script, Value};
 use soloist_core::{Deployment, SharedConnection, colocated, hash_slot};
 
@@ -444,23 +442,142 @@ fn delivery(entry: &StreamId, deliveries: u32) -> Delivery {
     }
 }
 
+/// The deliveries of an `XREADGROUP` reply (`Nil` when the read timed out;
+/// per stream, its name and its entries: an array of pairs in RESP2, a map
+/// in RESP3), taken from the reply as it is: an entry's id, job name and
+/// arguments move into its delivery, with the same outcome as [`delivery`]
+/// (the last of a repeated field counts; a missing one leaves `job` empty).
+fn read_reply(reply: Value) -> std::result::Result<Vec<Delivery>, UnexpectedReply> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) => pair.into_iter().nth(1).ok_or(UnexpectedReply("a stream")),
+                _ => Err(UnexpectedReply("a stream")),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?,
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => return Err(UnexpectedReply("the reply")),
+    };
+    let mut deliveries = Vec::new();
+    for entries in streams {
+        match entries {
+            Value::Array(entries) => {
+                deliveries.reserve(entries.len());
+                for entry in entries {
+                    deliveries.push(entry_delivery(entry, 1)?);
+                }
+            }
+            Value::Nil => {}
+            _ => return Err(UnexpectedReply("a stream's entries")),
+        }
+    }
+    Ok(deliveries)
+}
+
+/// The delivery of one stream entry, `[id, [field, value, ...]]` (the
+/// fields a map in RESP3, `Nil` for an entry deleted since), as
+/// [`delivery`] reads it.
+fn entry_delivery(entry: Value, deliveries: u32) -> std::result::Result<Delivery, UnexpectedReply> {
+    let Value::Array(parts) = entry else {
+        return Err(UnexpectedReply("an entry"));
+    };
+    let mut parts = parts.into_iter();
+    let id = match parts.next() {
+        Some(Value::BulkString(bytes)) => {
+            String::from_utf8(bytes).map_err(|_| UnexpectedReply("an entry's id"))?
+        }
+        Some(Value::SimpleString(text)) => text,
+        _ => return Err(UnexpectedReply("an entry's id")),
+    };
+    let (mut job, mut args) = (None, None);
+    let mut field = |name: Value, value: Value| {
+        let slot = match &name {
+            Value::BulkString(bytes) if bytes == b"job" => &mut job,
+            Value::SimpleString(text) if text == "job" => &mut job,
+            Value::BulkString(bytes) if bytes == b"args" => &mut args,
+            Value::SimpleString(text) if text == "args" => &mut args,
+            _ => return,
+        };
+        *slot = match value {
+            Value::BulkString(bytes) => Some(bytes),
+            Value::SimpleString(text) => Some(text.into_bytes()),
+            _ => None,
+        };
+    };
+    match parts.next() {
+        Some(Value::Array(fields)) => {
+            let mut fields = fields.into_iter();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                field(name, value);
+            }
+        }
+        Some(Value::Map(fields)) => {
+            for (name, value) in fields {
+                field(name, value);
+            }
+        }
+        Some(Value::Nil) | None => {}
+        Some(_) => return Err(UnexpectedReply("an entry's fields")),
+    }
+    let job = job.map(|job| match String::from_utf8(job) {
+        Ok(job) => job,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    });
+    Ok(match (job, args) {
+        (Some(job), Some(args)) if !job.is_empty() => Delivery::new(id, job, args, deliveries),
+        _ => Delivery::new(id, "", Vec::new(), deliveries),
+    })
+}
+
+/// A reply of a shape no stream command gives, naming the part that was not.
+#[derive(Debug)]
+struct UnexpectedReply(&'static str);
+
+impl fmt::Display for UnexpectedReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unexpected XREADGROUP reply: {} is not as Redis sends it",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnexpectedReply {}
+
 impl StreamSource {
     /// The commands that acknowledge the entry `id` and forget its count of
     /// attempts, for a batch's claim or settle call to run.
     pub(crate) fn ack_commands(&self, id: &str) -> Vec<redis::Cmd> {
         let inner = &self.inner;
-        let mut ack = redis::cmd("XACK");
-        ack.arg(&inner.stream).arg(&inner.group).arg(id);
-        let mut forget = redis::cmd("HDEL");
-        forget.arg(&inner.attempts).arg(id);
+        // Sized up front: a batch builds these for every message it claims
+        // and settles, and a command grown argument by argument reallocates.
+        let mut ack = redis::Cmd::with_capacity(
+            4,
+            "XACK".len() + inner.stream.len() + inner.group.len() + id.len(),
+        );
+        ack.arg("XACK").arg(&inner.stream).arg(&inner.group).arg(id);
+        let mut forget =
+            redis::Cmd::with_capacity(3, "HDEL".len() + inner.attempts.len() + id.len());
+        forget.arg("HDEL").arg(&inner.attempts).arg(id);
         vec![ack, forget]
     }
 
     /// The command that counts a run of the entry `id` starting (`by` 1),
     /// or takes back one that did not start (`by` -1).
     pub(crate) fn attempt_command(&self, id: &str, by: i64) -> redis::Cmd {
-        let mut count = redis::cmd("HINCRBY");
-        count.arg(&self.inner.attempts).arg(id).arg(by);
+        // An i64 takes at most 20 bytes.
+        let mut count = redis::Cmd::with_capacity(
+            4,
+            "HINCRBY".len() + self.inner.attempts.len() + id.len() + 20,
+        );
+        count
+            .arg("HINCRBY")
+            .arg(&self.inner.attempts)
+            .arg(id)
+            .arg(by);
         count
     }
 
@@ -624,16 +741,11 @@ impl Inner {
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">");
-        let read: Option<StreamReadReply> = self
+        let read: Value = self
             .reader
             .run(async |conn| read.query_async(conn).await)
             .await?;
-        Ok(read
-            .into_iter()
-            .flat_map(|reply| reply.keys)
-            .flat_map(|key| key.ids)
-            .map(|entry| delivery(&entry, 1))
-            .collect())
+        Ok(read_reply(read)?)
     }
 }
 
@@ -825,5 +937,169 @@ impl Source for StreamSource {
 
     fn visibility_timeout(&self) -> Duration {
         self.inner.visibility
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
+        let fields = fields
+            .iter()
+            .flat_map(|(name, value)| [bulk(name), bulk(value)])
+            .collect();
+        Value::Array(vec![bulk(id), Value::Array(fields)])
+    }
+
+    /// The deliveries as read through redis-rs's `StreamReadReply`, where
+    /// it can read the reply.
+    fn through_stream_read_reply(reply: Value) -> Option<Vec<Delivery>> {
+        let read: Option<redis::streams::StreamReadReply> = redis::from_redis_value(reply).ok()?;
+        Some(
+            read.into_iter()
+                .flat_map(|reply| reply.keys)
+                .flat_map(|key| key.ids)
+                .map(|entry| delivery(&entry, 1))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn deliveries_are_those_stream_read_reply_gives() {
+        let replies = [
+            Value::Nil,
+            Value::Array(vec![Value::Array(vec![
+                bulk("orders"),
+                Value::Array(vec![
+                    entry("1-0", &[("job", "charge"), ("key", "k"), ("args", "[1]")]),
+                    entry("2-0", &[("job", "charge")]),
+                    entry("3-0", &[("args", "[3]"), ("job", "")]),
+                    entry("4-0", &[("job", "a"), ("args", "1"), ("job", "b")]),
+                ]),
+            ])]),
+        ];
+        for reply in replies {
+            let expected = through_stream_read_reply(reply.clone()).expect("redis-rs reads it");
+            assert_eq!(read_reply(reply).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn a_timed_out_read_has_no_deliveries() {
+        assert_eq!(read_reply(Value::Nil).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn entries_become_deliveries_in_order_in_resp2_and_resp3() {
+        let entries = || {
+            Value::Array(vec![
+                entry("1-0", &[("job", "charge"), ("key", "k1"), ("args", "[1]")]),
+                entry("2-0", &[("args", "[2]"), ("job", "refund")]),
+            ])
+        };
+        let expected = vec![
+            Delivery::new("1-0", "charge", b"[1]".to_vec(), 1),
+            Delivery::new("2-0", "refund", b"[2]".to_vec(), 1),
+        ];
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("orders"), entries()])]);
+        assert_eq!(read_reply(resp2).unwrap(), expected);
+        let resp3 = Value::Map(vec![(bulk("orders"), entries())]);
+        assert_eq!(read_reply(resp3).unwrap(), expected);
+    }
+
+    #[test]
+    fn fields_read_as_a_map_of_the_entry_would_be() {
+        let map_fields = Value::Array(vec![
+            bulk("3-0"),
+            Value::Map(vec![
+                (bulk("job"), Value::SimpleString("charge".into())),
+                (Value::SimpleString("args".into()), bulk("{}")),
+            ]),
+        ]);
+        let repeated = entry("4-0", &[("job", "a"), ("args", "1"), ("job", "b")]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("orders"),
+            Value::Array(vec![map_fields, repeated]),
+        ])]);
+        assert_eq!(
+            read_reply(reply).unwrap(),
+            vec![
+                Delivery::new("3-0", "charge", b"{}".to_vec(), 1),
+                // The last of a repeated field counts, as in a map.
+                Delivery::new("4-0", "b", b"1".to_vec(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn entries_missing_a_field_are_left_without_a_job() {
+        let non_utf8_job = Value::Array(vec![
+            bulk("5-0"),
+            Value::Array(vec![
+                bulk("job"),
+                Value::BulkString(vec![b'j', 0xff]),
+                bulk("args"),
+                bulk("[]"),
+            ]),
+        ]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("orders"),
+            Value::Array(vec![
+                entry("1-0", &[("job", "charge")]),
+                entry("2-0", &[("args", "[]")]),
+                entry("3-0", &[("job", ""), ("args", "[]")]),
+                Value::Array(vec![bulk("4-0"), Value::Nil]),
+                Value::Array(vec![
+                    bulk("6-0"),
+                    Value::Array(vec![bulk("job"), Value::Int(1), bulk("args"), bulk("[]")]),
+                ]),
+                non_utf8_job,
+            ]),
+        ])]);
+        let malformed = |id: &str| Delivery::new(id, "", Vec::new(), 1);
+        assert_eq!(
+            read_reply(reply).unwrap(),
+            vec![
+                malformed("1-0"),
+                malformed("2-0"),
+                malformed("3-0"),
+                malformed("4-0"),
+                malformed("6-0"),
+                Delivery::new("5-0", "j\u{fffd}", b"[]".to_vec(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reply_of_another_shape_is_an_error_not_a_panic() {
+        for reply in [
+            Value::Int(3),
+            Value::Array(vec![Value::Int(3)]),
+            Value::Array(vec![Value::Array(vec![bulk("orders")])]),
+            Value::Array(vec![Value::Array(vec![bulk("orders"), Value::Int(1)])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("orders"),
+                Value::Array(vec![Value::Int(1)]),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("orders"),
+                Value::Array(vec![Value::Array(vec![Value::Nil])]),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("orders"),
+                Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Int(2)])]),
+            ])]),
+        ] {
+            let err = read_reply(reply).unwrap_err();
+            assert!(
+                err.to_string().starts_with("unexpected XREADGROUP reply"),
+                "{err}"
+            );
+        }
     }
 }

@@ -273,7 +273,7 @@ impl WorkerBuilder {
         self.consumed.push(Consumption {
             source: Arc::new(source),
             spec: job.spec(),
-            job: Arc::new(Erased(job)),
+            job: Arc::new(Erased::new(job)),
         });
         self
     }
