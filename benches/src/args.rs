@@ -165,7 +165,10 @@ mod tests {
             panic!("an empty command line must run");
         };
         assert_eq!(args.secs, Duration::from_secs(5));
-        assert_eq!(args.scenarios, Scenario::ALL[..Scenario::ALL.len() - 1].to_vec());
+        assert_eq!(
+            args.scenarios,
+            Scenario::ALL[..Scenario::ALL.len() - 1].to_vec()
+        );
         assert!(!args.scenarios.contains(&Scenario::Cron));
         assert!(!args.json && args.url.is_none() && args.redlock_urls.is_empty());
         assert!(args.cluster_urls.is_empty() && args.scenarios.contains(&Scenario::Cluster));
