@@ -362,15 +362,10 @@ pub(crate) async fn give_back(backend: &dyn Backend, cell: &LeaseCell) -> Result
 pub(crate) const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(20);
 pub(crate) const COMMIT_RETRY_MAX: Duration = Duration::from_millis(500);
 
-/// A command's arguments, its name first.
+/// A command's arguments, its name first, each copied (see
+/// [`args_of`](crate::table::args_of) for them in place).
 pub(crate) fn command_args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
-    cmd.args_iter()
-        .map(|arg| match arg {
-            redis::Arg::Simple(bytes) => bytes.to_vec(),
-            // Only SCAN-like commands have a cursor argument.
-            _ => b"0".to_vec(),
-        })
-        .collect()
+    crate::table::args_of(cmd).map(<[u8]>::to_vec).collect()
 }
 
 fn record_release(outcome: &Result<bool>) {

@@ -498,6 +498,16 @@ async fn batch_fences_come_from_the_clock_and_only_grow() {
         again[0].fence().to_string(),
         "the key's counter follows the fence it issued"
     );
+    // A counter made without expiry (an INCR that found none) is kept a
+    // week from then, as acquire.lua keeps a counter, not forever.
+    server.cli(&["SET", "soloist:fence:{bare}", "5"]);
+    let bare = taken(locks.claim_all(&[Claim::new("bare")]).await.unwrap()).remove(0);
+    let kept: i64 = server
+        .cli(&["PTTL", "soloist:fence:{bare}"])
+        .parse()
+        .unwrap();
+    assert!(kept > 6 * 24 * 3_600_000, "kept for {kept} ms");
+    bare.release().await.unwrap();
     for guard in again {
         guard.release().await.unwrap();
     }

@@ -79,8 +79,7 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
                         let _ = guard.release().await;
                         return Err(WorkerError::ShuttingDown);
                     }
-                    metrics::claim_time(&spec.name, requested.elapsed());
-                    tracing::Span::current().record("fence", guard.fence());
+                    note_claim(&spec, requested, guard.fence());
                     started.await;
                     return gather::run(&shared, &job, args, &spec, (&key, &record), guard).await;
                 }
@@ -105,8 +104,7 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
             let _ = guard.release().await;
             return Err(WorkerError::ShuttingDown);
         }
-        metrics::claim_time(&spec.name, requested.elapsed());
-        tracing::Span::current().record("fence", guard.fence());
+        note_claim(&spec, requested, guard.fence());
         // The record may have appeared while we waited for the lock.
         if let Some(recorded) = recorded::<J::Output>(&shared, &spec, &record).await? {
             let _ = guard.release().await;
@@ -148,6 +146,13 @@ pub(crate) async fn run_noting_start<J: KeyedJob>(
         metrics::run(&spec.name, outcome.label());
     }
     outcome
+}
+
+/// Notes a run's key taken, `requested` before: the claim time, and the
+/// fence on the run's span.
+fn note_claim(spec: &JobSpec, requested: Instant, fence: u64) {
+    metrics::claim_time(&spec.name, requested.elapsed());
+    tracing::Span::current().record("fence", fence);
 }
 
 /// Whether a run of `job` with `args` succeeded within the dedupe window: a
